@@ -1,0 +1,75 @@
+"""ttakit: test-time augmentation for timm and PyTorch image models."""
+
+from __future__ import annotations
+
+from .engine import CONFIDENCE, ClassificationTTA, RunConfig, TTAResult, default_run_config, run_views
+from .errors import ImageLoadError, ModelLoadError, PolicyError, ShapeError, TTAKitError, WeightsError
+from .merge import get_merge, list_merges, merge_logits, register_merge
+from .models import DEFAULT_MODEL, LoadedModel, load_class_names, load_model
+from .data import example_image_path, load_image, preprocess
+from .policy import Policy, create_policy, list_presets, load_policy, parse_policy, product, register_preset, save_policy, union
+from .transforms import (
+    Brightness,
+    Contrast,
+    Crop,
+    HFlip,
+    Normalization,
+    Resize,
+    Rot90,
+    Rotate,
+    Scale,
+    Shift,
+    Transform,
+    VFlip,
+    View,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CONFIDENCE",
+    "DEFAULT_MODEL",
+    "Brightness",
+    "ClassificationTTA",
+    "Contrast",
+    "Crop",
+    "HFlip",
+    "ImageLoadError",
+    "LoadedModel",
+    "ModelLoadError",
+    "Normalization",
+    "Policy",
+    "PolicyError",
+    "Resize",
+    "Rot90",
+    "Rotate",
+    "RunConfig",
+    "Scale",
+    "ShapeError",
+    "Shift",
+    "TTAKitError",
+    "TTAResult",
+    "Transform",
+    "VFlip",
+    "View",
+    "WeightsError",
+    "create_policy",
+    "default_run_config",
+    "example_image_path",
+    "get_merge",
+    "list_merges",
+    "list_presets",
+    "load_class_names",
+    "load_image",
+    "load_model",
+    "load_policy",
+    "merge_logits",
+    "parse_policy",
+    "preprocess",
+    "product",
+    "register_merge",
+    "register_preset",
+    "run_views",
+    "save_policy",
+    "union",
+]

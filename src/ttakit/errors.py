@@ -1,0 +1,63 @@
+"""Exceptions raised by ttakit.
+
+Every error the library raises on purpose derives from :class:`TTAKitError`, so the command
+line can print one line instead of a traceback, and users can catch one type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "TTAKitError",
+    "ImageLoadError",
+    "ModelLoadError",
+    "PolicyError",
+    "ShapeError",
+    "WeightsError",
+    "check_shape",
+]
+
+
+class TTAKitError(Exception):
+    """Base class of every error ttakit raises on purpose."""
+
+
+class PolicyError(TTAKitError, ValueError):
+    """A policy, preset, transform name or policy text could not be understood."""
+
+
+class ModelLoadError(TTAKitError, ValueError):
+    """A model name is unknown or the model could not be built."""
+
+
+class WeightsError(TTAKitError, ValueError):
+    """Weights could not be found, downloaded or loaded into the model."""
+
+
+class ImageLoadError(TTAKitError, OSError):
+    """An input file is missing, is not an image, or could not be decoded."""
+
+
+class ShapeError(TTAKitError, ValueError):
+    """A tensor has a shape other than the one expected."""
+
+    def __init__(self, what: str, expected: str, actual: Sequence[int]) -> None:
+        super().__init__(f"{what}: expected shape {expected}, got {tuple(actual)}")
+        self.expected = expected
+        self.actual = tuple(actual)
+
+
+def check_shape(what: str, shape: Sequence[int], expected: str) -> None:
+    """Check ``shape`` against a pattern such as ``"(B, C, H, W)"`` (only the rank is checked
+    for named dimensions; digits must match exactly).
+
+    Raises:
+        ShapeError: when the rank or a fixed dimension differs.
+    """
+    dims = [d.strip() for d in expected.strip("() ").split(",") if d.strip()]
+    ok = len(dims) == len(shape) and all(
+        not d.isdigit() or int(d) == s for d, s in zip(dims, shape)
+    )
+    if not ok:
+        raise ShapeError(what, expected, shape)

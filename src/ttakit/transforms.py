@@ -1,0 +1,554 @@
+"""View transforms: frozen parameter holders, each an explicit (augment, de-augment) pair.
+
+A :class:`Transform` knows its parameters and nothing else. ``apply`` augments a batch of
+normalised images; ``matrix`` gives the geometry as a normalised-coordinate map (original ->
+augmented, see :mod:`ttakit.functional`); ``invert_dense`` maps a dense prediction of the
+augmented image back onto the original grid, with a mask of the pixels the view really saw;
+``invert_points`` does the same for keypoints. A :class:`View` is a sequence of transforms
+applied left to right and undone right to left.
+
+Every transform has a canonical name (``hflip``, ``scale=1.1``, ``crop=tl:192``) that the
+policy parser reads back, so ``parse(t.name) == t``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from . import functional as Fn
+from .errors import PolicyError
+from .functional import Size
+
+__all__ = [
+    "Brightness",
+    "Contrast",
+    "Crop",
+    "HFlip",
+    "Normalization",
+    "Resize",
+    "Rot90",
+    "Rotate",
+    "Scale",
+    "Shift",
+    "TRANSFORMS",
+    "Transform",
+    "VFlip",
+    "View",
+    "parse_transform",
+]
+
+_EYE = torch.eye(3, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel normalisation of the model input: ``x = (pixel - mean) / std``."""
+
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # ImageNet defaults, replaced by the model's
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+
+class Transform(ABC):
+    """One deterministic image transform with explicit parameters (subclasses are frozen
+    dataclasses). Photometric transforms leave the geometry unchanged."""
+
+    key: ClassVar[str]  # name in policy text, e.g. "scale"
+    geometric: ClassVar[bool] = True
+    exact: ClassVar[bool] = False  # invert_dense is a pure permutation, no resampling
+
+    # ------------------------------------------------------------------ naming
+    @property
+    def name(self) -> str:
+        """Canonical name, readable back by :func:`parse_transform`."""
+        arg = self.arg()
+        return self.key if arg is None else f"{self.key}={arg}"
+
+    def arg(self) -> str | None:
+        """The parameter as written after ``=`` in the name (``None``: no parameter)."""
+        return None
+
+    @classmethod
+    @abstractmethod
+    def from_arg(cls, arg: str) -> Transform | None:
+        """Build from a text argument; ``None`` means the identity (e.g. ``scale=1``)."""
+
+    # ------------------------------------------------------------------ geometry
+    def output_size(self, size: Size) -> Size:
+        """``(H, W)`` of the augmented image for an input of ``size``."""
+        return size
+
+    def matrix(self, size: Size) -> Tensor:
+        """3x3 float64 map from original to augmented normalised coordinates."""
+        return _EYE
+
+    # ------------------------------------------------------------------ augment / de-augment
+    @abstractmethod
+    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
+        """Augment a batch ``(B, C, H, W)`` of normalised images."""
+
+    def invert_dense(self, y: Tensor, mask: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
+        """Map a dense prediction of the augmented image back to the original grid.
+
+        Args:
+            y: ``(B, K, h, w)`` prediction on the augmented image's output grid.
+            mask: ``(1 or B, 1, h, w)`` float validity of ``y``'s pixels.
+            image_size: ``(H, W)`` of the image this transform received.
+            grid_size: ``(H', W')`` of the output grid that belongs to ``image_size``.
+
+        Returns:
+            ``(y, mask)`` on ``grid_size``; the mask is 0 where the view never saw the pixel.
+        """
+        if not self.geometric:
+            return y, mask
+        m = self.matrix(image_size)
+        y = Fn.warp(y, m, grid_size, padding_mode="border")
+        mask = Fn.warp(mask, m, grid_size, mode="nearest") * Fn.valid_mask(m, grid_size, y.device)
+        return y, mask
+
+    def invert_points(self, points: Tensor, image_size: Size) -> Tensor:
+        """Map ``(..., 2)`` pixel ``(x, y)`` keypoints of the augmented image back to the
+        original image of ``image_size``."""
+        if not self.geometric:
+            return points
+        out_size = self.output_size(image_size)
+        m_inv = torch.linalg.inv(self.matrix(image_size))
+        u = Fn.pixels_to_normalized(points, out_size)
+        return Fn.normalized_to_pixels(Fn.transform_points(u, m_inv), image_size)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _float(arg: str, what: str) -> float:
+    try:
+        return float(arg)
+    except ValueError as e:
+        raise PolicyError(f"{what} expects a number, got {arg!r}") from e
+
+
+def _int(arg: str, what: str) -> int:
+    try:
+        return int(arg)
+    except ValueError as e:
+        raise PolicyError(f"{what} expects an integer, got {arg!r}") from e
+
+
+def _flag(arg: str, what: str) -> bool:
+    low = arg.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise PolicyError(f"{what} expects 0 or 1, got {arg!r}")
+
+
+def _num(v: float) -> str:
+    """Shortest text of a float that reads back to the same value (``1.1``, ``-10.0``)."""
+    return repr(float(v))
+
+
+# ============================================================================ geometric, exact
+@dataclass(frozen=True)
+class HFlip(Transform):
+    """Mirror left-right."""
+
+    key: ClassVar[str] = "hflip"
+    exact: ClassVar[bool] = True
+
+    @classmethod
+    def from_arg(cls, arg: str) -> HFlip | None:
+        return cls() if _flag(arg, "hflip") else None
+
+    def matrix(self, size: Size) -> Tensor:
+        return Fn.affine_matrix([[-1.0, 0.0], [0.0, 1.0]])
+
+    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
+        return Fn.hflip(x)
+
+    def invert_dense(self, y: Tensor, mask: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
+        return Fn.hflip(y), Fn.hflip(mask)
+
+
+@dataclass(frozen=True)
+class VFlip(Transform):
+    """Mirror top-bottom."""
+
+    key: ClassVar[str] = "vflip"
+    exact: ClassVar[bool] = True
+
+    @classmethod
+    def from_arg(cls, arg: str) -> VFlip | None:
+        return cls() if _flag(arg, "vflip") else None
+
+    def matrix(self, size: Size) -> Tensor:
+        return Fn.affine_matrix([[1.0, 0.0], [0.0, -1.0]])
+
+    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
+        return Fn.vflip(x)
+
+    def invert_dense(self, y: Tensor, mask: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
+        return Fn.vflip(y), Fn.vflip(mask)
+
+
+@dataclass(frozen=True)
+class Rot90(Transform):
+    """Rotate by ``k`` quarter turns counter-clockwise (as ``torch.rot90`` and ttach do)."""
+
+    k: int  # 1, 2 or 3
+
+    key: ClassVar[str] = "rot90"
+    exact: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.k % 4 == 0:
+            raise PolicyError("rot90=0 is the identity; leave it out of the view")
+        object.__setattr__(self, "k", self.k % 4)
+
+    def arg(self) -> str:
+        return str(self.k)
+
+    @classmethod
+    def from_arg(cls, arg: str) -> Rot90 | None:
+        k = _int(arg, "rot90") % 4
+        return cls(k) if k else None
+
+    def output_size(self, size: Size) -> Size:
+        return (size[1], size[0]) if self.k % 2 else size
+
+    def matrix(self, size: Size) -> Tensor:
+        return Fn.rot90_matrix(self.k)
+
+    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
+        return Fn.rot90(x, self.k)
+
+    def invert_dense(self, y: Tensor, mask: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
+        return Fn.rot90(y, -self.k), Fn.rot90(mask, -self.k)
+
+
+@dataclass(frozen=True)
+class Shift(Transform):
+    """Translate by whole pixels, ``dx`` right and ``dy`` down; uncovered pixels are 0."""
+
+    dx: int
+    dy: int
+
+    key: ClassVar[str] = "shift"
+
+    def arg(self) -> str:
+        return f"{self.dx}:{self.dy}"
+
+    @classmethod
+    def from_arg(cls, arg: str) -> Shift | None:
+        parts = arg.split(":")
+        if len(parts) != 2:
+            raise PolicyError(f"shift expects DX:DY in pixels (e.g. shift=8:-4), got {arg!r}")
+        dx, dy = (_int(p, "shift") for p in parts)
+        return cls(dx, dy) if (dx or dy) else None
+
+    def matrix(self, size: Size) -> Tensor:
+        H, W = size
+        return Fn.affine_matrix([[1.0, 0.0, 2.0 * self.dx / W], [0.0, 1.0, 2.0 * self.dy / H]])
+
+    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
+        return Fn.shift(x, self.dx, self.dy)
+
+    def invert_dense(self, y: Tensor, mask: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
+        if tuple(grid_size) == tuple(image_size) == tuple(y.shape[-2:]):  # same grid: exact
+            return Fn.shift(y, -self.dx, -self.dy), Fn.shift(mask, -self.dx, -self.dy)
+        return super().invert_dense(y, mask, image_size, grid_size)
+
+
+# ============================================================================ geometric, resampled
+@dataclass(frozen=True)
+class Rotate(Transform):
+    """Rotate by ``degrees`` counter-clockwise about the centre, same size; corners that
+    leave the image are filled with 0 (the mean colour)."""
+
+    degrees: float
+
+    key: ClassVar[str] = "rotate"
+
+    def arg(self) -> str:
+        return _num(self.degrees)
+
+    @classmethod
+    def from_arg(cls, arg: str) -> Rotate | None:
+        d = _float(arg, "rotate")
+        return cls(d) if d % 360 else None
+
+    def matrix(self, size: Size) -> Tensor:
+        return Fn.rotation_matrix(self.degrees, size)
+
+    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
+        size = tuple(x.shape[-2:])
+        return Fn.warp(x, torch.linalg.inv(self.matrix(size)), size)
+
+
+@dataclass(frozen=True)
+class Scale(Transform):
+    """Zoom about the centre at the same output size: ``factor > 1`` zooms in (centre crop of
+    an enlarged image), ``factor < 1`` zooms out (shrunk image padded with 0)."""
+
+    factor: float
+
+    key: ClassVar[str] = "scale"
+
+    def __post_init__(self) -> None:
+        if not self.factor > 0:
+            raise PolicyError(f"scale factor must be positive, got {self.factor}")
+
+    def arg(self) -> str:
+        return _num(self.factor)
+
+    @classmethod
+    def from_arg(cls, arg: str) -> Scale | None:
+        f = _float(arg, "scale")
+        return None if f == 1.0 else cls(f)
+
+    def matrix(self, size: Size) -> Tensor:
+        return Fn.scale_matrix(size, self.factor)
+
+    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
+        return Fn.zoom(x, self.factor)
+
+
+@dataclass(frozen=True)
+class Resize(Transform):
+    """Change the input resolution: to a fixed ``size`` ``(H, W)``, or by ``factor``.
+
+    The whole field of view is kept; only the number of pixels changes (the model must accept
+    other input sizes, as CNNs with global pooling do). In text, ``resize=288`` or
+    ``resize=288x320`` is a size and ``resize=1.25`` (with a decimal point) a factor.
+    """
+
+    size: tuple[int, int] | None = None
+    factor: float | None = None
+
+    key: ClassVar[str] = "resize"
+
+    def __post_init__(self) -> None:
+        if (self.size is None) == (self.factor is None):
+            raise PolicyError("resize needs exactly one of size or factor")
+        if self.factor is not None and not self.factor > 0:
+            raise PolicyError(f"resize factor must be positive, got {self.factor}")
+
+    def arg(self) -> str:
+        if self.size is not None:
+            h, w = self.size
+            return str(h) if h == w else f"{h}x{w}"
+        return _num(self.factor)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_arg(cls, arg: str) -> Resize | None:
+        if "." in arg:
+            f = _float(arg, "resize")
+            return None if f == 1.0 else cls(factor=f)
+        parts = arg.lower().split("x")
+        if len(parts) not in (1, 2):
+            raise PolicyError(f"resize expects SIZE, HxW or a factor like 1.25, got {arg!r}")
+        hw = [_int(p, "resize") for p in parts]
+        return cls(size=(hw[0], hw[-1]))
+
+    def output_size(self, size: Size) -> Size:
+        if self.size is not None:
+            return self.size
+        return Fn.scale_resize_size(size, self.factor)  # type: ignore[arg-type]
+
+    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
+        return Fn.resize(x, self.output_size(tuple(x.shape[-2:])), mode="bicubic")
+
+    def invert_dense(self, y: Tensor, mask: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
+        return Fn.resize(y, grid_size), Fn.resize(mask, grid_size, mode="nearest")
+
+
+_POSITIONS = ("center", "tl", "tr", "bl", "br")
+
+
+@dataclass(frozen=True)
+class Crop(Transform):
+    """Crop a window at a named position; the model sees the smaller image (compose with
+    ``resize`` to bring it back to full size). ``size`` is pixels ``(h, w)`` or, as
+    ``fraction``, a share of each side resolved on the image it is given."""
+
+    position: str  # center, tl, tr, bl or br
+    size: tuple[int, int] | None = None
+    fraction: float | None = None
+
+    key: ClassVar[str] = "crop"
+
+    def __post_init__(self) -> None:
+        if self.position not in _POSITIONS:
+            raise PolicyError(f"crop position must be one of {', '.join(_POSITIONS)}, got {self.position!r}")
+        if (self.size is None) == (self.fraction is None):
+            raise PolicyError("crop needs exactly one of size or fraction")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise PolicyError(f"crop fraction must be in (0, 1], got {self.fraction}")
+
+    def arg(self) -> str:
+        if self.size is not None:
+            h, w = self.size
+            return f"{self.position}:{h}" if h == w else f"{self.position}:{h}x{w}"
+        return f"{self.position}:{_num(self.fraction)}"  # type: ignore[arg-type]
+
+    @classmethod
+    def from_arg(cls, arg: str) -> Crop:
+        pos, sep, size = arg.partition(":")
+        if not sep:
+            raise PolicyError(f"crop expects POSITION:SIZE (e.g. crop=tl:192 or crop=center:0.875), got {arg!r}")
+        if "." in size:
+            return cls(pos, fraction=_float(size, "crop"))
+        hw = [_int(p, "crop") for p in size.lower().split("x")]
+        return cls(pos, size=(hw[0], hw[-1]))
+
+    def output_size(self, size: Size) -> Size:
+        if self.size is not None:
+            return self.size
+        return max(1, round(size[0] * self.fraction)), max(1, round(size[1] * self.fraction))  # type: ignore[operator]
+
+    def _box(self, size: Size) -> tuple[int, int, int, int]:
+        h, w = self.output_size(size)
+        try:
+            top, left = Fn.crop_box(size, (h, w), self.position)
+        except ValueError as e:
+            raise PolicyError(f"{self.name}: {e}") from e
+        return top, left, h, w
+
+    def matrix(self, size: Size) -> Tensor:
+        (H, W), (top, left, h, w) = size, self._box(size)
+        return Fn.affine_matrix([[W / w, 0.0, (W - 2 * left - w) / w], [0.0, H / h, (H - 2 * top - h) / h]])
+
+    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
+        return Fn.crop(x, *self._box(tuple(x.shape[-2:])))
+
+
+# ============================================================================ photometric
+@dataclass(frozen=True)
+class Brightness(Transform):
+    """Multiply pixel values by ``factor`` (in pixel space, clipped to [0, 1])."""
+
+    factor: float
+
+    key: ClassVar[str] = "brightness"
+    geometric: ClassVar[bool] = False
+
+    def arg(self) -> str:
+        return _num(self.factor)
+
+    @classmethod
+    def from_arg(cls, arg: str) -> Brightness | None:
+        f = _float(arg, "brightness")
+        return None if f == 1.0 else cls(f)
+
+    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
+        return Fn.adjust_brightness(x, self.factor, norm.mean, norm.std)
+
+
+@dataclass(frozen=True)
+class Contrast(Transform):
+    """Scale contrast about the image's mean grey by ``factor`` (in pixel space)."""
+
+    factor: float
+
+    key: ClassVar[str] = "contrast"
+    geometric: ClassVar[bool] = False
+
+    def arg(self) -> str:
+        return _num(self.factor)
+
+    @classmethod
+    def from_arg(cls, arg: str) -> Contrast | None:
+        f = _float(arg, "contrast")
+        return None if f == 1.0 else cls(f)
+
+    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
+        return Fn.adjust_contrast(x, self.factor, norm.mean, norm.std)
+
+
+TRANSFORMS: dict[str, type[Transform]] = {
+    t.key: t for t in (HFlip, VFlip, Rot90, Rotate, Scale, Resize, Crop, Shift, Brightness, Contrast)
+}
+
+
+def parse_transform(key: str, arg: str | None) -> Transform | None:
+    """Build one transform from its key and text argument (``None`` for the identity).
+
+    Raises:
+        PolicyError: unknown key or malformed argument.
+    """
+    cls = TRANSFORMS.get(key)
+    if cls is None:
+        raise PolicyError(f"unknown transform {key!r}; known: {', '.join(sorted(TRANSFORMS))}")
+    if arg is None:
+        if key in ("hflip", "vflip"):
+            return cls.from_arg("1")
+        raise PolicyError(f"transform {key!r} needs a value, e.g. {key}=...")
+    return cls.from_arg(arg)
+
+
+# ============================================================================ views
+@dataclass(frozen=True)
+class View:
+    """One augmented view: transforms applied left to right (empty: the identity)."""
+
+    transforms: tuple[Transform, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return "|".join(t.name for t in self.transforms) or "identity"
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.transforms
+
+    def __str__(self) -> str:
+        return self.name
+
+    def then(self, other: View) -> View:
+        """This view followed by ``other``."""
+        return View(self.transforms + other.transforms)
+
+    def sizes(self, size: Size) -> list[Size]:
+        """Image sizes before each transform and after the last (``len + 1`` entries)."""
+        out = [size]
+        for t in self.transforms:
+            out.append(t.output_size(out[-1]))
+        return out
+
+    def output_size(self, size: Size) -> Size:
+        return self.sizes(size)[-1]
+
+    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
+        """Augment ``(B, C, H, W)`` normalised images."""
+        for t in self.transforms:
+            x = t.apply(x, norm)
+        return x
+
+    def invert_dense(self, y: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
+        """Map the view's dense prediction ``(B, K, h, w)`` onto ``grid_size``, the output grid of
+        the un-augmented ``image_size`` image.
+
+        Returns:
+            ``(y, mask)``: ``(B, K, H', W')`` and a ``(1, 1, H', W')`` float validity mask.
+        """
+        sizes = self.sizes(image_size)
+        # Output grid of each intermediate image, assuming one stride for the whole view.
+        ry, rx = grid_size[0] / image_size[0], grid_size[1] / image_size[1]
+        grids = [grid_size] + [(max(1, round(h * ry)), max(1, round(w * rx))) for h, w in sizes[1:]]
+        mask = y.new_ones((1, 1, *y.shape[-2:]))
+        for t, s, g in zip(reversed(self.transforms), reversed(sizes[:-1]), reversed(grids[:-1])):
+            y, mask = t.invert_dense(y, mask, s, g)
+        if tuple(y.shape[-2:]) != tuple(grid_size):  # only when the model's stride is uneven
+            y, mask = Fn.resize(y, grid_size), Fn.resize(mask, grid_size, mode="nearest")
+        return y, mask
+
+    def invert_points(self, points: Tensor, image_size: Size) -> Tensor:
+        """Map ``(..., 2)`` pixel keypoints predicted on the view back to the original image."""
+        sizes = self.sizes(image_size)
+        for t, s in zip(reversed(self.transforms), reversed(sizes[:-1])):
+            points = t.invert_points(points, s)
+        return points

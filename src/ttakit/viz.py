@@ -1,0 +1,81 @@
+"""Pictures: the views as the model sees them, and accuracy-vs-cost plots."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from torch import Tensor
+
+from .transforms import Normalization, View
+
+__all__ = ["denormalize", "plot_accuracy", "save_view_grid"]
+
+
+def denormalize(x: Tensor, norm: Normalization) -> Tensor:
+    """``(C, H, W)`` normalised image -> ``(H, W, C)`` pixels in [0, 1]."""
+    mean = x.new_tensor(norm.mean).view(-1, 1, 1)
+    std = x.new_tensor(norm.std).view(-1, 1, 1)
+    return (x * std + mean).clamp(0, 1).permute(1, 2, 0)
+
+
+def _figure():  # noqa: ANN202 - matplotlib types
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_view_grid(
+    x: Tensor,
+    views: Sequence[View],
+    norm: Normalization,
+    titles: Sequence[str],
+    merged_title: str,
+    out: str | Path,
+) -> Path:
+    """Save a grid of the views of one image ``x`` ``(C, H, W)``, each with its title, and a
+    final panel with the un-augmented image and the merged result."""
+    plt = _figure()
+    n = len(views) + 1
+    cols = min(5, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.3 * rows), squeeze=False)
+    panels = [(v.apply(x.unsqueeze(0), norm)[0], t) for v, t in zip(views, titles)]
+    panels.append((x, merged_title))
+    for ax, (img, title) in zip(axes.flat, panels):
+        ax.imshow(denormalize(img.detach().float().cpu(), norm).numpy())
+        ax.set_title(title, fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def plot_accuracy(rows: Mapping[str, Mapping[str, float]], out: str | Path) -> Path:
+    """Top-1 and NLL of each policy against its number of views (``rows[name]`` holds
+    ``views``, ``top1``, ``nll``)."""
+    plt = _figure()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, r in rows.items():
+        for ax, key in ((a1, "top1"), (a2, "nll")):
+            ax.scatter(r["views"], r[key])
+            ax.annotate(name, (r["views"], r[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    a1.set(xlabel="views (forwards per image)", ylabel="top-1 accuracy", title="accuracy vs cost")
+    a2.set(xlabel="views (forwards per image)", ylabel="NLL (lower is better)", title="calibration vs cost")
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
