@@ -1,0 +1,104 @@
+"""The ttakit command: predict, views, and one clear line for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import ttakit
+from ttakit.cli import main
+
+CAT = str(ttakit.example_image_path())
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_predict_default_prints_plain_and_tta_side_by_side(capsys):
+    code, out, err = run(capsys, "predict")
+    assert code == 0, err
+    assert "tiger_cat.jpg" in out and "plain" in out and "tta" in out
+    assert "tabby, tabby cat" in out and "tiger cat" in out
+    assert "views:" in out and "identity" in out and "hflip" in out
+
+
+def test_predict_json_schema(capsys):
+    code, out, _ = run(capsys, "predict", CAT, CAT, "--tta", "d4", "--merge", "gmean", "--topk", "3", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert set(doc) == {"model", "policy", "merge", "images"}
+    assert doc["model"] == "tf_efficientnet_lite0" and doc["merge"] == "gmean" and len(doc["policy"]) == 8
+    assert len(doc["images"]) == 2
+    img = doc["images"][0]
+    assert set(img) == {"path", "plain", "tta", "views"}
+    assert len(img["plain"]) == 3 and set(img["plain"][0]) == {"index", "label", "prob"}
+    assert [v["name"] for v in img["views"]] == doc["policy"]
+    assert set(img["views"][0]) == {"name", "index", "label", "prob"}
+    assert img["plain"][0]["prob"] >= img["plain"][1]["prob"]
+    assert img["views"][0]["index"] == img["plain"][0]["index"]  # identity view = plain top-1
+
+
+def test_views_picture(capsys, tmp_path):
+    out_png = tmp_path / "views.png"
+    code, out, err = run(capsys, "views", CAT, "--tta", "hflip*scale(1,1.2)", "--out", str(out_png))
+    assert code == 0, err
+    img = Image.open(out_png)
+    assert img.size[0] > 600 and img.size[1] > 150  # a 5-panel grid
+    assert "4 views" in out
+
+
+@pytest.fixture()
+def bad_files(tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    data = ttakit.example_image_path().read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 3])
+    weights = tmp_path / "resnet.pth"
+    torch.save(timm.create_model("test_resnet").state_dict(), weights)
+    return {"text": text, "cut": cut, "weights": weights, "missing": tmp_path / "missing.jpg"}
+
+
+@pytest.mark.parametrize(
+    "case,argv,message",
+    [
+        ("missing", ["predict", "{missing}"], "missing.jpg: no such file"),
+        ("text", ["predict", "{text}"], "notes.jpg: not an image file"),
+        ("cut", ["predict", "{cut}"], "cut.jpg: corrupt or truncated image"),
+        ("model", ["predict", CAT, "--model", "resnet_5000"], "unknown model 'resnet_5000'"),
+        ("preset", ["predict", CAT, "--tta", "d8"], "unknown preset or transform 'd8'"),
+        ("transform", ["predict", CAT, "--tta", "hflip*zoom(2)"], "unknown transform 'zoom'"),
+        ("syntax", ["predict", CAT, "--tta", "hflip*(scale(1.1)"], "malformed policy"),
+        ("weights", ["predict", CAT, "--weights", "{weights}"], "weights do not fit the model"),
+        ("missing_weights", ["predict", CAT, "--weights", "/nonexistent/w.pth"], "weights file not found"),
+        ("views_missing", ["views", "{missing}", "--out", "x.png"], "missing.jpg: no such file"),
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit(capsys, bad_files, case, argv, message):
+    argv = [a.format(**bad_files) for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ttakit: error: "), err
+    assert message in lines[0]
+    assert "Traceback" not in err and out == ""
+
+
+def test_console_script_and_module_entry_point():
+    res = subprocess.run(
+        [sys.executable, "-m", "ttakit", "predict", "--tta", "none", "--json", "--topk", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["images"][0]["plain"][0]["index"] in (281, 282)
+    res = subprocess.run([sys.executable, "-m", "ttakit", "predict", "/nonexistent.png"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stderr.strip() == "ttakit: error: /nonexistent.png: no such file"
