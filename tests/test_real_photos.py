@@ -31,3 +31,16 @@ def test_plain_hflip_and_d4_on_real_photos(sample_dir, default_lm):
 def acc_at(lm, x, labels):
     with torch.inference_mode():
         return (lm.model(x).argmax(-1) == labels).float().mean().item()
+
+
+def test_evaluate_on_real_photos(sample_dir, default_lm, tmp_path):
+    from ttakit import RunConfig, create_policy
+    from ttakit.datasets import detect_dataset
+    from ttakit.evaluate import EvalOptions, evaluate
+
+    data = detect_dataset(sample_dir, default_lm.class_names)
+    assert data.layout == "imagenet-flat" and len(data) == 500 and data.n_classes == 500
+    res = evaluate(default_lm, data, [create_policy("hflip")], None, tmp_path / "ev", RunConfig(8, True),
+                   EvalOptions(batch_size=16, workers=1, limit=48, quiet=True))
+    assert res["n_images"] == 48 and res["skipped"] == []
+    assert res["results"]["plain"]["top1"] > 0.75 and res["results"]["hflip"]["views"] == 2

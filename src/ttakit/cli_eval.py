@@ -4,5 +4,171 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+__all__ = ["COMMANDS"]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from .cli import _add_model_args
+
+    p.add_argument("data", help="ImageFolder tree, flat folder of <wnid>_*.JPEG files, or a path,label CSV")
+    _add_model_args(p)
+    g = p.add_argument_group("run")
+    g.add_argument("--batch-size", type=int, default=32, help="images per chunk (default: 32)")
+    g.add_argument("--workers", type=int, default=2, help="DataLoader decoding workers (default: 2)")
+    g.add_argument("--limit", type=int, default=None, help="only the first N images")
+    g.add_argument("--out", required=True, help="output folder (reused to resume an interrupted run)")
+    g.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from .evaluate import EvalOptions
+
+    return EvalOptions(
+        batch_size=args.batch_size, workers=args.workers, limit=args.limit, strict=args.strict, quiet=args.quiet,
+        adaptive=getattr(args, "adaptive", None), confidence=getattr(args, "confidence", "max_prob"),
+    )
+
+
+def _dataset(args: argparse.Namespace, lm: Any, data: str) -> Any:
+    from .datasets import detect_dataset
+    from .distributed import DistContext
+
+    ds = detect_dataset(data, lm.class_names)
+    if DistContext.from_env().is_main and not args.quiet:
+        print(f"data: {ds.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
+    return ds
+
+
+# --------------------------------------------------------------------------- evaluate
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .cli import _load
+    from .evaluate import evaluate, format_table
+    from .policy import create_policy
+
+    policies = [create_policy(t) for t in (args.tta or ["hflip"])]
+    lm, dev, cfg = _load(args)
+    data = _dataset(args, lm, args.data)
+    res = evaluate(lm, data, policies, args.merge, args.out, cfg, _options(args), dev)
+    if not res:  # not rank 0
+        return 0
+    print(format_table({**res["results"], "_views": res["per_view"]}))
+    if res["skipped"]:
+        print(f"\nskipped {len(res['skipped'])} file(s):")
+        for s in res["skipped"][:10]:
+            print(f"  {s['path']}: {s['reason']}")
+    print(f"\nwrote {Path(args.out) / 'results.json'}, per_image.csv, per_view.json, accuracy.png, logits/")
+    return 0
+
+
+def _register_evaluate(sub: argparse._SubParsersAction) -> None:
+    from .cli import _add_policy_args
+
+    p = sub.add_parser("evaluate", help="score plain and TTA policies on a labelled dataset")
+    _common(p)
+    _add_policy_args(p, many=True)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+# --------------------------------------------------------------------------- search
+def _pool_logits(args: argparse.Namespace, lm: Any, cfg: Any, dev: Any, pool: Any, data_arg: str, sub: str) -> Any:
+    from .evaluate import evaluate, load_logits
+
+    data = _dataset(args, lm, data_arg)
+    out = Path(args.out) / sub
+    evaluate(lm, data, [pool], None, out, cfg, _options(args), dev)
+    return load_logits(out)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .cli import _load
+    from .distributed import DistContext
+    from .policy import Policy, create_policy, save_policy
+    from .search import (
+        DEFAULT_POOL, evaluate_choice, greedy_search, kfold_estimate, learn_weights, pick_adaptive_threshold,
+    )
+
+    pool = create_policy(args.pool or DEFAULT_POOL)
+    lm, dev, cfg = _load(args)
+    logits, labels, names, _ = _pool_logits(args, lm, cfg, dev, pool, args.data, "data")
+    if not DistContext.from_env().is_main:
+        return 0
+    if args.val:
+        sel_logits, sel_labels, _, _ = _pool_logits(args, lm, cfg, dev, pool, args.val, "val")
+    else:
+        sel_logits, sel_labels = logits, labels
+    res = greedy_search(sel_logits, sel_labels, args.budget, args.objective)
+    cols, temperature, weights = list(res.cols), res.temperature, None
+    how = f"greedy policy search ({args.objective}, budget {args.budget})"
+    if args.learn_weights:
+        w, t = learn_weights(sel_logits, sel_labels, cols)
+        learned = evaluate_choice(sel_logits, sel_labels, list(dict.fromkeys(cols)), t, w)
+        greedy = evaluate_choice(sel_logits, sel_labels, cols, temperature)
+        if learned["nll"] <= greedy["nll"]:  # keep the weights only where they help on selection data
+            cols, weights, temperature = list(dict.fromkeys(cols)), w, t
+            how += " + learned weights"
+    selection = evaluate_choice(sel_logits, sel_labels, cols, temperature, weights)
+    plain_sel = evaluate_choice(sel_logits, sel_labels, [0], 1.0)
+    meta: dict[str, Any] = {
+        "how": how, "pool": pool.name, "data": args.data, "selection": args.val or args.data,
+        "selection_top1": selection["top1"], "selection_nll": selection["nll"],
+        "plain_top1": plain_sel["top1"], "plain_nll": plain_sel["nll"], "trace": list(res.trace),
+    }
+    if args.val:
+        meta["heldout"] = {**evaluate_choice(logits, labels, cols, temperature, weights),
+                           "plain": evaluate_choice(logits, labels, [0], 1.0)}
+    else:
+        meta["kfold"] = kfold_estimate(logits, labels, args.budget, args.objective, args.folds, learn=args.learn_weights)
+    if args.target_cost is not None:
+        meta["adaptive"] = pick_adaptive_threshold(sel_logits[:, 0], len(cols), args.target_cost)
+        meta["adaptive_target_cost"] = args.target_cost
+    policy = Policy(tuple(pool.views[c] for c in cols), weights=weights, merge="mean", temperature=temperature,
+                    name=args.name, meta=meta)
+    path = save_policy(policy, Path(args.out) / "policy.json")
+    _print_search(policy, meta, path)
+    return 0
+
+
+def _print_search(policy: Any, meta: dict[str, Any], path: Path) -> None:
+    print(f"\nchosen policy ({len(policy.views)} views, {meta['how']}):")
+    for i, v in enumerate(policy.views):
+        w = f"  weight {policy.weights[i]:.3f}" if policy.weights else ""
+        print(f"  {v.name}{w}")
+    print(f"temperature {policy.temperature:.3f}")
+    print(f"selection data: top1 {meta['selection_top1']:.2%} (plain {meta['plain_top1']:.2%}), "
+          f"nll {meta['selection_nll']:.4f} (plain {meta['plain_nll']:.4f})")
+    if "kfold" in meta:
+        k = meta["kfold"]
+        print(f"{k['folds']}-fold held-out estimate: top1 {k['top1']:.2%} (plain {k['plain_top1']:.2%}), "
+              f"nll {k['nll']:.4f} (plain {k['plain_nll']:.4f}); views per fold {k['views_per_fold']}")
+    if "heldout" in meta:
+        h = meta["heldout"]
+        print(f"held-out (DATA): top1 {h['top1']:.2%} (plain {h['plain']['top1']:.2%}), nll {h['nll']:.4f} "
+              f"(plain {h['plain']['nll']:.4f})")
+    if "adaptive" in meta:
+        print(f"adaptive threshold {meta['adaptive']:.4f} for at most {meta['adaptive_target_cost']:.0%} of the view-forwards")
+    print(f"wrote {path} (use it as --tta {path})")
+
+
+def _register_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="choose a policy on labelled data (greedy policy search)")
+    _common(p)
+    g = p.add_argument_group("search")
+    g.add_argument("--pool", default=None, help="candidate views as a policy (default: flips, scales, crops, "
+                   "rotations, shifts, brightness/contrast and a larger resolution)")
+    g.add_argument("--budget", type=int, default=5, help="maximum views in the policy (default: 5)")
+    g.add_argument("--objective", choices=("nll", "top1"), default="nll", help="what the search improves (default: nll)")
+    g.add_argument("--val", default=None, help="separate selection data; otherwise k-fold on DATA")
+    g.add_argument("--folds", type=int, default=5, help="k of the k-fold estimate (default: 5)")
+    g.add_argument("--learn-weights", action="store_true", help="also fit per-view weights and a temperature")
+    g.add_argument("--target-cost", type=float, default=None,
+                   help="pick an adaptive-TTA threshold spending at most this share of the view-forwards")
+    g.add_argument("--name", default="searched", help="policy name in reports (default: searched)")
+    p.set_defaults(func=_cmd_search)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_register_evaluate, _register_search]
+

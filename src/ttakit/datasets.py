@@ -1,0 +1,180 @@
+"""Labelled image sets: layout detection (ImageFolder, flat ImageNet files, CSV) and loading.
+
+Decoding happens in DataLoader workers; a file that cannot be decoded becomes a *skip*
+record (path and reason) instead of an exception, so one bad file never stops a long run.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .data import load_image
+from .errors import ImageLoadError, TTAKitError
+
+__all__ = ["DatasetError", "ImageList", "LabelledImages", "detect_dataset", "make_loader"]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class DatasetError(TTAKitError, ValueError):
+    """A dataset path or layout could not be understood."""
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """An ordered list of ``(path, class index)`` pairs and how it was found.
+
+    Attributes:
+        paths: image files, in a deterministic (sorted) order.
+        labels: class index of each file in the model's class list.
+        layout: ``imagefolder``, ``imagenet-flat`` or ``csv``.
+        source: the DATA argument.
+    """
+
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+    layout: str
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def n_classes(self) -> int:
+        return len(set(self.labels))
+
+    def describe(self) -> str:
+        return f"{self.source}: {self.layout} layout, {len(self)} images, {self.n_classes} classes"
+
+    def head(self, n: int | None) -> LabelledImages:
+        """The first ``n`` images (all when ``n`` is None)."""
+        if n is None:
+            return self
+        return LabelledImages(self.paths[:n], self.labels[:n], self.layout, self.source)
+
+
+class _LabelIndex:
+    """Resolves a class given as a model class name, an ImageNet wnid or an integer index."""
+
+    def __init__(self, class_names: Sequence[str]) -> None:
+        self.n = len(class_names)
+        self.by_name = {n: i for i, n in enumerate(class_names)}
+        # Short names too: ImageNet descriptions look like "tabby, tabby cat".
+        for i, n in enumerate(class_names):
+            for part in n.split(","):
+                self.by_name.setdefault(part.strip(), i)
+        self.by_wnid: dict[str, int] = {}
+        if self.n == 1000:
+            self.by_wnid = {w: i for i, w in enumerate(timm.data.ImageNetInfo().label_names())}
+
+    def __call__(self, label: str, where: str) -> int:
+        label = label.strip()
+        for table in (self.by_wnid, self.by_name):
+            if label in table:
+                return table[label]
+        if label.isdigit() and int(label) < self.n:
+            return int(label)
+        raise DatasetError(f"{where}: class {label!r} is not one of the model's {self.n} classes (names, wnids or indices)")
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def detect_dataset(data: str | Path, class_names: Sequence[str]) -> LabelledImages:
+    """Find the images and labels of ``data``.
+
+    * a ``.csv`` file with ``path,label`` columns (paths relative to the file's folder);
+    * a folder of class folders (ImageFolder), named by class name or ImageNet wnid;
+    * a flat folder of ``<wnid>_<anything>.<ext>`` files (as ``../shared/imagenet-sample``).
+
+    Files with other suffixes are ignored; files that fail to decode are skipped later.
+
+    Raises:
+        DatasetError: missing path, unknown layout or class.
+    """
+    root = Path(data)
+    labels = _LabelIndex(class_names)
+    if not root.exists():
+        raise DatasetError(f"{root}: no such file or folder")
+    if root.is_file():
+        if root.suffix.lower() != ".csv":
+            raise DatasetError(f"{root}: a dataset is a folder or a .csv file with path,label columns")
+        return _from_csv(root, labels)
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        paths, ys = [], []
+        for d in subdirs:
+            y = labels(d.name, f"{root}/{d.name}")
+            for p in _images_in(d):
+                paths.append(str(p))
+                ys.append(y)
+        return LabelledImages(tuple(paths), tuple(ys), "imagefolder", str(root))
+    files = _images_in(root)
+    if not files:
+        raise DatasetError(f"{root}: no images found (expected class folders, <wnid>_*.JPEG files or a CSV)")
+    ys = [labels(p.name.split("_", 1)[0], str(p)) for p in files]
+    return LabelledImages(tuple(str(p) for p in files), tuple(ys), "imagenet-flat", str(root))
+
+
+def _from_csv(path: Path, labels: _LabelIndex) -> LabelledImages:
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+            raise DatasetError(f"{path}: a dataset CSV needs 'path' and 'label' columns, found {reader.fieldnames}")
+        rows = [(r["path"], r["label"]) for r in reader]
+    paths, ys = [], []
+    for line, (p, y) in enumerate(rows, start=2):
+        full = Path(p) if Path(p).is_absolute() else path.parent / p
+        paths.append(str(full))
+        ys.append(labels(y, f"{path}:{line}"))
+    return LabelledImages(tuple(paths), tuple(ys), "csv", str(path))
+
+
+class ImageList(Dataset):
+    """Decodes ``paths[i]`` and applies ``transform``; failures become skip records."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable[[Any], Tensor]) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, Tensor | None, str | None]:
+        try:
+            return i, self.transform(load_image(self.paths[i])), None
+        except ImageLoadError as e:
+            return i, None, str(e).removeprefix(f"{self.paths[i]}: ")
+        except Exception as e:  # noqa: BLE001 - a transform failing on odd data is a skip too
+            return i, None, f"{type(e).__name__}: {e}"
+
+
+def _collate(items: list[tuple[int, Tensor | None, str | None]]) -> tuple[list[int], Tensor | None, list[tuple[int, str]]]:
+    ok = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, r) for i, x, r in items if x is None]
+    x = torch.stack([x for _, x in ok]) if ok else None
+    return [i for i, _ in ok], x, bad  # type: ignore[return-value]
+
+
+def make_loader(
+    paths: Sequence[str], transform: Callable[[Any], Tensor], batch_size: int, workers: int, indices: Sequence[int] | None = None
+) -> DataLoader:
+    """A DataLoader over ``paths`` (or the subset ``indices``) yielding
+    ``(indices, images (B, C, H, W) or None, skipped [(index, reason)])``."""
+    ds: Dataset = ImageList(paths, transform)
+    if indices is not None:
+        ds = torch.utils.data.Subset(ds, list(indices))
+    return DataLoader(
+        ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+        persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+    )

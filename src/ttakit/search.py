@@ -1,0 +1,228 @@
+"""Policy search on saved logits: greedy policy search, learned merge weights, adaptive threshold.
+
+Greedy policy search (after Lyzhov et al., "Greedy Policy Search", UAI 2020): starting from an
+empty policy, repeatedly add (with replacement) the candidate view that most improves the
+temperature-calibrated log-likelihood of the mean-of-probabilities merge, up to a budget.
+Adding a view that does not improve the objective stops the search, and the plain view is
+always a candidate, so the result is never worse than plain on the selection data.
+
+Learned weights (in the spirit of AugTTA, Shanmugam et al., "Better Aggregation in Test-Time
+Augmentation", ICCV 2021): per-view weights and a temperature fitted by minimising the NLL of
+the weighted merge on the selection data.
+
+Everything here works on logits ``(N, U, C)`` that :mod:`ttakit.evaluate` saved, so a search
+costs one evaluation pass, however many candidates it scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .engine import CONFIDENCE
+from .merge import merge_logits
+from .metrics import nll as nll_metric
+from .metrics import topk_accuracy
+
+__all__ = [
+    "DEFAULT_POOL",
+    "SearchResult",
+    "greedy_search",
+    "kfold_estimate",
+    "learn_weights",
+    "pick_adaptive_threshold",
+]
+
+DEFAULT_POOL = (
+    "identity + hflip=1 + scale(0.8,0.9,1.1,1.25) + hflip=1|scale=1.1"
+    " + crop=center:0.875 + crop=tl:0.875 + crop=tr:0.875 + crop=bl:0.875 + crop=br:0.875"
+    " + rotate(-10,10) + shift(16:0,-16:0,0:16,0:-16) + brightness(0.8,1.2) + contrast(0.8,1.2)"
+    " + resize(1.15) + hflip=1|resize=1.15"
+)
+# Temperatures tried when calibrating (log-spaced, 1 included).
+TEMPERATURES = tuple(float(t) for t in torch.logspace(math.log10(0.4), math.log10(2.5), 17).tolist()) + (1.0,)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A chosen policy, as columns of the searched logits.
+
+    Attributes:
+        cols: chosen view columns, in order of choice, repeats allowed.
+        temperature: calibrated temperature of the merge.
+        objective: ``nll`` or ``top1``.
+        trace: objective value after each step (lower is better; top1 is negated).
+        weights: per-column weights when learned, else ``None`` (equal).
+    """
+
+    cols: tuple[int, ...]
+    temperature: float
+    objective: str
+    trace: tuple[float, ...]
+    weights: tuple[float, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _label_probs(logits: Tensor, labels: Tensor, temps: Sequence[float]) -> Tensor:
+    """``(U, T, N)`` probability of the label for each view and temperature."""
+    z = logits.double()  # (N, U, C)
+    zlab = z.gather(2, labels.view(-1, 1, 1).expand(-1, z.shape[1], 1)).squeeze(2)  # (N, U)
+    out = []
+    for t in temps:
+        lse = torch.logsumexp(z / t, dim=2)  # (N, U)
+        out.append((zlab / t - lse).exp().T)  # (U, N)
+    return torch.stack(out, dim=1)
+
+
+def greedy_search(
+    logits: Tensor,
+    labels: Tensor,
+    budget: int,
+    objective: str = "nll",
+    temperatures: Sequence[float] = TEMPERATURES,
+) -> SearchResult:
+    """Greedy policy search over the columns of ``logits`` ``(N, U, C)``.
+
+    Args:
+        logits: per-view logits of the selection images; column 0 should be the plain view.
+        labels: ``(N,)`` class indices.
+        budget: maximum number of views in the policy.
+        objective: ``nll`` (temperature-calibrated NLL of the mean merge) or ``top1`` (accuracy
+            at temperature 1, ties broken by calibrated NLL).
+
+    Example:
+        >>> res = greedy_search(logits, labels, budget=4)
+        >>> [names[c] for c in res.cols]
+        ['hflip', 'identity', 'scale=1.1']
+    """
+    if objective not in ("nll", "top1"):
+        raise ValueError(f"objective must be nll or top1, got {objective!r}")
+    N, U, _ = logits.shape
+    plab = _label_probs(logits, labels, temperatures)  # (U, T, N)
+    run_lab = torch.zeros(len(temperatures), N, dtype=torch.float64)  # sum of chosen views' label probs
+    probs1 = torch.softmax(logits.float(), dim=-1) if objective == "top1" else None  # (N, U, C), T = 1
+    run_full = torch.zeros(N, logits.shape[2]) if objective == "top1" else None
+    cols: list[int] = []
+    trace: list[float] = []
+    best_t = 1.0
+    current = math.inf
+    for step in range(budget):
+        k = step + 1
+        # Calibrated NLL of every candidate policy "chosen + [u]": min over temperatures.
+        cand_lab = (run_lab.unsqueeze(0) + plab) / k  # (U, T, N)
+        cand_nll = -cand_lab.clamp_min(1e-12).log().mean(dim=2)  # (U, T)
+        nll_best, t_idx = cand_nll.min(dim=1)  # (U,)
+        if objective == "top1":
+            acc = torch.stack([((run_full + probs1[:, u]).argmax(-1) == labels).float().mean() for u in range(U)])
+            # Lexicographic: accuracy first, calibrated NLL breaks ties.
+            score = -acc.double() + 1e-6 * nll_best / (1.0 + nll_best)
+        else:
+            score = nll_best
+        u = int(score.argmin())
+        if float(score[u]) >= current - 1e-12:
+            break  # no candidate improves: stop (the plain view was a candidate at step 1)
+        current = float(score[u])
+        cols.append(u)
+        trace.append(current)
+        best_t = temperatures[int(t_idx[u])]
+        run_lab += plab[u]
+        if run_full is not None:
+            run_full += probs1[:, u]
+    return SearchResult(tuple(cols), best_t, objective, tuple(trace))
+
+
+def learn_weights(logits: Tensor, labels: Tensor, cols: Sequence[int], steps: int = 100) -> tuple[tuple[float, ...], float]:
+    """Fit per-view weights (softmax-parametrised, so non-negative and summing to 1) and a
+    temperature minimising the NLL of the weighted mean of probabilities.
+
+    Repeated columns are fitted as one view (their counts set the starting weights).
+
+    Returns:
+        ``(weights for each distinct column in first-seen order, temperature)``.
+    """
+    distinct = list(dict.fromkeys(cols))
+    counts = Counter(cols)
+    z = logits[:, distinct].double()  # (N, V, C)
+    a = torch.tensor([math.log(counts[c]) for c in distinct], dtype=torch.float64, requires_grad=True)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([a, log_t], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+    zlab_idx = labels.view(-1, 1, 1).expand(-1, z.shape[1], 1)
+
+    def loss_fn() -> Tensor:
+        opt.zero_grad()
+        logp = torch.log_softmax(z / log_t.exp(), dim=2).gather(2, zlab_idx).squeeze(2)  # (N, V)
+        loss = -torch.logsumexp(logp + torch.log_softmax(a, 0), dim=1).mean()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(loss_fn)
+    w = torch.softmax(a.detach(), 0)
+    return tuple(float(x) for x in w), float(log_t.detach().exp())
+
+
+def evaluate_choice(logits: Tensor, labels: Tensor, cols: Sequence[int], temperature: float,
+                    weights: Sequence[float] | None = None) -> dict[str, float]:
+    """Top-1 and NLL of the mean merge of ``cols`` at ``temperature``."""
+    w = None if weights is None else torch.tensor(weights)
+    probs = merge_logits(logits[:, list(cols)], "mean", w, temperature)
+    return {"top1": topk_accuracy(probs, labels), "nll": nll_metric(probs, labels)}
+
+
+def kfold_estimate(
+    logits: Tensor, labels: Tensor, budget: int, objective: str = "nll", folds: int = 5, seed: int = 0,
+    learn: bool = False,
+) -> dict[str, Any]:
+    """Held-out estimate of the search: search on k-1 folds, score on the held-out one.
+
+    Returns:
+        Mean held-out top-1 and NLL of the searched policy and of the plain view (column 0,
+        with its own calibrated temperature), and the policy size chosen in each fold.
+    """
+    N = len(labels)
+    folds = max(2, min(folds, N))
+    perm = torch.randperm(N, generator=torch.Generator().manual_seed(seed))
+    parts = perm.chunk(folds)
+    tta_top1 = tta_nll = plain_top1 = plain_nll = 0.0
+    sizes = []
+    for i, held in enumerate(parts):
+        train = torch.cat([p for j, p in enumerate(parts) if j != i])
+        res = greedy_search(logits[train], labels[train], budget, objective)
+        cols, t, w = list(res.cols), res.temperature, None
+        if learn:
+            w, t = learn_weights(logits[train], labels[train], cols)
+            cols = list(dict.fromkeys(cols))
+        plain_t = greedy_search(logits[train][:, :1], labels[train], 1, "nll").temperature
+        a = evaluate_choice(logits[held], labels[held], cols, t, w)
+        b = evaluate_choice(logits[held], labels[held], [0], plain_t)
+        n = len(held) / N
+        tta_top1 += a["top1"] * n
+        tta_nll += a["nll"] * n
+        plain_top1 += b["top1"] * n
+        plain_nll += b["nll"] * n
+        sizes.append(len(cols))
+    return {"folds": folds, "top1": tta_top1, "nll": tta_nll, "plain_top1": plain_top1, "plain_nll": plain_nll,
+            "views_per_fold": sizes}
+
+
+def pick_adaptive_threshold(plain_logits: Tensor, n_views: int, target_fraction: float, confidence: str = "max_prob") -> float:
+    """The largest confidence threshold whose adaptive TTA spends at most ``target_fraction``
+    of full TTA's view-forwards on these images (plain forward on all, the other
+    ``n_views - 1`` views on images below the threshold)."""
+    N = plain_logits.shape[0]
+    if n_views <= 1:
+        return 1.01
+    conf = CONFIDENCE[confidence](plain_logits).sort().values  # ascending
+    allowed = int((target_fraction * N * n_views - N) // (n_views - 1))
+    if allowed <= 0:
+        return 0.0
+    if allowed >= N:
+        return 1.01
+    # Uncertain means conf < threshold: exactly the `allowed` least confident images.
+    return float(conf[allowed])
