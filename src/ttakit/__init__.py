@@ -7,6 +7,7 @@ from .errors import ImageLoadError, ModelLoadError, PolicyError, ShapeError, TTA
 from .merge import get_merge, list_merges, merge_logits, register_merge
 from .models import DEFAULT_MODEL, LoadedModel, load_class_names, load_model
 from .data import example_image_path, load_image, preprocess
+from .dense import DenseResult, KeypointsTTA, SegmentationTTA
 from .policy import Policy, create_policy, list_presets, load_policy, parse_policy, product, register_preset, save_policy, union
 from .transforms import (
     Brightness,
@@ -31,6 +32,9 @@ __all__ = [
     "DEFAULT_MODEL",
     "Brightness",
     "ClassificationTTA",
+    "DenseResult",
+    "KeypointsTTA",
+    "SegmentationTTA",
     "Contrast",
     "Crop",
     "HFlip",

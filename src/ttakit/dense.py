@@ -1,0 +1,277 @@
+"""Dense TTA: segmentation maps and keypoints, each view's geometry undone before merging.
+
+Both wrappers use the same loop as classification (:func:`ttakit.engine.run_views`); only the
+per-view post-processing differs. Every geometric view's prediction is mapped back onto the
+un-augmented output grid by the view's own ``invert_dense``/``invert_points``: flips and
+quarter turns exactly, rotations, zooms, shifts and crops by resampling with a validity mask,
+so a pixel is merged only over the views that saw it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .engine import RunConfig, _model_device, _model_normalization, default_run_config, run_views
+from .errors import PolicyError, ShapeError, check_shape
+from .policy import Policy, PolicyLike, create_policy
+from .transforms import HFlip, Normalization, VFlip, View
+
+__all__ = ["DenseResult", "KeypointsTTA", "SegmentationTTA"]
+
+_ACTIVATIONS: dict[str | None, Callable[[Tensor], Tensor]] = {
+    "softmax": lambda y: torch.softmax(y, dim=1),
+    "sigmoid": torch.sigmoid,
+    None: lambda y: y,
+}
+
+
+def _masked_mean(ys: Tensor, masks: Tensor, weights: Tensor) -> Tensor:
+    """``ys`` (V, B, K, H, W), ``masks`` (V, 1|B, 1, H, W), ``weights`` (V,) -> (B, K, H, W)."""
+    w = masks * weights.view(-1, 1, 1, 1, 1)
+    total = w.sum(0)  # (B, 1, H, W)
+    merged = (ys * w).sum(0) / total.clamp_min(1e-12)
+    # A pixel no view saw falls back to the plain average of the (border-padded) predictions.
+    fallback = (ys * weights.view(-1, 1, 1, 1, 1)).sum(0) / weights.sum()
+    return torch.where(total > 0, merged, fallback)
+
+
+def _masked_max(ys: Tensor, masks: Tensor, weights: Tensor) -> Tensor:
+    valid = (masks > 0) & (weights.view(-1, 1, 1, 1, 1) > 0)
+    return torch.where(valid, ys, torch.full_like(ys, -torch.inf)).max(0).values.nan_to_num(neginf=0.0)
+
+
+_DENSE_MERGES: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {"mean": _masked_mean, "max": _masked_max}
+
+
+def _variance(ys: Tensor, masks: Tensor, merged: Tensor) -> Tensor:
+    w = masks.expand(-1, ys.shape[1], 1, *ys.shape[-2:])
+    n = w.sum(0).clamp_min(1.0)
+    return (((ys - merged) ** 2) * w).sum(0).div(n).mean(1, keepdim=True)  # (B, 1, H, W)
+
+
+def _entropy(ys: Tensor, masks: Tensor, merged: Tensor) -> Tensor:
+    p = merged.clamp_min(1e-12)
+    if merged.shape[1] == 1:  # binary map: Bernoulli entropy
+        q = (1 - merged).clamp_min(1e-12)
+        return -(p * p.log() + q * q.log())
+    return -(p * p.log()).sum(1, keepdim=True)
+
+
+_UNCERTAINTY: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {"variance": _variance, "entropy": _entropy}
+
+
+def _pick(table: dict[Any, Any], value: Any, what: str) -> Any:
+    """Resolve a mode name once, at construction."""
+    if value not in table:
+        raise PolicyError(f"unknown {what} {value!r}; choose one of {', '.join(str(k) for k in table)}")
+    return table[value]
+
+
+@dataclass(frozen=True)
+class DenseResult:
+    """Merged dense prediction.
+
+    Attributes:
+        output: ``(B, K, H', W')`` tensor, or a dict of them (non-dense keys averaged as is).
+        uncertainty: ``(B, 1, H', W')`` per dense key (a dict for dict outputs), or ``None``.
+        coverage: ``(B or 1, 1, H', W')`` number of views that saw each pixel.
+    """
+
+    output: Tensor | dict[str, Tensor]
+    uncertainty: Tensor | dict[str, Tensor] | None
+    coverage: Tensor
+
+
+class _DenseBase(nn.Module):
+    def __init__(self, model: nn.Module, policy: PolicyLike, norm: Normalization | None, run_config: RunConfig | None) -> None:
+        super().__init__()
+        self.model = model
+        self.policy: Policy = create_policy(policy)
+        self.norm = norm or _model_normalization(model)
+        self.run_config = run_config or default_run_config(_model_device(model))
+        if self.run_config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        w = self.policy.weights
+        self.register_buffer("view_weights", torch.ones(len(self.policy.views)) if w is None else torch.tensor(w), persistent=False)
+
+    @property
+    def views(self) -> tuple[View, ...]:
+        return self.policy.views
+
+    def _run(self, x: Tensor) -> list[Any]:
+        check_shape("images", x.shape, "(B, C, H, W)")
+        return run_views(self.model, x, self.views, self.norm, self.run_config)
+
+
+class SegmentationTTA(_DenseBase):
+    """TTA for models mapping ``(B, C, H, W)`` images to ``(B, K, H', W')`` logits (any output
+    stride), or to a dict of such maps and other heads.
+
+    Args:
+        model: the segmentation network.
+        policy: preset name, policy text, JSON path or policy object.
+        merge: ``mean`` (default) or ``max``, over the views that saw each pixel.
+        activation: applied to each view before merging: ``softmax`` (over K), ``sigmoid`` or
+            ``None`` (merge logits).
+        dense_keys: for dict outputs, the keys holding maps to de-augment (default: every 4-D
+            value); other values are averaged over views as they are.
+        uncertainty: ``None``, ``variance`` (across views, mean over K) or ``entropy`` (of
+            the merged probabilities), returned by :meth:`predict`.
+        output_size: the plain output grid ``(H', W')``; inferred from the views otherwise.
+
+    Example:
+        >>> tta = SegmentationTTA(net, "flip*scale(1,1.25)", activation="softmax", uncertainty="entropy")
+        >>> res = tta.predict(images)           # res.output (B, K, H', W'), res.uncertainty (B, 1, H', W')
+        >>> masks = tta(images).argmax(1)       # forward() returns the merged output only
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        policy: PolicyLike = "hflip",
+        merge: str = "mean",
+        activation: str | None = "softmax",
+        *,
+        dense_keys: Sequence[str] | None = None,
+        uncertainty: str | None = None,
+        output_size: tuple[int, int] | None = None,
+        norm: Normalization | None = None,
+        run_config: RunConfig | None = None,
+    ) -> None:
+        super().__init__(model, policy, norm, run_config)
+        self._merge = _pick(_DENSE_MERGES, merge, "merge")
+        self._activation = _pick(_ACTIVATIONS, activation, "activation")
+        self._uncertainty = None if uncertainty is None else _pick(_UNCERTAINTY, uncertainty, "uncertainty")
+        self.dense_keys = None if dense_keys is None else tuple(dense_keys)
+        self.output_size = output_size
+
+    def _grid(self, size: tuple[int, int], outs: Sequence[Tensor]) -> tuple[int, int]:
+        """The plain output grid: from a view whose image keeps the input size, else scaled."""
+        if self.output_size is not None:
+            return self.output_size
+        for view, y in zip(self.views, outs):
+            if view.output_size(size) == size:
+                return tuple(y.shape[-2:])  # type: ignore[return-value]
+        view, y = self.views[0], outs[0]
+        h, w = view.output_size(size)
+        return round(size[0] * y.shape[-2] / h), round(size[1] * y.shape[-1] / w)
+
+    def _merge_maps(self, outs: Sequence[Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor | None, Tensor]:
+        for y in outs:
+            check_shape("segmentation output", y.shape, "(B, K, H, W)")
+        grid = self._grid(size, outs)
+        ys, masks = [], []
+        for view, y in zip(self.views, outs):
+            y, m = view.invert_dense(self._activation(y.float()), size, grid)  # (B, K, H', W'), (1, 1, H', W')
+            ys.append(y)
+            masks.append(m)
+        Y, M = torch.stack(ys), torch.stack(masks)  # (V, B, K, H', W'), (V, 1, 1, H', W')
+        merged = self._merge(Y, M, self.view_weights.to(Y))
+        unc = self._uncertainty(Y, M, merged) if self._uncertainty else None
+        return merged, unc, M.sum(0)
+
+    @torch.inference_mode()
+    def predict(self, x: Tensor) -> DenseResult:
+        """Merged maps with per-pixel uncertainty (if asked) and view coverage."""
+        size = tuple(x.shape[-2:])
+        outs = self._run(x)
+        if isinstance(outs[0], Tensor):
+            merged, unc, cov = self._merge_maps(outs, size)  # type: ignore[arg-type]
+            return DenseResult(merged, unc, cov)
+        if not isinstance(outs[0], dict):
+            raise ShapeError("segmentation output", "a (B, K, H, W) tensor or a dict of tensors", ())
+        keys = self.dense_keys or tuple(k for k, v in outs[0].items() if isinstance(v, Tensor) and v.ndim == 4)
+        merged_d: dict[str, Tensor] = {}
+        unc_d: dict[str, Tensor] = {}
+        cov = torch.zeros(1)
+        w = self.view_weights.float()
+        for k in outs[0]:
+            if k in keys:
+                merged_d[k], u, cov = self._merge_maps([o[k] for o in outs], size)
+                if u is not None:
+                    unc_d[k] = u
+            else:  # a non-spatial head (class scores, ...): weighted mean over views
+                stack = torch.stack([o[k].float() for o in outs])
+                merged_d[k] = (stack * w.view(-1, *([1] * (stack.ndim - 1)))).sum(0) / w.sum()
+        return DenseResult(merged_d, unc_d or None, cov)
+
+    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
+        """The merged output (same structure as the model's)."""
+        return self.predict(x).output
+
+
+class KeypointsTTA(_DenseBase):
+    """TTA for keypoint regressors returning ``(B, N, 2)`` pixel coordinates ``(x, y)`` of the
+    input image (pixel centres at integers), optionally with ``(B, N)`` scores as a second
+    tuple element or under ``"scores"`` in a dict (coordinates under ``"keypoints"``).
+
+    Each view's coordinates are mapped back to the original image; after a mirror (an odd
+    number of hflip/vflip) the left/right keypoints named in ``flip_pairs`` are swapped, since
+    the model calls the mirrored left eye "right". Views are merged by a weighted mean (view
+    weights x scores when the model gives scores).
+
+    Example:
+        >>> tta = KeypointsTTA(net, "hflip*scale(1,1.1)", flip_pairs=[(1, 2), (3, 4)])
+        >>> pts = tta(images)  # (B, N, 2)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        policy: PolicyLike = "hflip",
+        flip_pairs: Sequence[tuple[int, int]] | None = None,
+        *,
+        norm: Normalization | None = None,
+        run_config: RunConfig | None = None,
+    ) -> None:
+        super().__init__(model, policy, norm, run_config)
+        self.flip_pairs = tuple((int(a), int(b)) for a, b in (flip_pairs or ()))
+
+    def _swap(self, n: int) -> Tensor:
+        perm = torch.arange(n)
+        for a, b in self.flip_pairs:
+            perm[a], perm[b] = b, a
+        return perm
+
+    @staticmethod
+    def _split(out: Any) -> tuple[Tensor, Tensor | None]:
+        if isinstance(out, Tensor):
+            return out, None
+        if isinstance(out, dict):
+            return out["keypoints"], out.get("scores")
+        return out[0], (out[1] if len(out) > 1 else None)
+
+    @torch.inference_mode()
+    def predict(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(B, N, 2)`` merged coordinates and ``(B, N)`` mean scores (``None`` without)."""
+        size = tuple(x.shape[-2:])
+        pts_all, w_all, sc_all = [], [], []
+        for view, out in zip(self.views, self._run(x)):
+            pts, scores = self._split(out)
+            check_shape("keypoints", pts.shape, "(B, N, 2)")
+            pts = view.invert_points(pts.float(), size)
+            mirrors = sum(isinstance(t, (HFlip, VFlip)) for t in view.transforms)
+            if mirrors % 2:
+                perm = self._swap(pts.shape[1]).to(pts.device)
+                pts = pts[:, perm]
+                scores = None if scores is None else scores[:, perm]
+            pts_all.append(pts)
+            sc_all.append(scores)
+        P = torch.stack(pts_all)  # (V, B, N, 2)
+        w = self.view_weights.to(P).view(-1, 1, 1)  # (V, 1, 1)
+        if all(s is not None for s in sc_all):
+            S = torch.stack([s.float() for s in sc_all])  # (V, B, N)
+            ws = w * S.clamp_min(0)
+            ws = torch.where(ws.sum(0, keepdim=True) > 0, ws, w.expand_as(S))
+            merged = (P * ws.unsqueeze(-1)).sum(0) / ws.sum(0).unsqueeze(-1)
+            return merged, (S * w).sum(0) / w.sum(0)
+        return (P * w.unsqueeze(-1)).sum(0) / w.sum(), None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Merged ``(B, N, 2)`` keypoints."""
+        return self.predict(x)[0]
