@@ -8,6 +8,7 @@ from .merge import get_merge, list_merges, merge_logits, register_merge
 from .models import DEFAULT_MODEL, LoadedModel, load_class_names, load_model
 from .data import example_image_path, load_image, preprocess
 from .dense import DenseResult, KeypointsTTA, SegmentationTTA
+from .soup import greedy_soup, uniform_soup
 from .policy import Policy, create_policy, list_presets, load_policy, parse_policy, product, register_preset, save_policy, union
 from .transforms import (
     Brightness,
@@ -61,6 +62,7 @@ __all__ = [
     "default_run_config",
     "example_image_path",
     "get_merge",
+    "greedy_soup",
     "list_merges",
     "list_presets",
     "load_class_names",
@@ -75,5 +77,6 @@ __all__ = [
     "register_preset",
     "run_views",
     "save_policy",
+    "uniform_soup",
     "union",
 ]

@@ -170,5 +170,61 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_search)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_register_evaluate, _register_search]
+# --------------------------------------------------------------------------- soup
+def _cmd_soup(args: argparse.Namespace) -> int:
+    import torch
+
+    from .datasets import detect_dataset
+    from .models import load_model
+    from .soup import accuracy_scorer, greedy_soup, save_state_dict, uniform_soup
+
+    # The architecture (and classifier size) comes from the first ingredient.
+    lm = load_model(args.model, weights=args.ckpts[0], labels=args.labels)
+    score = None
+    if args.data:
+        data = detect_dataset(args.data, lm.class_names).head(args.limit)
+        print(f"held-out data: {data.describe()}")
+        from .data import preprocess
+
+        images, labels = preprocess(list(data.paths), lm.transform()), torch.tensor(data.labels)
+        score = accuracy_scorer(lm.model, images, labels)
+    if args.method == "greedy":
+        if score is None:
+            from .errors import TTAKitError
+
+            raise TTAKitError("--method greedy needs held-out data: --data VAL")
+        res = greedy_soup(args.ckpts, score)
+        state = res.state_dict
+        for i in res.order:
+            mark = "in soup" if i in res.chosen else "left out"
+            print(f"  {args.ckpts[i]}: held-out top-1 {res.scores[i]:.2%} ({mark})")
+        print(f"greedy soup of {len(res.chosen)}/{len(args.ckpts)} ingredients: held-out top-1 {res.soup_score:.2%}")
+        meta = {"method": "greedy", "ingredients": ",".join(args.ckpts[i] for i in res.chosen)}
+    else:
+        state = uniform_soup(args.ckpts)
+        if score is not None:
+            for c in args.ckpts:
+                from .models import load_state_dict
+
+                print(f"  {c}: held-out top-1 {score(load_state_dict(c)):.2%}")
+            print(f"uniform soup of {len(args.ckpts)} ingredients: held-out top-1 {score(state):.2%}")
+        meta = {"method": "uniform", "ingredients": ",".join(args.ckpts)}
+    out = save_state_dict(state, args.out, meta)
+    print(f"wrote {out} (use it as --weights {out})")
+    return 0
+
+
+def _register_soup(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("soup", help="average fine-tuned weights of one architecture (model soup)")
+    p.add_argument("ckpts", nargs="+", metavar="CKPT", help=".pth/.pt/.safetensors state dicts of one architecture")
+    p.add_argument("--model", required=True, help="timm architecture of the ingredients")
+    p.add_argument("--out", required=True, help="output .safetensors")
+    p.add_argument("--method", choices=("uniform", "greedy"), default="uniform", help="soup recipe (default: uniform)")
+    p.add_argument("--data", default=None, help="held-out data for greedy selection and the report")
+    p.add_argument("--labels", default=None, help="class names of the fine-tuned head")
+    p.add_argument("--limit", type=int, default=None, help="only the first N held-out images")
+    p.set_defaults(func=_cmd_soup)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_register_evaluate, _register_search, _register_soup]
 
