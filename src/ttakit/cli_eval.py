@@ -79,8 +79,8 @@ def _pool_logits(args: argparse.Namespace, lm: Any, cfg: Any, dev: Any, pool: An
 
     data = _dataset(args, lm, data_arg)
     out = Path(args.out) / sub
-    evaluate(lm, data, [pool], None, out, cfg, _options(args), dev)
-    return load_logits(out)
+    done = evaluate(lm, data, [pool], None, out, cfg, _options(args), dev)
+    return load_logits(out) if done else None  # rank 0 alone holds every chunk
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -93,13 +93,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     pool = create_policy(args.pool or DEFAULT_POOL)
     lm, dev, cfg = _load(args)
-    logits, labels, names, _ = _pool_logits(args, lm, cfg, dev, pool, args.data, "data")
+    # Every rank takes part in each (distributed) evaluation; rank 0 then searches alone.
+    on_data = _pool_logits(args, lm, cfg, dev, pool, args.data, "data")
+    on_val = _pool_logits(args, lm, cfg, dev, pool, args.val, "val") if args.val else on_data
     if not DistContext.from_env().is_main:
         return 0
-    if args.val:
-        sel_logits, sel_labels, _, _ = _pool_logits(args, lm, cfg, dev, pool, args.val, "val")
-    else:
-        sel_logits, sel_labels = logits, labels
+    logits, labels, _, _ = on_data
+    sel_logits, sel_labels, _, _ = on_val
     res = greedy_search(sel_logits, sel_labels, args.budget, args.objective)
     cols, temperature, weights = list(res.cols), res.temperature, None
     how = f"greedy policy search ({args.objective}, budget {args.budget})"

@@ -1,0 +1,91 @@
+"""torchrun with 2 gloo processes on CPU gives exactly the single-process results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from ttakit.cli import main
+
+CLASSES = ["cat", "dog", "fox"]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    data = root / "data"
+    for c, name in enumerate(CLASSES):
+        (data / name).mkdir(parents=True)
+        for i in range(4 + c):  # 15 images + 1 broken: 16 files, 15 images, odd chunk counts
+            arr = np.random.default_rng(10 * c + i).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(data / name / f"{i}.png")
+    (data / "dog" / "broken.png").write_bytes(b"\x89PNG nope")
+    (root / "labels.txt").write_text("\n".join(CLASSES))
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_resnet", num_classes=3).state_dict(), root / "w.pth")
+    return root
+
+
+def _args(root, out, *extra):
+    return ["evaluate", str(root / "data"), "--model", "test_resnet", "--weights", str(root / "w.pth"), "--labels",
+            str(root / "labels.txt"), "--tta", "hflip", "--tta", "d4", "--merge", "mean", "--merge", "vote",
+            "--batch-size", "3", "--workers", "0", "--quiet", "--out", str(out), *extra]
+
+
+def _torchrun(args, nproc=2, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TTAKIT_DIST_BACKEND": "gloo"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "ttakit", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _without_timing(path):
+    doc = json.loads(path.read_text())
+    for r in doc["results"].values():
+        r.pop("seconds"), r.pop("images_per_s")
+    return doc
+
+
+def test_two_ranks_match_one_process(setup):
+    root = setup
+    assert main(_args(root, root / "single")) == 0
+    res = _torchrun(_args(root, root / "multi"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    single, multi = _without_timing(root / "single" / "results.json"), _without_timing(root / "multi" / "results.json")
+    assert multi == single
+    assert multi["n_images"] == 16 and len(multi["skipped"]) == 1
+    assert (root / "multi" / "per_image.csv").read_text() == (root / "single" / "per_image.csv").read_text()
+    from ttakit.evaluate import load_logits
+
+    a, b = load_logits(root / "single"), load_logits(root / "multi")
+    assert a[2] == b[2] and torch.equal(a[1], b[1]) and torch.equal(a[3], b[3])
+    torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)  # same images, other batch neighbours
+    # Resume: a second distributed run over the finished folder computes nothing and agrees.
+    again = _torchrun(_args(root, root / "multi"))
+    assert again.returncode == 0 and _without_timing(root / "multi" / "results.json") == single
+
+
+def test_a_failing_rank_stops_the_job_with_its_name(setup):
+    root = setup
+    # Chunks of 5: the broken file (index 9) is in chunk 1, which rank 1 computes.
+    res = _torchrun(_args(root, root / "fail", "--strict", "--batch-size", "5"))
+    assert res.returncode != 0
+    assert "rank 1 of 2 failed" in res.stderr and "broken.png" in res.stderr
+
+
+def test_search_reuses_distributed_logits(setup):
+    root = setup
+    args = ["search", str(root / "data"), "--model", "test_resnet", "--weights", str(root / "w.pth"), "--labels",
+            str(root / "labels.txt"), "--pool", "identity+hflip=1+scale(1.2)", "--budget", "2", "--folds", "2",
+            "--batch-size", "4", "--workers", "0", "--quiet", "--out", str(root / "search")]
+    res = _torchrun(args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "chosen policy" in res.stdout and (root / "search" / "policy.json").exists()
