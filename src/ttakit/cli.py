@@ -16,7 +16,7 @@ import torch
 
 from . import __version__
 from .data import example_image_path, load_image
-from .engine import CONFIDENCE, ClassificationTTA, RunConfig, default_run_config
+from .engine import CONFIDENCE, ClassificationTTA, RunConfig, default_run_config, tune_run_config
 from .errors import TTAKitError
 from .merge import list_merges
 from .models import DEFAULT_MODEL, LoadedModel, load_model
@@ -40,7 +40,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--labels", default=None, help="class names: one per line, or a JSON list")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--amp", choices=sorted(_AMP), default=None, help="autocast dtype on GPU")
-    g.add_argument("--micro-batch", type=int, default=None, help="images per model forward (default: per device)")
+    g.add_argument("--micro-batch", default=None, type=_micro_batch,
+                   help="images per model forward, or 'auto' to measure once per device and cache (default: per device)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model first")
 
 
@@ -62,6 +63,15 @@ def _add_policy_args(p: argparse.ArgumentParser, many: bool = False) -> None:
                    help="confidence used by --adaptive (default: max_prob)")
 
 
+def _micro_batch(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        return max(1, int(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from e
+
+
 def _device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -78,9 +88,12 @@ def _load(args: argparse.Namespace) -> tuple[LoadedModel, torch.device, RunConfi
     lm = load_model(args.model, weights=args.weights, labels=args.labels)
     dev = _device(args.device)
     lm.model.to(dev)
-    cfg = default_run_config(dev)
-    if args.micro_batch:
-        cfg = RunConfig(args.micro_batch, cfg.channels_last, cfg.amp_dtype)
+    if args.micro_batch == "auto":
+        cfg = tune_run_config(lm.model, lm.input_size, dev)
+    else:
+        cfg = default_run_config(dev)
+        if args.micro_batch:
+            cfg = RunConfig(int(args.micro_batch), cfg.channels_last, cfg.amp_dtype)
     if args.amp:
         cfg = RunConfig(cfg.micro_batch, cfg.channels_last, _AMP[args.amp])
     if getattr(args, "compile", False):

@@ -111,7 +111,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
             cols, weights, temperature = list(dict.fromkeys(cols)), w, t
             how += " + learned weights"
     selection = evaluate_choice(sel_logits, sel_labels, cols, temperature, weights)
-    plain_sel = evaluate_choice(sel_logits, sel_labels, [0], 1.0)
+    # Plain at its own calibrated temperature: the fair baseline for a calibrated NLL.
+    plain_t = greedy_search(sel_logits[:, :1], sel_labels, 1, "nll").temperature
+    plain_sel = evaluate_choice(sel_logits, sel_labels, [0], plain_t)
     meta: dict[str, Any] = {
         "how": how, "pool": pool.name, "data": args.data, "selection": args.val or args.data,
         "selection_top1": selection["top1"], "selection_nll": selection["nll"],
@@ -119,7 +121,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     }
     if args.val:
         meta["heldout"] = {**evaluate_choice(logits, labels, cols, temperature, weights),
-                           "plain": evaluate_choice(logits, labels, [0], 1.0)}
+                           "plain": evaluate_choice(logits, labels, [0], plain_t)}
     else:
         meta["kfold"] = kfold_estimate(logits, labels, args.budget, args.objective, args.folds, learn=args.learn_weights)
     if args.target_cost is not None:
@@ -139,7 +141,7 @@ def _print_search(policy: Any, meta: dict[str, Any], path: Path) -> None:
         print(f"  {v.name}{w}")
     print(f"temperature {policy.temperature:.3f}")
     print(f"selection data: top1 {meta['selection_top1']:.2%} (plain {meta['plain_top1']:.2%}), "
-          f"nll {meta['selection_nll']:.4f} (plain {meta['plain_nll']:.4f})")
+          f"calibrated nll {meta['selection_nll']:.4f} (plain {meta['plain_nll']:.4f})")
     if "kfold" in meta:
         k = meta["kfold"]
         print(f"{k['folds']}-fold held-out estimate: top1 {k['top1']:.2%} (plain {k['plain_top1']:.2%}), "

@@ -10,8 +10,12 @@ prediction back to the original geometry (see :mod:`ttakit.dense`).
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +32,9 @@ __all__ = [
     "RunConfig",
     "TTAResult",
     "default_run_config",
+    "prepare_model",
     "run_views",
+    "tune_run_config",
 ]
 
 
@@ -44,7 +50,7 @@ class RunConfig:
             precision.
     """
 
-    micro_batch: int = 8
+    micro_batch: int = 4
     channels_last: bool = True
     amp_dtype: torch.dtype | None = None
 
@@ -55,7 +61,72 @@ def default_run_config(device: torch.device | str = "cpu") -> RunConfig:
     kind = torch.device(device).type
     if kind == "cuda":
         return RunConfig(micro_batch=128, channels_last=True)
-    return RunConfig(micro_batch=8, channels_last=True)
+    return RunConfig(micro_batch=4, channels_last=True)
+
+
+def _cache_path() -> Path:
+    root = os.environ.get("TTAKIT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ttakit")
+    return Path(root) / "run_config.json"
+
+
+def tune_run_config(
+    model: nn.Module,
+    input_size: tuple[int, int],
+    device: torch.device | str = "cpu",
+    candidates: Sequence[int] | None = None,
+    cache: bool = True,
+    key: str | None = None,
+) -> RunConfig:
+    """Measure which micro-batch size and memory format run ``model`` fastest per image on
+    ``device``, once, and remember it (``~/.cache/ttakit/run_config.json``; ``TTAKIT_CACHE``
+    moves it) under the device, model class, input size and torch version.
+
+    The model's memory format is left as it was found.
+    """
+    dev = torch.device(device)
+    if candidates is None:  # CPUs like cache-sized batches; GPUs want to be filled
+        candidates = (32, 64, 128, 256) if dev.type == "cuda" else (4, 8, 16, 32)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu{os.cpu_count()}"
+    ident = key or f"{name}|{type(model).__name__}|{sum(p.numel() for p in model.parameters())}|{input_size}|{torch.__version__}"
+    path = _cache_path()
+    table = json.loads(path.read_text()) if cache and path.exists() else {}
+    if ident in table:
+        return RunConfig(**table[ident])
+    was_cl = next(model.parameters()).is_contiguous(memory_format=torch.channels_last) if any(True for _ in model.parameters()) else False
+    timings: dict[tuple[bool, int], float] = {}
+    with torch.inference_mode():
+        for _ in range(2):  # the first pass warms every kernel up; the second is kept
+            for cl in (True, False):
+                model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+                for mb in candidates:
+                    x = torch.randn(mb, 3, *input_size, device=dev)
+                    x = x.contiguous(memory_format=torch.channels_last) if cl else x
+                    model(x)
+                    times = []
+                    for _ in range(3):
+                        if dev.type == "cuda":
+                            torch.cuda.synchronize(dev)
+                        t0 = time.perf_counter()
+                        model(x)
+                        if dev.type == "cuda":
+                            torch.cuda.synchronize(dev)
+                        times.append((time.perf_counter() - t0) / mb)
+                    timings[(cl, mb)] = sorted(times)[1]  # median per image
+    cl, mb = min(timings, key=timings.__getitem__)
+    best = (timings[(cl, mb)], RunConfig(mb, cl))
+    model.to(memory_format=torch.channels_last if was_cl else torch.contiguous_format)
+    if cache:
+        table[ident] = {"micro_batch": best[1].micro_batch, "channels_last": best[1].channels_last}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(table, indent=1))
+    return best[1]
+
+
+def prepare_model(model: nn.Module, config: RunConfig) -> nn.Module:
+    """Put the model's parameters in the memory format ``config`` feeds it (once, in place):
+    channels-last inputs on a contiguous model take a slow path."""
+    model.to(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+    return model
 
 
 # --------------------------------------------------------------------------- output trees
@@ -185,7 +256,8 @@ class ClassificationTTA(nn.Module):
         run_config: micro-batch size, memory format and autocast; device defaults if ``None``.
             With ``channels_last`` the model's parameters are converted once, in place.
         adaptive: confidence threshold for adaptive TTA: the plain view runs first and only
-            inputs whose confidence is below it get the other views (``None``: always all).
+            inputs whose confidence is below it get the other views (``None``: the policy's
+            ``meta["adaptive"]`` if it has one, else every view for every input).
         confidence: ``"max_prob"`` (default) or ``"margin"`` (top-1 minus top-2 probability).
 
     Example:
@@ -215,11 +287,11 @@ class ClassificationTTA(nn.Module):
             raise ValueError(f"confidence must be one of {', '.join(CONFIDENCE)}, got {confidence!r}")
         self._confidence = CONFIDENCE[confidence]
         self.confidence_name = confidence
-        self.adaptive = adaptive
+        # A policy chosen by `ttakit search --target-cost` carries its threshold.
+        self.adaptive = adaptive if adaptive is not None else self.policy.meta.get("adaptive")
         self.norm = norm or _model_normalization(model)
         self.run_config = run_config or default_run_config(_model_device(model))
-        if self.run_config.channels_last:
-            model.to(memory_format=torch.channels_last)
+        prepare_model(model, self.run_config)
         w = self.policy.weights
         self.register_buffer("view_weights", None if w is None else torch.tensor(w, dtype=torch.float32), persistent=False)
 

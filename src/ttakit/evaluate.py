@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .datasets import LabelledImages, make_loader
-from .engine import CONFIDENCE, RunConfig, run_views
+from .engine import CONFIDENCE, RunConfig, prepare_model, run_views
 from .errors import TTAKitError
 from .merge import get_merge, merge_logits
 from .metrics import MetricAccumulator
@@ -332,9 +332,10 @@ def score(
                 sub = logits[:, r.cols]  # (n, V, C)
                 probs = merge_logits(sub, r.run.merge, r.weights, r.run.policy.temperature)
                 forwards = n * len(r.cols)
-                if options.adaptive is not None and r.run.key != "plain":
+                threshold = options.adaptive if options.adaptive is not None else r.run.policy.meta.get("adaptive")
+                if threshold is not None and r.run.key != "plain":
                     # Confident images keep the plain prediction and cost one forward.
-                    sure = conf_fn(logits[:, 0]) >= options.adaptive
+                    sure = conf_fn(logits[:, 0]) >= threshold
                     probs = torch.where(sure[:, None], torch.softmax(logits[:, 0], -1), probs)
                     forwards = n + int((~sure).sum()) * sum(1 for c in r.cols if c != 0)
                 r.acc.update(probs, labels, plain_right)
@@ -357,7 +358,7 @@ def score(
         entry = {"merge": r.run.merge if r.run.key != "plain" else "none", "views": len(r.cols), **m,
                  "seconds": round(r.seconds, 4),
                  "images_per_s": round(r.acc.n / r.seconds, 2) if r.seconds > 0 else None}
-        if options.adaptive is not None:
+        if options.adaptive is not None or "adaptive" in r.run.policy.meta:
             entry["forwards_fraction"] = r.forwards / max(r.acc.n * len(r.cols), 1)
         results[r.run.key] = entry
     results["_views"] = {n: acc.compute()["top1"] for n, acc in zip(names, single)}
@@ -409,7 +410,7 @@ def evaluate(
 
     dist = DistContext.from_env()
     device = torch.device(device) if dist.world_size == 1 else dist.device(device)
-    lm.model.to(device)
+    prepare_model(lm.model.to(device), run_config)
     data = data.head(options.limit)
     runs = policy_runs(policies, merges)
     views = union_views(policies)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -427,46 +428,41 @@ class Crop(Transform):
 
 
 # ============================================================================ photometric
+class _Photometric(Transform):
+    """A pixel-space change by one ``factor`` (1 is the identity); the geometry is unchanged."""
+
+    factor: float
+    geometric: ClassVar[bool] = False
+    _op: ClassVar[Callable[..., Tensor]]
+
+    def arg(self) -> str:
+        return _num(self.factor)
+
+    @classmethod
+    def from_arg(cls, arg: str) -> Transform | None:
+        f = _float(arg, cls.key)
+        return None if f == 1.0 else cls(f)  # type: ignore[call-arg]
+
+    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
+        return type(self)._op(x, self.factor, norm.mean, norm.std)
+
+
 @dataclass(frozen=True)
-class Brightness(Transform):
+class Brightness(_Photometric):
     """Multiply pixel values by ``factor`` (in pixel space, clipped to [0, 1])."""
 
     factor: float
-
     key: ClassVar[str] = "brightness"
-    geometric: ClassVar[bool] = False
-
-    def arg(self) -> str:
-        return _num(self.factor)
-
-    @classmethod
-    def from_arg(cls, arg: str) -> Brightness | None:
-        f = _float(arg, "brightness")
-        return None if f == 1.0 else cls(f)
-
-    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
-        return Fn.adjust_brightness(x, self.factor, norm.mean, norm.std)
+    _op = staticmethod(Fn.adjust_brightness)
 
 
 @dataclass(frozen=True)
-class Contrast(Transform):
+class Contrast(_Photometric):
     """Scale contrast about the image's mean grey by ``factor`` (in pixel space)."""
 
     factor: float
-
     key: ClassVar[str] = "contrast"
-    geometric: ClassVar[bool] = False
-
-    def arg(self) -> str:
-        return _num(self.factor)
-
-    @classmethod
-    def from_arg(cls, arg: str) -> Contrast | None:
-        f = _float(arg, "contrast")
-        return None if f == 1.0 else cls(f)
-
-    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
-        return Fn.adjust_contrast(x, self.factor, norm.mean, norm.std)
+    _op = staticmethod(Fn.adjust_contrast)
 
 
 TRANSFORMS: dict[str, type[Transform]] = {

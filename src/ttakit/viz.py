@@ -63,7 +63,7 @@ def plot_accuracy(rows: Mapping[str, Mapping[str, float]], out: str | Path) -> P
     """Top-1 and NLL of each policy against its number of views (``rows[name]`` holds
     ``views``, ``top1``, ``nll``)."""
     plt = _figure()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for name, r in rows.items():
         for ax, key in ((a1, "top1"), (a2, "nll")):
             ax.scatter(r["views"], r[key])
@@ -72,7 +72,6 @@ def plot_accuracy(rows: Mapping[str, Mapping[str, float]], out: str | Path) -> P
     a2.set(xlabel="views (forwards per image)", ylabel="NLL (lower is better)", title="calibration vs cost")
     for ax in (a1, a2):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100, bbox_inches="tight")
