@@ -298,7 +298,7 @@ def main() -> None:
         cfg = RunConfig(cfg.micro_batch, cfg.channels_last, {"bf16": torch.bfloat16, "fp16": torch.float16}[args.amp])
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     log(f"run config: {cfg}")
-    rows = bench_views(lm, device, cfg, args.batch, args.repeats, args.views.split(","), log)
+    rows = bench_views(lm, device, cfg, args.batch, args.repeats, [v for v in args.views.split(",") if v], log)
     evs = []
     if args.evaluate_images and SAMPLE.is_dir():
         evs = [bench_evaluate(lm, device, cfg, log, args.evaluate_images, args.workers, p, args.repeats)

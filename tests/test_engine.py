@@ -104,3 +104,30 @@ def test_policy_weights_and_merge_are_used(tiny_model, images):
     tta = ClassificationTTA(tiny_model, only_flip, run_config=RunConfig(64, False))
     assert tta.merge_name == "gmean"
     torch.testing.assert_close(tta(images), torch.softmax(tiny_model(images.flip(-1)), -1).detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_tune_run_config_measures_once_and_caches(tiny_model, tmp_path, monkeypatch):
+    import json
+
+    from ttakit.engine import tune_run_config
+
+    monkeypatch.setenv("TTAKIT_CACHE", str(tmp_path))
+    cfg = tune_run_config(tiny_model, (32, 32), candidates=(1, 2))
+    assert cfg.micro_batch in (1, 2) and isinstance(cfg.channels_last, bool)
+    table = json.loads((tmp_path / "run_config.json").read_text())
+    assert len(table) == 1
+    key = next(iter(table))
+    table[key] = {"micro_batch": 7, "channels_last": False}  # the cache is what a second call returns
+    (tmp_path / "run_config.json").write_text(json.dumps(table))
+    assert tune_run_config(tiny_model, (32, 32), candidates=(1, 2)) == RunConfig(7, False)
+    assert tiny_model.conv1[0].weight.is_contiguous()  # the model's memory format is restored
+
+
+def test_adaptive_threshold_from_the_policy_file(tiny_model, images, tmp_path):
+    from ttakit.policy import Policy, save_policy
+
+    pol = Policy(create_policy("d4").views, merge="mean", meta={"adaptive": 0.0})
+    path = save_policy(pol, tmp_path / "p.json")
+    tta = ClassificationTTA(tiny_model, str(path), run_config=RunConfig(64, False))
+    assert tta.adaptive == 0.0 and tta.predict(images).view_forwards == len(images)
+    assert ClassificationTTA(tiny_model, str(path), adaptive=1.01).predict(images).view_forwards == len(images) * 8

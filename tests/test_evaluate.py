@@ -257,3 +257,15 @@ def test_search_cli_writes_a_usable_policy(folder, tmp_path, capsys):
     assert meta["selection_nll"] <= meta["plain_nll"] + 1e-9 or pol.temperature != 1.0
     assert "kfold" in meta and 0 <= meta["adaptive"] <= 1.01
     assert main(["predict", str(folder / "cat" / "0.png"), *common[:6], "--tta", str(tmp_path / "s" / "policy.json"), "--json"]) == 0
+
+
+def test_search_with_a_separate_selection_set(folder, tmp_path, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(CLASSES))
+    code = main(["search", str(folder), "--val", str(folder), "--model", "test_resnet", "--labels", str(labels),
+                 "--weights", _weights(tmp_path), "--workers", "0", "--quiet", "--pool", "identity+hflip=1",
+                 "--budget", "2", "--objective", "top1", "--out", str(tmp_path / "sv")])
+    assert code == 0
+    assert "held-out (DATA)" in capsys.readouterr().out
+    meta = create_policy(str(tmp_path / "sv" / "policy.json")).meta
+    assert meta["selection"] == str(folder) and "heldout" in meta and "kfold" not in meta

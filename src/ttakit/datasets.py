@@ -176,5 +176,5 @@ def make_loader(
         ds = torch.utils.data.Subset(ds, list(indices))
     return DataLoader(
         ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-        persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False, prefetch_factor=2 if workers > 0 else None,
     )

@@ -229,7 +229,7 @@ def compute_logits(
     loader = make_loader(data.paths, lm.transform(), options.batch_size, options.workers)
     loader = torch.utils.data.DataLoader(
         loader.dataset, batch_sampler=[list(range(s, e)) for s, e in todo], num_workers=options.workers,
-        collate_fn=loader.collate_fn, prefetch_factor=4 if options.workers > 0 else None,
+        collate_fn=loader.collate_fn, prefetch_factor=2 if options.workers > 0 else None,  # bounded in-flight memory
     )
     labels_all = torch.tensor(data.labels)
     for (start, stop), (idx, x, bad) in zip(todo, loader):
@@ -332,14 +332,19 @@ def score(
                 sub = logits[:, r.cols]  # (n, V, C)
                 probs = merge_logits(sub, r.run.merge, r.weights, r.run.policy.temperature)
                 forwards = n * len(r.cols)
+                seconds = float(payload["seconds"][r.cols].sum())
                 threshold = options.adaptive if options.adaptive is not None else r.run.policy.meta.get("adaptive")
                 if threshold is not None and r.run.key != "plain":
-                    # Confident images keep the plain prediction and cost one forward.
+                    # Confident images keep the plain prediction and cost one forward; the
+                    # other views' time is counted for the uncertain share only.
                     sure = conf_fn(logits[:, 0]) >= threshold
                     probs = torch.where(sure[:, None], torch.softmax(logits[:, 0], -1), probs)
-                    forwards = n + int((~sure).sum()) * sum(1 for c in r.cols if c != 0)
+                    others = [c for c in r.cols if c != 0]
+                    forwards = n + int((~sure).sum()) * len(others)
+                    share = float((~sure).sum()) / n
+                    seconds = float(payload["seconds"][0]) + share * float(payload["seconds"][others].sum())
                 r.acc.update(probs, labels, plain_right)
-                r.seconds += float(payload["seconds"][r.cols].sum()) if r.cols else 0.0
+                r.seconds += seconds
                 r.forwards += forwards
                 preds.append(probs.max(-1))
             if writer is not None:
