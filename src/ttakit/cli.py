@@ -7,6 +7,7 @@ prints. Errors that ttakit raises on purpose become one line on stderr and exit 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -97,7 +98,7 @@ def _load(args: argparse.Namespace) -> tuple[LoadedModel, torch.device, RunConfi
     if args.amp:
         cfg = RunConfig(cfg.micro_batch, cfg.channels_last, _AMP[args.amp])
     if getattr(args, "compile", False):
-        object.__setattr__(lm, "model", torch.compile(lm.model))
+        lm = dataclasses.replace(lm, model=torch.compile(lm.model))
     return lm, dev, cfg
 
 
@@ -113,11 +114,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import format_predictions, predict_images, predictions_to_json
 
     paths = args.images or [str(example_image_path())]
-    for p in paths:  # fail on a bad path before loading the model
-        load_image(p)
+    images = [load_image(p) for p in paths]  # a bad file fails before the model loads
     lm, _, cfg = _load(args)
     tta = _tta(lm, args.tta, args.merge, cfg, args)
-    preds = predict_images(lm, paths, tta, k=args.topk)
+    preds = predict_images(lm, paths, tta, k=args.topk, images=images)
     if args.json:
         print(json.dumps(predictions_to_json(lm, tta, preds), indent=2))
     else:
@@ -132,7 +132,7 @@ def _cmd_views(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     lm, dev, cfg = _load(args)
     tta = _tta(lm, args.tta, args.merge, cfg, args)
-    pred = predict_images(lm, [args.image], tta, k=1)[0]
+    pred = predict_images(lm, [args.image], tta, k=1, images=[image])[0]
     x = lm.transform()(image)
     titles = [f"{name}\n{s.label[:28]} {s.prob:.1%}" for name, s in pred.views]
     merged = f"merged ({tta.merge_name}, {len(tta.views)} views)\n{pred.tta[0].label[:28]} {pred.tta[0].prob:.1%}"

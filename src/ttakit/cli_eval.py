@@ -176,8 +176,10 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
 def _cmd_soup(args: argparse.Namespace) -> int:
     import torch
 
+    from .data import preprocess
     from .datasets import detect_dataset
-    from .models import load_model
+    from .errors import TTAKitError
+    from .models import load_model, load_state_dict
     from .soup import accuracy_scorer, greedy_soup, save_state_dict, uniform_soup
 
     # The architecture (and classifier size) comes from the first ingredient.
@@ -186,14 +188,10 @@ def _cmd_soup(args: argparse.Namespace) -> int:
     if args.data:
         data = detect_dataset(args.data, lm.class_names).head(args.limit)
         print(f"held-out data: {data.describe()}")
-        from .data import preprocess
-
         images, labels = preprocess(list(data.paths), lm.transform()), torch.tensor(data.labels)
         score = accuracy_scorer(lm.model, images, labels)
     if args.method == "greedy":
         if score is None:
-            from .errors import TTAKitError
-
             raise TTAKitError("--method greedy needs held-out data: --data VAL")
         res = greedy_soup(args.ckpts, score)
         state = res.state_dict
@@ -206,8 +204,6 @@ def _cmd_soup(args: argparse.Namespace) -> int:
         state = uniform_soup(args.ckpts)
         if score is not None:
             for c in args.ckpts:
-                from .models import load_state_dict
-
                 print(f"  {c}: held-out top-1 {score(load_state_dict(c)):.2%}")
             print(f"uniform soup of {len(args.ckpts)} ingredients: held-out top-1 {score(state):.2%}")
         meta = {"method": "uniform", "ingredients": ",".join(args.ckpts)}

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import check_shape
-from .merge import get_merge
+from .merge import get_merge, merge_logits
 from .policy import Policy, PolicyLike, create_policy
 from .transforms import Normalization, View
 
@@ -315,8 +315,6 @@ class ClassificationTTA(nn.Module):
 
     def merge_views(self, logits: Tensor) -> Tensor:
         """Merge ``(B, V, C)`` logits with this wrapper's merge, weights and temperature."""
-        from .merge import merge_logits
-
         return merge_logits(logits, self._merge, self.view_weights, self.policy.temperature)
 
     @torch.inference_mode()

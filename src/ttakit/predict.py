@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from .data import load_image
@@ -55,13 +56,16 @@ def predict_images(
     paths: Sequence[str | Path],
     tta: ClassificationTTA,
     k: int = 5,
+    images: Sequence[Image.Image] | None = None,
 ) -> list[ImagePrediction]:
-    """Decode, preprocess (the model's own timm config) and predict each image.
+    """Decode (unless ``images`` are given), preprocess with the model's own timm config and
+    predict each image.
 
     All files are decoded first, so a bad file fails before any model time is spent.
     """
     transform = lm.transform()
-    x = torch.stack([transform(load_image(p)) for p in paths])  # (B, C, H, W)
+    decoded = images if images is not None else [load_image(p) for p in paths]
+    x = torch.stack([transform(im) for im in decoded])  # (B, C, H, W)
     param = next(lm.model.parameters(), None)
     if param is not None:
         x = x.to(param.device)
