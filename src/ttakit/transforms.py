@@ -154,46 +154,44 @@ def _num(v: float) -> str:
 
 
 # ============================================================================ geometric, exact
+class _Mirror(Transform):
+    """A flip along one axis: its own inverse, exact on any grid."""
+
+    exact: ClassVar[bool] = True
+    _block: ClassVar[list[list[float]]]  # its 2x2 map in normalised coordinates
+    _op: ClassVar[Callable[[Tensor], Tensor]]
+
+    @classmethod
+    def from_arg(cls, arg: str) -> Transform | None:
+        return cls() if _flag(arg, cls.key) else None
+
+    def matrix(self, size: Size) -> Tensor:
+        return Fn.affine_matrix(self._block)
+
+    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
+        return type(self)._op(x)
+
+    def invert_dense(self, y: Tensor, mask: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
+        op = type(self)._op
+        return op(y), op(mask)
+
+
 @dataclass(frozen=True)
-class HFlip(Transform):
+class HFlip(_Mirror):
     """Mirror left-right."""
 
     key: ClassVar[str] = "hflip"
-    exact: ClassVar[bool] = True
-
-    @classmethod
-    def from_arg(cls, arg: str) -> HFlip | None:
-        return cls() if _flag(arg, "hflip") else None
-
-    def matrix(self, size: Size) -> Tensor:
-        return Fn.affine_matrix([[-1.0, 0.0], [0.0, 1.0]])
-
-    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
-        return Fn.hflip(x)
-
-    def invert_dense(self, y: Tensor, mask: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
-        return Fn.hflip(y), Fn.hflip(mask)
+    _block = [[-1.0, 0.0], [0.0, 1.0]]
+    _op = staticmethod(Fn.hflip)
 
 
 @dataclass(frozen=True)
-class VFlip(Transform):
+class VFlip(_Mirror):
     """Mirror top-bottom."""
 
     key: ClassVar[str] = "vflip"
-    exact: ClassVar[bool] = True
-
-    @classmethod
-    def from_arg(cls, arg: str) -> VFlip | None:
-        return cls() if _flag(arg, "vflip") else None
-
-    def matrix(self, size: Size) -> Tensor:
-        return Fn.affine_matrix([[1.0, 0.0], [0.0, -1.0]])
-
-    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
-        return Fn.vflip(x)
-
-    def invert_dense(self, y: Tensor, mask: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
-        return Fn.vflip(y), Fn.vflip(mask)
+    _block = [[1.0, 0.0], [0.0, -1.0]]
+    _op = staticmethod(Fn.vflip)
 
 
 @dataclass(frozen=True)

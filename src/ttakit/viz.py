@@ -52,11 +52,7 @@ def save_view_grid(
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_accuracy(rows: Mapping[str, Mapping[str, float]], out: str | Path) -> Path:
@@ -72,6 +68,10 @@ def plot_accuracy(rows: Mapping[str, Mapping[str, float]], out: str | Path) -> P
     a2.set(xlabel="views (forwards per image)", ylabel="NLL (lower is better)", title="calibration vs cost")
     for ax in (a1, a2):
         ax.grid(alpha=0.3)
+    return _save(plt, fig, out)
+
+
+def _save(plt, fig, out: str | Path) -> Path:  # noqa: ANN001 - matplotlib types
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100, bbox_inches="tight")
