@@ -131,3 +131,24 @@ def test_adaptive_threshold_from_the_policy_file(tiny_model, images, tmp_path):
     tta = ClassificationTTA(tiny_model, str(path), run_config=RunConfig(64, False))
     assert tta.adaptive == 0.0 and tta.predict(images).view_forwards == len(images)
     assert ClassificationTTA(tiny_model, str(path), adaptive=1.01).predict(images).view_forwards == len(images) * 8
+
+
+def test_bf16_autocast_on_cpu_keeps_the_ranking(tiny_model, images):
+    ref = ClassificationTTA(tiny_model, "hflip", run_config=RunConfig(8, False))(images)
+    got = ClassificationTTA(tiny_model, "hflip", run_config=RunConfig(8, False, torch.bfloat16))(images)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got, ref, atol=0.05, rtol=0)
+
+
+def test_progress_bar_shows_rate_and_eta(capsys):
+    from ttakit.evaluate import Progress
+
+    bar = Progress(100, "evaluate", enabled=True)
+    bar.update(40)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "40/100" in err and "img/s" in err and "ETA" in err
+    quiet = Progress(100, "evaluate")  # not a terminal under pytest: silent
+    quiet.update(10)
+    quiet.close()
+    assert capsys.readouterr().err == ""
