@@ -217,7 +217,7 @@ def test_flip_tta_does_not_lower_miou_of_a_trained_segmenter():
                         nn.Conv2d(16, 3, 3, padding=1))
     x, y = _shapes(256)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for step in range(120):
+    for _ in range(120):
         idx = torch.randint(0, len(x), (32,))
         loss = F.cross_entropy(net(x[idx]), y[idx])
         opt.zero_grad()

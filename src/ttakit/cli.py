@@ -11,7 +11,6 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 

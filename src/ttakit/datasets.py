@@ -167,14 +167,11 @@ def _collate(items: list[tuple[int, Tensor | None, str | None]]) -> tuple[list[i
 
 
 def make_loader(
-    paths: Sequence[str], transform: Callable[[Any], Tensor], batch_size: int, workers: int, indices: Sequence[int] | None = None
+    paths: Sequence[str], transform: Callable[[Any], Tensor], batches: Sequence[Sequence[int]], workers: int
 ) -> DataLoader:
-    """A DataLoader over ``paths`` (or the subset ``indices``) yielding
+    """A DataLoader over ``paths`` yielding, for each list of indices in ``batches``,
     ``(indices, images (B, C, H, W) or None, skipped [(index, reason)])``."""
-    ds: Dataset = ImageList(paths, transform)
-    if indices is not None:
-        ds = torch.utils.data.Subset(ds, list(indices))
     return DataLoader(
-        ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-        persistent_workers=False, prefetch_factor=2 if workers > 0 else None,
+        ImageList(paths, transform), batch_sampler=[list(b) for b in batches], num_workers=workers,
+        collate_fn=_collate, prefetch_factor=2 if workers > 0 else None,  # bounded in-flight memory
     )

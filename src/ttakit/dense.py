@@ -249,7 +249,7 @@ class KeypointsTTA(_DenseBase):
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """``(B, N, 2)`` merged coordinates and ``(B, N)`` mean scores (``None`` without)."""
         size = tuple(x.shape[-2:])
-        pts_all, w_all, sc_all = [], [], []
+        pts_all, sc_all = [], []
         for view, out in zip(self.views, self._run(x)):
             pts, scores = self._split(out)
             check_shape("keypoints", pts.shape, "(B, N, 2)")

@@ -221,22 +221,18 @@ def compute_logits(
     Each image is decoded once; each view runs once per image; each view's time is recorded
     per chunk so that every policy's cost can be reported.
     """
-    todo = [c for c in (chunks if chunks is not None else plan_chunks(len(data), options.batch_size)) if not store.has(c[0])]
-    if progress is not None:
-        progress.update(sum(e - s for s, e in (chunks or plan_chunks(len(data), options.batch_size))) - sum(e - s for s, e in todo))
+    chunks = plan_chunks(len(data), options.batch_size) if chunks is None else chunks
+    todo = [c for c in chunks if not store.has(c[0])]
+    if progress is not None:  # chunks already on disk count as done
+        progress.update(sum(e - s for s, e in chunks) - sum(e - s for s, e in todo))
     if not todo:
         return
-    loader = make_loader(data.paths, lm.transform(), options.batch_size, options.workers)
-    loader = torch.utils.data.DataLoader(
-        loader.dataset, batch_sampler=[list(range(s, e)) for s, e in todo], num_workers=options.workers,
-        collate_fn=loader.collate_fn, prefetch_factor=2 if options.workers > 0 else None,  # bounded in-flight memory
-    )
+    loader = make_loader(data.paths, lm.transform(), [range(s, e) for s, e in todo], options.workers)
     labels_all = torch.tensor(data.labels)
     for (start, stop), (idx, x, bad) in zip(todo, loader):
         if bad and options.strict:
             i, reason = bad[0]
             raise TTAKitError(f"{data.paths[i]}: {reason} (--strict)")
-        n = len(idx)
         seconds = torch.zeros(len(views), dtype=torch.float64)
         outs = []
         if x is not None:
@@ -251,8 +247,7 @@ def compute_logits(
                     outs.append(out.cpu())
         logits = torch.stack(outs, dim=1) if outs else torch.zeros(0, len(views), lm.num_classes)  # (n, U, C)
         ids = torch.tensor(idx, dtype=torch.long)
-        store.write(start, {"indices": ids, "labels": labels_all[ids] if n else ids, "logits": logits, "seconds": seconds},
-                    [(i, reason) for i, reason in bad])
+        store.write(start, {"indices": ids, "labels": labels_all[ids], "logits": logits, "seconds": seconds}, bad)
         if progress is not None:
             progress.update(stop - start)
 
