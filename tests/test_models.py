@@ -175,3 +175,9 @@ def test_decompression_bomb_guard_stays_on(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # bombs are > 2x this
     with pytest.raises(ImageLoadError, match="decompression-bomb"):
         load_image(path)
+
+
+def test_random_weights_are_announced():
+    with pytest.warns(UserWarning, match="test_resnet has random weights"):
+        lm = load_model("test_resnet")
+    assert lm.weights == "random"

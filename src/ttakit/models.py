@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,6 +229,11 @@ def load_model(
             _fit(model, state, source)
         else:
             source = "random"
+            warnings.warn(
+                f"{name} has random weights: pass weights='hub' (--weights hub) for timm's pretrained ones, "
+                "or a weights file",
+                stacklevel=2,
+            )
     else:
         state = load_state_dict(weights)
         probe = _create(name, pretrained=False)

@@ -206,6 +206,7 @@ register_preset("multiscale", "resize(0.875,1.0,1.125)", "three input resolution
 
 # --------------------------------------------------------------------------- parser
 _TOKEN = re.compile(r"\s*(?:(?P<op>[()*+|,])|(?P<word>[^\s()*+|,]+))")
+_OPS = frozenset("()*+|,")
 
 
 def _tokenize(text: str) -> list[str]:
@@ -278,7 +279,7 @@ class _Parser:
             views = self.expr()
             self.expect(")")
             return views
-        if tok in "()*+|,":
+        if tok in _OPS:
             raise self.error(f"unexpected {tok!r}")
         key, eq, value = tok.partition("=")
         if eq:
@@ -299,7 +300,7 @@ class _Parser:
         values = []
         while True:
             tok = self.take("a value or ')'")
-            if tok in "()*+|,":
+            if tok in _OPS:
                 raise self.error(f"expected a value, found {tok!r}")
             values.append(tok)
             sep = self.take("',' or ')'")
