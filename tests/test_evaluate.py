@@ -269,3 +269,15 @@ def test_search_with_a_separate_selection_set(folder, tmp_path, capsys):
     assert "held-out (DATA)" in capsys.readouterr().out
     meta = create_policy(str(tmp_path / "sv" / "policy.json")).meta
     assert meta["selection"] == str(folder) and "heldout" in meta and "kfold" not in meta
+
+
+def test_a_subset_of_stored_views_reuses_the_logits(tiny_lm, folder, tmp_path):
+    _run(tiny_lm, folder, tmp_path / "big")  # hflip and d4: 8 views stored
+    chunks = sorted((tmp_path / "big" / "logits").glob("chunk_*"))
+    stamps = [c.stat().st_mtime_ns for c in chunks]
+    data = detect_dataset(folder, CLASSES)
+    res = evaluate(tiny_lm, data, [create_policy("hflip"), create_policy("rot90(0,2)")], None, tmp_path / "big",
+                   RunConfig(8, False), EvalOptions(batch_size=4, workers=0, quiet=True))
+    assert [c.stat().st_mtime_ns for c in chunks] == stamps  # nothing recomputed
+    assert list(res["results"]) == ["plain", "hflip", "rot90(0,2)"]
+    assert res["results"]["rot90(0,2)"]["views"] == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ def _dataset(args: argparse.Namespace, lm: Any, data: str) -> Any:
     from .distributed import DistContext
 
     ds = detect_dataset(data, lm.class_names)
-    if DistContext.from_env().is_main and not args.quiet:
+    if DistContext.from_env().is_main:  # always said, --quiet only hides the progress bar
         print(f"data: {ds.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
     return ds
 
@@ -49,7 +50,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table
     from .policy import create_policy
 
-    policies = [create_policy(t) for t in (args.tta or ["hflip"])]
+    # Rows are named by the policy exactly as written (a preset, text or a JSON path).
+    policies = [dataclasses.replace(create_policy(t), name=t) for t in (args.tta or ["hflip"])]
     lm, dev, cfg = _load(args)
     data = _dataset(args, lm, args.data)
     res = evaluate(lm, data, policies, args.merge, args.out, cfg, _options(args), dev)

@@ -30,7 +30,7 @@ from .errors import TTAKitError
 from .merge import get_merge, merge_logits
 from .metrics import MetricAccumulator
 from .models import LoadedModel
-from .policy import Policy
+from .policy import Policy, parse_view
 from .transforms import View
 
 __all__ = [
@@ -148,7 +148,8 @@ class Progress:
 # --------------------------------------------------------------------------- the store
 class LogitStore:
     """``DIR/logits/``: one safetensors file per chunk plus ``run.json``, the fingerprint of
-    what was asked (a resume must ask the same)."""
+    what was asked. A later run on the same folder must ask the same model, data and chunking,
+    and views that the folder holds (the same or fewer): it then reuses the stored logits."""
 
     def __init__(self, out_dir: str | Path, fingerprint: dict[str, Any]) -> None:
         self.dir = Path(out_dir) / "logits"
@@ -156,7 +157,12 @@ class LogitStore:
         meta = self.dir / "run.json"
         if meta.exists():
             old = json.loads(meta.read_text())
-            if old != fingerprint:
+            same_but_views = {k: v for k, v in old.items() if k != "views"} == {
+                k: v for k, v in fingerprint.items() if k != "views"}
+            if same_but_views and set(fingerprint["views"]) <= set(old["views"]):
+                # Every view asked for is stored: reuse the run (its views, its order).
+                self.fingerprint = old
+            elif old != fingerprint:
                 diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
                 raise TTAKitError(
                     f"{self.dir.parent} holds a different run (differs in: {', '.join(diff)}); "
@@ -417,6 +423,7 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = dist.run_once(lambda: LogitStore(out, fingerprint(lm, data, views, options.batch_size)))
+    views = [parse_view(n) for n in store.fingerprint["views"]]  # a reused run may hold more views
     all_chunks = plan_chunks(len(data), options.batch_size)
     mine = dist.shard(all_chunks)
     # Shown once, on rank 0; with several ranks it extrapolates rank 0's share to the total.
