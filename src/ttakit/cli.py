@@ -7,7 +7,7 @@ prints. Errors that ttakit raises on purpose become one line on stderr and exit 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+from dataclasses import replace
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -93,11 +93,11 @@ def _load(args: argparse.Namespace) -> tuple[LoadedModel, torch.device, RunConfi
     else:
         cfg = default_run_config(dev)
         if args.micro_batch:
-            cfg = RunConfig(int(args.micro_batch), cfg.channels_last, cfg.amp_dtype)
+            cfg = replace(cfg, micro_batch=args.micro_batch)
     if args.amp:
-        cfg = RunConfig(cfg.micro_batch, cfg.channels_last, _AMP[args.amp])
+        cfg = replace(cfg, amp_dtype=_AMP[args.amp])
     if getattr(args, "compile", False):
-        lm = dataclasses.replace(lm, model=torch.compile(lm.model))
+        lm = replace(lm, model=torch.compile(lm.model))
     return lm, dev, cfg
 
 

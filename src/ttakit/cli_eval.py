@@ -57,7 +57,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     res = evaluate(lm, data, policies, args.merge, args.out, cfg, _options(args), dev)
     if not res:  # not rank 0
         return 0
-    print(format_table({**res["results"], "_views": res["per_view"]}))
+    print(format_table(res["results"], res["per_view"]))
     if res["skipped"]:
         print(f"\nskipped {len(res['skipped'])} file(s):")
         for s in res["skipped"][:10]:
@@ -90,7 +90,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from .distributed import DistContext
     from .policy import Policy, create_policy, save_policy
     from .search import (
-        DEFAULT_POOL, evaluate_choice, greedy_search, kfold_estimate, learn_weights, pick_adaptive_threshold,
+        DEFAULT_POOL, calibrated_temperature, evaluate_choice, greedy_search, kfold_estimate, learn_weights, pick_adaptive_threshold,
     )
 
     pool = create_policy(args.pool or DEFAULT_POOL)
@@ -114,7 +114,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             how += " + learned weights"
     selection = evaluate_choice(sel_logits, sel_labels, cols, temperature, weights)
     # Plain at its own calibrated temperature: the fair baseline for a calibrated NLL.
-    plain_t = greedy_search(sel_logits[:, :1], sel_labels, 1, "nll").temperature
+    plain_t = calibrated_temperature(sel_logits[:, 0], sel_labels)
     plain_sel = evaluate_choice(sel_logits, sel_labels, [0], plain_t)
     meta: dict[str, Any] = {
         "how": how, "pool": pool.name, "data": args.data, "selection": args.val or args.data,

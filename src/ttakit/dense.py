@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .engine import RunConfig, _model_device, _model_normalization, default_run_config, prepare_model, run_views
+from .engine import RunConfig, model_device, _model_normalization, default_run_config, prepare_model, run_views
 from .errors import PolicyError, ShapeError, check_shape
 from .policy import Policy, PolicyLike, create_policy
 from .transforms import HFlip, Normalization, VFlip, View
@@ -93,7 +93,7 @@ class _DenseBase(nn.Module):
         self.model = model
         self.policy: Policy = create_policy(policy)
         self.norm = norm or _model_normalization(model)
-        self.run_config = run_config or default_run_config(_model_device(model))
+        self.run_config = run_config or default_run_config(model_device(model))
         prepare_model(model, self.run_config)
         w = self.policy.weights
         self.register_buffer("view_weights", torch.ones(len(self.policy.views)) if w is None else torch.tensor(w), persistent=False)

@@ -92,7 +92,8 @@ def tune_run_config(
     table = json.loads(path.read_text()) if cache and path.exists() else {}
     if ident in table:
         return RunConfig(**table[ident])
-    was_cl = next(model.parameters()).is_contiguous(memory_format=torch.channels_last) if any(True for _ in model.parameters()) else False
+    first = next(model.parameters(), None)
+    was_cl = first is not None and first.ndim == 4 and first.is_contiguous(memory_format=torch.channels_last)
     timings: dict[tuple[bool, int], float] = {}
     with torch.inference_mode():
         for _ in range(2):  # the first pass warms every kernel up; the second is kept
@@ -102,24 +103,27 @@ def tune_run_config(
                     x = torch.randn(mb, 3, *input_size, device=dev)
                     x = x.contiguous(memory_format=torch.channels_last) if cl else x
                     model(x)
-                    times = []
-                    for _ in range(3):
-                        if dev.type == "cuda":
-                            torch.cuda.synchronize(dev)
-                        t0 = time.perf_counter()
-                        model(x)
-                        if dev.type == "cuda":
-                            torch.cuda.synchronize(dev)
-                        times.append((time.perf_counter() - t0) / mb)
-                    timings[(cl, mb)] = sorted(times)[1]  # median per image
+                    times = sorted(_seconds(lambda: model(x), dev) / mb for _ in range(3))
+                    timings[(cl, mb)] = times[1]  # median per image
     cl, mb = min(timings, key=timings.__getitem__)
-    best = (timings[(cl, mb)], RunConfig(mb, cl))
+    best = RunConfig(mb, cl)
     model.to(memory_format=torch.channels_last if was_cl else torch.contiguous_format)
     if cache:
-        table[ident] = {"micro_batch": best[1].micro_batch, "channels_last": best[1].channels_last}
+        table[ident] = {"micro_batch": best.micro_batch, "channels_last": best.channels_last}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(table, indent=1))
-    return best[1]
+    return best
+
+
+def _seconds(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall time of ``fn()``, waiting for the GPU to finish where there is one."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
 def prepare_model(model: nn.Module, config: RunConfig) -> nn.Module:
@@ -290,7 +294,7 @@ class ClassificationTTA(nn.Module):
         # A policy chosen by `ttakit search --target-cost` carries its threshold.
         self.adaptive = adaptive if adaptive is not None else self.policy.meta.get("adaptive")
         self.norm = norm or _model_normalization(model)
-        self.run_config = run_config or default_run_config(_model_device(model))
+        self.run_config = run_config or default_run_config(model_device(model))
         prepare_model(model, self.run_config)
         w = self.policy.weights
         self.register_buffer("view_weights", None if w is None else torch.tensor(w, dtype=torch.float32), persistent=False)
@@ -356,6 +360,7 @@ def _model_normalization(model: nn.Module) -> Normalization:
     return Normalization()
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without any)."""
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")

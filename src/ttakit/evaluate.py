@@ -118,9 +118,9 @@ def plan_chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
 class Progress:
     """A one-line progress bar on stderr (images/s and ETA); silent when not a terminal."""
 
-    def __init__(self, total: int, label: str, enabled: bool | None = None) -> None:
+    def __init__(self, total: int, label: str, enabled: bool | None = None, scale: int = 1) -> None:
         self.total, self.label, self.done = total, label, 0
-        self.scale = 1  # each update counts this many times (ranks sharing the work)
+        self.scale = scale  # each update counts this many times (ranks sharing the work)
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.t0 = time.perf_counter()
 
@@ -292,13 +292,13 @@ def score(
     class_names: Sequence[str],
     options: EvalOptions,
     per_image_csv: Path | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[dict[str, Any], dict[str, float], list[dict[str, Any]]]:
     """Stream over the stored chunks and score every policy run.
 
     Returns:
-        ``(results, skipped)``: ``results[key]`` holds merge, views, top1, top5, nll, ece,
-        fixed, broken, seconds, images_per_s (and forwards_fraction with adaptive); also the
-        single-view top-1s under the ``_views`` key.
+        ``(results, per_view, skipped)``: ``results[key]`` holds merge, views, top1, top5, nll,
+        ece, fixed, broken, seconds, images_per_s (and forwards_fraction with adaptive);
+        ``per_view[name]`` is each stored view's top-1 alone.
     """
     names = store.fingerprint["views"]
     col = {n: i for i, n in enumerate(names)}
@@ -367,24 +367,22 @@ def score(
         if options.adaptive is not None or "adaptive" in r.run.policy.meta:
             entry["forwards_fraction"] = r.forwards / max(r.acc.n * len(r.cols), 1)
         results[r.run.key] = entry
-    results["_views"] = {n: acc.compute()["top1"] for n, acc in zip(names, single)}
-    return results, skipped
+    per_view = {n: acc.compute()["top1"] for n, acc in zip(names, single)}
+    return results, per_view, skipped
 
 
-def format_table(results: dict[str, Any]) -> str:
+def format_table(results: dict[str, Any], per_view: dict[str, float] | None = None) -> str:
     """The printed results table (policies, then single views)."""
     head = f"{'policy':<34} {'merge':<10} {'views':>5} {'top1':>7} {'top5':>7} {'nll':>7} {'ece':>6} {'fixed':>6} {'broken':>6} {'img/s':>8}"
     lines = [head, "-" * len(head)]
     for key, r in results.items():
-        if key.startswith("_"):
-            continue
         ips = f"{r['images_per_s']:8.1f}" if r.get("images_per_s") else f"{'-':>8}"
         extra = f"  ({r['forwards_fraction']:.0%} of forwards)" if "forwards_fraction" in r else ""
         lines.append(
             f"{key[:34]:<34} {r['merge']:<10} {r['views']:>5} {r['top1']:7.2%} {r['top5']:7.2%} {r['nll']:7.4f} "
             f"{r['ece']:6.3f} {r['fixed']:>6} {r['broken']:>6} {ips}{extra}"
         )
-    single = results.get("_views", {})
+    single = per_view or {}
     if single:
         lines.append("")
         lines.append("single views (top-1 alone):")
@@ -427,8 +425,7 @@ def evaluate(
     all_chunks = plan_chunks(len(data), options.batch_size)
     mine = dist.shard(all_chunks)
     # Shown once, on rank 0; with several ranks it extrapolates rank 0's share to the total.
-    progress = Progress(len(data), "evaluate", enabled=None if (not options.quiet and dist.is_main) else False)
-    progress.scale = dist.world_size
+    progress = Progress(len(data), "evaluate", None if (not options.quiet and dist.is_main) else False, dist.world_size)
     try:
         dist.run_checked(lambda: compute_logits(lm, data, views, store, run_config, options, device, mine, progress))
         dist.gather_chunks(store, mine)
@@ -437,8 +434,7 @@ def evaluate(
     if not dist.is_main:
         dist.barrier()
         return {}
-    results, skipped = score(store, data, runs, lm.class_names, options, out / "per_image.csv")
-    per_view = results.pop("_views")
+    results, per_view, skipped = score(store, data, runs, lm.class_names, options, out / "per_image.csv")
     doc = {
         "model": lm.name,
         "weights": lm.weights,
@@ -451,6 +447,6 @@ def evaluate(
     (out / "per_view.json").write_text(json.dumps(per_view, indent=2) + "\n")
     from .viz import plot_accuracy
 
-    plot_accuracy({k: v for k, v in results.items()}, out / "accuracy.png")
+    plot_accuracy(results, out / "accuracy.png")
     dist.barrier()
     return {**doc, "per_view": per_view}

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import Tensor
 
 from .data import load_image
-from .engine import ClassificationTTA
+from .engine import ClassificationTTA, model_device
 from .models import LoadedModel
 from .transforms import View
 
@@ -66,9 +66,7 @@ def predict_images(
     transform = lm.transform()
     decoded = images if images is not None else [load_image(p) for p in paths]
     x = torch.stack([transform(im) for im in decoded])  # (B, C, H, W)
-    param = next(lm.model.parameters(), None)
-    if param is not None:
-        x = x.to(param.device)
+    x = x.to(model_device(lm.model))
     logits = tta.forward_views(x)  # (B, V, C)
     merged = tta.merge_views(logits).cpu()  # (B, C)
     ident = [i for i, v in enumerate(tta.views) if v.is_identity]

@@ -33,6 +33,7 @@ from .metrics import topk_accuracy
 __all__ = [
     "DEFAULT_POOL",
     "SearchResult",
+    "calibrated_temperature",
     "greedy_search",
     "kfold_estimate",
     "learn_weights",
@@ -137,6 +138,12 @@ def greedy_search(
     return SearchResult(tuple(cols), best_t, objective, tuple(trace))
 
 
+def calibrated_temperature(logits: Tensor, labels: Tensor) -> float:
+    """Temperature (from the search grid) minimising the NLL of the plain view alone: the fair
+    baseline for a calibrated policy. ``logits`` is ``(N, C)``."""
+    return greedy_search(logits[:, None], labels, 1, "nll").temperature
+
+
 def learn_weights(logits: Tensor, labels: Tensor, cols: Sequence[int], steps: int = 100) -> tuple[tuple[float, ...], float]:
     """Fit per-view weights (softmax-parametrised, so non-negative and summing to 1) and a
     temperature minimising the NLL of the weighted mean of probabilities.
@@ -198,7 +205,7 @@ def kfold_estimate(
         if learn:
             w, t = learn_weights(logits[train], labels[train], cols)
             cols = list(dict.fromkeys(cols))
-        plain_t = greedy_search(logits[train][:, :1], labels[train], 1, "nll").temperature
+        plain_t = calibrated_temperature(logits[train][:, 0], labels[train])
         a = evaluate_choice(logits[held], labels[held], cols, t, w)
         b = evaluate_choice(logits[held], labels[held], [0], plain_t)
         n = len(held) / N

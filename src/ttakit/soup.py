@@ -150,14 +150,14 @@ def greedy_soup(ingredients: Sequence[StateLike], score: Callable[[Mapping[str, 
     order = sorted(range(len(ingredients)), key=lambda i: -scores[i])
     soup = StateSum()
     best = order[0]
-    soup.add(_load(ingredients[best], best)[0], str(best))
+    soup.add(*_load(ingredients[best], best))
     current, chosen = scores[best], [best]
     for i in order[1:]:
-        state, _ = _load(ingredients[i], i)
+        state, name = _load(ingredients[i], i)
         candidate = soup.mean(extra=state)
         s = float(score(candidate))
         if s >= current:
-            soup.add(state, str(i))
+            soup.add(state, name)
             current = s
             chosen.append(i)
     return SoupResult(soup.mean(), tuple(chosen), tuple(scores), current, tuple(order))
