@@ -27,7 +27,7 @@ import ttach
 from PIL import Image
 
 import ttakit
-from ttakit.engine import RunConfig, tune_run_config
+from ttakit.engine import RunConfig, timed, tune_run_config
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "imagenet-sample"
 
@@ -88,16 +88,6 @@ def tutorial_loop(lm: ttakit.LoadedModel, crops: list[Image.Image], views: list,
     return torch.cat(out)
 
 
-def median_time(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
-
-
 def load_batch(lm: ttakit.LoadedModel, n: int) -> tuple[torch.Tensor, list[Image.Image]]:
     """n photos (random noise pictures where the sample folder is absent): tensors and the
     224-px PIL crops the tutorial loop starts from."""
@@ -150,7 +140,7 @@ def bench_views(lm, device, cfg, batch, repeats, names, log) -> list[dict]:
         times: dict[str, list[float]] = {k: [] for k in contenders}
         for _ in range(repeats):  # interleaved: drifts in machine speed hit every contender alike
             for k, fn in contenders.items():
-                times[k].append(median_time(fn, device))
+                times[k].append(timed(fn, device))
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {
             "views": name, "V": V,
@@ -221,8 +211,8 @@ def bench_evaluate(lm, device, cfg, log, n: int, workers: int, policy: str, repe
     with tempfile.TemporaryDirectory() as tmp:
         evaluate(lm, data.head(32), pol, None, Path(tmp) / "warm", cfg, opts, device)  # warm-up
         for r in range(repeats):  # interleaved, as the machine's speed drifts
-            e2e_t.append(median_time(lambda: evaluate(lm, data, pol, None, Path(tmp) / f"e2e{r}", cfg, opts, device), device))
-            fwd_t.append(median_time(lambda: [tta(x[i : i + 32]) for i in range(0, len(x), 32)], device))
+            e2e_t.append(timed(lambda: evaluate(lm, data, pol, None, Path(tmp) / f"e2e{r}", cfg, opts, device), device))
+            fwd_t.append(timed(lambda: [tta(x[i : i + 32]) for i in range(0, len(x), 32)], device))
         _, peak_n = run_evaluate(n, Path(tmp) / "a", device.type, workers, policy)
         small = max(20, n // 5)
         _, peak_small = run_evaluate(small, Path(tmp) / "b", device.type, workers, policy)
@@ -241,7 +231,7 @@ def bench_evaluate(lm, device, cfg, log, n: int, workers: int, policy: str, repe
         tutorial_loop(lm, crops, views, device)
 
     sub = list(data.paths[:32])
-    tut = len(sub) / median_time(lambda: tutorial(sub), device)
+    tut = len(sub) / timed(lambda: tutorial(sub), device)
     row = {
         "policy": policy, "n": n, "e2e_img_s": e2e, "forward_img_s": fwd, "tutorial_img_s": tut,
         "e2e_vs_forward": e2e / fwd, "e2e_vs_tutorial": e2e / tut,

@@ -34,6 +34,7 @@ __all__ = [
     "default_run_config",
     "prepare_model",
     "run_views",
+    "timed",
     "tune_run_config",
 ]
 
@@ -103,7 +104,7 @@ def tune_run_config(
                     x = torch.randn(mb, 3, *input_size, device=dev)
                     x = x.contiguous(memory_format=torch.channels_last) if cl else x
                     model(x)
-                    times = sorted(_seconds(lambda: model(x), dev) / mb for _ in range(3))
+                    times = sorted(timed(lambda: model(x), dev) / mb for _ in range(3))
                     timings[(cl, mb)] = times[1]  # median per image
     cl, mb = min(timings, key=timings.__getitem__)
     best = RunConfig(mb, cl)
@@ -115,7 +116,7 @@ def tune_run_config(
     return best
 
 
-def _seconds(fn: Callable[[], Any], device: torch.device) -> float:
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
     """Wall time of ``fn()``, waiting for the GPU to finish where there is one."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
