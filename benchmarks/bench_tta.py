@@ -27,7 +27,7 @@ import ttach
 from PIL import Image
 
 import ttakit
-from ttakit.engine import RunConfig, timed, tune_run_config
+from ttakit.runtime.config import RunConfig, timed, tune_run_config
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "imagenet-sample"
 

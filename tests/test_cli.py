@@ -35,7 +35,7 @@ def test_predict_json_schema(capsys):
     code, out, _ = run(capsys, "predict", CAT, CAT, "--tta", "d4", "--merge", "gmean", "--topk", "3", "--json")
     assert code == 0
     doc = json.loads(out)
-    assert set(doc) == {"model", "policy", "merge", "images"}
+    assert set(doc) == {"model", "policy", "merge", "adaptive", "images"}
     assert doc["model"] == "tf_efficientnet_lite0" and doc["merge"] == "gmean" and len(doc["policy"]) == 8
     assert len(doc["images"]) == 2
     img = doc["images"][0]

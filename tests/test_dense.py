@@ -9,8 +9,7 @@ import torch.nn.functional as F
 import ttach
 from torch import nn
 
-from conftest import smooth_images
-from test_transforms import EXACT, RESAMPLED, SHIFTS
+from conftest import EXACT, RESAMPLED, SHIFTS, smooth_images
 from ttakit import KeypointsTTA, PolicyError, RunConfig, SegmentationTTA
 from ttakit.transforms import View
 
@@ -269,3 +268,12 @@ def test_flip_tta_does_not_hurt_a_trained_keypoint_regressor():
     tta = (KeypointsTTA(net, "flip", run_config=RC)(xt) - pt).norm(dim=-1).mean().item()
     assert plain < 3.0  # it learned something (pixels)
     assert tta <= plain * 1.02 + 0.01
+
+
+def test_unknown_activation_or_uncertainty_is_a_config_error():
+    from ttakit import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown activation 'tanh'"):
+        SegmentationTTA(PerPixel(), "hflip", activation="tanh")
+    with pytest.raises(ConfigError, match="unknown uncertainty 'std'"):
+        SegmentationTTA(PerPixel(), "hflip", uncertainty="std")

@@ -7,7 +7,7 @@ import torch
 import ttach
 
 from ttakit import ClassificationTTA, RunConfig, create_policy
-from ttakit.engine import run_views
+from ttakit.runtime.loop import run_views
 from ttakit.transforms import Normalization
 
 
@@ -109,7 +109,7 @@ def test_policy_weights_and_merge_are_used(tiny_model, images):
 def test_tune_run_config_measures_once_and_caches(tiny_model, tmp_path, monkeypatch):
     import json
 
-    from ttakit.engine import tune_run_config
+    from ttakit.runtime.config import tune_run_config
 
     monkeypatch.setenv("TTAKIT_CACHE", str(tmp_path))
     cfg = tune_run_config(tiny_model, (32, 32), candidates=(1, 2))
@@ -140,15 +140,23 @@ def test_bf16_autocast_on_cpu_keeps_the_ranking(tiny_model, images):
     torch.testing.assert_close(got, ref, atol=0.05, rtol=0)
 
 
-def test_progress_bar_shows_rate_and_eta(capsys):
-    from ttakit.evaluate import Progress
+def test_progress_bar_shows_rate_on_a_terminal_and_nothing_elsewhere(monkeypatch):
+    import io
+    import sys
 
-    bar = Progress(100, "evaluate", enabled=True)
-    bar.update(40)
-    bar.close()
-    err = capsys.readouterr().err
-    assert "40/100" in err and "img/s" in err and "ETA" in err
-    quiet = Progress(100, "evaluate")  # not a terminal under pytest: silent
-    quiet.update(10)
-    quiet.close()
-    assert capsys.readouterr().err == ""
+    from ttakit.cli.common import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    with progress_bar(100, "evaluate", quiet=False) as update:
+        update(40)
+    assert "40/100" in term.getvalue() and "img/s" in term.getvalue()
+    plain = io.StringIO()  # not a terminal: silent
+    monkeypatch.setattr(sys, "stderr", plain)
+    with progress_bar(100, "evaluate", quiet=False) as update:
+        update(10)
+    assert plain.getvalue() == ""

@@ -13,10 +13,12 @@ from PIL import Image
 
 from ttakit import RunConfig, create_policy, load_model
 from ttakit.cli import main
-from ttakit.datasets import DatasetError, detect_dataset
-from ttakit.evaluate import EvalOptions, LogitStore, compute_logits, evaluate, fingerprint, load_logits, plan_chunks, union_views
-from ttakit.metrics import MetricAccumulator, ece, nll, topk_accuracy
-from ttakit.search import greedy_search, kfold_estimate, learn_weights, pick_adaptive_threshold
+from ttakit.datasets import detect_dataset
+from ttakit.errors import DatasetError
+from ttakit.evaluation.evaluate import EvalOptions, compute_logits, evaluate, union_views
+from ttakit.evaluation.store import LogitStore, fingerprint, load_logits, plan_chunks
+from ttakit.evaluation.metrics import MetricAccumulator, ece, nll, topk_accuracy
+from ttakit.evaluation.search import greedy_search, kfold_estimate, learn_weights, pick_adaptive_threshold
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -122,8 +124,14 @@ def test_evaluate_outputs_and_skips(tiny_lm, folder, tmp_path):
     assert "not an image" in doc["skipped"][0]["reason"]
     assert list(doc["results"]) == ["plain", "hflip@mean", "hflip@gmean", "d4@mean", "d4@gmean"]
     row = doc["results"]["d4@gmean"]
-    assert set(row) == {"merge", "views", "top1", "top5", "nll", "ece", "fixed", "broken", "seconds", "images_per_s"}
-    assert row["views"] == 8 and row["merge"] == "gmean"
+    common = {"merge", "views", "view_names", "top1", "top5", "nll", "nll_calibrated", "temperature_calibrated", "ece",
+              "fixed", "broken", "seconds", "images_per_s"}
+    paired = {"delta_top1", "ci_top1", "p_value", "delta_nll", "ci_nll", "significant", "images_needed", "verdict"}
+    assert set(doc["results"]["plain"]) == common and set(row) == common | paired
+    assert row["views"] == 8 and row["merge"] == "gmean" and len(row["view_names"]) == 8
+    assert row["nll_calibrated"] <= row["nll"] + 1e-9  # T = 1 is on the grid: calibrating never hurts
+    assert math.isclose(row["delta_top1"], row["top1"] - doc["results"]["plain"]["top1"], abs_tol=1e-9)
+    assert row["ci_top1"][0] <= row["delta_top1"] <= row["ci_top1"][1] and row["verdict"].startswith("d4@gmean: ")
     # The numbers are those of the saved logits, recomputed here by hand.
     logits, labels, names, _ = load_logits(out)
     assert logits.shape == (12, 8, 3) and names[0] == "identity"  # d4 contains hflip: 8 distinct views
@@ -204,7 +212,7 @@ def _synthetic_logits(n=300, c=10, seed=0):
 
 
 def test_search_is_deterministic_and_never_worse_than_plain():
-    from ttakit.search import evaluate_choice
+    from ttakit.evaluation.search import evaluate_choice
 
     logits, labels = _synthetic_logits()
     a = greedy_search(logits, labels, budget=4)
@@ -238,7 +246,7 @@ def test_pick_adaptive_threshold_meets_the_cost():
     logits, _ = _synthetic_logits()
     plain = logits[:, 0]
     for target in (0.2, 0.4, 0.7):
-        thr = pick_adaptive_threshold(plain, 5, target)
+        thr = pick_adaptive_threshold(plain, 4, target)  # 4 views besides the plain one
         conf = torch.softmax(plain, -1).max(-1).values
         spent = (len(conf) + int((conf < thr).sum()) * 4) / (len(conf) * 5)
         assert spent <= target + 1e-9 and spent > target - 4 / (5 * len(conf)) - 1e-9

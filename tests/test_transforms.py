@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from conftest import smooth_images
+from conftest import EXACT, RESAMPLED, SHIFTS, smooth_images
 from ttakit import functional as Fn
 from ttakit.policy import parse_policy, parse_view
 from ttakit.transforms import (
@@ -15,14 +15,6 @@ from ttakit.transforms import (
 )
 
 NORM = Normalization((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
-EXACT = [HFlip(), VFlip(), Rot90(1), Rot90(2), Rot90(3)]
-SHIFTS = [Shift(5, -3), Shift(-7, 0), Shift(0, 11)]
-RESAMPLED = [
-    Rotate(15.0), Rotate(-30.0), Scale(0.8), Scale(1.25), Scale(0.83), Scale(1.5),
-    Resize(size=(40, 50)), Resize(factor=1.5), Resize(factor=0.83),
-    Crop("center", fraction=0.75), Crop("tl", size=(30, 40)), Crop("br", size=(31, 41)),
-    Crop("tr", fraction=0.5), Crop("bl", size=(20, 20)),
-]
 GEOMETRIC = EXACT + SHIFTS + RESAMPLED
 ALL = GEOMETRIC + [Brightness(1.2), Contrast(0.7)]
 SIZES = [(48, 70), (37, 53)]  # non-square, one odd

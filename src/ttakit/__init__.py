@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
-from .engine import CONFIDENCE, ClassificationTTA, RunConfig, TTAResult, default_run_config, run_views
-from .errors import ImageLoadError, ModelLoadError, PolicyError, ShapeError, TTAKitError, WeightsError
+from .errors import (
+    BackendError,
+    ConfigError,
+    DatasetError,
+    ImageLoadError,
+    ModelLoadError,
+    PolicyError,
+    ShapeError,
+    TTAKitError,
+    WeightsError,
+)
 from .merge import get_merge, list_merges, merge_logits, register_merge
 from .models import DEFAULT_MODEL, LoadedModel, load_class_names, load_model
 from .data import example_image_path, load_image, preprocess
-from .dense import DenseResult, KeypointsTTA, SegmentationTTA
-from .soup import greedy_soup, uniform_soup
 from .policy import Policy, create_policy, list_presets, load_policy, parse_policy, product, register_preset, save_policy, union
+from .runtime.config import RunConfig, default_run_config
+from .runtime.loop import run_views
+from .tasks.classify import CONFIDENCE, ClassificationTTA, TTAResult
+from .tasks.dense import DenseResult, KeypointsTTA, SegmentationTTA
+from .soup import greedy_soup, uniform_soup
 from .transforms import (
     Brightness,
     Contrast,
     Crop,
     HFlip,
+    Input,
     Normalization,
     Resize,
     Rot90,
@@ -29,7 +42,11 @@ from .transforms import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendError",
     "CONFIDENCE",
+    "ConfigError",
+    "DatasetError",
+    "Input",
     "DEFAULT_MODEL",
     "Brightness",
     "ClassificationTTA",

@@ -1,24 +1,45 @@
-"""Image decoding and preprocessing.
+"""Image decoding and preprocessing, including the input stage of every view.
 
 Every image is decoded with PIL, EXIF orientation applied, and converted to 8-bit RGB whatever
 its mode (grayscale, RGBA and palette with transparency composited on white, CMYK, 16-bit).
 PIL's decompression-bomb guard stays on and truncated files are errors, not silently padded.
+
+The plain model input is the model's own timm eval transform. A view's input stage
+(:class:`~ttakit.transforms.Input`) re-samples the same decoded photo with the model's
+interpolation and normalisation; :class:`InputRenderer` builds every stage a policy needs from
+one decode (in DataLoader workers too: it pickles).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
+import timm
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
 
-from .errors import ImageLoadError
+from .errors import ImageLoadError, ShapeError
+from .transforms import Input, window_corner
 
-__all__ = ["example_image_path", "load_image", "preprocess", "to_rgb"]
+__all__ = [
+    "InputRenderer",
+    "PhotoLike",
+    "example_image_path",
+    "input_transform",
+    "load_image",
+    "preprocess",
+    "source_key",
+    "to_photo",
+    "to_rgb",
+]
+
+PhotoLike = Union[str, Path, Image.Image, Tensor]  # a path, a PIL image, or a (C, H, W) uint8 tensor
 
 
 def example_image_path() -> Path:
@@ -76,3 +97,77 @@ def load_image(path: str | Path) -> Image.Image:
 def preprocess(paths: list[str | Path], transform: Callable[[Image.Image], Any]) -> Tensor:
     """Decode and transform several files into one ``(B, C, H, W)`` batch."""
     return torch.stack([transform(load_image(p)) for p in paths])
+
+
+def to_photo(item: PhotoLike) -> Image.Image:
+    """A decoded RGB photo from a path, a PIL image (any mode) or a ``(C, H, W)`` uint8 tensor.
+
+    Raises:
+        ImageLoadError: the file cannot be read (see :func:`load_image`).
+        ShapeError: a tensor that is not ``(1|3, H, W)`` uint8.
+    """
+    if isinstance(item, Image.Image):
+        return to_rgb(item)
+    if isinstance(item, Tensor):
+        if item.dtype != torch.uint8 or item.ndim != 3 or item.shape[0] not in (1, 3):
+            raise ShapeError("photo tensor", "(1|3, H, W) uint8", item.shape)
+        return to_rgb(TF.to_pil_image(item.cpu()))
+    return load_image(item)
+
+
+def source_key(source: Input | None) -> str:
+    """The name a rendered input stage is stored under (``identity`` for the model's own)."""
+    return "identity" if source is None else source.name
+
+
+class _InputStage:
+    """PIL photo -> normalised ``(C, S, S)``: resize the short side, cut the window, normalise."""
+
+    def __init__(self, source: Input, data_config: Mapping[str, Any]) -> None:
+        self.source = source
+        self.interpolation = InterpolationMode(data_config.get("interpolation", "bicubic"))
+        self.mean, self.std = list(data_config["mean"]), list(data_config["std"])
+
+    def __call__(self, img: Image.Image) -> Tensor:
+        s = self.source
+        img = TF.resize(img, s.scale_size(), interpolation=self.interpolation)
+        if s.size > min(img.height, img.width):
+            raise ImageLoadError(f"{s.name}: the {img.height}x{img.width} resized photo is smaller than the window")
+        top, left = window_corner((img.height, img.width), s.size, s.position)
+        x = TF.pil_to_tensor(img.crop((left, top, left + s.size, top + s.size))).float().div_(255.0)
+        return TF.normalize(x, self.mean, self.std)
+
+
+def input_transform(source: Input | None, data_config: Mapping[str, Any]) -> Callable[[Image.Image], Tensor]:
+    """PIL photo -> normalised ``(C, H, W)`` model input for one input stage (``None``: timm's
+    own eval transform for ``data_config``).
+
+    Example:
+        >>> cfg = {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.5,) * 3,
+        ...        "std": (0.5,) * 3, "crop_pct": 0.875, "crop_mode": "center"}
+        >>> img = Image.new("RGB", (320, 240), (200, 30, 30))
+        >>> tuple(input_transform(Input(256, 1.0), cfg)(img).shape)
+        (3, 256, 256)
+    """
+    if source is None:
+        return timm.data.create_transform(**data_config, is_training=False)
+    return _InputStage(source, data_config)
+
+
+class InputRenderer:
+    """Renders every input stage of a set of views from one decoded photo.
+
+    Calling it on a PIL image returns ``{source_key: (C, h, w) tensor}``; :meth:`batch` does it
+    for several photos and stacks each stage into a ``(B, C, h, w)`` batch.
+    """
+
+    def __init__(self, sources: Iterable[Input | None], data_config: Mapping[str, Any]) -> None:
+        unique = {source_key(s): s for s in [None, *sources]}  # the plain input is always there
+        self.stages = {k: input_transform(s, data_config) for k, s in unique.items()}
+
+    def __call__(self, img: Image.Image) -> dict[str, Tensor]:
+        return {k: stage(img) for k, stage in self.stages.items()}
+
+    def batch(self, photos: Sequence[PhotoLike]) -> dict[str, Tensor]:
+        rendered = [self(to_photo(p)) for p in photos]
+        return {k: torch.stack([r[k] for r in rendered]) for k in self.stages}  # each (B, C, h, w)

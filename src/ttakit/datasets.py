@@ -18,15 +18,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .data import load_image
-from .errors import ImageLoadError, TTAKitError
+from .errors import DatasetError, ImageLoadError
 
-__all__ = ["DatasetError", "ImageList", "LabelledImages", "detect_dataset", "make_loader"]
+__all__ = ["ImageList", "LabelledImages", "detect_dataset", "make_loader"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
-
-class DatasetError(TTAKitError, ValueError):
-    """A dataset path or layout could not be understood."""
 
 
 @dataclass(frozen=True)

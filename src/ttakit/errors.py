@@ -10,6 +10,9 @@ from collections.abc import Sequence
 
 __all__ = [
     "TTAKitError",
+    "BackendError",
+    "ConfigError",
+    "DatasetError",
     "ImageLoadError",
     "ModelLoadError",
     "PolicyError",
@@ -21,6 +24,18 @@ __all__ = [
 
 class TTAKitError(Exception):
     """Base class of every error ttakit raises on purpose."""
+
+
+class ConfigError(TTAKitError, ValueError):
+    """A setting (size, count, threshold, device, option name) is out of range or unknown."""
+
+
+class DatasetError(TTAKitError, ValueError):
+    """A dataset path or layout could not be understood, or a run folder holds another run."""
+
+
+class BackendError(TTAKitError, RuntimeError):
+    """An inference backend is missing (install its extra) or could not run the model."""
 
 
 class PolicyError(TTAKitError, ValueError):

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from .errors import PolicyError
-from .transforms import Crop, HFlip, Transform, View, parse_transform
+from .transforms import Crop, HFlip, Input, Transform, View, parse_transform
 
 __all__ = [
     "Policy",
@@ -144,12 +144,18 @@ def union(*parts: Sequence[View]) -> tuple[View, ...]:
 
 
 # --------------------------------------------------------------------------- families & presets
+def _one_view(key: str, value: str | None) -> View:
+    """The view of one ``key=value`` (an input stage or a transform; ``None``: no value)."""
+    if key == Input.key:
+        if value is None:
+            raise PolicyError("input needs a value, e.g. input=256:1.0 (SIZE:CROP_PCT[:POSITION])")
+        return View(source=Input.from_arg(value))
+    t = parse_transform(key, value)
+    return View(() if t is None else (t,))
+
+
 def _family(key: str, values: Sequence[str]) -> tuple[View, ...]:
-    views = []
-    for value in values:
-        t = parse_transform(key, value)
-        views.append(View(() if t is None else (t,)))
-    return tuple(views)
+    return tuple(_one_view(key, value) for value in values)
 
 
 def _crop_family(positions: Sequence[str]) -> Callable[[Sequence[str]], tuple[View, ...]]:
@@ -167,13 +173,8 @@ _FAMILIES: dict[str, Callable[[Sequence[str]], tuple[View, ...]]] = {
     "ten_crop": lambda v: product((View(), View((HFlip(),))), _crop_family(_FIVE)(v)),
     "center_crop": _crop_family(("center",)),
 }
-_FAMILY_DEFAULTS: dict[str, tuple[str, ...]] = {
-    "hflip": ("0", "1"),
-    "vflip": ("0", "1"),
-    "rot90": ("0", "1", "2", "3"),
-    "five_crop": ("0.875",),
-    "ten_crop": ("0.875",),
-}
+# A bare family name without values (presets of the same name are looked up first).
+_FAMILY_DEFAULTS: dict[str, tuple[str, ...]] = {"rot90": ("0", "1", "2", "3")}
 
 _PRESETS: dict[str, tuple[str, str]] = {}
 
@@ -283,8 +284,7 @@ class _Parser:
             raise self.error(f"unexpected {tok!r}")
         key, eq, value = tok.partition("=")
         if eq:
-            t = parse_transform(key, value)
-            return (View(() if t is None else (t,)),)
+            return (_one_view(key, value),)
         if self.peek() == "(":
             return self.family(key, self.values())
         if key == "identity":
@@ -326,13 +326,11 @@ def parse_view(name: str) -> View:
     name = name.strip()
     if name == "identity":
         return View()
-    transforms = []
+    view = View()
     for part in name.split("|"):
         key, eq, value = part.strip().partition("=")
-        t = parse_transform(key, value if eq else None)
-        if t is not None:
-            transforms.append(t)
-    return View(tuple(transforms))
+        view = view.then(_one_view(key, value if eq else None))
+    return view
 
 
 def parse_policy(text: str) -> tuple[View, ...]:

@@ -13,6 +13,7 @@ policy parser reads back, so ``parse(t.name) == t``.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from collections.abc import Callable
@@ -30,6 +31,7 @@ __all__ = [
     "Contrast",
     "Crop",
     "HFlip",
+    "Input",
     "Normalization",
     "Resize",
     "Rot90",
@@ -40,7 +42,9 @@ __all__ = [
     "Transform",
     "VFlip",
     "View",
+    "input_matrix",
     "parse_transform",
+    "window_corner",
 ]
 
 _EYE = torch.eye(3, dtype=torch.float64)
@@ -60,7 +64,6 @@ class Transform(ABC):
 
     key: ClassVar[str]  # name in policy text, e.g. "scale"
     geometric: ClassVar[bool] = True
-    exact: ClassVar[bool] = False  # invert_dense is a pure permutation, no resampling
 
     # ------------------------------------------------------------------ naming
     @property
@@ -156,8 +159,6 @@ def _num(v: float) -> str:
 # ============================================================================ geometric, exact
 class _Mirror(Transform):
     """A flip along one axis: its own inverse, exact on any grid."""
-
-    exact: ClassVar[bool] = True
     _block: ClassVar[list[list[float]]]  # its 2x2 map in normalised coordinates
     _op: ClassVar[Callable[[Tensor], Tensor]]
 
@@ -201,7 +202,6 @@ class Rot90(Transform):
     k: int  # 1, 2 or 3
 
     key: ClassVar[str] = "rot90"
-    exact: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.k % 4 == 0:
@@ -484,27 +484,132 @@ def parse_transform(key: str, arg: str | None) -> Transform | None:
     return cls.from_arg(arg)
 
 
-# ============================================================================ views
+# ============================================================================ input stage
 @dataclass(frozen=True)
-class View:
-    """One augmented view: transforms applied left to right (empty: the identity)."""
+class Input:
+    """The input stage of a view: how the decoded source photo becomes the model input.
 
-    transforms: tuple[Transform, ...] = ()
+    The short side of the photo is resized to ``floor(size / crop_pct)`` with the model's own
+    interpolation, then a ``size x size`` window is cut at ``position`` (timm's convention:
+    ``crop_pct=1.0`` keeps the whole centre square). The plain view (no input stage) is the
+    model's own data config, so ``Input(224, 0.875)`` equals it for a model whose config is
+    224 px at crop 0.875.
+
+    Attributes:
+        size: side of the square model input, in pixels.
+        crop_pct: share of the resized short side that the window covers, in (0, 1].
+        position: where the window sits: center, tl, tr, bl or br.
+
+    Example:
+        >>> Input(256, 1.0).name
+        'input=256:1'
+        >>> Input.from_arg("288:0.9:tl")
+        Input(size=288, crop_pct=0.9, position='tl')
+    """
+
+    size: int
+    crop_pct: float = 1.0
+    position: str = "center"
+
+    key: ClassVar[str] = "input"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or self.size < 8:
+            raise PolicyError(f"input size must be an integer of at least 8 pixels, got {self.size!r}")
+        if not 0 < self.crop_pct <= 1:
+            raise PolicyError(f"input crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.position not in _POSITIONS:
+            raise PolicyError(f"input position must be one of {', '.join(_POSITIONS)}, got {self.position!r}")
 
     @property
     def name(self) -> str:
-        return "|".join(t.name for t in self.transforms) or "identity"
+        pct = f"{self.crop_pct:g}"
+        return f"input={self.size}:{pct}" + ("" if self.position == "center" else f":{self.position}")
+
+    @classmethod
+    def from_arg(cls, arg: str) -> Input:
+        parts = arg.split(":")
+        if not 1 <= len(parts) <= 3:
+            raise PolicyError(f"input expects SIZE:CROP_PCT[:POSITION] (e.g. input=256:1.0), got {arg!r}")
+        size = _int(parts[0], "input size")
+        pct = _float(parts[1], "input crop_pct") if len(parts) > 1 else 1.0
+        return cls(size, pct, parts[2] if len(parts) > 2 else "center")
+
+    def scale_size(self) -> int:
+        """The short side the photo is resized to (timm: ``floor(size / crop_pct)``)."""
+        return math.floor(self.size / self.crop_pct)
+
+    def window(self, photo_size: Size) -> tuple[float, float, float, float]:
+        """The part of a ``photo_size`` ``(H, W)`` photo this stage shows, in photo pixels:
+        ``(top, left, height, width)`` with pixel edges at integers."""
+        H, W = photo_size
+        s = self.scale_size()
+        # torchvision's Resize(int): the short side becomes s, the long side int(s * long / short).
+        rh, rw = (s, int(s * W / H)) if H <= W else (int(s * H / W), s)
+        if self.size > rh or self.size > rw:
+            raise PolicyError(f"{self.name}: a {self.size}px window does not fit the {rh}x{rw} resized photo")
+        top, left = window_corner((rh, rw), self.size, self.position)
+        sy, sx = rh / H, rw / W
+        return top / sy, left / sx, self.size / sy, self.size / sx
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def window_corner(size: Size, side: int, position: str) -> tuple[int, int]:
+    """Top-left corner of a ``side`` square at ``position``; the centre is rounded as
+    torchvision's ``CenterCrop`` rounds it."""
+    if position == "center":
+        return int(round((size[0] - side) / 2.0)), int(round((size[1] - side) / 2.0))
+    return Fn.crop_box(size, (side, side), position)
+
+
+def input_matrix(source: Input | None, plain: Input, photo_size: Size) -> Tensor:
+    """3x3 map from the plain input's normalised coordinates to ``source``'s, for one photo
+    of ``photo_size``: both are windows of the same photo, so the map is a scale and shift."""
+    if source is None:
+        return _EYE
+    (t0, l0, h0, w0), (t1, l1, h1, w1) = plain.window(photo_size), source.window(photo_size)
+    # x_photo = l0 + (u0 + 1) / 2 * w0 = l1 + (u1 + 1) / 2 * w1, solved for u1.
+    ax, ay = w0 / w1, h0 / h1
+    bx = (2 * (l0 - l1) + w0 - w1) / w1
+    by = (2 * (t0 - t1) + h0 - h1) / h1
+    return Fn.affine_matrix([[ax, 0.0, bx], [0.0, ay, by]])
+
+
+# ============================================================================ views
+@dataclass(frozen=True)
+class View:
+    """One augmented view: an optional input stage (how the source photo becomes the model
+    input; ``None`` is the model's own preprocessing), then tensor transforms applied left
+    to right. ``View()`` is the identity."""
+
+    transforms: tuple[Transform, ...] = ()
+    source: Input | None = None
+
+    @property
+    def name(self) -> str:
+        parts = ([self.source.name] if self.source is not None else []) + [t.name for t in self.transforms]
+        return "|".join(parts) or "identity"
 
     @property
     def is_identity(self) -> bool:
-        return not self.transforms
+        return not self.transforms and self.source is None
+
+    @property
+    def mirrored(self) -> bool:
+        """An odd number of flips: left and right are swapped in the view."""
+        return sum(isinstance(t, (HFlip, VFlip)) for t in self.transforms) % 2 == 1
 
     def __str__(self) -> str:
         return self.name
 
     def then(self, other: View) -> View:
-        """This view followed by ``other``."""
-        return View(self.transforms + other.transforms)
+        """This view followed by ``other`` (at most one of them may have an input stage: it
+        always runs first, whatever the order they are written in)."""
+        if self.source is not None and other.source is not None:
+            raise PolicyError(f"a view has one input stage; {self.source.name!r} and {other.source.name!r} were combined")
+        return View(self.transforms + other.transforms, self.source or other.source)
 
     def sizes(self, size: Size) -> list[Size]:
         """Image sizes before each transform and after the last (``len + 1`` entries)."""

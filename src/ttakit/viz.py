@@ -8,6 +8,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from .runtime.loop import ViewInputs, as_view_inputs
 from .transforms import Normalization, View
 
 __all__ = ["denormalize", "plot_accuracy", "save_view_grid"]
@@ -30,22 +31,28 @@ def _figure():  # noqa: ANN202 - matplotlib types
 
 
 def save_view_grid(
-    x: Tensor,
+    x: Tensor | ViewInputs,
     views: Sequence[View],
     norm: Normalization,
     titles: Sequence[str],
     merged_title: str,
     out: str | Path,
 ) -> Path:
-    """Save a grid of the views of one image ``x`` ``(C, H, W)``, each with its title, and a
-    final panel with the un-augmented image and the merged result."""
+    """Save a grid of the views of one image, each exactly as the model sees it (its input
+    stage rendered from the photo, then its transforms) with its title, and a final panel
+    with the plain input and the merged result.
+
+    Args:
+        x: one image: a ``(C, H, W)`` / ``(1, C, H, W)`` tensor or inputs rendered from a photo.
+    """
     plt = _figure()
+    inputs = as_view_inputs(x.unsqueeze(0) if isinstance(x, Tensor) and x.ndim == 3 else x)
     n = len(views) + 1
     cols = min(5, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.3 * rows), squeeze=False)
-    panels = [(v.apply(x.unsqueeze(0), norm)[0], t) for v, t in zip(views, titles)]
-    panels.append((x, merged_title))
+    panels = [(v.apply(inputs.render(v.source)[:1], norm)[0], t) for v, t in zip(views, titles)]
+    panels.append((inputs.render(None)[0], merged_title))
     for ax, (img, title) in zip(axes.flat, panels):
         ax.imshow(denormalize(img.detach().float().cpu(), norm).numpy())
         ax.set_title(title, fontsize=8)

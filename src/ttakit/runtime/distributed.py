@@ -13,19 +13,27 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as tdist
+from torch import Tensor
 
-from .errors import TTAKitError
+from ..errors import TTAKitError
 
-if TYPE_CHECKING:
-    from .evaluate import LogitStore
-
-__all__ = ["DistContext"]
+__all__ = ["ChunkStore", "DistContext"]
 
 T = TypeVar("T")
+
+
+class ChunkStore(Protocol):
+    """What :meth:`DistContext.gather_chunks` needs of a store (the logits store has it)."""
+
+    def has(self, start: int) -> bool: ...
+
+    def read(self, start: int) -> tuple[dict[str, Tensor], list[tuple[int, str]]]: ...
+
+    def write(self, start: int, payload: dict[str, Tensor], skipped: list[tuple[int, str]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,7 @@ class DistContext:
             r, msg = failed[0]
             raise TTAKitError(f"rank {r} of {self.world_size} failed: {msg}")
 
-    def gather_chunks(self, store: LogitStore, mine: Sequence[tuple[int, int]]) -> None:
+    def gather_chunks(self, store: ChunkStore, mine: Sequence[tuple[int, int]]) -> None:
         """Send every rank's chunks to rank 0, which stores those it does not have yet."""
         if self.world_size == 1:
             return

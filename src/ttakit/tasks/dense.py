@@ -1,6 +1,6 @@
 """Dense TTA: segmentation maps and keypoints, each view's geometry undone before merging.
 
-Both wrappers use the same loop as classification (:func:`ttakit.engine.run_views`); only the
+Both wrappers use the same loop as classification (:func:`ttakit.runtime.loop.run_views`); only the
 per-view post-processing differs. Every geometric view's prediction is mapped back onto the
 un-augmented output grid by the view's own ``invert_dense``/``invert_points``: flips and
 quarter turns exactly, rotations, zooms, shifts and crops by resampling with a validity mask,
@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .engine import RunConfig, model_device, _model_normalization, default_run_config, prepare_model, run_views
-from .errors import PolicyError, ShapeError, check_shape
-from .policy import Policy, PolicyLike, create_policy
-from .transforms import HFlip, Normalization, VFlip, View
+from ..errors import ConfigError, PolicyError, ShapeError, TTAKitError, check_shape
+from ..policy import PolicyLike
+from ..runtime.config import RunConfig
+from ..transforms import Normalization
+from .base import TTABase
 
 __all__ = ["DenseResult", "KeypointsTTA", "SegmentationTTA"]
 
@@ -65,10 +66,10 @@ def _entropy(ys: Tensor, masks: Tensor, merged: Tensor) -> Tensor:
 _UNCERTAINTY: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {"variance": _variance, "entropy": _entropy}
 
 
-def _pick(table: dict[Any, Any], value: Any, what: str) -> Any:
+def _pick(table: dict[Any, Any], value: Any, what: str, error: type[TTAKitError] = ConfigError) -> Any:
     """Resolve a mode name once, at construction."""
     if value not in table:
-        raise PolicyError(f"unknown {what} {value!r}; choose one of {', '.join(str(k) for k in table)}")
+        raise error(f"unknown {what} {value!r}; choose one of {', '.join(str(k) for k in table)}")
     return table[value]
 
 
@@ -87,27 +88,7 @@ class DenseResult:
     coverage: Tensor
 
 
-class _DenseBase(nn.Module):
-    def __init__(self, model: nn.Module, policy: PolicyLike, norm: Normalization | None, run_config: RunConfig | None) -> None:
-        super().__init__()
-        self.model = model
-        self.policy: Policy = create_policy(policy)
-        self.norm = norm or _model_normalization(model)
-        self.run_config = run_config or default_run_config(model_device(model))
-        prepare_model(model, self.run_config)
-        w = self.policy.weights
-        self.register_buffer("view_weights", torch.ones(len(self.policy.views)) if w is None else torch.tensor(w), persistent=False)
-
-    @property
-    def views(self) -> tuple[View, ...]:
-        return self.policy.views
-
-    def _run(self, x: Tensor) -> list[Any]:
-        check_shape("images", x.shape, "(B, C, H, W)")
-        return run_views(self.model, x, self.views, self.norm, self.run_config)
-
-
-class SegmentationTTA(_DenseBase):
+class SegmentationTTA(TTABase):
     """TTA for models mapping ``(B, C, H, W)`` images to ``(B, K, H', W')`` logits (any output
     stride), or to a dict of such maps and other heads.
 
@@ -142,8 +123,8 @@ class SegmentationTTA(_DenseBase):
         norm: Normalization | None = None,
         run_config: RunConfig | None = None,
     ) -> None:
-        super().__init__(model, policy, norm, run_config)
-        self._merge = _pick(_DENSE_MERGES, merge, "merge")
+        super().__init__(model, policy, norm=norm, run_config=run_config)
+        self._merge = _pick(_DENSE_MERGES, merge, "merge", PolicyError)  # as for classification merges
         self._activation = _pick(_ACTIVATIONS, activation, "activation")
         self._uncertainty = None if uncertainty is None else _pick(_UNCERTAINTY, uncertainty, "uncertainty")
         self.dense_keys = None if dense_keys is None else tuple(dense_keys)
@@ -170,7 +151,7 @@ class SegmentationTTA(_DenseBase):
             ys.append(y)
             masks.append(m)
         Y, M = torch.stack(ys), torch.stack(masks)  # (V, B, K, H', W'), (V, 1, 1, H', W')
-        merged = self._merge(Y, M, self.view_weights.to(Y))
+        merged = self._merge(Y, M, self.weights_or_ones().to(Y))
         unc = self._uncertainty(Y, M, merged) if self._uncertainty else None
         return merged, unc, M.sum(0)
 
@@ -178,33 +159,37 @@ class SegmentationTTA(_DenseBase):
     def predict(self, x: Tensor) -> DenseResult:
         """Merged maps with per-pixel uncertainty (if asked) and view coverage."""
         size = tuple(x.shape[-2:])
-        outs = self._run(x)
+        check_shape("images", x.shape, "(B, C, H, W)")
+        outs = self.run(x)
         if isinstance(outs[0], Tensor):
             merged, unc, cov = self._merge_maps(outs, size)  # type: ignore[arg-type]
             return DenseResult(merged, unc, cov)
         if not isinstance(outs[0], dict):
             raise ShapeError("segmentation output", "a (B, K, H, W) tensor or a dict of tensors", ())
         keys = self.dense_keys or tuple(k for k, v in outs[0].items() if isinstance(v, Tensor) and v.ndim == 4)
+        if not any(k in outs[0] for k in keys):
+            raise ShapeError("segmentation output", "a dict with at least one (B, K, H, W) map", ())
         merged_d: dict[str, Tensor] = {}
         unc_d: dict[str, Tensor] = {}
-        cov = torch.zeros(1)
-        w = self.view_weights.float()
+        coverage: list[Tensor] = []
+        w = self.weights_or_ones().float()
         for k in outs[0]:
             if k in keys:
                 merged_d[k], u, cov = self._merge_maps([o[k] for o in outs], size)
+                coverage.append(cov)
                 if u is not None:
                     unc_d[k] = u
             else:  # a non-spatial head (class scores, ...): weighted mean over views
                 stack = torch.stack([o[k].float() for o in outs])
                 merged_d[k] = (stack * w.view(-1, *([1] * (stack.ndim - 1)))).sum(0) / w.sum()
-        return DenseResult(merged_d, unc_d or None, cov)
+        return DenseResult(merged_d, unc_d or None, coverage[0])  # the first map's grid
 
     def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
         """The merged output (same structure as the model's)."""
         return self.predict(x).output
 
 
-class KeypointsTTA(_DenseBase):
+class KeypointsTTA(TTABase):
     """TTA for keypoint regressors returning ``(B, N, 2)`` pixel coordinates ``(x, y)`` of the
     input image (pixel centres at integers), optionally with ``(B, N)`` scores as a second
     tuple element or under ``"scores"`` in a dict (coordinates under ``"keypoints"``).
@@ -228,7 +213,7 @@ class KeypointsTTA(_DenseBase):
         norm: Normalization | None = None,
         run_config: RunConfig | None = None,
     ) -> None:
-        super().__init__(model, policy, norm, run_config)
+        super().__init__(model, policy, norm=norm, run_config=run_config)
         self.flip_pairs = tuple((int(a), int(b)) for a, b in (flip_pairs or ()))
 
     def _swap(self, n: int) -> Tensor:
@@ -250,19 +235,19 @@ class KeypointsTTA(_DenseBase):
         """``(B, N, 2)`` merged coordinates and ``(B, N)`` mean scores (``None`` without)."""
         size = tuple(x.shape[-2:])
         pts_all, sc_all = [], []
-        for view, out in zip(self.views, self._run(x)):
+        check_shape("images", x.shape, "(B, C, H, W)")
+        for view, out in zip(self.views, self.run(x)):
             pts, scores = self._split(out)
             check_shape("keypoints", pts.shape, "(B, N, 2)")
             pts = view.invert_points(pts.float(), size)
-            mirrors = sum(isinstance(t, (HFlip, VFlip)) for t in view.transforms)
-            if mirrors % 2:
+            if view.mirrored:
                 perm = self._swap(pts.shape[1]).to(pts.device)
                 pts = pts[:, perm]
                 scores = None if scores is None else scores[:, perm]
             pts_all.append(pts)
             sc_all.append(scores)
         P = torch.stack(pts_all)  # (V, B, N, 2)
-        w = self.view_weights.to(P).view(-1, 1, 1)  # (V, 1, 1)
+        w = self.weights_or_ones().to(P).view(-1, 1, 1)  # (V, 1, 1)
         if all(s is not None for s in sc_all):
             S = torch.stack([s.float() for s in sc_all])  # (V, B, N)
             ws = w * S.clamp_min(0)

@@ -10,8 +10,10 @@ Learned weights (in the spirit of AugTTA, Shanmugam et al., "Better Aggregation 
 Augmentation", ICCV 2021): per-view weights and a temperature fitted by minimising the NLL of
 the weighted merge on the selection data.
 
-Everything here works on logits ``(N, U, C)`` that :mod:`ttakit.evaluate` saved, so a search
-costs one evaluation pass, however many candidates it scores.
+Everything here works on logits ``(N, U, C)`` that :mod:`ttakit.evaluation.evaluate` saved, so
+a search costs one evaluation pass, however many candidates it scores. :func:`search_policy`
+is the whole recipe (search, optional learned weights, held-out estimate, adaptive
+threshold) returning a :class:`~ttakit.policy.Policy`.
 """
 
 from __future__ import annotations
@@ -19,25 +21,30 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .engine import CONFIDENCE
-from .merge import merge_logits
+from ..errors import ConfigError
+from ..merge import merge_logits
+from ..policy import Policy
+from ..tasks.classify import adaptive_cost, get_confidence
+from .metrics import TEMPERATURES
 from .metrics import nll as nll_metric
 from .metrics import topk_accuracy
 
 __all__ = [
     "DEFAULT_POOL",
+    "SearchOptions",
     "SearchResult",
     "calibrated_temperature",
     "greedy_search",
     "kfold_estimate",
     "learn_weights",
     "pick_adaptive_threshold",
+    "search_policy",
 ]
 
 DEFAULT_POOL = (
@@ -46,8 +53,6 @@ DEFAULT_POOL = (
     " + rotate(-10,10) + shift(16:0,-16:0,0:16,0:-16) + brightness(0.8,1.2) + contrast(0.8,1.2)"
     " + resize(1.15) + hflip=1|resize=1.15"
 )
-# Temperatures tried when calibrating (log-spaced, 1 included).
-TEMPERATURES = tuple(float(t) for t in torch.logspace(math.log10(0.4), math.log10(2.5), 17).tolist()) + (1.0,)
 
 
 @dataclass(frozen=True)
@@ -59,15 +64,12 @@ class SearchResult:
         temperature: calibrated temperature of the merge.
         objective: ``nll`` or ``top1``.
         trace: objective value after each step (lower is better; top1 is negated).
-        weights: per-column weights when learned, else ``None`` (equal).
     """
 
     cols: tuple[int, ...]
     temperature: float
     objective: str
     trace: tuple[float, ...]
-    weights: tuple[float, ...] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _label_probs(logits: Tensor, labels: Tensor, temps: Sequence[float]) -> Tensor:
@@ -98,12 +100,16 @@ def greedy_search(
             at temperature 1, ties broken by calibrated NLL).
 
     Example:
-        >>> res = greedy_search(logits, labels, budget=4)
-        >>> [names[c] for c in res.cols]
-        ['hflip', 'identity', 'scale=1.1']
+        >>> labels = torch.tensor([0, 1, 1, 0])
+        >>> good = torch.nn.functional.one_hot(labels, 2).float() * 3       # (N, C)
+        >>> logits = torch.stack([good * 0.2, -good, good], dim=1)          # (N, U=3, C)
+        >>> greedy_search(logits, labels, budget=3).cols   # the best view, then no view helps
+        (2,)
     """
     if objective not in ("nll", "top1"):
-        raise ValueError(f"objective must be nll or top1, got {objective!r}")
+        raise ConfigError(f"objective must be nll or top1, got {objective!r}")
+    if budget < 1:
+        raise ConfigError(f"budget must be at least 1 view, got {budget}")
     N, U, _ = logits.shape
     plab = _label_probs(logits, labels, temperatures)  # (U, T, N)
     run_lab = torch.zeros(len(temperatures), N, dtype=torch.float64)  # sum of chosen views' label probs
@@ -218,18 +224,130 @@ def kfold_estimate(
             "views_per_fold": sizes}
 
 
-def pick_adaptive_threshold(plain_logits: Tensor, n_views: int, target_fraction: float, confidence: str = "max_prob") -> float:
+def pick_adaptive_threshold(plain_logits: Tensor, n_other_views: int, target_fraction: float,
+                            confidence: str = "max_prob") -> float:
     """The largest confidence threshold whose adaptive TTA spends at most ``target_fraction``
-    of full TTA's view-forwards on these images (plain forward on all, the other
-    ``n_views - 1`` views on images below the threshold)."""
+    of full TTA's view-forwards on these images (the cost is
+    :func:`~ttakit.tasks.classify.adaptive_cost`: the plain forward for all, the
+    ``n_other_views`` other views for images below the threshold).
+
+    Example:
+        >>> logits = torch.tensor([[3.0, 0.0], [1.0, 0.0], [0.2, 0.0], [5.0, 0.0]])
+        >>> t = pick_adaptive_threshold(logits, 1, 0.75)   # 2 images of 4 may get the other view
+        >>> (torch.softmax(logits, -1).max(-1).values < t).sum().item()
+        2
+    """
     N = plain_logits.shape[0]
-    if n_views <= 1:
+    if n_other_views <= 0:
         return 1.01
-    conf = CONFIDENCE[confidence](plain_logits).sort().values  # ascending
-    allowed = int((target_fraction * N * n_views - N) // (n_views - 1))
+    conf = get_confidence(confidence)(plain_logits).sort().values  # ascending
+    full = N * (n_other_views + 1)
+    ks = torch.arange(N + 1)
+    affordable = ks[adaptive_cost(N, ks, n_other_views) <= target_fraction * full]  # type: ignore[operator]
+    allowed = int(affordable.max()) if len(affordable) else 0
     if allowed <= 0:
         return 0.0
     if allowed >= N:
         return 1.01
     # Uncertain means conf < threshold: exactly the `allowed` least confident images.
     return float(conf[allowed])
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How :func:`search_policy` chooses a policy.
+
+    Attributes:
+        budget: maximum number of views (>= 1).
+        objective: ``nll`` (calibrated NLL) or ``top1``.
+        folds: k of the k-fold held-out estimate when there is no separate selection data.
+        learn_weights: also fit per-view weights and a temperature; kept only where they
+            lower the NLL on the selection data.
+        target_cost: pick an adaptive threshold spending at most this share of view-forwards.
+        name: the policy's name in reports.
+    """
+
+    budget: int = 5
+    objective: str = "nll"
+    folds: int = 5
+    learn_weights: bool = False
+    target_cost: float | None = None
+    name: str = "searched"
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise ConfigError(f"budget must be at least 1 view, got {self.budget}")
+        if self.objective not in ("nll", "top1"):
+            raise ConfigError(f"objective must be nll or top1, got {self.objective!r}")
+        if self.folds < 2:
+            raise ConfigError(f"folds must be at least 2, got {self.folds}")
+        if self.target_cost is not None and not 0 < self.target_cost <= 1:
+            raise ConfigError(f"target_cost must be in (0, 1], got {self.target_cost}")
+
+
+def search_policy(
+    pool: Policy,
+    logits: Tensor,
+    labels: Tensor,
+    options: SearchOptions = SearchOptions(),
+    selection: tuple[Tensor, Tensor] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Policy:
+    """Choose a policy from ``pool`` on stored logits.
+
+    Args:
+        pool: the candidate views; ``logits`` holds one column per pool view, in order.
+        logits: ``(N, U, C)`` per-view logits of the data (column 0 the plain view).
+        labels: ``(N,)`` labels.
+        options: budget, objective, folds, learned weights, adaptive target.
+        selection: separate selection data ``(logits, labels)``; the search runs there and
+            ``logits`` is the held-out set. Without it the search runs on ``logits`` and the
+            held-out estimate is k-fold.
+        provenance: extra entries for ``meta`` (data paths, pool text, ...).
+
+    Returns:
+        The policy (views, weights, mean merge, temperature) with ``meta`` recording how it
+        was chosen: selection and plain metrics, the search trace, the held-out or k-fold
+        estimate, and the adaptive threshold if asked.
+
+    Example:
+        >>> pool = Policy((View(), View((HFlip(),))))
+        >>> labels = torch.tensor([0, 1, 1, 0])
+        >>> logits = torch.nn.functional.one_hot(labels, 2).float()[:, None].repeat(1, 2, 1)
+        >>> search_policy(pool, logits, labels, SearchOptions(budget=2, folds=2)).view_names
+        ['identity']
+    """
+    sel_logits, sel_labels = selection if selection is not None else (logits, labels)
+    res = greedy_search(sel_logits, sel_labels, options.budget, options.objective)
+    cols, temperature, weights = list(res.cols), res.temperature, None
+    how = f"greedy policy search ({options.objective}, budget {options.budget})"
+    if options.learn_weights:
+        distinct = list(dict.fromkeys(cols))
+        w, t = learn_weights(sel_logits, sel_labels, cols)
+        learned = evaluate_choice(sel_logits, sel_labels, distinct, t, w)
+        greedy = evaluate_choice(sel_logits, sel_labels, cols, temperature)
+        if learned["nll"] <= greedy["nll"]:  # keep the weights only where they help on selection data
+            cols, weights, temperature = distinct, w, t
+            how += " + learned weights"
+    chosen = evaluate_choice(sel_logits, sel_labels, cols, temperature, weights)
+    # Plain at its own calibrated temperature: the fair baseline for a calibrated NLL.
+    plain_t = calibrated_temperature(sel_logits[:, 0], sel_labels)
+    plain = evaluate_choice(sel_logits, sel_labels, [0], plain_t)
+    meta: dict[str, Any] = {
+        **(provenance or {}), "how": how,
+        "selection_top1": chosen["top1"], "selection_nll": chosen["nll"],
+        "plain_top1": plain["top1"], "plain_nll": plain["nll"],
+        "trace": [{"view": pool.views[c].name, "objective": v} for c, v in zip(res.cols, res.trace)],
+    }
+    if selection is not None:
+        meta["heldout"] = {**evaluate_choice(logits, labels, cols, temperature, weights),
+                           "plain": evaluate_choice(logits, labels, [0], plain_t)}
+    else:
+        meta["kfold"] = kfold_estimate(logits, labels, options.budget, options.objective, options.folds,
+                                       learn=options.learn_weights)
+    views = tuple(pool.views[c] for c in cols)
+    if options.target_cost is not None:
+        others = sum(not v.is_identity for v in views)
+        meta["adaptive"] = pick_adaptive_threshold(sel_logits[:, 0], others, options.target_cost)
+        meta["adaptive_target_cost"] = options.target_cost
+    return Policy(views, weights=weights, merge="mean", temperature=temperature, name=options.name, meta=meta)

@@ -5,14 +5,17 @@ All functions take ``probs`` ``(N, C)`` (rows sum to 1) and integer ``labels`` `
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-__all__ = ["ECE_BINS", "MetricAccumulator", "ece", "nll", "topk_accuracy"]
+__all__ = ["ECE_BINS", "TEMPERATURES", "MetricAccumulator", "ece", "nll", "topk_accuracy"]
 
 ECE_BINS = 15
+# Temperatures tried when calibrating (log-spaced from 0.4 to 2.5, 1 included).
+TEMPERATURES = tuple(float(t) for t in torch.logspace(math.log10(0.4), math.log10(2.5), 17).tolist()) + (1.0,)
 _EPS = 1e-12  # probabilities are floored here in the NLL so a confident mistake stays finite
 
 
@@ -46,7 +49,14 @@ def ece(probs: Tensor, labels: Tensor, bins: int = ECE_BINS) -> float:
 
 @dataclass
 class MetricAccumulator:
-    """Streaming top-1/top-5/NLL/ECE and fixed/broken counts against the plain model."""
+    """Streaming top-1/top-5/NLL/ECE and fixed/broken counts against the plain model.
+
+    Example:
+        >>> acc = MetricAccumulator(bins=10)
+        >>> _ = acc.update(torch.tensor([[0.9, 0.1], [0.3, 0.7]]), torch.tensor([0, 0]))
+        >>> acc.compute()["top1"], round(acc.compute()["ece"], 3)
+        (0.5, 0.4)
+    """
 
     bins: int = ECE_BINS
     n: int = 0
@@ -55,9 +65,13 @@ class MetricAccumulator:
     nll_sum: float = 0.0
     fixed: int = 0
     broken: int = 0
-    count: Tensor = field(default_factory=lambda: torch.zeros(ECE_BINS, dtype=torch.float64))
-    conf_sum: Tensor = field(default_factory=lambda: torch.zeros(ECE_BINS, dtype=torch.float64))
-    correct: Tensor = field(default_factory=lambda: torch.zeros(ECE_BINS, dtype=torch.float64))
+    # Per confidence bin: images, summed confidence, correct predictions (sized in __post_init__).
+    count: Tensor = field(init=False)
+    conf_sum: Tensor = field(init=False)
+    correct: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.count, self.conf_sum, self.correct = (torch.zeros(self.bins, dtype=torch.float64) for _ in range(3))
 
     def update(self, probs: Tensor, labels: Tensor, plain_correct: Tensor | None = None) -> Tensor:
         """Add a batch; returns the per-row top-1 correctness ``(N,)``."""

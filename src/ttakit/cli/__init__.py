@@ -1,0 +1,49 @@
+"""The ``ttakit`` command line: a thin layer over the library, one module per command.
+
+Every command resolves its strings (model, policy, merge) once, calls library functions and
+prints. Errors that ttakit raises on purpose become one ``ttakit: error: ...`` line on stderr
+and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from .. import __version__
+from ..errors import TTAKitError
+from . import evaluate, predict, search, soup
+
+__all__ = ["build_parser", "main"]
+
+# Each command module adds its subcommands; registered statically, in help order.
+_COMMANDS = (predict, evaluate, search, soup)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``ttakit`` command (also used for ``--help`` docs)."""
+    parser = argparse.ArgumentParser(prog="ttakit", description="Test-time augmentation for timm image models.")
+    parser.add_argument("--version", action="version", version=f"ttakit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in _COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ttakit`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TTAKitError as e:
+        print(f"ttakit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ttakit: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,180 @@
+"""Argument helpers shared by the commands: model, policy and run options, and their resolution.
+
+Strings from the command line (device, model, policy, merge, micro-batch) are resolved here,
+once, into library objects; the commands then only call library functions and print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import torch
+from tqdm import tqdm
+
+from ..datasets import LabelledImages, detect_dataset
+from ..errors import ConfigError
+from ..evaluation.evaluate import EvalOptions
+from ..merge import list_merges
+from ..models import DEFAULT_MODEL, LoadedModel, load_model
+from ..policy import list_presets
+from ..runtime.config import RunConfig, default_run_config, tune_run_config
+from ..runtime.distributed import DistContext
+from ..tasks.classify import CONFIDENCE, ClassificationTTA
+
+__all__ = [
+    "add_data_args",
+    "add_model_args",
+    "add_policy_args",
+    "classification_tta",
+    "load",
+    "load_data",
+    "eval_options",
+    "positive_int",
+    "progress_bar",
+    "resolve_device",
+]
+
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (so ``--batch-size 0`` is a one-line usage error)."""
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from e
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from e
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _micro_batch(text: str) -> str | int:
+    return text if text == "auto" else positive_int(text)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--model``, ``--weights``, ``--labels``, ``--device``, ``--amp``, ``--micro-batch``, ``--compile``."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name (default: {DEFAULT_MODEL})")
+    g.add_argument("--weights", default=None,
+                   help="'hub' for timm's pretrained weights, or a .pth/.pt/.safetensors file "
+                   "(default: the embedded ImageNet weights of the default model)")
+    g.add_argument("--labels", default=None, help="class names: one per line, or a JSON list")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    g.add_argument("--amp", choices=sorted(AMP), default=None, help="autocast dtype on GPU")
+    g.add_argument("--micro-batch", default=None, type=_micro_batch,
+                   help="images per model forward, or 'auto' to measure once per device and cache (default: per device)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model first")
+
+
+def add_policy_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """``--tta`` and ``--merge`` (repeatable with ``many``), ``--adaptive``, ``--confidence``."""
+    g = p.add_argument_group("test-time augmentation")
+    presets = ", ".join(list_presets())
+    if many:
+        g.add_argument("--tta", action="append", default=None, metavar="POLICY",
+                       help=f"policy (repeatable): preset ({presets}), policy text or JSON file")
+        g.add_argument("--merge", action="append", default=None, choices=list_merges(),
+                       help="merge mode (repeatable; default: the policy's, else mean)")
+    else:
+        g.add_argument("--tta", default="hflip", metavar="POLICY",
+                       help=f"preset ({presets}), policy text such as 'hflip*scale(0.9,1,1.1)', or a JSON file")
+        g.add_argument("--merge", default=None, choices=list_merges(), help="merge mode (default: the policy's, else mean)")
+    g.add_argument("--adaptive", type=float, default=None, metavar="THRESHOLD",
+                   help="run the other views only where the plain view's confidence is below THRESHOLD")
+    g.add_argument("--confidence", choices=sorted(CONFIDENCE), default="max_prob",
+                   help="confidence used by --adaptive (default: max_prob)")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """DATA and the options of a dataset run (chunks, workers, output folder)."""
+    p.add_argument("data", help="ImageFolder tree, flat folder of <wnid>_*.JPEG files, or a path,label CSV")
+    add_model_args(p)
+    g = p.add_argument_group("run")
+    g.add_argument("--batch-size", type=positive_int, default=32, help="images per chunk (default: 32)")
+    g.add_argument("--workers", type=_non_negative_int, default=2, help="DataLoader decoding workers (default: 2)")
+    g.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
+    g.add_argument("--out", required=True, help="output folder (reused to resume an interrupted run)")
+    g.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``--device``: ``None`` means CUDA when available, else CPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"unknown device {name!r} (use cpu, cuda or cuda:N)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available")
+    return dev
+
+
+def load(args: argparse.Namespace) -> tuple[LoadedModel, torch.device, RunConfig]:
+    """The model, device and run config that the model options name."""
+    lm = load_model(args.model, weights=args.weights, labels=args.labels)
+    dev = resolve_device(args.device)
+    lm.model.to(dev)
+    if args.micro_batch == "auto":
+        cfg = tune_run_config(lm.model, lm.input_size, dev)
+    else:
+        cfg = default_run_config(dev)
+        if args.micro_batch:
+            cfg = replace(cfg, micro_batch=args.micro_batch)
+    if args.amp:
+        cfg = replace(cfg, amp_dtype=AMP[args.amp])
+    if getattr(args, "compile", False):
+        lm = replace(lm, model=torch.compile(lm.model))
+    return lm, dev, cfg
+
+
+def classification_tta(lm: LoadedModel, cfg: RunConfig, args: argparse.Namespace) -> ClassificationTTA:
+    """The wrapper that ``--tta``, ``--merge``, ``--adaptive`` and ``--confidence`` describe."""
+    return ClassificationTTA(
+        lm.model, args.tta, args.merge, norm=lm.normalization, run_config=cfg,
+        adaptive=args.adaptive, confidence=args.confidence, data_config=lm.data_config,
+    )
+
+
+def load_data(args: argparse.Namespace, lm: LoadedModel, data: str) -> LabelledImages:
+    """Detect the dataset layout and say what was found (always, ``--quiet`` hides the bar only)."""
+    ds = detect_dataset(data, lm.class_names)
+    if DistContext.from_env().is_main:
+        print(f"data: {ds.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
+    return ds
+
+
+def eval_options(args: argparse.Namespace) -> EvalOptions:
+    """The :class:`EvalOptions` of a dataset command."""
+    return EvalOptions(
+        batch_size=args.batch_size, workers=args.workers, limit=args.limit, strict=args.strict, quiet=args.quiet,
+        adaptive=getattr(args, "adaptive", None), confidence=getattr(args, "confidence", "max_prob"),
+    )
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, label: str, quiet: bool) -> Iterator[Callable[[int], object]]:
+    """A tqdm bar on stderr (images/s and ETA) on rank 0 of a terminal, else a no-op; yields
+    its ``update(n)``. With several ranks, rank 0's share is extrapolated to the total."""
+    dist = DistContext.from_env()
+    if quiet or not dist.is_main or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    with tqdm(total=total, desc=label, unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
+        yield lambda n: bar.update(n * dist.world_size)

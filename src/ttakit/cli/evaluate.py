@@ -1,0 +1,64 @@
+"""``ttakit evaluate``: score plain and TTA policies on a labelled dataset, print the table."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..evaluation.evaluate import evaluate
+from ..policy import create_policy
+from .common import add_data_args, add_policy_args, eval_options, load, load_data, progress_bar
+
+__all__ = ["format_table", "register"]
+
+
+def format_table(results: dict[str, Any], per_view: dict[str, float] | None = None) -> str:
+    """The printed results table (policies, then single views)."""
+    head = (f"{'policy':<34} {'merge':<10} {'views':>5} {'top1':>7} {'top5':>7} {'nll':>7} {'nll_cal':>7} "
+            f"{'ece':>6} {'fixed':>6} {'broken':>6} {'img/s':>8}")
+    lines = [head, "-" * len(head)]
+    for key, r in results.items():
+        ips = f"{r['images_per_s']:8.1f}" if r.get("images_per_s") else f"{'-':>8}"
+        extra = f"  ({r['forwards_fraction']:.0%} of forwards)" if "forwards_fraction" in r else ""
+        lines.append(
+            f"{key[:34]:<34} {r['merge']:<10} {r['views']:>5} {r['top1']:7.2%} {r['top5']:7.2%} {r['nll']:7.4f} "
+            f"{r['nll_calibrated']:7.4f} {r['ece']:6.3f} {r['fixed']:>6} {r['broken']:>6} {ips}{extra}"
+        )
+    verdicts = [r["verdict"] for r in results.values() if r.get("verdict")]
+    if verdicts:
+        lines += ["", "against plain (paired, same images):"] + [f"  {v}" for v in verdicts]
+    if per_view:
+        lines += ["", "single views (top-1 alone):"]
+        for name, top1 in sorted(per_view.items(), key=lambda t: -t[1]):
+            lines.append(f"  {name:<40} {top1:7.2%}")
+    return "\n".join(lines)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    # Rows are named by the policy exactly as written (a preset, text or a JSON path).
+    policies = [dataclasses.replace(create_policy(t), name=t) for t in (args.tta or ["hflip"])]
+    options = eval_options(args)
+    lm, dev, cfg = load(args)
+    data = load_data(args, lm, args.data)
+    with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
+        res = evaluate(lm, data, policies, args.merge, args.out, cfg, options, dev, progress=bar)
+    if not res:  # not rank 0
+        return 0
+    print(format_table(res["results"], res["per_view"]))
+    if res["skipped"]:
+        print(f"\nskipped {len(res['skipped'])} file(s):")
+        for s in res["skipped"][:10]:
+            print(f"  {s['path']}: {s['reason']}")
+    written = ", ".join(p.name for p in res.get("written", []))
+    print(f"\nwrote {Path(args.out) / 'results.json'}" + (f", {written}" if written else ""))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``evaluate`` to the command parser."""
+    p = sub.add_parser("evaluate", help="score plain and TTA policies on a labelled dataset")
+    add_data_args(p)
+    add_policy_args(p, many=True)
+    p.set_defaults(func=_cmd_evaluate)

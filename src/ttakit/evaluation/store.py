@@ -1,0 +1,115 @@
+"""The on-disk store of per-view logits: one file per chunk, a run fingerprint, resume and reuse.
+
+A run of ``ttakit evaluate`` is split into *chunks* of ``batch_size`` images. Each chunk's
+per-view logits ``(n, U, C)`` (``U`` = distinct views over all policies, the identity first)
+are written to ``DIR/logits/`` as soon as they are computed, so a killed run resumes at the
+first missing chunk, and a later run that asks only for views the folder holds reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..datasets import LabelledImages
+from ..errors import DatasetError
+from ..models import LoadedModel
+from ..transforms import View
+
+__all__ = ["LogitStore", "fingerprint", "load_logits", "plan_chunks"]
+
+
+def plan_chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` image ranges of the chunks.
+
+    Example:
+        >>> plan_chunks(5, 2)
+        [(0, 2), (2, 4), (4, 5)]
+    """
+    return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+class LogitStore:
+    """``DIR/logits/``: one safetensors file per chunk plus ``run.json``, the fingerprint of
+    what was asked. A later run on the same folder must ask the same model, data and chunking,
+    and views that the folder holds (the same or fewer): it then reuses the stored logits."""
+
+    def __init__(self, out_dir: str | Path, fingerprint: dict[str, Any]) -> None:
+        self.dir = Path(out_dir) / "logits"
+        self.fingerprint = fingerprint
+        meta = self.dir / "run.json"
+        if meta.exists():
+            old = json.loads(meta.read_text())
+            same_but_views = {k: v for k, v in old.items() if k != "views"} == {
+                k: v for k, v in fingerprint.items() if k != "views"}
+            if same_but_views and set(fingerprint["views"]) <= set(old["views"]):
+                # Every view asked for is stored: reuse the run (its views, its order).
+                self.fingerprint = old
+            elif old != fingerprint:
+                diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+                raise DatasetError(
+                    f"{self.dir.parent} holds a different run (differs in: {', '.join(diff)}); "
+                    "use another --out folder, or delete it to start over"
+                )
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            meta.write_text(json.dumps(fingerprint, indent=1))
+
+    def path(self, start: int) -> Path:
+        return self.dir / f"chunk_{start:09d}.safetensors"
+
+    def has(self, start: int) -> bool:
+        return self.path(start).exists()
+
+    def write(self, start: int, payload: dict[str, Tensor], skipped: list[tuple[int, str]]) -> None:
+        tmp = self.path(start).with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in payload.items()}, str(tmp), metadata={"skipped": json.dumps(skipped)})
+        tmp.replace(self.path(start))  # atomic: a killed run never leaves half a chunk
+
+    def read(self, start: int) -> tuple[dict[str, Tensor], list[tuple[int, str]]]:
+        with safe_open(str(self.path(start)), framework="pt") as f:
+            skipped = [tuple(s) for s in json.loads(f.metadata()["skipped"])]
+        return load_file(str(self.path(start))), skipped  # type: ignore[return-value]
+
+    def chunks(self) -> Iterator[tuple[dict[str, Tensor], list[tuple[int, str]]]]:
+        for start, _ in plan_chunks(self.fingerprint["n_images"], self.fingerprint["batch_size"]):
+            yield self.read(start)
+
+
+def fingerprint(lm: LoadedModel, data: LabelledImages, views: Sequence[View], batch_size: int) -> dict[str, Any]:
+    """What identifies a run's logits: model, weights, data (paths and labels), views, chunking."""
+    h = hashlib.sha256("\n".join(f"{p}\t{y}" for p, y in zip(data.paths, data.labels)).encode()).hexdigest()[:16]
+    return {
+        "model": lm.name,
+        "weights": lm.weights,
+        "data": data.source,
+        "n_images": len(data),
+        "data_hash": h,
+        "views": [v.name for v in views],
+        "batch_size": batch_size,
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in lm.data_config.items()},
+    }
+
+
+def load_logits(out_dir: str | Path) -> tuple[Tensor, Tensor, list[str], Tensor]:
+    """Read a run's saved logits back: ``(logits (N, U, C), labels (N,), view names,
+    image indices (N,))`` for the images that decoded."""
+    meta = Path(out_dir) / "logits" / "run.json"
+    if not meta.exists():
+        raise DatasetError(f"{out_dir}: no saved logits (run 'ttakit evaluate ... --out {out_dir}' first)")
+    store = LogitStore(out_dir, json.loads(meta.read_text()))
+    parts = [p for p, _ in store.chunks()]
+    return (
+        torch.cat([p["logits"] for p in parts]),
+        torch.cat([p["labels"] for p in parts]),
+        list(store.fingerprint["views"]),
+        torch.cat([p["indices"] for p in parts]),
+    )

@@ -1,0 +1,1 @@
+"""How views reach the model: run configuration, the view loop, backends, export, torchrun."""

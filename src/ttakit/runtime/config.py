@@ -1,0 +1,146 @@
+"""Run configuration: how images are fed to the model (micro-batch, memory format, autocast).
+
+None of these settings changes a result beyond float rounding; they only change speed. The
+defaults depend on the device; :func:`tune_run_config` measures the best micro-batch once per
+device and model and caches it in ttakit's cache folder (:func:`cache_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = [
+    "RunConfig",
+    "cache_dir",
+    "default_run_config",
+    "model_device",
+    "prepare_model",
+    "timed",
+    "tune_run_config",
+]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How images are fed to the model.
+
+    Attributes:
+        micro_batch: images per model forward (>= 1).
+        channels_last: feed NHWC tensors (and convert the model once), faster for CNNs on CPU
+            and on tensor-core GPUs.
+        amp_dtype: autocast dtype (``torch.bfloat16``/``torch.float16``) or ``None`` for full
+            precision.
+
+    Example:
+        >>> RunConfig(micro_batch=8).micro_batch
+        8
+        >>> RunConfig(micro_batch=0)
+        Traceback (most recent call last):
+        ...
+        ttakit.errors.ConfigError: micro_batch must be a positive integer, got 0
+    """
+
+    micro_batch: int = 4
+    channels_last: bool = True
+    amp_dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.micro_batch, int) or self.micro_batch < 1:
+            raise ConfigError(f"micro_batch must be a positive integer, got {self.micro_batch!r}")
+
+
+def default_run_config(device: torch.device | str = "cpu") -> RunConfig:
+    """Defaults per device type: on CPU small micro-batches stay in cache (measured 2-3x
+    faster per image than a batch of 64, see BENCHMARKS.md); GPUs want large batches."""
+    if torch.device(device).type == "cuda":
+        return RunConfig(micro_batch=128, channels_last=True)
+    return RunConfig(micro_batch=4, channels_last=True)
+
+
+def cache_dir() -> Path:
+    """ttakit's cache folder: ``$TTAKIT_CACHE``, else ``$XDG_CACHE_HOME/ttakit``, else
+    ``~/.cache/ttakit`` (tuned run configs, exported backend models)."""
+    root = os.environ.get("TTAKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ttakit")
+    return Path(root)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without any)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall time of ``fn()`` in seconds, waiting for the GPU to finish where there is one."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def prepare_model(model: nn.Module, config: RunConfig) -> nn.Module:
+    """Put the model's parameters in the memory format ``config`` feeds it (once, in place):
+    channels-last inputs on a contiguous model take a slow path."""
+    model.to(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+    return model
+
+
+def tune_run_config(
+    model: nn.Module,
+    input_size: tuple[int, int],
+    device: torch.device | str = "cpu",
+    candidates: Sequence[int] | None = None,
+    cache: bool = True,
+    key: str | None = None,
+) -> RunConfig:
+    """Measure which micro-batch size and memory format run ``model`` fastest per image on
+    ``device``, once, and remember it (``cache_dir() / "run_config.json"``) under the device,
+    model class, input size and torch version.
+
+    The model's memory format is left as it was found.
+    """
+    dev = torch.device(device)
+    if candidates is None:  # CPUs like cache-sized batches; GPUs want to be filled
+        candidates = (32, 64, 128, 256) if dev.type == "cuda" else (4, 8, 16, 32)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu{os.cpu_count()}"
+    ident = key or f"{name}|{type(model).__name__}|{sum(p.numel() for p in model.parameters())}|{input_size}|{torch.__version__}"
+    path = cache_dir() / "run_config.json"
+    table = json.loads(path.read_text()) if cache and path.exists() else {}
+    if ident in table:
+        return RunConfig(**table[ident])
+    first = next(model.parameters(), None)
+    was_cl = first is not None and first.ndim == 4 and first.is_contiguous(memory_format=torch.channels_last)
+    timings: dict[tuple[bool, int], float] = {}
+    with torch.inference_mode():
+        for _ in range(2):  # the first pass warms every kernel up; the second is kept
+            for cl in (True, False):
+                model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+                for mb in candidates:
+                    x = torch.randn(mb, 3, *input_size, device=dev)
+                    x = x.contiguous(memory_format=torch.channels_last) if cl else x
+                    model(x)
+                    times = sorted(timed(lambda: model(x), dev) / mb for _ in range(3))
+                    timings[(cl, mb)] = times[1]  # median per image
+    cl, mb = min(timings, key=timings.__getitem__)
+    best = RunConfig(mb, cl)
+    model.to(memory_format=torch.channels_last if was_cl else torch.contiguous_format)
+    if cache:
+        table[ident] = {"micro_batch": best.micro_batch, "channels_last": best.channels_last}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(table, indent=1))
+    return best

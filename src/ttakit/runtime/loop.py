@@ -1,0 +1,213 @@
+"""The one view loop every task uses.
+
+:func:`run_views` streams the ``B x V`` augmented images through the model in micro-batches
+built on the fly, so memory is bounded by the micro-batch, not by ``V``. Views whose images
+have the same size are grouped, so even a single input image fills a micro-batch. Tasks differ
+only in what they do with each view's output afterwards (see :mod:`ttakit.tasks`).
+
+The inputs are either a ``(B, C, H, W)`` tensor of preprocessed images or a
+:class:`ViewInputs` that renders the model input of each *input stage* (how the source photo
+becomes the model input, :class:`ttakit.transforms.Input`) from the decoded photos; the
+tensor-stage transforms of each view then run on that rendered batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from ..errors import PolicyError, ShapeError, check_shape
+from ..transforms import Input, Normalization, View
+from .config import RunConfig
+
+__all__ = ["RenderedInputs", "TensorInputs", "ViewInputs", "as_view_inputs", "run_views"]
+
+
+@runtime_checkable
+class ViewInputs(Protocol):
+    """A batch of images that can be rendered for any input stage.
+
+    ``render(None)`` is the plain model input (the model's own preprocessing); ``render(s)``
+    the input stage ``s``; every call returns ``(B, C, h, w)`` normalised images.
+    """
+
+    @property
+    def batch_size(self) -> int: ...
+
+    def size(self, source: Input | None) -> tuple[int, int]:
+        """``(h, w)`` of ``render(source)`` without rendering it."""
+        ...
+
+    def render(self, source: Input | None) -> Tensor: ...
+
+    def take(self, rows: Tensor) -> ViewInputs:
+        """The same inputs restricted to ``rows`` (a 1-D index tensor)."""
+        ...
+
+
+class TensorInputs:
+    """Already preprocessed ``(B, C, H, W)`` images: only tensor-stage views can run on them."""
+
+    def __init__(self, x: Tensor) -> None:
+        check_shape("images", x.shape, "(B, C, H, W)")
+        self.x = x
+
+    @property
+    def batch_size(self) -> int:
+        return self.x.shape[0]
+
+    def size(self, source: Input | None) -> tuple[int, int]:
+        self._check(source)
+        return tuple(self.x.shape[-2:])  # type: ignore[return-value]
+
+    def render(self, source: Input | None) -> Tensor:
+        self._check(source)
+        return self.x
+
+    def take(self, rows: Tensor) -> TensorInputs:
+        return TensorInputs(self.x[rows.to(self.x.device)])
+
+    @staticmethod
+    def _check(source: Input | None) -> None:
+        if source is not None:
+            raise PolicyError(
+                f"view stage {source.name!r} re-samples the source photo, but the input is a tensor of "
+                "preprocessed images: pass the photos (PIL images or paths) instead")
+
+
+class RenderedInputs:
+    """Photos already rendered for each input stage a policy needs: ``{key: (B, C, h, w)}``
+    keyed by stage name (``identity`` for the model's own preprocessing), as
+    :class:`ttakit.data.InputRenderer` builds them from one decode per photo."""
+
+    def __init__(self, batches: Mapping[str, Tensor]) -> None:
+        self.batches = dict(batches)
+        sizes = {k: v.shape[0] for k, v in self.batches.items()}
+        if len(set(sizes.values())) != 1:
+            raise ShapeError("rendered inputs", "one batch size for every input stage", tuple(sizes.values()))
+
+    @staticmethod
+    def _key(source: Input | None) -> str:
+        return "identity" if source is None else source.name
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.batches.values())).shape[0]
+
+    def _get(self, source: Input | None) -> Tensor:
+        key = self._key(source)
+        if key not in self.batches:
+            raise PolicyError(f"input stage {key!r} was not rendered (have: {', '.join(self.batches)})")
+        return self.batches[key]
+
+    def size(self, source: Input | None) -> tuple[int, int]:
+        return tuple(self._get(source).shape[-2:])  # type: ignore[return-value]
+
+    def render(self, source: Input | None) -> Tensor:
+        return self._get(source)
+
+    def take(self, rows: Tensor) -> RenderedInputs:
+        return RenderedInputs({k: v[rows.to(v.device)] for k, v in self.batches.items()})
+
+    def to(self, device: torch.device | str) -> RenderedInputs:
+        return RenderedInputs({k: v.to(device, non_blocking=True) for k, v in self.batches.items()})
+
+
+def as_view_inputs(x: Tensor | ViewInputs) -> ViewInputs:
+    """Wrap a tensor as :class:`TensorInputs`; pass a :class:`ViewInputs` through."""
+    return TensorInputs(x) if isinstance(x, Tensor) else x
+
+
+# --------------------------------------------------------------------------- output trees
+def _not_a_tree(out: Any) -> PolicyError:
+    return PolicyError(f"model output of type {type(out).__name__} is not a tensor, dict or tuple of tensors")
+
+
+def _tree_cat(parts: Sequence[Any]) -> Any:
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(list(parts), dim=0)
+    if isinstance(first, dict):
+        return {k: _tree_cat([p[k] for p in parts]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_tree_cat([p[i] for p in parts]) for i in range(len(first)))
+    raise _not_a_tree(first)
+
+
+def _tree_slice(out: Any, start: int, stop: int) -> Any:
+    if isinstance(out, Tensor):
+        return out[start:stop]
+    if isinstance(out, dict):
+        return {k: _tree_slice(v, start, stop) for k, v in out.items()}
+    if isinstance(out, (tuple, list)):
+        return type(out)(_tree_slice(v, start, stop) for v in out)
+    raise _not_a_tree(out)
+
+
+# --------------------------------------------------------------------------- the loop
+def run_views(
+    model: Callable[[Tensor], Any],
+    inputs: Tensor | ViewInputs,
+    views: Sequence[View],
+    norm: Normalization,
+    config: RunConfig,
+) -> list[Any]:
+    """Run ``model`` on every view of a batch of images.
+
+    Args:
+        model: maps ``(N, C, h, w)`` images to a tensor, dict or tuple of tensors with batch
+            dimension ``N``.
+        inputs: ``(B, C, H, W)`` normalised images, or a :class:`ViewInputs` (decoded photos)
+            for views with an input stage.
+        views: the views to run.
+        norm: the model's input normalisation (used by photometric views).
+        config: micro-batch size, memory format and autocast.
+
+    Returns:
+        One output per view, in ``views`` order, each with batch dimension ``B``.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
+        >>> outs = run_views(net, torch.zeros(2, 3, 8, 8), [View(), View((HFlip(),))], Normalization(), RunConfig())
+        >>> [tuple(o.shape) for o in outs]
+        [(2, 3), (2, 3)]
+    """
+    src = as_view_inputs(inputs)
+    B, mb = src.batch_size, config.micro_batch
+    pieces: list[list[tuple[int, Any]]] = [[] for _ in views]  # per view: (b0, output slice)
+    # Views sharing an input stage share its rendered batch; within it, views whose images
+    # have the same size can share a forward.
+    by_source: dict[Input | None, dict[tuple[int, int], list[int]]] = {}
+    for i, view in enumerate(views):
+        groups = by_source.setdefault(view.source, {})
+        groups.setdefault(view.output_size(src.size(view.source)), []).append(i)
+    for source, groups in by_source.items():
+        x = src.render(source)  # (B, C, H, W): one input stage held at a time
+        amp = torch.autocast(device_type=x.device.type, dtype=config.amp_dtype, enabled=config.amp_dtype is not None)
+        for idx in groups.values():
+            # Walk the (view, image) pairs of this size group in chunks of `mb`; a chunk may
+            # span several views, so one image with many views still fills each forward.
+            total = len(idx) * B
+            for pos in range(0, total, mb):
+                end = min(pos + mb, total)
+                runs, batch, p = [], [], pos
+                while p < end:
+                    v, b0 = divmod(p, B)
+                    b1 = min(B, b0 + (end - p))
+                    batch.append(views[idx[v]].apply(x[b0:b1], norm))
+                    runs.append((idx[v], b0, b1))
+                    p += b1 - b0
+                inp = torch.cat(batch) if len(batch) > 1 else batch[0]  # (n, C, h, w)
+                if config.channels_last:
+                    inp = inp.contiguous(memory_format=torch.channels_last)
+                with amp:
+                    out = model(inp)
+                offset = 0
+                for vi, b0, b1 in runs:
+                    pieces[vi].append((b0, _tree_slice(out, offset, offset + b1 - b0)))
+                    offset += b1 - b0
+        del x
+    return [_tree_cat([o for _, o in sorted(p, key=lambda t: t[0])]) for p in pieces]

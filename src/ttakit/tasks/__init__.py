@@ -1,0 +1,1 @@
+"""What each task does with its views' outputs: classification, dense maps and keypoints, detection."""

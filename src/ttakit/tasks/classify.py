@@ -1,0 +1,247 @@
+"""Classification TTA: per-view logits merged into class probabilities, optionally adaptive.
+
+:func:`classify_views` is the one classification path: :class:`ClassificationTTA` (and so
+``ttakit predict`` and ``ttakit views``) calls it with a function that runs the model, and
+:mod:`ttakit.evaluation` calls it with a function that reads stored logits, so adaptive TTA
+and its cost are computed by the same code everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..merge import get_merge, merge_logits
+from ..policy import Policy, PolicyLike
+from ..runtime.config import RunConfig
+from ..runtime.loop import ViewInputs
+from ..transforms import Normalization, View
+from .base import Images, TTABase
+
+__all__ = [
+    "CONFIDENCE",
+    "ClassificationTTA",
+    "ClassifyRule",
+    "TTAResult",
+    "adaptive_cost",
+    "classify_views",
+    "get_confidence",
+]
+
+
+def _max_prob(logits: Tensor) -> Tensor:
+    return torch.softmax(logits.float(), dim=-1).max(dim=-1).values
+
+
+def _margin(logits: Tensor) -> Tensor:
+    top2 = torch.softmax(logits.float(), dim=-1).topk(2, dim=-1).values
+    return top2[..., 0] - top2[..., 1]
+
+
+CONFIDENCE: dict[str, Callable[[Tensor], Tensor]] = {
+    "max_prob": _max_prob,  # largest softmax probability of the plain view
+    "margin": _margin,  # top-1 minus top-2 probability of the plain view
+}
+
+
+def get_confidence(name: str) -> Callable[[Tensor], Tensor]:
+    """The confidence function called ``name`` (``max_prob`` or ``margin``).
+
+    Raises:
+        ConfigError: for an unknown name, listing the known ones.
+    """
+    try:
+        return CONFIDENCE[name]
+    except KeyError as e:
+        raise ConfigError(f"confidence must be one of {', '.join(CONFIDENCE)}, got {name!r}") from e
+
+
+def adaptive_cost(n_images: int, n_uncertain: int | Tensor, n_other_views: int) -> int | Tensor:
+    """View-forwards spent by adaptive TTA: the plain view for every image, the other views
+    for the uncertain ones only."""
+    return n_images + n_uncertain * n_other_views
+
+
+@dataclass(frozen=True)
+class ClassifyRule:
+    """How per-view logits become one prediction; every name already resolved.
+
+    Attributes:
+        merge: merge function (see :mod:`ttakit.merge`).
+        weights: ``(V,)`` view weights, or ``None`` for equal weights.
+        temperature: logits are divided by it before merging.
+        threshold: adaptive TTA's confidence threshold (``None``: every view for every input).
+        confidence: maps plain logits ``(B, C)`` to a confidence ``(B,)``.
+    """
+
+    merge: Callable[[Tensor, Tensor], Tensor]
+    weights: Tensor | None = None
+    temperature: float = 1.0
+    threshold: float | None = None
+    confidence: Callable[[Tensor], Tensor] = _max_prob
+
+    @classmethod
+    def from_policy(cls, policy: Policy, merge: str | None = None, threshold: float | None = None,
+                    confidence: str = "max_prob") -> ClassifyRule:
+        """Resolve a policy's merge (``merge`` overrides it), weights, temperature and
+        adaptive threshold (``threshold`` overrides ``policy.meta["adaptive"]``)."""
+        w = None if policy.weights is None else torch.tensor(policy.weights, dtype=torch.float32)
+        return cls(
+            get_merge(merge or policy.merge or "mean"), w, policy.temperature,
+            threshold if threshold is not None else policy.meta.get("adaptive"), get_confidence(confidence),
+        )
+
+
+@dataclass(frozen=True)
+class TTAResult:
+    """What :func:`classify_views` and :meth:`ClassificationTTA.predict` return.
+
+    Attributes:
+        probs: ``(B, C)`` merged probabilities.
+        plain_logits: ``(B, C)`` logits of the un-augmented image (``None`` when the policy
+            has no identity view and nothing was adaptive).
+        view_logits: ``(B, V, C)`` each view's logits; NaN where adaptive TTA did not run it.
+        view_forwards: images sent through the model, summed over views.
+        augmented: ``(B,)`` bool, which inputs got the full policy (all True without adaptive).
+    """
+
+    probs: Tensor
+    plain_logits: Tensor | None
+    view_logits: Tensor
+    view_forwards: int
+    augmented: Tensor
+
+
+# fetch(rows, views) -> (n, len(views), C) logits of those views for those inputs (rows=None: all).
+FetchLogits = Callable[[Tensor | None, Sequence[View]], Tensor]
+
+
+def classify_views(fetch: FetchLogits, n_inputs: int, views: Sequence[View], rule: ClassifyRule) -> TTAResult:
+    """Merge the views of ``n_inputs`` inputs, adaptively when ``rule.threshold`` is set.
+
+    Adaptive TTA gets the plain view first and fetches the other views only for inputs whose
+    confidence is below the threshold; the others keep the plain prediction.
+
+    Example:
+        >>> logits = torch.tensor([[[4.0, 0.0], [0.0, 1.0]], [[0.0, 0.5], [0.0, 3.0]]])  # (B, V, C)
+        >>> views = [View(), View((HFlip(),))]
+        >>> fetch = lambda rows, vs: logits[rows if rows is not None else slice(None)][:, [views.index(v) for v in vs]]
+        >>> res = classify_views(fetch, 2, views, ClassifyRule(get_merge("mean"), threshold=0.9))
+        >>> res.augmented.tolist(), res.view_forwards   # only the unsure second input ran hflip
+        ([False, True], 3)
+    """
+    B, V = n_inputs, len(views)
+    ident = [i for i, v in enumerate(views) if v.is_identity]
+
+    def merge(logits: Tensor) -> Tensor:
+        return merge_logits(logits, rule.merge, rule.weights, rule.temperature)
+
+    if rule.threshold is None:
+        logits = fetch(None, views).float()  # (B, V, C)
+        plain = logits[:, ident[0]] if ident else None
+        return TTAResult(merge(logits), plain, logits, B * V, torch.ones(B, dtype=torch.bool))
+    plain = fetch(None, [View()])[:, 0].float()  # (B, C)
+    others = [i for i in range(V) if i not in ident]
+    uncertain = rule.confidence(plain) < rule.threshold  # (B,)
+    logits = plain.new_full((B, V, plain.shape[-1]), float("nan"))  # (B, V, C)
+    logits[:, ident] = plain[:, None]
+    probs = torch.softmax(plain, dim=-1)  # confident inputs keep the plain prediction
+    rows = uncertain.nonzero().flatten().to(plain.device)
+    if len(rows) and others:
+        logits[rows[:, None], torch.tensor(others)] = fetch(rows, [views[i] for i in others]).float()
+        probs[rows] = merge(logits[rows])
+    cost = adaptive_cost(B, len(rows), len(others))
+    return TTAResult(probs, plain, logits, int(cost), uncertain.cpu())
+
+
+class ClassificationTTA(TTABase):
+    """Test-time augmentation around an image classifier.
+
+    Args:
+        model: maps ``(N, C, H, W)`` normalised images to ``(N, num_classes)`` logits.
+        policy: preset name, policy text, JSON path or :class:`~ttakit.policy.Policy`.
+        merge: merge mode (see :mod:`ttakit.merge`); ``None`` uses the policy's, else ``mean``.
+        norm: the model's input normalisation, needed by brightness/contrast views; taken
+            from ``model.pretrained_cfg`` when not given.
+        run_config: micro-batch size, memory format and autocast; device defaults if ``None``.
+        adaptive: confidence threshold for adaptive TTA: the plain view runs first and only
+            inputs whose confidence is below it get the other views (``None``: the policy's
+            ``meta["adaptive"]`` if it has one, else every view for every input).
+        confidence: ``"max_prob"`` (default) or ``"margin"`` (top-1 minus top-2 probability).
+        data_config: timm data config used to turn photos into inputs (from the model if
+            ``None``); needed by views with an input stage (``input=256:1.0``).
+
+    Calls take preprocessed ``(B, C, H, W)`` images, or photos (paths, PIL images, uint8
+    tensors): each photo is decoded once and every input stage is rendered from it.
+
+    Example:
+        >>> net = timm.create_model("test_resnet", num_classes=10).eval()
+        >>> tta = ClassificationTTA(net, "hflip")
+        >>> images = torch.randn(2, 3, 64, 64)
+        >>> tta(images).shape                     # merged probabilities
+        torch.Size([2, 10])
+        >>> tta.forward_views(images).shape       # per-view logits
+        torch.Size([2, 2, 10])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        policy: PolicyLike = "none",
+        merge: str | None = None,
+        *,
+        norm: Normalization | None = None,
+        run_config: RunConfig | None = None,
+        adaptive: float | None = None,
+        confidence: str = "max_prob",
+        data_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config)
+        self.merge_name = merge or self.policy.merge or "mean"
+        self.confidence_name = confidence
+        self.rule = ClassifyRule.from_policy(self.policy, self.merge_name, adaptive, confidence)
+
+    @property
+    def adaptive(self) -> float | None:
+        return self.rule.threshold
+
+    def with_run_config(self, **changes: Any) -> ClassificationTTA:
+        """A copy with some :class:`RunConfig` fields changed (same model object)."""
+        return ClassificationTTA(
+            self.model, self.policy, self.merge_name, norm=self.norm,
+            run_config=replace(self.run_config, **changes), adaptive=self.adaptive,
+            confidence=self.confidence_name, data_config=self.data_config,
+        )
+
+    @torch.inference_mode()
+    def forward_views(self, x: Images, views: Sequence[View] | None = None) -> Tensor:
+        """Per-view logits ``(B, V, C)`` for ``(B, C, H, W)`` images or photos."""
+        return torch.stack([o.float() for o in self.run(self.inputs(x), views)], dim=1)  # (B, V, C)
+
+    def merge_views(self, logits: Tensor) -> Tensor:
+        """Merge ``(B, V, C)`` logits with this wrapper's merge, weights and temperature."""
+        return merge_logits(logits, self.rule.merge, self.rule.weights, self.rule.temperature)
+
+    @torch.inference_mode()
+    def predict(self, x: Images) -> TTAResult:
+        """Merged probabilities, each view's logits and the cost in view-forwards."""
+        x = self.inputs(x)
+        n = x.shape[0] if isinstance(x, Tensor) else x.batch_size
+
+        def fetch(rows: Tensor | None, views: Sequence[View]) -> Tensor:
+            return self.forward_views(x if rows is None else _take(x, rows), views)
+
+        return classify_views(fetch, n, self.views, self.rule)
+
+    def forward(self, x: Images) -> Tensor:
+        """Merged class probabilities ``(B, C)``."""
+        return self.predict(x).probs
+
+
+def _take(x: Tensor | ViewInputs, rows: Tensor) -> Tensor | ViewInputs:
+    return x[rows.to(x.device)] if isinstance(x, Tensor) else x.take(rows)
