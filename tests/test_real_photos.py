@@ -36,7 +36,7 @@ def acc_at(lm, x, labels):
 def test_evaluate_on_real_photos(sample_dir, default_lm, tmp_path):
     from ttakit import RunConfig, create_policy
     from ttakit.datasets import detect_dataset
-    from ttakit.evaluate import EvalOptions, evaluate
+    from ttakit.evaluation.evaluate import EvalOptions, evaluate
 
     data = detect_dataset(sample_dir, default_lm.class_names)
     assert data.layout == "imagenet-flat" and len(data) == 500 and data.n_classes == 500
