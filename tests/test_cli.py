@@ -102,3 +102,32 @@ def test_console_script_and_module_entry_point():
     assert json.loads(res.stdout)["images"][0]["plain"][0]["index"] in (281, 282)
     res = subprocess.run([sys.executable, "-m", "ttakit", "predict", "/nonexistent.png"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and res.stderr.strip() == "ttakit: error: /nonexistent.png: no such file"
+
+
+@pytest.mark.parametrize("argv", [["evaluate", "data", "--out", "o", "--batch-size", "0"],
+                                  ["evaluate", "data", "--out", "o", "--workers", "-1"],
+                                  ["search", "data", "--out", "o", "--budget", "0"],
+                                  ["predict", "--topk", "0"], ["predict", "--micro-batch", "-2"]])
+def test_non_positive_sizes_are_one_line_usage_errors(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("ttakit: error: ") and ("positive" in err or "non-negative" in err) and "Traceback" not in err
+
+
+def test_predict_adaptive_is_applied(capsys):
+    """--adaptive used to be accepted and ignored: a threshold no image reaches keeps plain."""
+    def tta_of(*extra):
+        code, out, err = run(capsys, "predict", CAT, "--tta", "d4", "--json", "--topk", "3", *extra)
+        assert code == 0, err
+        return json.loads(out)
+
+    full, confident = tta_of(), tta_of("--adaptive", "0.0")
+    img = confident["images"][0]
+    assert confident["adaptive"] == 0.0 and img["tta"] == img["plain"]  # plain kept: nobody is unsure
+    assert [v["name"] for v in img["views"]] == ["identity"]  # the other views never ran
+    assert full["images"][0]["tta"] != full["images"][0]["plain"] and len(full["images"][0]["views"]) == 8
+    unsure = tta_of("--adaptive", "1.01")["images"][0]  # everyone unsure: the full policy
+    assert [c["index"] for c in unsure["tta"]] == [c["index"] for c in full["images"][0]["tta"]]
+    assert [c["prob"] for c in unsure["tta"]] == pytest.approx([c["prob"] for c in full["images"][0]["tta"]], abs=1e-6)

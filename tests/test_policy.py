@@ -110,7 +110,10 @@ def test_factory_accepts_objects_and_combinators():
         create_policy(42)  # type: ignore[arg-type]
 
 
-def test_register_preset():
+def test_register_preset(monkeypatch):
+    import ttakit.policy
+
+    monkeypatch.setattr(ttakit.policy, "_PRESETS", dict(ttakit.policy._PRESETS))  # restored after the test
     register_preset("test_zoom_pair", "scale(1,1.15)")
     assert [v.name for v in parse_policy("hflip*test_zoom_pair")][-1] == "hflip|scale=1.15"
     with pytest.raises(PolicyError):

@@ -138,7 +138,7 @@ def test_brightness_and_contrast_match_torchvision_in_pixel_space(factor):
     mean, std = torch.tensor(NORM.mean).view(1, 3, 1, 1), torch.tensor(NORM.std).view(1, 3, 1, 1)
     x = (px - mean) / std
     for ours, theirs in ((Brightness, TF.adjust_brightness), (Contrast, TF.adjust_contrast)):
-        got = ours(factor).apply(x, NORM) * std + mean if factor != 1.0 else px
+        got = ours(factor).apply(x, NORM) * std + mean  # factor 1 must be the identity, as in torchvision
         torch.testing.assert_close(got, theirs(px, factor), atol=1e-4, rtol=0)
 
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import ShapeError
+
 __all__ = [
     "Size",
     "adjust_brightness",
@@ -75,7 +77,7 @@ def crop_box(size: Size, crop_size: Size, position: str) -> tuple[int, int]:
     """
     (H, W), (h, w) = size, crop_size
     if h > H or w > W:
-        raise ValueError(f"crop {h}x{w} does not fit in an image of {H}x{W}")
+        raise ShapeError("crop", f"at most ({H}, {W}): a crop {h}x{w} does not fit", (h, w))
     tops = {"center": (H - h) // 2, "tl": 0, "tr": 0, "bl": H - h, "br": H - h}
     lefts = {"center": (W - w) // 2, "tl": 0, "tr": W - w, "bl": 0, "br": W - w}
     return tops[position], lefts[position]

@@ -133,8 +133,11 @@ def merge_logits(
         ``(B, C)`` probabilities summing to 1.
 
     Example:
-        >>> merge_logits(torch.randn(2, 4, 10), "gmean").sum(-1)
-        tensor([1.0000, 1.0000])
+        >>> logits = torch.tensor([[[2.0, 0.0], [0.0, 2.0], [1.0, 0.0]]])  # (B=1, V=3, C=2)
+        >>> merge_logits(logits, "vote")[0].argmax().item()                # two views of three say class 0
+        0
+        >>> merge_logits(logits, "sum").round(decimals=4)                  # softmax of [3, 2]
+        tensor([[0.7311, 0.2689]])
     """
     check_shape("logits", logits.shape, "(B, V, C)")
     fn = get_merge(merge) if isinstance(merge, str) else merge

@@ -103,7 +103,9 @@ def uniform_soup(state_dicts: Iterable[StateLike]) -> dict[str, Tensor]:
     """Average state dicts (or files, loaded one at a time).
 
     Example:
-        >>> soup = uniform_soup(["seed0.safetensors", "seed1.safetensors", "seed2.safetensors"])
+        >>> a, b = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, 6.0])}
+        >>> uniform_soup([a, b])          # paths to .pth/.safetensors files work too
+        {'w': tensor([2., 4.])}
     """
     acc = StateSum()
     for i, item in enumerate(state_dicts):
@@ -207,8 +209,11 @@ def finetune_head(
     full state dict of ``model`` with the new ``num_classes`` head (``model`` is not changed).
 
     Example:
-        >>> states = [finetune_head(lm.model, x, y, 4, seed=s) for s in range(3)]
-        >>> soup = uniform_soup(states)
+        >>> net = timm.create_model("test_resnet", num_classes=10).eval()
+        >>> x, y = torch.randn(8, 3, 32, 32), torch.tensor([0, 1, 2, 3] * 2)
+        >>> states = [finetune_head(net, x, y, 4, seed=s, epochs=2) for s in range(2)]
+        >>> uniform_soup(states)["fc.weight"].shape   # a 4-class head
+        torch.Size([4, 96])
     """
     import copy
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from . import functional as Fn
-from .errors import PolicyError
+from .errors import PolicyError, ShapeError
 from .functional import Size
 
 __all__ = [
@@ -413,7 +413,7 @@ class Crop(Transform):
         h, w = self.output_size(size)
         try:
             top, left = Fn.crop_box(size, (h, w), self.position)
-        except ValueError as e:
+        except ShapeError as e:
             raise PolicyError(f"{self.name}: {e}") from e
         return top, left, h, w
 

@@ -23,9 +23,16 @@ __all__ = ["build_parser", "main"]
 _COMMANDS = (predict, evaluate, search, soup)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as the one ``ttakit: error: ...`` line every error gets."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"ttakit: error: {self.prog.removeprefix('ttakit ')}: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``ttakit`` command (also used for ``--help`` docs)."""
-    parser = argparse.ArgumentParser(prog="ttakit", description="Test-time augmentation for timm image models.")
+    parser = _Parser(prog="ttakit", description="Test-time augmentation for timm image models.")
     parser.add_argument("--version", action="version", version=f"ttakit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _COMMANDS:

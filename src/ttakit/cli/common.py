@@ -41,25 +41,23 @@ __all__ = [
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (so ``--batch-size 0`` is a one-line usage error)."""
-    try:
-        value = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from e
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(low: int, kind: str) -> Callable[[str], int]:
+    """An argparse type accepting integers >= ``low``, so a bad size is a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"expected {kind} integer, got {text!r}") from e
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {kind} integer, got {value}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from e
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
+positive_int = _int_at_least(1, "a positive")
+_non_negative_int = _int_at_least(0, "a non-negative")
 
 
 def _micro_batch(text: str) -> str | int:

@@ -105,9 +105,14 @@ class SegmentationTTA(TTABase):
         output_size: the plain output grid ``(H', W')``; inferred from the views otherwise.
 
     Example:
+        >>> net = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)     # 4 classes at stride 2
         >>> tta = SegmentationTTA(net, "flip*scale(1,1.25)", activation="softmax", uncertainty="entropy")
-        >>> res = tta.predict(images)           # res.output (B, K, H', W'), res.uncertainty (B, 1, H', W')
-        >>> masks = tta(images).argmax(1)       # forward() returns the merged output only
+        >>> images = torch.randn(2, 3, 32, 48)
+        >>> res = tta.predict(images)
+        >>> res.output.shape, res.uncertainty.shape, len(tta.views)
+        (torch.Size([2, 4, 16, 24]), torch.Size([2, 1, 16, 24]), 8)
+        >>> tta(images).argmax(1).shape          # forward() returns the merged output only
+        torch.Size([2, 16, 24])
     """
 
     def __init__(
@@ -200,8 +205,14 @@ class KeypointsTTA(TTABase):
     weights x scores when the model gives scores).
 
     Example:
-        >>> tta = KeypointsTTA(net, "hflip*scale(1,1.1)", flip_pairs=[(1, 2), (3, 4)])
-        >>> pts = tta(images)  # (B, N, 2)
+        >>> class Brightest(torch.nn.Module):   # one keypoint: the brightest pixel
+        ...     def forward(self, x):
+        ...         i = x.sum(1).flatten(1).argmax(1)
+        ...         return torch.stack([i % x.shape[-1], i // x.shape[-1]], -1)[:, None].float()
+        >>> images = torch.zeros(1, 3, 20, 30)
+        >>> images[0, :, 5, 7] = 1.0
+        >>> KeypointsTTA(Brightest(), "flip")(images).round()    # found in every flipped view, mapped back
+        tensor([[[7., 5.]]])
     """
 
     def __init__(
