@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ttakit import RunConfig, create_policy, load_model
+from ttakit import ClassificationTTA, RunConfig, create_policy, load_image, load_model
 from ttakit.cli import main
 from ttakit.datasets import detect_dataset
 from ttakit.errors import DatasetError
@@ -165,8 +165,6 @@ def test_evaluate_outputs_and_skips(tiny_lm, folder, tmp_path):
 def test_evaluate_adaptive_equals_classification_tta_predict(tiny_lm, folder, tmp_path):
     """evaluate replays adaptive TTA from stored logits; ClassificationTTA runs it live: same
     predictions, same number of view-forwards."""
-    from ttakit import ClassificationTTA, load_image
-
     data = detect_dataset(folder, CLASSES)
     good = [i for i, p in enumerate(data.paths) if not p.endswith("broken.png")]
     photos = [load_image(data.paths[i]) for i in good]
@@ -214,6 +212,34 @@ def test_resume_gives_the_same_results(tiny_lm, folder, tmp_path):
     with pytest.raises(TTAKitError, match="holds a different run"):
         evaluate(tiny_lm, data, [create_policy("vflip")], None, tmp_path / "part", RunConfig(8, False),
                  EvalOptions(batch_size=4, workers=0, quiet=True))
+
+
+def test_evaluate_with_input_stages_resumes_and_reuses(tiny_lm, folder, tmp_path, monkeypatch):
+    """Input-stage views (re-sampled from the photo in the DataLoader workers) are stored like
+    any view: a run resumes, and a later run asking for a subset costs no model time."""
+    data = detect_dataset(folder, CLASSES)
+    both = create_policy("hflip*input(160:1.0,192:0.875)+scale(1.1)")
+    opts = EvalOptions(batch_size=4, workers=1, quiet=True)
+    first = evaluate(tiny_lm, data, [both], None, tmp_path / "run", RunConfig(8, False), opts)
+    assert first["results"][both.name]["views"] == 5
+    names = load_logits(tmp_path / "run")[2]
+    assert {"input=160:1", "input=192:0.875|hflip", "scale=1.1"} <= set(names)
+    # The stored logits of a stage view are the model's on that stage of the photo.
+    photo = load_image(data.paths[0])
+    tta = ClassificationTTA(tiny_lm.model, "input=192:0.875|hflip", run_config=RunConfig(8, False),
+                            data_config=tiny_lm.data_config)
+    logits, _, _, idx = load_logits(tmp_path / "run")
+    torch.testing.assert_close(logits[idx.tolist().index(0), names.index("input=192:0.875|hflip")],
+                               tta.forward_views([photo])[0, 0], atol=1e-5, rtol=1e-5)
+
+    def no_model(*a, **k):
+        raise AssertionError("the model ran although every view was stored")
+
+    monkeypatch.setattr(tiny_lm.model, "forward", no_model)
+    subset = create_policy("input(160:1.0,192:0.875)")
+    again = evaluate(tiny_lm, data, [subset], None, tmp_path / "run", RunConfig(8, False), opts)
+    assert again["results"]["plain"]["top1"] == first["results"]["plain"]["top1"]
+    assert again["results"][subset.name]["views"] == 2
 
 
 def test_evaluate_cli(folder, tmp_path, capsys):

@@ -21,9 +21,52 @@ def test_presets_have_the_documented_size(text, count):
     assert len({v.name for v in views}) == count  # no duplicates
 
 
+CFG_224 = {"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3}
+
+
 def test_every_preset_is_listed_and_parses():
+    import ttakit.policy
+
     for name, text in list_presets().items():
-        assert parse_policy(name) == parse_policy(text)
+        resolved = ttakit.policy._PRESETS[name].resolve(name, CFG_224)
+        assert parse_policy(name, CFG_224) == parse_policy(resolved)
+        assert text == resolved or text.startswith("<")  # model-dependent presets are described
+
+
+def test_input_stage_text_names_and_json(tmp_path):
+    from ttakit.transforms import Input
+
+    views = parse_policy("hflip*input(224:1.0,256:1.0)")
+    assert [v.name for v in views] == ["input=224:1", "input=256:1", "input=224:1|hflip", "input=256:1|hflip"]
+    assert views[3].source == Input(256, 1.0) and views[3].transforms == (HFlip(),)
+    one = parse_policy("input=288:1.0|hflip")  # '|' chains: one mirrored view, not the hflip preset
+    assert len(one) == 1 and one[0].name == "input=288:1|hflip"
+    assert parse_policy("hflip|input=288:1.0") == one  # the input stage always runs first
+    assert parse_view("input=224:0.875:tl|hflip").source == Input(224, 0.875, "tl")
+    for v in views + one:
+        assert parse_view(v.name) == v
+    pol = Policy(views, weights=(1, 1, 2, 2), merge="sum")
+    assert load_policy(save_policy(pol, tmp_path / "p.json")).views == views
+    with pytest.raises(PolicyError, match="one input stage"):
+        parse_policy("input=224:1.0|input=256:1.0")
+    with pytest.raises(PolicyError, match="crop_pct"):
+        parse_policy("input=224:1.5")
+    with pytest.raises(PolicyError, match="SIZE:CROP_PCT"):
+        parse_policy("input=224:1:tl:x")
+
+
+def test_model_dependent_presets():
+    assert [v.name for v in parse_policy("fixres", CFG_224)] == ["identity", "input=256:1"]
+    test_size = {**CFG_224, "test_input_size": (3, 288, 288)}  # timm's own larger test size wins
+    assert [v.name for v in parse_policy("fixres", test_size)] == ["identity", "input=288:1"]
+    with pytest.raises(PolicyError, match="depends on the model's input size"):
+        parse_policy("fixres")
+    tut = create_policy("tutorial")
+    assert tut.merge == "sum" and tut.view_names == ["identity", "input=256:1"]
+    assert create_policy("hflip*tutorial").merge is None  # a composed preset does not impose its merge
+    pool = parse_policy("search_pool", CFG_224)
+    assert len(pool) == len(set(v.name for v in pool)) and pool[0].is_identity
+    assert {"input=224:1", "input=320:1|hflip", "input=224:0.875:br"} <= {v.name for v in pool}
 
 
 def test_product_order_and_names():

@@ -130,9 +130,7 @@ class _InputStage:
 
     def __call__(self, img: Image.Image) -> Tensor:
         s = self.source
-        img = TF.resize(img, s.scale_size(), interpolation=self.interpolation)
-        if s.size > min(img.height, img.width):
-            raise ImageLoadError(f"{s.name}: the {img.height}x{img.width} resized photo is smaller than the window")
+        img = TF.resize(img, s.scale_size(), interpolation=self.interpolation)  # short side >= s.size
         top, left = window_corner((img.height, img.width), s.size, s.position)
         x = TF.pil_to_tensor(img.crop((left, top, left + s.size, top + s.size))).float().div_(255.0)
         return TF.normalize(x, self.mean, self.std)

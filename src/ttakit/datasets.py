@@ -137,16 +137,18 @@ def _from_csv(path: Path, labels: _LabelIndex) -> LabelledImages:
 
 
 class ImageList(Dataset):
-    """Decodes ``paths[i]`` and applies ``transform``; failures become skip records."""
+    """Decodes ``paths[i]`` and applies ``transform`` (to a tensor, or to a dict of tensors such
+    as every input stage :class:`~ttakit.data.InputRenderer` renders); failures become skip
+    records."""
 
-    def __init__(self, paths: Sequence[str], transform: Callable[[Any], Tensor]) -> None:
+    def __init__(self, paths: Sequence[str], transform: Callable[[Any], Any]) -> None:
         self.paths = list(paths)
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, Tensor | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
         try:
             return i, self.transform(load_image(self.paths[i])), None
         except ImageLoadError as e:
@@ -155,18 +157,24 @@ class ImageList(Dataset):
             return i, None, f"{type(e).__name__}: {e}"
 
 
-def _collate(items: list[tuple[int, Tensor | None, str | None]]) -> tuple[list[int], Tensor | None, list[tuple[int, str]]]:
+def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
     ok = [(i, x) for i, x, _ in items if x is not None]
     bad = [(i, r) for i, x, r in items if x is None]
-    x = torch.stack([x for _, x in ok]) if ok else None
+    if not ok:
+        return [], None, bad  # type: ignore[return-value]
+    first = ok[0][1]
+    if isinstance(first, dict):  # one (B, C, h, w) batch per input stage
+        x = {k: torch.stack([x[k] for _, x in ok]) for k in first}
+    else:
+        x = torch.stack([x for _, x in ok])
     return [i for i, _ in ok], x, bad  # type: ignore[return-value]
 
 
 def make_loader(
-    paths: Sequence[str], transform: Callable[[Any], Tensor], batches: Sequence[Sequence[int]], workers: int
+    paths: Sequence[str], transform: Callable[[Any], Any], batches: Sequence[Sequence[int]], workers: int
 ) -> DataLoader:
     """A DataLoader over ``paths`` yielding, for each list of indices in ``batches``,
-    ``(indices, images (B, C, H, W) or None, skipped [(index, reason)])``."""
+    ``(indices, images (B, C, H, W) or a dict of such batches, or None, skipped [(index, reason)])``."""
     return DataLoader(
         ImageList(paths, transform), batch_sampler=[list(b) for b in batches], num_workers=workers,
         collate_fn=_collate, prefetch_factor=2 if workers > 0 else None,  # bounded in-flight memory

@@ -147,22 +147,24 @@ def warp(
 
     Args:
         x: ``(B, C, h, w)`` source.
-        matrix: ``(3, 3)`` map from output to source normalised coordinates.
+        matrix: ``(3, 3)`` map from output to source normalised coordinates, or ``(B, 3, 3)``
+            one per image.
         size: ``(H, W)`` of the output grid.
     """
     B, C = x.shape[:2]
-    theta = matrix[:2].to(dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device)
+    theta = matrix[..., :2, :].to(dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device)
     grid = F.affine_grid(theta.expand(B, 2, 3), [B, C, *size], align_corners=False)  # (B, H, W, 2)
     src = x if x.is_floating_point() else x.float()
     return F.grid_sample(src, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
 
 
 def valid_mask(matrix: Tensor, size: Size, device: torch.device | str = "cpu") -> Tensor:
-    """``(1, 1, H, W)`` float mask: 1 where :func:`warp` with ``matrix`` reads inside the source
-    (up to a hundredth of a pixel of rounding), 0 where it reads padding."""
-    theta = matrix[:2].to(dtype=torch.float32, device=device)
-    grid = F.affine_grid(theta.unsqueeze(0), [1, 1, *size], align_corners=False)
-    inside = (grid.abs() <= 1.0 + 1e-4).all(dim=-1)  # (1, H, W)
+    """``(1, 1, H, W)`` float mask (``(B, 1, H, W)`` for ``(B, 3, 3)`` matrices): 1 where
+    :func:`warp` with ``matrix`` reads inside the source (up to a hundredth of a pixel of
+    rounding), 0 where it reads padding."""
+    theta = matrix[..., :2, :].to(dtype=torch.float32, device=device).reshape(-1, 2, 3)
+    grid = F.affine_grid(theta, [theta.shape[0], 1, *size], align_corners=False)
+    inside = (grid.abs() <= 1.0 + 1e-4).all(dim=-1)  # (B, H, W)
     return inside.unsqueeze(1).float()
 
 
@@ -220,8 +222,11 @@ def normalized_to_pixels(points: Tensor, size: Size) -> Tensor:
 
 
 def transform_points(points: Tensor, matrix: Tensor) -> Tensor:
-    """Apply a 3x3 affine ``matrix`` to ``(..., 2)`` points."""
+    """Apply a 3x3 affine ``matrix`` to ``(..., 2)`` points, or ``(B, 3, 3)`` matrices to
+    ``(B, N, 2)`` points, one per image."""
     m = matrix.to(dtype=points.dtype, device=points.device)
+    if m.ndim == 3:
+        return points @ m[:, :2, :2].transpose(1, 2) + m[:, None, :2, 2]
     return points @ m[:2, :2].T + m[:2, 2]
 
 

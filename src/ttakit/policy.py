@@ -8,19 +8,25 @@ A small expression language, the same on the command line and in Python::
     hflip*scale(0.9,1,1.1)     Cartesian product, left applied first  (6 views)
     d4 + scale(1.1)            union of two policies (duplicates dropped)
     rot90(1,3)                 one view per value (0 would add the identity)
-    hflip=1|scale=0.9          a single view, written as its name
+    hflip|scale=0.9            a single view, written as its name
     (hflip+vflip)*resize(288)  parentheses group
+    hflip*input(224:1.0,256:1.0)  input stages: views re-sampled from the source photo (4 views)
 
 * ``NAME(v1, v2, ...)`` is a *family*: one view per value, each value written as after ``=``
   in a view name; a value meaning "no change" (``scale(1)``, ``rot90(0)``, ``hflip(0)``) gives
   the identity view. ``hflip`` and ``vflip`` without values mean ``(0, 1)``, ``rot90`` means
   ``(0, 1, 2, 3)``.
-* ``NAME=VALUE`` is one transform, one view; ``|`` chains transforms into one view (it binds
-  like ``*``: ``a|b`` is ``a*b`` for single views).
+* ``NAME=VALUE`` is one transform, one view; ``|`` chains transforms into one view (a bare
+  name next to ``|`` is one transform: ``input=288:1.0|hflip`` is one mirrored view).
+* ``input=SIZE:CROP_PCT[:POS]`` is an *input stage*: the source photo's short side resized to
+  ``SIZE / CROP_PCT`` with the model's interpolation, then a ``SIZE`` square cut at POS (centre
+  by default); ``input=256:1.0`` is the whole centre square at 256 px. It always runs first,
+  wherever it is written, and needs photos, not preprocessed tensors.
 * ``A*B`` applies every view of A, then every view of B (ttach's ``Compose``).
 * ``A+B`` keeps the views of A, then those of B not already present.
 * A bare preset name (``none``, ``hflip``, ``vflip``, ``flip``, ``d4``, ``five_crop``,
-  ``ten_crop``, ``multiscale``) stands for its policy; see :func:`list_presets`.
+  ``ten_crop``, ``multiscale``, ``tutorial``, ``fixres``, ``search_pool``) stands for its
+  policy; see :func:`list_presets`. ``fixres`` and ``search_pool`` follow the model's size.
 * Families for crops: ``five_crop(SIZE)``, ``ten_crop(SIZE)`` and ``center_crop(SIZE)``,
   where SIZE is pixels (``192``, ``192x160``) or a fraction with a decimal point (``0.875``).
 
@@ -49,7 +55,10 @@ from .transforms import Crop, HFlip, Input, Transform, View, parse_transform
 __all__ = [
     "Policy",
     "PolicyLike",
+    "Preset",
     "create_policy",
+    "default_pool",
+    "larger_size",
     "list_presets",
     "load_policy",
     "parse_policy",
@@ -176,23 +185,94 @@ _FAMILIES: dict[str, Callable[[Sequence[str]], tuple[View, ...]]] = {
 # A bare family name without values (presets of the same name are looked up first).
 _FAMILY_DEFAULTS: dict[str, tuple[str, ...]] = {"rot90": ("0", "1", "2", "3")}
 
-_PRESETS: dict[str, tuple[str, str]] = {}
+# A preset is policy text, or a function of the model's timm data config returning text (for
+# views whose sizes follow the model's input size); it may also name the merge it was made for.
+PresetText = Union[str, Callable[[Mapping[str, Any]], str]]
 
 
-def register_preset(name: str, text: str, description: str = "") -> None:
+@dataclass(frozen=True)
+class Preset:
+    """A named policy.
+
+    Attributes:
+        text: policy text, or a function of the model's data config returning it.
+        description: one line for ``--help`` and the README.
+        merge: the merge this preset was made for (``None``: the caller's).
+    """
+
+    text: PresetText
+    description: str = ""
+    merge: str | None = None
+
+    def resolve(self, name: str, data_config: Mapping[str, Any] | None) -> str:
+        if isinstance(self.text, str):
+            return self.text
+        if data_config is None:
+            raise PolicyError(f"preset {name!r} depends on the model's input size; give the model's data config "
+                              "(ClassificationTTA and the command line do)")
+        return self.text(data_config)
+
+
+_PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(name: str, text: PresetText, description: str = "", merge: str | None = None) -> None:
     """Register ``name`` as a preset for the policy ``text`` (usable in any policy text).
 
     Example:
         >>> register_preset("flip_zoom", "hflip*scale(1,1.15)", "flips at two zooms")
+        >>> len(parse_policy("flip_zoom"))
+        4
+        >>> del _PRESETS["flip_zoom"]
     """
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
         raise PolicyError(f"preset names are lower-case identifiers, got {name!r}")
-    _PRESETS[name] = (text, description)
+    _PRESETS[name] = Preset(text, description, merge)
 
 
 def list_presets() -> dict[str, str]:
-    """Preset names with the policy text each stands for."""
-    return {k: v[0] for k, v in _PRESETS.items()}
+    """Preset names with the policy text each stands for (model-dependent ones described)."""
+    return {k: v.text if isinstance(v.text, str) else f"<{v.description}>" for k, v in _PRESETS.items()}
+
+
+def model_size(data_config: Mapping[str, Any]) -> int:
+    """The model's square input side (the short side for a non-square input)."""
+    return int(min(data_config["input_size"][-2:]))
+
+
+def larger_size(data_config: Mapping[str, Any], factor: float = 1.15) -> int:
+    """A larger test size for the model: timm's ``test_input_size`` where the model has one,
+    else about ``factor`` times its input size, rounded to a multiple of 32."""
+    test = data_config.get("test_input_size")
+    size = model_size(data_config)
+    if test is not None and min(test[-2:]) > size:
+        return int(min(test[-2:]))
+    return max(size + 32, int(round(size * factor / 32)) * 32)
+
+
+def default_pool(data_config: Mapping[str, Any]) -> str:
+    """The default candidate views of ``ttakit search``: flips; input stages re-sampled from the
+    source photo (the whole image, crop fractions 0.8-1.0, sizes up to ~1.4x the model's, corner
+    crops) and their mirrors; zooms, rotations, shifts and brightness/contrast of the plain input.
+
+    Example:
+        >>> len(parse_policy(default_pool({"input_size": (3, 224, 224)})))
+        39
+    """
+    s = model_size(data_config)
+    big = [int(round(s * f / 32)) * 32 for f in (1.15, 1.3, 1.43)]  # 256, 288, 320 for 224
+    inputs = [f"input={s}:{c}" for c in (0.8, 0.9, 1.0)] + [f"input={b}:{c}" for b in big for c in (0.875, 1.0)]
+    corners = [f"input={s}:0.875:{p}" for p in ("tl", "tr", "bl", "br")]
+    stages = " + ".join(inputs + corners)
+    return (
+        f"identity + hflip=1 + ({stages})*hflip(0,1)"
+        " + scale(0.9,1.1) + crop=center:0.875 + rotate(-10,10) + shift(16:0,-16:0)"
+        " + brightness(0.8,1.2) + contrast(0.8,1.2)"
+    )
+
+
+def _fixres(data_config: Mapping[str, Any]) -> str:
+    return f"identity + input={larger_size(data_config)}:1.0"
 
 
 register_preset("none", "identity", "the plain model (1 view)")
@@ -202,7 +282,12 @@ register_preset("flip", "hflip(0,1)*vflip(0,1)", "both flips, as ttach's flip_tr
 register_preset("d4", "hflip(0,1)*rot90(0,1,2,3)", "dihedral group: flips x quarter turns (8 views)")
 register_preset("five_crop", "five_crop(0.875)", "centre and four corner crops (5 views)")
 register_preset("ten_crop", "ten_crop(0.875)", "five crops and their mirror images (10 views)")
-register_preset("multiscale", "resize(0.875,1.0,1.125)", "three input resolutions (3 views)")
+register_preset("multiscale", "resize(0.875,1.0,1.125)", "three input resolutions of the plain input (3 views)")
+register_preset("tutorial", "identity + input=256:1.0",
+                "the timm TTA tutorial: the plain input and Resize(256)+CenterCrop(256) of the photo, logits summed",
+                merge="sum")
+register_preset("fixres", _fixres, "plain input + the whole centre square at a larger size (FixRes, 2 views)")
+register_preset("search_pool", default_pool, "the default candidate views of ttakit search")
 
 
 # --------------------------------------------------------------------------- parser
@@ -227,8 +312,9 @@ class _Parser:
     """Recursive-descent parser: expr := term ('+' term)*; term := atom (('*'|'|') atom)*;
     atom := '(' expr ')' | NAME | NAME '(' values ')' | NAME '=' VALUE."""
 
-    def __init__(self, text: str, depth: int = 0) -> None:
+    def __init__(self, text: str, depth: int = 0, data_config: Mapping[str, Any] | None = None) -> None:
         self.text, self.tokens, self.i, self.depth = text, _tokenize(text), 0, depth
+        self.data_config = data_config
         if depth > 8:
             raise PolicyError("presets nest too deeply (a preset that names itself?)")
 
@@ -283,14 +369,16 @@ class _Parser:
         if tok in _OPS:
             raise self.error(f"unexpected {tok!r}")
         key, eq, value = tok.partition("=")
-        if eq:
-            return (_one_view(key, value),)
+        chained = self.peek() == "|" or (self.i >= 2 and self.tokens[self.i - 2] == "|")
+        if eq or (chained and self.peek() != "(" and key not in ("identity",)):
+            # `a|b` chains single transforms: a bare `hflip` there is the flip, not the preset.
+            return (_one_view(key, value if eq else None),)
         if self.peek() == "(":
             return self.family(key, self.values())
         if key == "identity":
             return (View(),)
         if key in _PRESETS:
-            return _Parser(_PRESETS[key][0], self.depth + 1).parse()
+            return _Parser(_PRESETS[key].resolve(key, self.data_config), self.depth + 1, self.data_config).parse()
         if key in _FAMILY_DEFAULTS:
             return self.family(key, _FAMILY_DEFAULTS[key])
         raise PolicyError(f"unknown preset or transform {key!r}; presets: {', '.join(_PRESETS)}")
@@ -333,14 +421,15 @@ def parse_view(name: str) -> View:
     return view
 
 
-def parse_policy(text: str) -> tuple[View, ...]:
-    """Parse policy text (see the module docstring) into views.
+def parse_policy(text: str, data_config: Mapping[str, Any] | None = None) -> tuple[View, ...]:
+    """Parse policy text (see the module docstring) into views. ``data_config`` (the model's
+    timm data config) is needed by presets whose sizes follow the model (``fixres``).
 
     Example:
         >>> [v.name for v in parse_policy("hflip*scale(1,1.1)")]
         ['identity', 'scale=1.1', 'hflip', 'hflip|scale=1.1']
     """
-    return _Parser(text).parse()
+    return _Parser(text, data_config=data_config).parse()
 
 
 # --------------------------------------------------------------------------- JSON & factory
@@ -383,9 +472,11 @@ def save_policy(policy: Policy, path: str | Path) -> Path:
     return p
 
 
-def create_policy(spec: PolicyLike) -> Policy:
+def create_policy(spec: PolicyLike, data_config: Mapping[str, Any] | None = None) -> Policy:
     """Resolve anything that names a policy: a preset name, policy text, a path to a JSON
-    file, a :class:`Policy`, a :class:`View` or a sequence of views.
+    file, a :class:`Policy`, a :class:`View` or a sequence of views. A bare preset name brings
+    its merge (``tutorial`` sums logits). ``data_config`` is the model's timm data config, needed
+    by presets whose sizes follow the model.
 
     Example:
         >>> create_policy("hflip").view_names
@@ -398,7 +489,8 @@ def create_policy(spec: PolicyLike) -> Policy:
     if isinstance(spec, Path) or (isinstance(spec, str) and spec.lower().endswith(".json")):
         return load_policy(spec)
     if isinstance(spec, str):
-        return Policy(parse_policy(spec), name=spec.strip())
+        preset = _PRESETS.get(spec.strip())
+        return Policy(parse_policy(spec, data_config), merge=preset.merge if preset else None, name=spec.strip())
     if isinstance(spec, Sequence) and all(isinstance(v, View) for v in spec):
         return Policy(tuple(spec))
     if isinstance(spec, Sequence) and all(isinstance(v, Transform) for v in spec):

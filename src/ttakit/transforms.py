@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from collections.abc import Callable
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -535,6 +535,21 @@ class Input:
         pct = _float(parts[1], "input crop_pct") if len(parts) > 1 else 1.0
         return cls(size, pct, parts[2] if len(parts) > 2 else "center")
 
+    @classmethod
+    def of_model(cls, data_config: Mapping[str, Any]) -> Input:
+        """The input stage equal to the model's own preprocessing (the plain view), for
+        mapping other stages back onto it.
+
+        Raises:
+            PolicyError: the model's preprocessing is not a centre crop of a square input, so
+                other stages cannot be mapped back onto it.
+        """
+        size = tuple(data_config["input_size"][-2:])
+        if size[0] != size[1] or data_config.get("crop_mode", "center") != "center":
+            raise PolicyError(f"input stages need a square, centre-cropped model input to map back onto; "
+                              f"this model's is {size[0]}x{size[1]} ({data_config.get('crop_mode')})")
+        return cls(int(size[0]), float(data_config.get("crop_pct", 1.0)))
+
     def scale_size(self) -> int:
         """The short side the photo is resized to (timm: ``floor(size / crop_pct)``)."""
         return math.floor(self.size / self.crop_pct)
@@ -544,10 +559,9 @@ class Input:
         ``(top, left, height, width)`` with pixel edges at integers."""
         H, W = photo_size
         s = self.scale_size()
-        # torchvision's Resize(int): the short side becomes s, the long side int(s * long / short).
+        # torchvision's Resize(int): the short side becomes s >= size (crop_pct <= 1), the long
+        # side int(s * long / short), so the window always fits.
         rh, rw = (s, int(s * W / H)) if H <= W else (int(s * H / W), s)
-        if self.size > rh or self.size > rw:
-            raise PolicyError(f"{self.name}: a {self.size}px window does not fit the {rh}x{rw} resized photo")
         top, left = window_corner((rh, rw), self.size, self.position)
         sy, sx = rh / H, rw / W
         return top / sy, left / sx, self.size / sy, self.size / sx

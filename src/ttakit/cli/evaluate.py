@@ -37,10 +37,10 @@ def format_table(results: dict[str, Any], per_view: dict[str, float] | None = No
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    # Rows are named by the policy exactly as written (a preset, text or a JSON path).
-    policies = [dataclasses.replace(create_policy(t), name=t) for t in (args.tta or ["hflip"])]
     options = eval_options(args)
     lm, dev, cfg = load(args)
+    # Rows are named by the policy exactly as written (a preset, text or a JSON path).
+    policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
     data = load_data(args, lm, args.data)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
         res = evaluate(lm, data, policies, args.merge, args.out, cfg, options, dev, progress=bar)

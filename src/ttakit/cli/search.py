@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation.evaluate import evaluate
-from ..evaluation.search import DEFAULT_POOL, SearchOptions, search_policy
+from ..evaluation.search import SearchOptions, search_policy
 from ..evaluation.store import load_logits
 from ..models import LoadedModel
 from ..policy import Policy, create_policy, save_policy
@@ -54,8 +54,8 @@ def _print_search(policy: Policy, path: Path) -> None:
 def _cmd_search(args: argparse.Namespace) -> int:
     options = SearchOptions(budget=args.budget, objective=args.objective, folds=args.folds,
                             learn_weights=args.learn_weights, target_cost=args.target_cost, name=args.name)
-    pool = create_policy(args.pool or DEFAULT_POOL)
     lm, dev, cfg = load(args)
+    pool = create_policy(args.pool or "search_pool", lm.data_config)
     on_data = _pool_logits(args, lm, cfg, dev, pool, args.data, "data")
     on_val = _pool_logits(args, lm, cfg, dev, pool, args.val, "val") if args.val else None
     if not DistContext.from_env().is_main:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data import InputRenderer
 from ..datasets import LabelledImages, make_loader
 from ..errors import ConfigError, DatasetError
 from ..merge import get_merge, merge_logits
@@ -25,7 +26,7 @@ from ..models import LoadedModel
 from ..policy import Policy, parse_view
 from ..runtime.config import RunConfig, prepare_model, timed
 from ..runtime.distributed import DistContext
-from ..runtime.loop import run_views
+from ..runtime.loop import RenderedInputs, run_views
 from ..tasks.classify import CONFIDENCE, ClassifyRule, TTAResult, classify_views
 from ..transforms import View
 from ..viz import plot_accuracy
@@ -140,8 +141,9 @@ def compute_logits(
 ) -> None:
     """Compute and store the logits of every missing chunk (of ``chunks``: all by default).
 
-    Each image is decoded once and all views of a chunk run in one :func:`run_views` call
-    (views of one size share forwards). The chunk's model time is recorded per view, shared
+    Each image is decoded once, in the DataLoader workers, which also render every input stage
+    the views need from that one decode; all views of a chunk then run in one
+    :func:`run_views` call (views of one size share forwards). The chunk's model time is recorded per view, shared
     in proportion to each view's pixels, so that every policy's cost can be reported.
     ``progress(n)`` is called with the number of images done (chunks already stored count).
     """
@@ -151,11 +153,16 @@ def compute_logits(
         progress(sum(e - s for s, e in chunks) - sum(e - s for s, e in todo))
     if not todo:
         return
-    loader = make_loader(data.paths, lm.transform(), [range(s, e) for s, e in todo], options.workers)
+    renderer = InputRenderer({v.source for v in views}, lm.data_config)
+    loader = make_loader(data.paths, renderer, [range(s, e) for s, e in todo], options.workers)
     labels_all = torch.tensor(data.labels)
-    size = lm.input_size
-    pixels = torch.tensor([float(h * w) for h, w in (v.output_size(size) for v in views)], dtype=torch.float64)
-    share = pixels / pixels.sum()  # (U,)
+
+    def view_pixels(v: View) -> float:
+        h, w = v.output_size(lm.input_size if v.source is None else (v.source.size, v.source.size))
+        return float(h * w)
+
+    pixels = torch.tensor([view_pixels(v) for v in views], dtype=torch.float64)
+    share = pixels / pixels.sum()  # (U,) each view's share of the chunk's model time
     for (start, stop), (idx, x, bad) in zip(todo, loader):
         if bad and options.strict:
             i, reason = bad[0]
@@ -163,7 +170,7 @@ def compute_logits(
         logits = torch.zeros(0, len(views), lm.num_classes)  # (n, U, C)
         seconds = torch.zeros(len(views), dtype=torch.float64)
         if x is not None:
-            x = x.to(device, non_blocking=True)
+            x = RenderedInputs(x).to(device)
             outs: list[Tensor] = []
             with torch.inference_mode():
                 total = timed(lambda: outs.extend(run_views(lm.model, x, views, lm.normalization, run_config)), device)

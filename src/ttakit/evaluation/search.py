@@ -36,7 +36,6 @@ from .metrics import nll as nll_metric
 from .metrics import topk_accuracy
 
 __all__ = [
-    "DEFAULT_POOL",
     "SearchOptions",
     "SearchResult",
     "calibrated_temperature",
@@ -46,14 +45,6 @@ __all__ = [
     "pick_adaptive_threshold",
     "search_policy",
 ]
-
-DEFAULT_POOL = (
-    "identity + hflip=1 + scale(0.8,0.9,1.1,1.25) + hflip=1|scale=1.1"
-    " + crop=center:0.875 + crop=tl:0.875 + crop=tr:0.875 + crop=bl:0.875 + crop=br:0.875"
-    " + rotate(-10,10) + shift(16:0,-16:0,0:16,0:-16) + brightness(0.8,1.2) + contrast(0.8,1.2)"
-    " + resize(1.15) + hflip=1|resize=1.15"
-)
-
 
 @dataclass(frozen=True)
 class SearchResult:

@@ -83,8 +83,10 @@ class RenderedInputs:
     keyed by stage name (``identity`` for the model's own preprocessing), as
     :class:`ttakit.data.InputRenderer` builds them from one decode per photo."""
 
-    def __init__(self, batches: Mapping[str, Tensor]) -> None:
+    def __init__(self, batches: Mapping[str, Tensor], photo_sizes: Sequence[tuple[int, int]] | None = None) -> None:
         self.batches = dict(batches)
+        # (H, W) of each source photo: what maps an input stage back onto the plain input.
+        self.photo_sizes = None if photo_sizes is None else [tuple(s) for s in photo_sizes]
         sizes = {k: v.shape[0] for k, v in self.batches.items()}
         if len(set(sizes.values())) != 1:
             raise ShapeError("rendered inputs", "one batch size for every input stage", tuple(sizes.values()))
@@ -110,10 +112,11 @@ class RenderedInputs:
         return self._get(source)
 
     def take(self, rows: Tensor) -> RenderedInputs:
-        return RenderedInputs({k: v[rows.to(v.device)] for k, v in self.batches.items()})
+        sizes = None if self.photo_sizes is None else [self.photo_sizes[i] for i in rows.tolist()]
+        return RenderedInputs({k: v[rows.to(v.device)] for k, v in self.batches.items()}, sizes)
 
     def to(self, device: torch.device | str) -> RenderedInputs:
-        return RenderedInputs({k: v.to(device, non_blocking=True) for k, v in self.batches.items()})
+        return RenderedInputs({k: v.to(device, non_blocking=True) for k, v in self.batches.items()}, self.photo_sizes)
 
 
 def as_view_inputs(x: Tensor | ViewInputs) -> ViewInputs:

@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ..data import InputRenderer, PhotoLike
+from ..data import InputRenderer, PhotoLike, to_photo
 from ..policy import Policy, PolicyLike, create_policy
 from ..runtime.config import RunConfig, default_run_config, model_device, prepare_model
 from ..runtime.loop import RenderedInputs, ViewInputs, run_views
-from ..transforms import Normalization, View
+from ..errors import PolicyError
+from ..transforms import Input, Normalization, View, input_matrix
 
 __all__ = ["Images", "TTABase"]
 
@@ -49,8 +50,8 @@ class TTABase(nn.Module):
     ) -> None:
         super().__init__()
         self.model = model
-        self.policy: Policy = create_policy(policy)
         self.data_config = dict(data_config or timm.data.resolve_data_config({}, model=model))
+        self.policy: Policy = create_policy(policy, self.data_config)
         self.norm = norm or Normalization(tuple(self.data_config["mean"]), tuple(self.data_config["std"]))
         self.run_config = run_config or default_run_config(model_device(model))
         prepare_model(model, self.run_config)
@@ -72,9 +73,26 @@ class TTABase(nn.Module):
         if isinstance(x, Tensor) and x.is_floating_point() or isinstance(x, ViewInputs):
             return x
         single = isinstance(x, (str, Path, Image.Image)) or isinstance(x, Tensor) and x.ndim == 3
-        photos = [x] if single else list(x)  # type: ignore[arg-type]
+        photos = [to_photo(p) for p in ([x] if single else list(x))]  # type: ignore[union-attr]
         renderer = InputRenderer({v.source for v in self.views}, self.data_config)
-        return RenderedInputs(renderer.batch(photos)).to(model_device(self.model))
+        sizes = [(p.height, p.width) for p in photos]
+        return RenderedInputs(renderer.batch(photos), sizes).to(model_device(self.model))
+
+    def stage_matrices(self, inputs: Tensor | ViewInputs, view: View) -> Tensor | None:
+        """``(B, 3, 3)`` maps from the plain input's normalised coordinates to those of
+        ``view``'s input stage, one per photo (``None`` for a view without an input stage).
+
+        Raises:
+            PolicyError: the photo sizes are unknown, or the model's preprocessing is not a
+                centre crop that other stages can be mapped back onto.
+        """
+        if view.source is None:
+            return None
+        sizes = getattr(inputs, "photo_sizes", None)
+        if sizes is None:
+            raise PolicyError(f"{view.name}: mapping an input stage back needs the photo sizes; pass photos")
+        plain = Input.of_model(self.data_config)
+        return torch.stack([input_matrix(view.source, plain, s) for s in sizes])  # (B, 3, 3)
 
     def run(self, x: Tensor | ViewInputs, views: Sequence[View] | None = None) -> list[Any]:
         """Each view's raw model output, batch dimension first (see :func:`run_views`)."""

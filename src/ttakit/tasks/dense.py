@@ -9,18 +9,20 @@ so a pixel is merged only over the views that saw it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .. import functional as Fn
 from ..errors import ConfigError, PolicyError, ShapeError, TTAKitError, check_shape
 from ..policy import PolicyLike
 from ..runtime.config import RunConfig
-from ..transforms import Normalization
-from .base import TTABase
+from ..runtime.loop import ViewInputs, as_view_inputs
+from ..transforms import Input, Normalization
+from .base import Images, TTABase
 
 __all__ = ["DenseResult", "KeypointsTTA", "SegmentationTTA"]
 
@@ -88,6 +90,10 @@ class DenseResult:
     coverage: Tensor
 
 
+def _size(inputs: Tensor | ViewInputs, source: Input | None) -> tuple[int, int]:
+    return as_view_inputs(inputs).size(source)
+
+
 class SegmentationTTA(TTABase):
     """TTA for models mapping ``(B, C, H, W)`` images to ``(B, K, H', W')`` logits (any output
     stride), or to a dict of such maps and other heads.
@@ -103,6 +109,12 @@ class SegmentationTTA(TTABase):
         uncertainty: ``None``, ``variance`` (across views, mean over K) or ``entropy`` (of
             the merged probabilities), returned by :meth:`predict`.
         output_size: the plain output grid ``(H', W')``; inferred from the views otherwise.
+        data_config: timm data config turning photos into inputs (from the model if ``None``).
+
+    Calls take ``(B, C, H, W)`` images, or photos for policies with input stages (multi-scale
+    inference from the source photo, ``input(224:0.875,320:0.875)``): each stage's prediction
+    is mapped back onto the plain input's grid through the two windows of the photo, with a
+    validity mask, so a pixel is merged only over the views that saw it.
 
     Example:
         >>> net = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)     # 4 classes at stride 2
@@ -127,47 +139,58 @@ class SegmentationTTA(TTABase):
         output_size: tuple[int, int] | None = None,
         norm: Normalization | None = None,
         run_config: RunConfig | None = None,
+        data_config: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(model, policy, norm=norm, run_config=run_config)
+        super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config)
         self._merge = _pick(_DENSE_MERGES, merge, "merge", PolicyError)  # as for classification merges
         self._activation = _pick(_ACTIVATIONS, activation, "activation")
         self._uncertainty = None if uncertainty is None else _pick(_UNCERTAINTY, uncertainty, "uncertainty")
         self.dense_keys = None if dense_keys is None else tuple(dense_keys)
         self.output_size = output_size
 
-    def _grid(self, size: tuple[int, int], outs: Sequence[Tensor]) -> tuple[int, int]:
-        """The plain output grid: from a view whose image keeps the input size, else scaled."""
+    def _grid(self, inputs: Tensor | ViewInputs, outs: Sequence[Tensor]) -> tuple[int, int]:
+        """The plain output grid: from a plain-input view that keeps the input size, else scaled."""
         if self.output_size is not None:
             return self.output_size
+        size = _size(inputs, None)
         for view, y in zip(self.views, outs):
-            if view.output_size(size) == size:
+            if view.source is None and view.output_size(size) == size:
                 return tuple(y.shape[-2:])  # type: ignore[return-value]
         view, y = self.views[0], outs[0]
-        h, w = view.output_size(size)
+        h, w = view.output_size(_size(inputs, view.source))
         return round(size[0] * y.shape[-2] / h), round(size[1] * y.shape[-1] / w)
 
-    def _merge_maps(self, outs: Sequence[Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor | None, Tensor]:
+    def _merge_maps(self, outs: Sequence[Tensor], inputs: Tensor | ViewInputs) -> tuple[Tensor, Tensor | None, Tensor]:
         for y in outs:
             check_shape("segmentation output", y.shape, "(B, K, H, W)")
-        grid = self._grid(size, outs)
+        size, grid = _size(inputs, None), self._grid(inputs, outs)
         ys, masks = [], []
         for view, y in zip(self.views, outs):
-            y, m = view.invert_dense(self._activation(y.float()), size, grid)  # (B, K, H', W'), (1, 1, H', W')
+            vsize = _size(inputs, view.source)
+            vgrid = (round(vsize[0] * grid[0] / size[0]), round(vsize[1] * grid[1] / size[1]))
+            # Undo the view's transforms onto its input stage's grid ...
+            y, m = view.invert_dense(self._activation(y.float()), vsize, vgrid)  # (B, K, h', w'), (1, 1, h', w')
+            stage = self.stage_matrices(inputs, view)  # (B, 3, 3) or None
+            if stage is not None:  # ... then that stage's window of each photo onto the plain one's
+                m = Fn.warp(m.expand(y.shape[0], -1, -1, -1), stage, grid, mode="nearest")
+                m = m * Fn.valid_mask(stage, grid, y.device)
+                y = Fn.warp(y, stage, grid, padding_mode="border")
             ys.append(y)
             masks.append(m)
-        Y, M = torch.stack(ys), torch.stack(masks)  # (V, B, K, H', W'), (V, 1, 1, H', W')
+        rows = max(m.shape[0] for m in masks)  # 1 unless an input stage made masks per photo
+        Y, M = torch.stack(ys), torch.stack([m.expand(rows, -1, -1, -1) for m in masks])  # (V, B, K, H', W'), (V, 1|B, 1, H', W')
         merged = self._merge(Y, M, self.weights_or_ones().to(Y))
         unc = self._uncertainty(Y, M, merged) if self._uncertainty else None
         return merged, unc, M.sum(0)
 
     @torch.inference_mode()
-    def predict(self, x: Tensor) -> DenseResult:
-        """Merged maps with per-pixel uncertainty (if asked) and view coverage."""
-        size = tuple(x.shape[-2:])
-        check_shape("images", x.shape, "(B, C, H, W)")
-        outs = self.run(x)
+    def predict(self, x: Images) -> DenseResult:
+        """Merged maps with per-pixel uncertainty (if asked) and view coverage, on the plain
+        input's output grid."""
+        inputs = self.inputs(x)
+        outs = self.run(inputs)
         if isinstance(outs[0], Tensor):
-            merged, unc, cov = self._merge_maps(outs, size)  # type: ignore[arg-type]
+            merged, unc, cov = self._merge_maps(outs, inputs)  # type: ignore[arg-type]
             return DenseResult(merged, unc, cov)
         if not isinstance(outs[0], dict):
             raise ShapeError("segmentation output", "a (B, K, H, W) tensor or a dict of tensors", ())
@@ -180,7 +203,7 @@ class SegmentationTTA(TTABase):
         w = self.weights_or_ones().float()
         for k in outs[0]:
             if k in keys:
-                merged_d[k], u, cov = self._merge_maps([o[k] for o in outs], size)
+                merged_d[k], u, cov = self._merge_maps([o[k] for o in outs], inputs)
                 coverage.append(cov)
                 if u is not None:
                     unc_d[k] = u
@@ -189,7 +212,7 @@ class SegmentationTTA(TTABase):
                 merged_d[k] = (stack * w.view(-1, *([1] * (stack.ndim - 1)))).sum(0) / w.sum()
         return DenseResult(merged_d, unc_d or None, coverage[0])  # the first map's grid
 
-    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
+    def forward(self, x: Images) -> Tensor | dict[str, Tensor]:
         """The merged output (same structure as the model's)."""
         return self.predict(x).output
 
@@ -223,8 +246,9 @@ class KeypointsTTA(TTABase):
         *,
         norm: Normalization | None = None,
         run_config: RunConfig | None = None,
+        data_config: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(model, policy, norm=norm, run_config=run_config)
+        super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config)
         self.flip_pairs = tuple((int(a), int(b)) for a, b in (flip_pairs or ()))
 
     def _swap(self, n: int) -> Tensor:
@@ -242,15 +266,21 @@ class KeypointsTTA(TTABase):
         return out[0], (out[1] if len(out) > 1 else None)
 
     @torch.inference_mode()
-    def predict(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(B, N, 2)`` merged coordinates and ``(B, N)`` mean scores (``None`` without)."""
-        size = tuple(x.shape[-2:])
+    def predict(self, x: Images) -> tuple[Tensor, Tensor | None]:
+        """``(B, N, 2)`` merged coordinates (pixels of the plain input) and ``(B, N)`` mean
+        scores (``None`` without)."""
+        inputs = self.inputs(x)
+        size = _size(inputs, None)
         pts_all, sc_all = [], []
-        check_shape("images", x.shape, "(B, C, H, W)")
-        for view, out in zip(self.views, self.run(x)):
+        for view, out in zip(self.views, self.run(inputs)):
             pts, scores = self._split(out)
             check_shape("keypoints", pts.shape, "(B, N, 2)")
-            pts = view.invert_points(pts.float(), size)
+            vsize = _size(inputs, view.source)
+            pts = view.invert_points(pts.float(), vsize)  # pixels of the view's input stage
+            stage = self.stage_matrices(inputs, view)
+            if stage is not None:  # that stage's window of each photo -> the plain input's
+                u = Fn.transform_points(Fn.pixels_to_normalized(pts, vsize), torch.linalg.inv(stage))
+                pts = Fn.normalized_to_pixels(u, size)
             if view.mirrored:
                 perm = self._swap(pts.shape[1]).to(pts.device)
                 pts = pts[:, perm]
@@ -267,6 +297,6 @@ class KeypointsTTA(TTABase):
             return merged, (S * w).sum(0) / w.sum(0)
         return (P * w.unsqueeze(-1)).sum(0) / w.sum(), None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Images) -> Tensor:
         """Merged ``(B, N, 2)`` keypoints."""
         return self.predict(x)[0]
