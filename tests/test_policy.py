@@ -66,7 +66,7 @@ def test_model_dependent_presets():
     assert create_policy("hflip*tutorial").merge is None  # a composed preset does not impose its merge
     pool = parse_policy("search_pool", CFG_224)
     assert len(pool) == len(set(v.name for v in pool)) and pool[0].is_identity
-    assert {"input=224:1", "input=320:1|hflip", "input=224:0.875:br"} <= {v.name for v in pool}
+    assert {"input=224:1", "input=320:1|hflip", "input=224:0.875:br", "brightness=1.2"} <= {v.name for v in pool}
 
 
 def test_product_order_and_names():
