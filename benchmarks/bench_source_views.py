@@ -23,7 +23,7 @@ from ttakit.evaluation.search import SearchOptions, kfold_estimate, search_polic
 from ttakit.evaluation.store import load_logits
 
 ROOT = Path(__file__).resolve().parents[1]
-SETS = {"clean": ROOT.parent / "shared" / "imagenet-sample", "corrupted": ROOT / "runs" / "imagenet-corrupt"}
+SETS = {"corrupted": ROOT / "runs" / "imagenet-corrupt", "clean": ROOT.parent / "shared" / "imagenet-sample"}
 PRESETS = ("hflip", "fixres", "tutorial")
 
 

@@ -13,3 +13,13 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 /tmp/venv/bin/python benchmarks/bench_tta.py --device cuda --batch 64 --repeats 5 --out "$OUT/bench_gpu_fp32.md"
 /tmp/venv/bin/python benchmarks/bench_tta.py --device cuda --batch 64 --repeats 5 --amp bf16 --evaluate-images 0 \
     --out "$OUT/bench_gpu_bf16.md"
+# Backends on the GPU, next to torch eager / bf16 autocast / torch.compile: ONNX Runtime's CUDA
+# provider (and its TensorRT provider with TRT=1: engine builds take minutes, so it is opt-in).
+# onnxruntime-gpu replaces the CPU wheel (same module); a provider that cannot load here is
+# skipped with a line in the log, so the torch rows still come out.
+/tmp/venv/bin/pip uninstall -q -y onnxruntime || true
+/tmp/venv/bin/pip install -q onnx onnxscript 'onnxruntime-gpu==1.31.1' ${TRT:+tensorrt-cu12} \
+    || echo "onnxruntime-gpu not installed: the onnxruntime rows will be skipped"
+/tmp/venv/bin/python benchmarks/bench_backends.py --device cuda --batches 1,16,64 --repeats 5 --ttach-images 0 \
+    --backends "torch,torch-bf16,torch-compile,onnxruntime-cuda${TRT:+,onnxruntime-tensorrt}" \
+    --out "$OUT/bench_backends_gpu.md"

@@ -86,7 +86,7 @@ def test_window_geometry_and_stage_maps():
     # on the same photo points.
     plain, stage, photo = Input(224, 0.875), Input(288, 1.0, "tl"), (300, 420)
     m = input_matrix(stage, plain, photo)
-    (t0, l0, h0, w0), (t1, l1, h1, w1) = plain.window(photo), stage.window(photo)
+    (_, l0, _, w0), (_, l1, _, w1) = plain.window(photo), stage.window(photo)
     for u in (-1.0, 0.3, 1.0):
         x_photo = l0 + (u + 1) / 2 * w0
         u1 = float(m[0, 0] * u + m[0, 2])

@@ -21,6 +21,7 @@ from .runtime.config import RunConfig, default_run_config
 from .runtime.loop import run_views
 from .tasks.classify import CONFIDENCE, ClassificationTTA, TTAResult
 from .tasks.dense import DenseResult, KeypointsTTA, SegmentationTTA
+from .tasks.detect import DetectionResult, DetectionTTA
 from .soup import greedy_soup, uniform_soup
 from .transforms import (
     Brightness,
@@ -51,6 +52,8 @@ __all__ = [
     "Brightness",
     "ClassificationTTA",
     "DenseResult",
+    "DetectionResult",
+    "DetectionTTA",
     "KeypointsTTA",
     "SegmentationTTA",
     "Contrast",

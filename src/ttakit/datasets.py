@@ -14,7 +14,6 @@ from typing import Any
 
 import timm
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .data import load_image

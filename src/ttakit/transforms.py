@@ -124,8 +124,52 @@ class Transform(ABC):
         u = Fn.pixels_to_normalized(points, out_size)
         return Fn.normalized_to_pixels(Fn.transform_points(u, m_inv), image_size)
 
+    def invert_boxes(self, boxes: Tensor, image_size: Size) -> Tensor:
+        """Map ``(..., 4)`` xyxy pixel boxes (pixel edges at 0 and ``W``) of the augmented image
+        back to the original image of ``image_size``.
+
+        A box is first clipped to the augmented image (a box cut by a crop, shift or zoom keeps
+        the part the view showed), its two corners go through the inverse of :meth:`matrix`,
+        min/max are re-sorted (a flip swaps them) and the result is clipped to the original
+        image. Exact for flips and quarter turns; photometric transforms return ``boxes``.
+
+        Raises:
+            PolicyError: the map is not axis-aligned (a free rotation): a rotated box is no box.
+
+        Example:
+            >>> HFlip().invert_boxes(torch.tensor([[10., 5., 30., 20.]]), (40, 100))
+            tensor([[70.,  5., 90., 20.]])
+        """
+        if not self.geometric:
+            return boxes
+        m = self.matrix(image_size)
+        if not _axis_aligned(m):
+            raise PolicyError(f"{self.name} is not axis-aligned, so its boxes cannot be mapped back "
+                              "(use flips, quarter turns, scale, resize, crop or shift)")
+        return _map_boxes(boxes, torch.linalg.inv(m), self.output_size(image_size), image_size)
+
     def __str__(self) -> str:
         return self.name
+
+
+def _axis_aligned(m: Tensor) -> bool:
+    """Whether a 3x3 map keeps boxes boxes: no shear or rotation other than quarter turns."""
+    a = m[:2, :2].abs()
+    tol = 1e-9 * float(a.sum())
+    return bool(a[0, 1] + a[1, 0] <= tol or a[0, 0] + a[1, 1] <= tol)
+
+
+def _map_boxes(boxes: Tensor, m: Tensor, size: Size, target: Size) -> Tensor:
+    """Clip ``(..., 4)`` xyxy pixel boxes to an image of ``size``, send their corners through
+    the normalised map ``m`` onto an image of ``target``, re-sort and clip (float64 inside)."""
+    (h, w), (H, W) = size, target
+    b = boxes.to(torch.float64)
+    b = torch.minimum(b.clamp_min(0.0), b.new_tensor([w, h, w, h]))
+    corners = b.unflatten(-1, (2, 2)) * b.new_tensor([2.0 / w, 2.0 / h]) - 1.0  # (..., 2, 2) normalised
+    p = (Fn.transform_points(corners, m) + 1.0) * b.new_tensor([W / 2.0, H / 2.0])
+    out = torch.cat([p.amin(-2), p.amax(-2)], -1)  # (..., 4) xyxy again
+    out = torch.minimum(out.clamp_min(0.0), out.new_tensor([W, H, W, H]))
+    return out.to(boxes.dtype if boxes.is_floating_point() else torch.float32)
 
 
 def _float(arg: str, what: str) -> float:
@@ -665,3 +709,22 @@ class View:
         for t, s in zip(reversed(self.transforms), reversed(sizes[:-1])):
             points = t.invert_points(points, s)
         return points
+
+    def invert_boxes(self, boxes: Tensor, image_size: Size) -> Tensor:
+        """Map ``(..., 4)`` xyxy pixel boxes detected on the view back to the original image of
+        ``image_size`` (the view's input stage), through the transforms right to left.
+
+        Raises:
+            PolicyError: a transform is not axis-aligned (a free rotation); names the view.
+
+        Example:
+            >>> View((Rot90(1), HFlip())).invert_boxes(torch.tensor([[0., 0., 4., 2.]]), (10, 30))
+            tensor([[28.,  6., 30., 10.]])
+        """
+        sizes = self.sizes(image_size)
+        try:
+            for t, s in zip(reversed(self.transforms), reversed(sizes[:-1])):
+                boxes = t.invert_boxes(boxes, s)
+        except PolicyError as e:
+            raise PolicyError(f"view {self.name!r}: {e}") from e
+        return boxes

@@ -15,12 +15,12 @@ import torch
 
 from .. import __version__
 from ..errors import TTAKitError
-from . import evaluate, predict, search, soup
+from . import evaluate, export, predict, report, search, soup
 
 __all__ = ["build_parser", "main"]
 
 # Each command module adds its subcommands; registered statically, in help order.
-_COMMANDS = (predict, evaluate, search, soup)
+_COMMANDS = (predict, evaluate, search, soup, report, export)
 
 
 class _Parser(argparse.ArgumentParser):

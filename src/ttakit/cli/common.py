@@ -11,6 +11,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -21,11 +22,13 @@ from ..evaluation.evaluate import EvalOptions
 from ..merge import list_merges
 from ..models import DEFAULT_MODEL, LoadedModel, load_model
 from ..policy import list_presets
+from ..runtime.backends import PRECISIONS, Backend, TorchBackend, create_backend, list_backends
 from ..runtime.config import RunConfig, default_run_config, tune_run_config
 from ..runtime.distributed import DistContext
 from ..tasks.classify import CONFIDENCE, ClassificationTTA
 
 __all__ = [
+    "Loaded",
     "add_data_args",
     "add_model_args",
     "add_policy_args",
@@ -65,7 +68,8 @@ def _micro_batch(text: str) -> str | int:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--model``, ``--weights``, ``--labels``, ``--device``, ``--amp``, ``--micro-batch``, ``--compile``."""
+    """``--model``, ``--weights``, ``--labels``, ``--device``, ``--amp``, ``--micro-batch``, ``--compile``,
+    ``--backend``, ``--precision``."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name (default: {DEFAULT_MODEL})")
     g.add_argument("--weights", default=None,
@@ -77,6 +81,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--micro-batch", default=None, type=_micro_batch,
                    help="images per model forward, or 'auto' to measure once per device and cache (default: per device)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    g.add_argument("--backend", choices=list_backends(), default="torch",
+                   help="what runs the model: torch (default), or an ONNX export (cached) run by onnxruntime or "
+                   "openvino (pip install 'ttakit[onnx]' / 'ttakit[openvino]')")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16: torch autocast, or OpenVINO's inference precision where the CPU has bf16 (default: fp32)")
 
 
 def add_policy_args(p: argparse.ArgumentParser, many: bool = False) -> None:
@@ -124,29 +133,47 @@ def resolve_device(name: str | None) -> torch.device:
     return dev
 
 
-def load(args: argparse.Namespace) -> tuple[LoadedModel, torch.device, RunConfig]:
-    """The model, device and run config that the model options name."""
+class Loaded(NamedTuple):
+    """What the model options resolve to (see :func:`load`)."""
+
+    lm: LoadedModel
+    device: torch.device
+    run_config: RunConfig
+    backend: Backend  # what runs lm.model: pass it to classification_tta / evaluate
+
+
+def load(args: argparse.Namespace) -> Loaded:
+    """The model, device, run config and backend that the model options name."""
     lm = load_model(args.model, weights=args.weights, labels=args.labels)
     dev = resolve_device(args.device)
     lm.model.to(dev)
+    name, precision = getattr(args, "backend", "torch"), getattr(args, "precision", "fp32")
+    if name != "torch" and (args.amp or getattr(args, "compile", False)):
+        raise ConfigError(f"--amp and --compile are for the torch backend; with --backend {name} use --precision")
+    backend = None if name == "torch" else create_backend(
+        name, lm.model, input_size=lm.input_size, key=lm.name, precision=precision, device=dev)
     if args.micro_batch == "auto":
-        cfg = tune_run_config(lm.model, lm.input_size, dev)
+        cfg = tune_run_config(lm.model if backend is None else backend, lm.input_size, dev)
     else:
         cfg = default_run_config(dev)
+        if backend is not None:  # the ONNX runtimes take NCHW arrays: a channels-last copy would be undone
+            cfg = replace(cfg, channels_last=False)
         if args.micro_batch:
             cfg = replace(cfg, micro_batch=args.micro_batch)
-    if args.amp:
-        cfg = replace(cfg, amp_dtype=AMP[args.amp])
+    if args.amp or (backend is None and precision == "bf16"):
+        cfg = replace(cfg, amp_dtype=AMP[args.amp or "bf16"])
     if getattr(args, "compile", False):
         lm = replace(lm, model=torch.compile(lm.model))
-    return lm, dev, cfg
+    return Loaded(lm, dev, cfg, backend or TorchBackend(lm.model))
 
 
-def classification_tta(lm: LoadedModel, cfg: RunConfig, args: argparse.Namespace) -> ClassificationTTA:
-    """The wrapper that ``--tta``, ``--merge``, ``--adaptive`` and ``--confidence`` describe."""
+def classification_tta(lm: LoadedModel, cfg: RunConfig, args: argparse.Namespace,
+                       backend: Backend | None = None) -> ClassificationTTA:
+    """The wrapper that ``--tta``, ``--merge``, ``--adaptive`` and ``--confidence`` describe,
+    run by ``backend`` (default: the torch model)."""
     return ClassificationTTA(
         lm.model, args.tta, args.merge, norm=lm.normalization, run_config=cfg,
-        adaptive=args.adaptive, confidence=args.confidence, data_config=lm.data_config,
+        adaptive=args.adaptive, confidence=args.confidence, data_config=lm.data_config, backend=backend,
     )
 
 

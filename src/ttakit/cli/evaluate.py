@@ -10,6 +10,7 @@ from typing import Any
 from ..evaluation.evaluate import evaluate
 from ..policy import create_policy
 from .common import add_data_args, add_policy_args, eval_options, load, load_data, progress_bar
+from .detect import add_detect_args, cmd_evaluate as _cmd_evaluate_detect
 
 __all__ = ["format_table", "register"]
 
@@ -37,13 +38,15 @@ def format_table(results: dict[str, Any], per_view: dict[str, float] | None = No
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.task == "detect":
+        return _cmd_evaluate_detect(args)
     options = eval_options(args)
-    lm, dev, cfg = load(args)
+    lm, dev, cfg, backend = load(args)
     # Rows are named by the policy exactly as written (a preset, text or a JSON path).
     policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
     data = load_data(args, lm, args.data)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
-        res = evaluate(lm, data, policies, args.merge, args.out, cfg, options, dev, progress=bar)
+        res = evaluate(lm, data, policies, args.merge, args.out, cfg, options, dev, progress=bar, backend=backend)
     if not res:  # not rank 0
         return 0
     print(format_table(res["results"], res["per_view"]))
@@ -61,4 +64,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score plain and TTA policies on a labelled dataset")
     add_data_args(p)
     add_policy_args(p, many=True)
+    add_detect_args(p, evaluate=True)
     p.set_defaults(func=_cmd_evaluate)

@@ -14,6 +14,7 @@ from ..predict import ClassScore, ImagePrediction, predict_images
 from ..tasks.classify import ClassificationTTA
 from ..viz import save_view_grid
 from .common import add_model_args, add_policy_args, classification_tta, load, positive_int
+from .detect import add_detect_args, cmd_predict as _cmd_predict_detect, cmd_views as _cmd_views_detect
 
 __all__ = ["format_predictions", "predictions_to_json", "register"]
 
@@ -71,10 +72,12 @@ def format_predictions(lm: LoadedModel, tta: ClassificationTTA, preds: Sequence[
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if args.task == "detect":
+        return _cmd_predict_detect(args)
     paths = args.images or [str(example_image_path())]
     images = [load_image(p) for p in paths]  # a bad file fails before the model loads
-    lm, _, cfg = load(args)
-    tta = classification_tta(lm, cfg, args)
+    lm, _, cfg, backend = load(args)
+    tta = classification_tta(lm, cfg, args, backend)
     preds = predict_images(lm, paths, tta, k=args.topk, images=images)
     if args.json:
         print(json.dumps(predictions_to_json(lm, tta, preds), indent=2))
@@ -84,9 +87,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_views(args: argparse.Namespace) -> int:
+    if args.task == "detect":
+        return _cmd_views_detect(args)
     image = load_image(args.image)
-    lm, _, cfg = load(args)
-    tta = classification_tta(lm, cfg, args)
+    lm, _, cfg, backend = load(args)
+    tta = classification_tta(lm, cfg, args, backend)
     pred = predict_images(lm, [args.image], tta, k=1, images=[image])[0]
     shown = dict(pred.views)
     titles = [f"{v.name}\n" + (f"{shown[v.name].label[:28]} {shown[v.name].prob:.1%}" if v.name in shown else "not run (confident)")
@@ -104,6 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="*", help="image files (default: the bundled example photo)")
     add_model_args(p)
     add_policy_args(p)
+    add_detect_args(p)
     p.add_argument("--topk", type=positive_int, default=5, help="classes to show (default: 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     p.set_defaults(func=_cmd_predict)
@@ -113,4 +119,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output picture (.png)")
     add_model_args(p)
     add_policy_args(p)
+    add_detect_args(p)
     p.set_defaults(func=_cmd_views)

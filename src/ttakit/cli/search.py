@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation.evaluate import evaluate
+from ..evaluation.report import write_report
 from ..evaluation.search import SearchOptions, search_policy
 from ..evaluation.store import load_logits
 from ..models import LoadedModel
 from ..policy import Policy, create_policy, save_policy
+from ..runtime.backends import Backend
 from ..runtime.config import RunConfig
 from ..runtime.distributed import DistContext
 from .common import add_data_args, eval_options, load, load_data, positive_int, progress_bar
@@ -19,13 +21,13 @@ __all__ = ["register"]
 
 
 def _pool_logits(args: argparse.Namespace, lm: LoadedModel, cfg: RunConfig, dev: Any, pool: Policy,
-                 data_arg: str, sub: str) -> Any:
+                 data_arg: str, sub: str, backend: Backend | None = None) -> Any:
     """Evaluate the whole pool once (every rank takes part); rank 0 reads the logits back."""
     options = eval_options(args)
     data = load_data(args, lm, data_arg)
     out = Path(args.out) / sub
     with progress_bar(len(data.head(options.limit)), f"pool ({sub})", options.quiet) as bar:
-        done = evaluate(lm, data, [pool], None, out, cfg, options, dev, progress=bar)
+        done = evaluate(lm, data, [pool], None, out, cfg, options, dev, progress=bar, backend=backend)
     return load_logits(out) if done else None
 
 
@@ -54,10 +56,10 @@ def _print_search(policy: Policy, path: Path) -> None:
 def _cmd_search(args: argparse.Namespace) -> int:
     options = SearchOptions(budget=args.budget, objective=args.objective, folds=args.folds,
                             learn_weights=args.learn_weights, target_cost=args.target_cost, name=args.name)
-    lm, dev, cfg = load(args)
+    lm, dev, cfg, backend = load(args)
     pool = create_policy(args.pool or "search_pool", lm.data_config)
-    on_data = _pool_logits(args, lm, cfg, dev, pool, args.data, "data")
-    on_val = _pool_logits(args, lm, cfg, dev, pool, args.val, "val") if args.val else None
+    on_data = _pool_logits(args, lm, cfg, dev, pool, args.data, "data", backend)
+    on_val = _pool_logits(args, lm, cfg, dev, pool, args.val, "val", backend) if args.val else None
     if not DistContext.from_env().is_main:
         return 0
     logits, labels, _, _ = on_data
@@ -66,6 +68,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     policy = search_policy(pool, logits, labels, options, selection, provenance)
     path = save_policy(policy, Path(args.out) / "policy.json")
     _print_search(policy, path)
+    # The pool's report again, now with the search trace (evaluate wrote it before the search).
+    page = write_report(Path(args.out) / "data", search_policy_path=path, class_names=lm.class_names,
+                        data_config=lm.data_config, options=eval_options(args))
+    print(f"wrote {page}")
     return 0
 
 

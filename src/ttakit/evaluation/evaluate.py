@@ -20,17 +20,20 @@ from torch import Tensor
 
 from ..data import InputRenderer
 from ..datasets import LabelledImages, make_loader
-from ..errors import ConfigError, DatasetError
-from ..merge import get_merge, merge_logits
+from ..errors import DatasetError
+from ..merge import merge_logits
 from ..models import LoadedModel
 from ..policy import Policy, parse_view
+from ..runtime.backends import Backend
 from ..runtime.config import RunConfig, prepare_model, timed
 from ..runtime.distributed import DistContext
 from ..runtime.loop import RenderedInputs, run_views
-from ..tasks.classify import CONFIDENCE, ClassifyRule, TTAResult, classify_views
+from ..tasks.classify import TTAResult
 from ..transforms import View
 from ..viz import plot_accuracy
 from .metrics import TEMPERATURES, MetricAccumulator
+from .report import write_report
+from .scoring import EvalOptions, PolicyRun, classify_stored, policy_runs, union_views
 from .stats import compare
 from .store import LogitStore, fingerprint, plan_chunks
 
@@ -48,85 +51,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class PolicyRun:
-    """One row of the results: a policy with one merge.
-
-    Attributes:
-        key: name in ``results.json`` (the policy as written, ``@merge`` added when several
-            merges are asked for; ``plain`` for the plain model).
-        policy: the policy.
-        merge: the merge name (resolved once, in :func:`policy_runs`).
-    """
-
-    key: str
-    policy: Policy
-    merge: str
-
-    @property
-    def is_plain(self) -> bool:
-        return self.key == "plain"
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """Settings of an evaluation run.
-
-    Attributes:
-        batch_size: images per chunk (and per DataLoader batch), >= 1.
-        workers: DataLoader worker processes decoding images, >= 0.
-        limit: evaluate only the first N images (>= 1), or all.
-        strict: any unreadable file is an error instead of a skip.
-        quiet: no progress bar.
-        adaptive: confidence threshold for adaptive TTA (scored from the saved logits).
-        confidence: ``max_prob`` or ``margin``, the confidence used by ``adaptive``.
-
-    Example:
-        >>> EvalOptions(batch_size=0)
-        Traceback (most recent call last):
-        ...
-        ttakit.errors.ConfigError: batch_size must be a positive integer, got 0
-    """
-
-    batch_size: int = 32
-    workers: int = 2
-    limit: int | None = None
-    strict: bool = False
-    quiet: bool = False
-    adaptive: float | None = None
-    confidence: str = "max_prob"
-
-    def __post_init__(self) -> None:
-        for name, low in (("batch_size", 1), ("workers", 0), ("limit", 1)):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < low):
-                kind = "a positive" if low else "a non-negative"
-                raise ConfigError(f"{name} must be {kind} integer, got {value!r}")
-        if self.confidence not in CONFIDENCE:
-            raise ConfigError(f"confidence must be one of {', '.join(CONFIDENCE)}, got {self.confidence!r}")
-
-
-def union_views(policies: Sequence[Policy]) -> list[View]:
-    """Distinct views of all policies, the identity first (it is always needed for 'plain')."""
-    seen: dict[str, View] = {"identity": View()}
-    for p in policies:
-        for v in p.views:
-            seen.setdefault(v.name, v)
-    return list(seen.values())
-
-
-def policy_runs(policies: Sequence[Policy], merges: Sequence[str] | None) -> list[PolicyRun]:
-    """The plain row, then every policy x merge (merge names checked here, once)."""
-    runs = [PolicyRun("plain", Policy((View(),), name="plain"), "mean")]
-    for p in policies:
-        chosen = list(merges) if merges else [p.merge or "mean"]
-        for m in chosen:
-            get_merge(m)
-            key = p.name if len(chosen) == 1 else f"{p.name}@{m}"
-            runs.append(PolicyRun(key, p, m))
-    return runs
-
-
 # --------------------------------------------------------------------------- compute
 def compute_logits(
     lm: LoadedModel,
@@ -138,6 +62,7 @@ def compute_logits(
     device: torch.device,
     chunks: Sequence[tuple[int, int]] | None = None,
     progress: Callable[[int], Any] | None = None,
+    backend: Backend | None = None,
 ) -> None:
     """Compute and store the logits of every missing chunk (of ``chunks``: all by default).
 
@@ -146,6 +71,7 @@ def compute_logits(
     :func:`run_views` call (views of one size share forwards). The chunk's model time is recorded per view, shared
     in proportion to each view's pixels, so that every policy's cost can be reported.
     ``progress(n)`` is called with the number of images done (chunks already stored count).
+    ``backend`` runs the model (default: ``lm.model`` itself; see :mod:`ttakit.runtime.backends`).
     """
     chunks = plan_chunks(len(data), options.batch_size) if chunks is None else chunks
     todo = [c for c in chunks if not store.has(c[0])]
@@ -163,6 +89,7 @@ def compute_logits(
 
     pixels = torch.tensor([view_pixels(v) for v in views], dtype=torch.float64)
     share = pixels / pixels.sum()  # (U,) each view's share of the chunk's model time
+    run_model = lm.model if backend is None else backend
     for (start, stop), (idx, x, bad) in zip(todo, loader):
         if bad and options.strict:
             i, reason = bad[0]
@@ -173,7 +100,7 @@ def compute_logits(
             x = RenderedInputs(x).to(device)
             outs: list[Tensor] = []
             with torch.inference_mode():
-                total = timed(lambda: outs.extend(run_views(lm.model, x, views, lm.normalization, run_config)), device)
+                total = timed(lambda: outs.extend(run_views(run_model, x, views, lm.normalization, run_config)), device)
             logits = torch.stack([o.float().cpu() for o in outs], dim=1)  # (n, U, C)
             seconds = share * total
         ids = torch.tensor(idx, dtype=torch.long)
@@ -183,21 +110,6 @@ def compute_logits(
 
 
 # --------------------------------------------------------------------------- scoring
-def classify_stored(logits: Tensor, columns: dict[str, int], run: PolicyRun, options: EvalOptions) -> TTAResult:
-    """Merge stored logits ``(n, U, C)`` for one row through the one classification path
-    (:func:`~ttakit.tasks.classify.classify_views`), adaptive as the options or policy say."""
-    threshold = None if run.is_plain else options.adaptive
-    rule = ClassifyRule.from_policy(run.policy, run.merge, threshold, options.confidence)
-    if run.is_plain:
-        rule = ClassifyRule(rule.merge)  # the plain model: no temperature, never adaptive
-
-    def fetch(rows: Tensor | None, views: Sequence[View]) -> Tensor:
-        sub = logits if rows is None else logits[rows]
-        return sub[:, [columns[v.name] for v in views]]
-
-    return classify_views(fetch, logits.shape[0], run.policy.views, rule)
-
-
 @dataclass
 class RowScores:
     """Streaming state of one results row.
@@ -364,15 +276,19 @@ def evaluate(
     options: EvalOptions = EvalOptions(),
     device: torch.device | str = "cpu",
     progress: Callable[[int], Any] | None = None,
+    backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Evaluate the plain model and every policy x merge on ``data``; write ``results.json``,
-    ``per_image.csv``, ``per_view.json``, ``accuracy.png`` and the logits into ``out_dir``.
+    ``per_image.csv``, ``per_view.json``, ``accuracy.png``, ``report.html`` (see
+    :func:`~ttakit.evaluation.report.write_report`) and the logits into ``out_dir``.
 
     Under torchrun the chunks are dealt out to the ranks; rank 0 gathers them, scores and
-    writes; the other ranks return ``{}``.
+    writes; the other ranks return ``{}``. ``backend`` runs the model (default: ``lm.model``);
+    a backend other than torch is part of the stored logits' fingerprint.
 
     Returns:
-        The ``results.json`` document plus ``per_view``. Each policy row also holds its paired
+        The ``results.json`` document plus ``per_view`` and ``written`` (the report's path,
+        in a list). Each policy row also holds its paired
         comparison with plain (``delta_top1``, ``ci_top1``, ``p_value``, ``delta_nll``,
         ``ci_nll``, ``significant``, ``images_needed`` and a one-line ``verdict``).
 
@@ -391,11 +307,14 @@ def evaluate(
     runs = policy_runs(policies, merges)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    store = dist.run_once(lambda: LogitStore(out, fingerprint(lm, data, union_views(policies), options.batch_size)))
+    fp = fingerprint(lm, data, union_views(policies), options.batch_size)
+    if backend is not None and backend.label != "torch":  # torch runs keep the fingerprint they always had
+        fp["backend"] = backend.label
+    store = dist.run_once(lambda: LogitStore(out, fp))
     views = [parse_view(n) for n in store.fingerprint["views"]]  # a reused run may hold more views
     mine = dist.shard(plan_chunks(len(data), options.batch_size))
     report = progress if dist.is_main else None
-    dist.run_checked(lambda: compute_logits(lm, data, views, store, run_config, options, device, mine, report))
+    dist.run_checked(lambda: compute_logits(lm, data, views, store, run_config, options, device, mine, report, backend))
     dist.gather_chunks(store, mine)
     if not dist.is_main:
         dist.barrier()
@@ -416,5 +335,7 @@ def evaluate(
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "per_view.json").write_text(json.dumps(scores.per_view, indent=2) + "\n")
     plot_accuracy(scores.results, out / "accuracy.png")
+
+    page = write_report(out, class_names=lm.class_names, data_config=lm.data_config, options=options)
     dist.barrier()
-    return {**doc, "per_view": scores.per_view}
+    return {**doc, "per_view": scores.per_view, "written": [page]}

@@ -40,10 +40,12 @@ def plan_chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
 class LogitStore:
     """``DIR/logits/``: one safetensors file per chunk plus ``run.json``, the fingerprint of
     what was asked. A later run on the same folder must ask the same model, data and chunking,
-    and views that the folder holds (the same or fewer): it then reuses the stored logits."""
+    and views that the folder holds (the same or fewer): it then reuses the stored logits.
+    ``subdir`` names the folder (other tasks store their per-view outputs the same way, e.g.
+    ``detections``)."""
 
-    def __init__(self, out_dir: str | Path, fingerprint: dict[str, Any]) -> None:
-        self.dir = Path(out_dir) / "logits"
+    def __init__(self, out_dir: str | Path, fingerprint: dict[str, Any], subdir: str = "logits") -> None:
+        self.dir = Path(out_dir) / subdir
         self.fingerprint = fingerprint
         meta = self.dir / "run.json"
         if meta.exists():

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import ConfigError
 
@@ -101,7 +101,7 @@ def prepare_model(model: nn.Module, config: RunConfig) -> nn.Module:
 
 
 def tune_run_config(
-    model: nn.Module,
+    model: nn.Module | Callable[[Tensor], Any],
     input_size: tuple[int, int],
     device: torch.device | str = "cpu",
     candidates: Sequence[int] | None = None,
@@ -112,24 +112,29 @@ def tune_run_config(
     ``device``, once, and remember it (``cache_dir() / "run_config.json"``) under the device,
     model class, input size and torch version.
 
-    The model's memory format is left as it was found.
+    ``model`` may also be a backend (any callable, see :mod:`ttakit.runtime.backends`): it is
+    named by its ``cache_key`` and only the micro-batch is tuned (contiguous inputs; the ONNX
+    runtimes take NCHW arrays). The model's memory format is left as it was found.
     """
     dev = torch.device(device)
     if candidates is None:  # CPUs like cache-sized batches; GPUs want to be filled
         candidates = (32, 64, 128, 256) if dev.type == "cuda" else (4, 8, 16, 32)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu{os.cpu_count()}"
-    ident = key or f"{name}|{type(model).__name__}|{sum(p.numel() for p in model.parameters())}|{input_size}|{torch.__version__}"
+    is_module = isinstance(model, nn.Module)
+    what = sum(p.numel() for p in model.parameters()) if is_module else getattr(model, "cache_key", "")
+    ident = key or f"{name}|{type(model).__name__}|{what}|{input_size}|{torch.__version__}"
     path = cache_dir() / "run_config.json"
     table = json.loads(path.read_text()) if cache and path.exists() else {}
     if ident in table:
         return RunConfig(**table[ident])
-    first = next(model.parameters(), None)
+    first = next(model.parameters(), None) if is_module else None
     was_cl = first is not None and first.ndim == 4 and first.is_contiguous(memory_format=torch.channels_last)
     timings: dict[tuple[bool, int], float] = {}
     with torch.inference_mode():
         for _ in range(2):  # the first pass warms every kernel up; the second is kept
-            for cl in (True, False):
-                model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            for cl in ((True, False) if is_module else (False,)):
+                if is_module:
+                    model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
                 for mb in candidates:
                     x = torch.randn(mb, 3, *input_size, device=dev)
                     x = x.contiguous(memory_format=torch.channels_last) if cl else x
@@ -138,7 +143,8 @@ def tune_run_config(
                     timings[(cl, mb)] = times[1]  # median per image
     cl, mb = min(timings, key=timings.__getitem__)
     best = RunConfig(mb, cl)
-    model.to(memory_format=torch.channels_last if was_cl else torch.contiguous_format)
+    if is_module:
+        model.to(memory_format=torch.channels_last if was_cl else torch.contiguous_format)
     if cache:
         table[ident] = {"micro_batch": best.micro_batch, "channels_last": best.channels_last}
         path.parent.mkdir(parents=True, exist_ok=True)

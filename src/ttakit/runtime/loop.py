@@ -126,13 +126,21 @@ def as_view_inputs(x: Tensor | ViewInputs) -> ViewInputs:
 
 # --------------------------------------------------------------------------- output trees
 def _not_a_tree(out: Any) -> PolicyError:
-    return PolicyError(f"model output of type {type(out).__name__} is not a tensor, dict or tuple of tensors")
+    return PolicyError(f"model output of type {type(out).__name__} is not a tensor, dict or tuple of tensors "
+                       "(or a list of per-image dicts)")
+
+
+def _is_records(out: Any) -> bool:
+    """A list of per-image dicts (torchvision detection output): sliced and joined as a list."""
+    return isinstance(out, list) and bool(out) and isinstance(out[0], dict)
 
 
 def _tree_cat(parts: Sequence[Any]) -> Any:
     first = parts[0]
     if isinstance(first, Tensor):
         return torch.cat(list(parts), dim=0)
+    if _is_records(first):
+        return [r for p in parts for r in p]
     if isinstance(first, dict):
         return {k: _tree_cat([p[k] for p in parts]) for k in first}
     if isinstance(first, (tuple, list)):
@@ -141,7 +149,7 @@ def _tree_cat(parts: Sequence[Any]) -> Any:
 
 
 def _tree_slice(out: Any, start: int, stop: int) -> Any:
-    if isinstance(out, Tensor):
+    if isinstance(out, Tensor) or _is_records(out):
         return out[start:stop]
     if isinstance(out, dict):
         return {k: _tree_slice(v, start, stop) for k, v in out.items()}

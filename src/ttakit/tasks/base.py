@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..data import InputRenderer, PhotoLike, to_photo
 from ..policy import Policy, PolicyLike, create_policy
+from ..runtime.backends import Backend, resolve_backend
 from ..runtime.config import RunConfig, default_run_config, model_device, prepare_model
 from ..runtime.loop import RenderedInputs, ViewInputs, run_views
 from ..errors import PolicyError
@@ -37,6 +38,8 @@ class TTABase(nn.Module):
             With ``channels_last`` the model's parameters are converted once, in place.
         data_config: timm data config (input size, interpolation, crop, mean, std) used to
             turn photos into model inputs; resolved from the model when not given.
+        backend: what runs the model: ``"torch"`` (default), ``"onnxruntime"``, ``"openvino"``
+            (an fp32 ONNX export, cached) or a :class:`~ttakit.runtime.backends.Backend`.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class TTABase(nn.Module):
         norm: Normalization | None = None,
         run_config: RunConfig | None = None,
         data_config: Mapping[str, Any] | None = None,
+        backend: str | Backend | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -55,6 +59,9 @@ class TTABase(nn.Module):
         self.norm = norm or Normalization(tuple(self.data_config["mean"]), tuple(self.data_config["std"]))
         self.run_config = run_config or default_run_config(model_device(model))
         prepare_model(model, self.run_config)
+        # A Backend is not an nn.Module, so this plain attribute is not registered as a submodule
+        # (state_dict, .to() and .eval() stay the model's).
+        self.backend: Backend = resolve_backend(backend, model, input_size=tuple(self.data_config["input_size"][-2:]))
         w = self.policy.weights
         # None means equal weights, which merges may treat more cheaply than explicit ones.
         self.register_buffer("view_weights", None if w is None else torch.tensor(w, dtype=torch.float32), persistent=False)
@@ -96,4 +103,4 @@ class TTABase(nn.Module):
 
     def run(self, x: Tensor | ViewInputs, views: Sequence[View] | None = None) -> list[Any]:
         """Each view's raw model output, batch dimension first (see :func:`run_views`)."""
-        return run_views(self.model, x, self.views if views is None else views, self.norm, self.run_config)
+        return run_views(self.backend, x, self.views if views is None else views, self.norm, self.run_config)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..merge import get_merge, merge_logits
 from ..policy import Policy, PolicyLike
+from ..runtime.backends import Backend
 from ..runtime.config import RunConfig
 from ..runtime.loop import ViewInputs
 from ..transforms import Normalization, View
@@ -175,6 +176,8 @@ class ClassificationTTA(TTABase):
         confidence: ``"max_prob"`` (default) or ``"margin"`` (top-1 minus top-2 probability).
         data_config: timm data config used to turn photos into inputs (from the model if
             ``None``); needed by views with an input stage (``input=256:1.0``).
+        backend: ``"torch"`` (default), ``"onnxruntime"``, ``"openvino"`` or a
+            :class:`~ttakit.runtime.backends.Backend` (see :class:`TTABase`).
 
     Calls take preprocessed ``(B, C, H, W)`` images, or photos (paths, PIL images, uint8
     tensors): each photo is decoded once and every input stage is rendered from it.
@@ -200,8 +203,9 @@ class ClassificationTTA(TTABase):
         adaptive: float | None = None,
         confidence: str = "max_prob",
         data_config: Mapping[str, Any] | None = None,
+        backend: str | Backend | None = None,
     ) -> None:
-        super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config)
+        super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config, backend=backend)
         self.merge_name = merge or self.policy.merge or "mean"
         self.confidence_name = confidence
         self.rule = ClassifyRule.from_policy(self.policy, self.merge_name, adaptive, confidence)
@@ -211,11 +215,11 @@ class ClassificationTTA(TTABase):
         return self.rule.threshold
 
     def with_run_config(self, **changes: Any) -> ClassificationTTA:
-        """A copy with some :class:`RunConfig` fields changed (same model object)."""
+        """A copy with some :class:`RunConfig` fields changed (same model and backend objects)."""
         return ClassificationTTA(
             self.model, self.policy, self.merge_name, norm=self.norm,
             run_config=replace(self.run_config, **changes), adaptive=self.adaptive,
-            confidence=self.confidence_name, data_config=self.data_config,
+            confidence=self.confidence_name, data_config=self.data_config, backend=self.backend,
         )
 
     @torch.inference_mode()

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .. import functional as Fn
 from ..errors import ConfigError, PolicyError, ShapeError, TTAKitError, check_shape
 from ..policy import PolicyLike
+from ..runtime.backends import Backend
 from ..runtime.config import RunConfig
 from ..runtime.loop import ViewInputs, as_view_inputs
 from ..transforms import Input, Normalization
@@ -110,6 +111,7 @@ class SegmentationTTA(TTABase):
             the merged probabilities), returned by :meth:`predict`.
         output_size: the plain output grid ``(H', W')``; inferred from the views otherwise.
         data_config: timm data config turning photos into inputs (from the model if ``None``).
+        backend: ``"torch"`` (default), ``"onnxruntime"``, ``"openvino"`` or a backend object.
 
     Calls take ``(B, C, H, W)`` images, or photos for policies with input stages (multi-scale
     inference from the source photo, ``input(224:0.875,320:0.875)``): each stage's prediction
@@ -140,8 +142,9 @@ class SegmentationTTA(TTABase):
         norm: Normalization | None = None,
         run_config: RunConfig | None = None,
         data_config: Mapping[str, Any] | None = None,
+        backend: str | Backend | None = None,
     ) -> None:
-        super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config)
+        super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config, backend=backend)
         self._merge = _pick(_DENSE_MERGES, merge, "merge", PolicyError)  # as for classification merges
         self._activation = _pick(_ACTIVATIONS, activation, "activation")
         self._uncertainty = None if uncertainty is None else _pick(_UNCERTAINTY, uncertainty, "uncertainty")
@@ -247,8 +250,9 @@ class KeypointsTTA(TTABase):
         norm: Normalization | None = None,
         run_config: RunConfig | None = None,
         data_config: Mapping[str, Any] | None = None,
+        backend: str | Backend | None = None,
     ) -> None:
-        super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config)
+        super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config, backend=backend)
         self.flip_pairs = tuple((int(a), int(b)) for a, b in (flip_pairs or ()))
 
     def _swap(self, n: int) -> Tensor:

@@ -1,0 +1,338 @@
+"""Backend benchmark: torch vs ONNX Runtime vs OpenVINO on the default model at 224 px.
+
+Run: ``python benchmarks/bench_backends.py`` (``--quick`` for a smoke run; ``--out FILE`` writes
+the tables). Four parts, each a Markdown table with its ratios:
+
+1. the model alone: images/s per backend at batch 1, 4 and 16;
+2. ``evaluate`` end to end on the sample photos (decode, views, forward, merge, files) per
+   policy and backend, each backend with its own tuned micro-batch; the ratio to torch, and a
+   check that every stored per-view top-1 equals torch's, with the largest |logit| difference;
+3. ``ClassificationTTA`` run by onnxruntime against ttach's ``ClassificationTTAWrapper``
+   (torch, one forward per view) on the same photos, after checking that they agree on top-1;
+4. the exported hflip graph (``ttakit export``) against the exported plain model, both in
+   onnxruntime: the cost ratio (2 is the cost of two forwards).
+
+Contenders are interleaved and repeated; medians are reported. On a GPU machine
+``--device cuda --backends torch,torch-bf16,torch-compile,onnxruntime-cuda,onnxruntime-tensorrt``
+runs the model part for the GPU variants (see ``gpu_bench.sh``); unavailable ones are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ttakit
+from ttakit.datasets import detect_dataset
+from ttakit.errors import BackendError
+from ttakit.evaluation.evaluate import EvalOptions, evaluate
+from ttakit.evaluation.store import load_logits
+from ttakit.runtime.backends import Backend, TorchBackend, create_backend
+from ttakit.runtime.config import RunConfig, default_run_config, prepare_model, timed, tune_run_config
+from ttakit.runtime.export import export_tta
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "imagenet-sample"
+TARGETS = {"hflip": 1.4, "d4": 1.7}  # evaluate e2e, onnxruntime vs torch
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_avg() -> str:
+    try:
+        return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# --------------------------------------------------------------------------- contenders
+def make_backend(spec: str, lm: ttakit.LoadedModel, device: torch.device) -> Backend:
+    """``torch``, ``torch-bf16``, ``torch-compile``, ``onnxruntime[-cuda|-tensorrt]``, ``openvino``."""
+    common = {"input_size": lm.input_size, "key": lm.name}
+    if spec == "torch":
+        return TorchBackend(lm.model)
+    if spec == "torch-bf16":
+        return TorchBackend(lm.model, "bf16")
+    if spec == "torch-compile":
+        return TorchBackend(torch.compile(lm.model))
+    if spec == "onnxruntime":
+        return create_backend("onnxruntime", lm.model, providers=("cpu",), **common)
+    if spec.startswith("onnxruntime-"):
+        provider = spec.split("-", 1)[1]
+        providers = ("tensorrt", "cuda") if provider == "tensorrt" else (provider,)
+        return create_backend("onnxruntime", lm.model, device=device, providers=providers, **common)
+    if spec == "openvino":
+        return create_backend("openvino", lm.model, **common)
+    raise SystemExit(f"unknown contender {spec!r}")
+
+
+def run_config_for(spec: str, backend: Backend, lm: ttakit.LoadedModel, device: torch.device, micro: str) -> RunConfig:
+    """Each backend's micro-batch, tuned once per device and cached (``--micro-batch auto``)."""
+    is_torch = spec.startswith("torch")
+    if micro != "auto":
+        return RunConfig(int(micro), channels_last=is_torch)
+    if is_torch:
+        cfg = tune_run_config(lm.model, lm.input_size, device)
+        return RunConfig(cfg.micro_batch, cfg.channels_last, torch.bfloat16 if spec == "torch-bf16" else None)
+    return tune_run_config(backend, lm.input_size, device)
+
+
+def photos(lm: ttakit.LoadedModel, n: int) -> torch.Tensor:
+    """n preprocessed sample photos (random images where the folder is absent)."""
+    files = sorted(SAMPLE.glob("*.JPEG"))[:n] if SAMPLE.is_dir() else []
+    if not files:
+        return torch.randn(n, 3, *lm.input_size)
+    return ttakit.preprocess(files, lm.transform())
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median wall time of each contender, rounds interleaved (machine drift hits all alike)."""
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    with torch.inference_mode():
+        for fn in contenders.values():
+            fn()  # warm-up
+        for _ in range(repeats):
+            for k, fn in contenders.items():
+                times[k].append(timed(fn, device))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# --------------------------------------------------------------------------- 1. the model alone
+def bench_model(backends: dict[str, Backend], device: torch.device, batches: list[int], repeats: int,
+                seconds: float) -> list[dict]:
+    rows = []
+    for bs in batches:
+        x = torch.randn(bs, 3, 224, 224, device=device)
+        xcl = x.contiguous(memory_format=torch.channels_last)
+
+        def loop(be: Backend, inp: torch.Tensor) -> Callable[[], int]:
+            def run() -> int:  # as many calls as fit in `seconds`
+                n, t0 = 0, time.perf_counter()
+                while n < 2 or time.perf_counter() - t0 < seconds:
+                    be(inp)
+                    n += 1
+                return n
+            return run
+
+        counts: dict[str, list[float]] = {k: [] for k in backends}
+        with torch.inference_mode():
+            for k, be in backends.items():
+                be(xcl if k.startswith("torch") else x)
+            for _ in range(repeats):
+                for k, be in backends.items():
+                    run = loop(be, xcl if k.startswith("torch") else x)
+                    t0 = time.perf_counter()
+                    n = run()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    counts[k].append(n * bs / (time.perf_counter() - t0))
+        row = {"batch": bs, **{k: statistics.median(v) for k, v in counts.items()}}
+        log(f"model batch {bs}: " + ", ".join(f"{k} {row[k]:.1f} img/s" for k in backends))
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- 2. evaluate e2e
+def bench_evaluate(lm, backends: dict[str, Backend], cfgs: dict[str, RunConfig], device, n: int, policies: list[str],
+                   workers: int, tmp: Path) -> list[dict]:
+    data = detect_dataset(SAMPLE, lm.class_names).head(n)
+    opts = EvalOptions(batch_size=32, workers=workers, quiet=True)
+    rows = []
+    for k, be in backends.items():  # warm-up: loader workers, kernels, sessions
+        evaluate(lm, data.head(32), [ttakit.create_policy("hflip")], None, tmp / f"warm-{k}", cfgs[k], opts, device,
+                 backend=be)
+    for policy in policies:
+        pol = [ttakit.create_policy(policy)]
+        secs, top1, logits = {}, {}, {}
+        for k, be in backends.items():
+            out = tmp / f"{policy}-{k}"
+            prepare_model(lm.model, cfgs[k])
+            res: dict = {}
+            secs[k] = timed(lambda: res.update(evaluate(lm, data, pol, None, out, cfgs[k], opts, device, backend=be)),
+                            device)
+            top1[k] = res["results"][policy]["top1"]
+            logits[k] = load_logits(out)[0]  # (N, U, C) every view of the policy
+            log(f"evaluate {policy} {k}: {len(data) / secs[k]:.2f} img/s, top-1 {top1[k]:.2%}")
+        ref = logits["torch"] if "torch" in logits else next(iter(logits.values()))
+        for k in backends:
+            same = bool((logits[k].argmax(-1) == ref.argmax(-1)).all())
+            rows.append({"policy": policy, "backend": k, "n": len(data), "views": ref.shape[1],
+                         "img_s": len(data) / secs[k], "vs_torch": secs.get("torch", secs[k]) / secs[k],
+                         "top1": top1[k], "same_top1": same, "max_diff": float((logits[k] - ref).abs().max()),
+                         "micro_batch": cfgs[k].micro_batch})
+    return rows
+
+
+# --------------------------------------------------------------------------- 3. vs ttach
+class _Softmax(torch.nn.Module):
+    def __init__(self, m: torch.nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.m(x), -1)
+
+
+def bench_ttach(lm, ort_backend: Backend, cfg: RunConfig, x: torch.Tensor, repeats: int, device) -> list[dict]:
+    import ttach
+
+    rows = []
+    for name, theirs in (("hflip", ttach.aliases.hflip_transform()), ("d4", ttach.aliases.d4_transform())):
+        ours = ttakit.ClassificationTTA(lm.model, name, run_config=cfg, norm=lm.normalization,
+                                        data_config=lm.data_config, backend=ort_backend)
+        wrapper = ttach.ClassificationTTAWrapper(_Softmax(lm.model), theirs, merge_mode="mean")
+
+        def run_ttach() -> torch.Tensor:  # as ttach's README shows it: a contiguous batch and model
+            lm.model.to(memory_format=torch.contiguous_format)
+            return wrapper(x)
+
+        with torch.inference_mode():
+            agree = int((ours(x).argmax(-1) == run_ttach().argmax(-1)).sum())
+        if agree != len(x):
+            raise SystemExit(f"{name}: ttakit+onnxruntime and ttach disagree on {len(x) - agree} of {len(x)} top-1s")
+        med = interleaved({"ttakit": lambda: ours(x), "ttach": run_ttach}, repeats, device)
+        rows.append({"policy": name, "n": len(x), "ttakit_img_s": len(x) / med["ttakit"],
+                     "ttach_img_s": len(x) / med["ttach"], "ratio": med["ttach"] / med["ttakit"]})
+        log(f"ttach {name}: {rows[-1]}")
+    return rows
+
+
+# --------------------------------------------------------------------------- 4. exported graphs
+def bench_graphs(lm, tmp: Path, batches: list[int], repeats: int) -> list[dict]:
+    import onnxruntime as ort
+
+    sessions = {}
+    for name in ("none", "hflip"):
+        path = export_tta(lm.model, name, tmp / f"{name}.onnx", data_config=lm.data_config)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sessions[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    rows = []
+    for bs in batches:
+        x = np.random.default_rng(0).standard_normal((bs, 3, *lm.input_size), dtype=np.float32)
+        med = interleaved({k: (lambda s=s: s.run(None, {"images": x})) for k, s in sessions.items()}, repeats,
+                          torch.device("cpu"))
+        rows.append({"batch": bs, "plain_ms": med["none"] * 1e3, "hflip_ms": med["hflip"] * 1e3,
+                     "ratio": med["hflip"] / med["none"]})
+        log(f"graphs batch {bs}: {rows[-1]}")
+    return rows
+
+
+# --------------------------------------------------------------------------- report
+def tables(meta: dict, model_rows, eval_rows, ttach_rows, graph_rows, names: list[str]) -> str:
+    out = [f"Machine: {meta['machine']}; torch {torch.__version__}, {meta['versions']}; model tf_efficientnet_lite0 "
+           f"at 224 px; load average {meta['load_start']} at start, {meta['load_end']} at the end; {meta['date']}.",
+           "", f"Command: `{meta['cmd']}`", ""]
+    if model_rows:
+        ref = "torch" if "torch" in names else names[0]
+        out += ["The model alone (images/s; ratio to " + ref + "):", "",
+                "| batch | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for r in model_rows:
+            cells = [f"{r[k]:.1f}" + ("" if k == ref else f" ({r[k] / r[ref]:.2f}x)") for k in names]
+            out.append(f"| {r['batch']} | " + " | ".join(cells) + " |")
+        out.append("")
+    if eval_rows:
+        out += ["`evaluate` end to end (decode, views, forward, merge, files):", "",
+                "| policy | backend | images | micro-batch | img/s | vs torch | target | top-1 | per-view top-1 = torch | "
+                "max abs logit diff |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in eval_rows:
+            target = f">= {TARGETS[r['policy']]}x" if r["backend"] == "onnxruntime" and r["policy"] in TARGETS else ""
+            out.append(f"| {r['policy']} | {r['backend']} | {r['n']} | {r['micro_batch']} | {r['img_s']:.2f} | "
+                       f"{r['vs_torch']:.2f}x | {target} | {r['top1']:.2%} | {'yes' if r['same_top1'] else 'NO'} | "
+                       f"{r['max_diff']:.2e} |")
+        out.append("")
+    if ttach_rows:
+        out += ["ClassificationTTA + onnxruntime vs ttach's ClassificationTTAWrapper (torch), same photos, same top-1s:",
+                "", "| policy | images | ttakit+onnxruntime img/s | ttach img/s | ratio (target >= 4x) |", "|---|---|---|---|---|"]
+        for r in ttach_rows:
+            out.append(f"| {r['policy']} | {r['n']} | {r['ttakit_img_s']:.2f} | {r['ttach_img_s']:.2f} | {r['ratio']:.2f}x |")
+        out.append("")
+    if graph_rows:
+        out += ["Exported graphs in onnxruntime (`ttakit export --tta hflip` vs `--tta none`):", "",
+                "| batch | plain ms | hflip ms | cost ratio (target <= 2.1) |", "|---|---|---|---|"]
+        for r in graph_rows:
+            out.append(f"| {r['batch']} | {r['plain_ms']:.1f} | {r['hflip_ms']:.1f} | {r['ratio']:.2f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backends", default=None,
+                   help="contenders (default cpu: torch,onnxruntime,openvino; cuda: torch,torch-bf16,torch-compile,"
+                   "onnxruntime-cuda,onnxruntime-tensorrt)")
+    p.add_argument("--batches", default="1,4,16", help="batch sizes of the model part")
+    p.add_argument("--seconds", type=float, default=1.0, help="time per round of the model part")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--images", type=int, default=500, help="photos of the evaluate part (0 skips it)")
+    p.add_argument("--policies", default="hflip,d4", help="policies of the evaluate part")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--micro-batch", default="auto", help="'auto' (tuned per backend, cached) or a number")
+    p.add_argument("--ttach-images", type=int, default=32, help="photos of the ttach part (0 skips it)")
+    p.add_argument("--skip-graphs", action="store_true", help="skip the exported-graph part")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, 40 photos, 8 for ttach")
+    p.add_argument("--out", default=None, help="also write the tables here")
+    args = p.parse_args()
+    if args.quick:
+        args.repeats, args.images, args.ttach_images, args.seconds = 1, 40, 8, 0.3
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    names = (args.backends or ("torch,torch-bf16,torch-compile,onnxruntime-cuda,onnxruntime-tensorrt" if gpu
+                               else "torch,onnxruntime,openvino")).split(",")
+    load_start = load_avg()
+    torch.manual_seed(0)
+    lm = ttakit.load_model()
+    lm.model.to(device)
+    prepare_model(lm.model, default_run_config(device))
+    backends: dict[str, Backend] = {}
+    for name in names:
+        try:
+            backends[name] = make_backend(name, lm, device)
+        except BackendError as e:  # e.g. no TensorRT on this machine: say so, go on
+            log(f"skipping {name}: {e}")
+    names = list(backends)
+    versions = []
+    for mod in ("onnxruntime", "openvino"):
+        try:
+            versions.append(f"{mod} {__import__(mod).__version__.split('-')[0]}")
+        except ImportError:
+            pass
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        model_rows = bench_model(backends, device, [int(b) for b in args.batches.split(",")], args.repeats, args.seconds)
+        cfgs = {k: run_config_for(k, be, lm, device, args.micro_batch) for k, be in backends.items()}
+        log("run configs: " + ", ".join(f"{k} {c.micro_batch}{' cl' if c.channels_last else ''}" for k, c in cfgs.items()))
+        eval_rows = []
+        if args.images and SAMPLE.is_dir() and not gpu:
+            eval_rows = bench_evaluate(lm, backends, cfgs, device, args.images, args.policies.split(","), args.workers, tmp)
+        ttach_rows = []
+        if args.ttach_images and "onnxruntime" in backends:
+            ttach_rows = bench_ttach(lm, backends["onnxruntime"], cfgs["onnxruntime"], photos(lm, args.ttach_images),
+                                     args.repeats, device)
+            prepare_model(lm.model, default_run_config(device))
+        graph_rows = [] if args.skip_graphs or gpu else bench_graphs(lm, tmp, [1, 16], args.repeats)
+    machine = (torch.cuda.get_device_name(device) if gpu else f"{platform.processor() or platform.machine()}, "
+               f"{os.cpu_count()} cores")
+    meta = {"machine": machine, "versions": ", ".join(versions), "date": date.today().isoformat(),
+            "load_start": load_start, "load_end": load_avg(), "cmd": "python " + " ".join(sys.argv)}
+    text = tables(meta, model_rows, eval_rows, ttach_rows, graph_rows, names)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""``--task detect`` of ``ttakit predict``, ``ttakit views`` and ``ttakit evaluate``.
+
+The detector is named by ``--detector``: ``MODULE:FUNCTION`` or ``path/file.py:FUNCTION`` (a
+callable returning a detection ``nn.Module`` or a :class:`~ttakit.tasks.detect.LoadedDetector`,
+given ``weights=PATH`` when ``--weights`` is), or a torchvision detection model name such as
+``fasterrcnn_mobilenet_v3_large_320_fpn`` (random weights unless ``--weights PATH``;
+``--num-classes``, default 91). Boxes are merged by ``--box-merge`` (wbf, nms, soft_nms,
+concat) with ``--box-option [MERGE.]KEY=VALUE`` options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..data import example_image_path, load_image
+from ..errors import ConfigError
+from ..evaluation.detect_eval import LABEL_MAPS, DetectScoring, evaluate_detection, load_coco_images
+from ..models import load_class_names
+from ..policy import create_policy
+from ..runtime.config import RunConfig, default_run_config
+from ..tasks.boxes import list_box_merges
+from ..tasks.detect import DetectionResult, DetectionTTA, LoadedDetector, load_detector
+from ..viz import _figure, _save
+from .common import eval_options, positive_int, progress_bar, resolve_device
+
+__all__ = [
+    "add_detect_args",
+    "cmd_evaluate",
+    "cmd_predict",
+    "cmd_views",
+    "format_detection_table",
+    "parse_box_options",
+]
+
+
+def add_detect_args(p: argparse.ArgumentParser, evaluate: bool = False) -> None:
+    """``--task`` and the detection options (``--detector``, ``--box-merge``, ...)."""
+    p.add_argument("--task", choices=("classify", "detect"), default="classify",
+                   help="classify (default) or detect: object detection with --detector")
+    g = p.add_argument_group("detection (--task detect)")
+    g.add_argument("--detector", default=None, metavar="SPEC",
+                   help="MODULE:FUNCTION or path/file.py:FUNCTION returning a detection model, or a torchvision "
+                   "detection model name (e.g. fasterrcnn_mobilenet_v3_large_320_fpn; random weights unless --weights)")
+    g.add_argument("--num-classes", type=positive_int, default=None,
+                   help="classes of a torchvision detector (default: 91, COCO's label ids)")
+    if evaluate:
+        g.add_argument("--annotations", default=None, metavar="COCO_JSON",
+                       help="COCO annotations whose images[].file_name are paths in DATA")
+        g.add_argument("--box-merge", action="append", default=None, choices=list_box_merges(),
+                       help="box merge (repeatable; default: wbf)")
+        g.add_argument("--label-map", choices=LABEL_MAPS, default="index",
+                       help="index: label i is the i-th category by id (default); id: labels are category ids")
+    else:
+        g.add_argument("--box-merge", default="wbf", choices=list_box_merges(), help="box merge (default: wbf)")
+        g.add_argument("--score-threshold", type=float, default=0.3,
+                       help="show boxes scoring at least this (default: 0.3)")
+    g.add_argument("--box-option", action="append", default=None, metavar="[MERGE.]KEY=VALUE",
+                   help="box-merge option, e.g. iou_threshold=0.6, wbf.conf_type=max (repeatable)")
+
+
+def parse_box_options(items: Sequence[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to options; values read as JSON where they can be (numbers,
+    true/false), else kept as text.
+
+    Example:
+        >>> parse_box_options(["iou_threshold=0.6", "wbf.conf_type=max"])
+        {'iou_threshold': 0.6, 'wbf.conf_type': 'max'}
+    """
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--box-option expects KEY=VALUE (e.g. iou_threshold=0.6), got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _load(args: argparse.Namespace) -> tuple[LoadedDetector, torch.device, RunConfig]:
+    if not args.detector:
+        raise ConfigError("--task detect needs --detector MODULE:FUNCTION or a torchvision detection model name "
+                          "(e.g. fasterrcnn_mobilenet_v3_large_320_fpn)")
+    if getattr(args, "merge", None):
+        raise ConfigError("--merge is for classification; with --task detect use --box-merge")
+    if args.micro_batch == "auto":
+        raise ConfigError("--micro-batch auto is for classification models; give a number with --task detect")
+    names = load_class_names(args.labels) if args.labels else None
+    det = load_detector(args.detector, args.weights, args.num_classes, names)
+    dev = resolve_device(args.device)
+    det.model.to(dev)
+    cfg = default_run_config(dev)
+    return det, dev, cfg if not args.micro_batch else dataclasses.replace(cfg, micro_batch=args.micro_batch)
+
+
+def _tta(det: LoadedDetector, cfg: RunConfig, args: argparse.Namespace) -> DetectionTTA:
+    return DetectionTTA(det.model, args.tta, args.box_merge, merge_options=parse_box_options(args.box_option),
+                        norm=det.normalization, run_config=cfg, data_config=det.data_config)
+
+
+# --------------------------------------------------------------------------- predict / views
+def _shown(det: LoadedDetector, rec: dict[str, torch.Tensor], threshold: float) -> list[dict[str, Any]]:
+    keep = rec["scores"] >= threshold
+    return [{"label": int(lab), "name": det.label_name(int(lab)), "score": round(float(s), 4),
+             "box": [round(float(v), 2) for v in b]}
+            for b, s, lab in zip(rec["boxes"][keep].cpu(), rec["scores"][keep].cpu(), rec["labels"][keep].cpu())]
+
+
+def _document(det: LoadedDetector, tta: DetectionTTA, paths: Sequence[str], res: DetectionResult,
+              threshold: float) -> dict[str, Any]:
+    return {
+        "task": "detect",
+        "model": det.name,
+        "policy": [v.name for v in tta.views],
+        "merge": tta.merge_name,
+        "images": [
+            {"path": p, "detections": _shown(det, res.detections[i], threshold),
+             "views": [{"name": v.name, "detections": _shown(det, r, threshold)}
+                       for v, r in zip(tta.views, res.views[i])]}  # type: ignore[index]
+            for i, p in enumerate(paths)
+        ],
+    }
+
+
+def _format(doc: dict[str, Any], det: LoadedDetector, threshold: float) -> str:
+    lines = []
+    for img in doc["images"]:
+        lines += [img["path"], f"  detector {det.name} ({det.weights}); policy {len(doc['policy'])} views, "
+                  f"merge {doc['merge']}; boxes scoring >= {threshold:g}"]
+        lines.append(f"  {'#':>3}  {'label':<24} {'score':>7}  box (x1, y1, x2, y2) in photo pixels")
+        for k, d in enumerate(img["detections"], 1):
+            lines.append(f"  {k:>3}  {d['name'][:24]:<24} {d['score']:7.2%}  ({', '.join(f'{v:.1f}' for v in d['box'])})")
+        if not img["detections"]:
+            lines.append("       (none)")
+        lines.append("  views:")
+        width = max(len(v["name"]) for v in img["views"])
+        for v in img["views"]:
+            top = ", ".join(f"{d['name'][:16]} {d['score']:.0%}" for d in v["detections"][:4])
+            lines.append(f"    {v['name']:<{width}}  {len(v['detections']):>3} boxes  {top}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``ttakit predict --task detect``: merged boxes per photo, and each view's."""
+    paths = [str(p) for p in (args.images or [example_image_path()])]
+    images = [load_image(p) for p in paths]  # a bad file fails before the model loads
+    det, _, cfg = _load(args)
+    tta = _tta(det, cfg, args)
+    doc = _document(det, tta, paths, tta.predict(images, keep_views=True), args.score_threshold)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(_format(doc, det, args.score_threshold), end="")
+    return 0
+
+
+def _draw(ax: Any, photo: Image.Image, dets: Sequence[dict[str, Any]], title: str) -> None:
+    from matplotlib.patches import Rectangle  # matplotlib is imported only to draw
+
+    ax.imshow(photo)
+    colours = "rgbcmy"
+    for d in dets:
+        x1, y1, x2, y2 = d["box"]
+        c = colours[d["label"] % len(colours)]
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=c, linewidth=1.5))
+        ax.text(x1, y1, f"{d['name'][:14]} {d['score']:.0%}", color="white", fontsize=6,
+                bbox={"facecolor": c, "alpha": 0.7, "pad": 1, "linewidth": 0})
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def cmd_views(args: argparse.Namespace) -> int:
+    """``ttakit views --task detect``: each view's boxes mapped back onto the photo, and the
+    merged boxes, one panel each."""
+    photo = load_image(args.image)
+    det, _, cfg = _load(args)
+    tta = _tta(det, cfg, args)
+    doc = _document(det, tta, [args.image], tta.predict([photo], keep_views=True), args.score_threshold)["images"][0]
+    panels = [(v["detections"], f"{v['name']}\n{len(v['detections'])} boxes") for v in doc["views"]]
+    panels.append((doc["detections"], f"merged ({tta.merge_name}, {len(tta.views)} views)\n{len(doc['detections'])} boxes"))
+    plt = _figure()
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (dets, title) in zip(axes.flat, panels):
+        _draw(ax, photo, dets, title)
+    fig.tight_layout()
+    out = _save(plt, fig, args.out)
+    print(f"wrote {out} ({len(tta.views)} views; {len(doc['detections'])} merged boxes scoring >= {args.score_threshold:g})")
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+def format_detection_table(results: dict[str, Any], per_view: dict[str, Any] | None = None) -> str:
+    """The printed table of ``ttakit evaluate --task detect``."""
+    head = f"{'policy':<34} {'merge':<9} {'views':>5} {'mAP':>7} {'mAP50':>7} {'mAP75':>7} {'img/s':>8}"
+    lines = [head, "-" * len(head)]
+
+    def pct(v: float | None) -> str:
+        return f"{v:7.2%}" if v is not None else f"{'-':>7}"
+
+    for key, r in results.items():
+        ips = f"{r['images_per_s']:8.1f}" if r.get("images_per_s") else f"{'-':>8}"
+        lines.append(f"{key[:34]:<34} {r['merge']:<9} {r['views']:>5} {pct(r['map'])} {pct(r['map50'])} "
+                     f"{pct(r['map75'])} {ips}")
+    if per_view:
+        lines += ["", "single views (mAP alone):"]
+        lines += [f"  {n:<40} {pct(m)}" for n, m in sorted(per_view.items(), key=lambda t: -(t[1] or 0))]
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``ttakit evaluate --task detect DATA --annotations coco.json``."""
+    if not args.annotations:
+        raise ConfigError("--task detect needs --annotations COCO_JSON naming the images of DATA")
+    options = eval_options(args)
+    data = load_coco_images(args.data, args.annotations)
+    det, dev, cfg = _load(args)
+    print(f"data: {data.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
+    policies = [dataclasses.replace(create_policy(t, det.data_config), name=t) for t in (args.tta or ["hflip"])]
+    scoring = DetectScoring(parse_box_options(args.box_option), args.label_map)
+    with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
+        res = evaluate_detection(det, data, policies, args.box_merge, args.out, cfg, options, scoring, dev, bar)
+    print(format_detection_table(res["results"], res["per_view"]))
+    if res["skipped"]:
+        print(f"\nskipped {len(res['skipped'])} file(s):")
+        for s in res["skipped"][:10]:
+            print(f"  {s['path']}: {s['reason']}")
+    print(f"\nwrote {Path(args.out) / 'results.json'}, per_view.json")
+    return 0

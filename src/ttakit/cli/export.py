@@ -1,0 +1,75 @@
+"""``ttakit export``: a model with its TTA policy as one ONNX graph (images in, probabilities out)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..merge import list_merges
+from ..models import DEFAULT_MODEL, load_model
+from ..policy import create_policy, list_presets
+from ..runtime.backends import DEFAULT_OPSET
+from ..runtime.export import TASKS, export_tta
+from .common import positive_int
+
+__all__ = ["register"]
+
+
+def _size(text: str) -> tuple[int, int]:
+    """argparse type: ``224`` or ``224x288``."""
+    parts = text.lower().split("x")
+    try:
+        hw = [int(p) for p in parts]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HxW in pixels, got {text!r}") from e
+    if len(hw) not in (1, 2) or min(hw) < 8:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HxW of at least 8 pixels, got {text!r}")
+    return hw[0], hw[-1]
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    policy = create_policy(args.tta)  # a bad policy fails before the model loads
+    lm = load_model(args.model, weights=args.weights, labels=args.labels)
+    cfg = dict(lm.data_config)
+    size = args.input_size or lm.input_size
+    if args.input_size:
+        cfg["input_size"] = (3, *size)
+    meta = {"ttakit.model": lm.name, "ttakit.model_weights": lm.weights}
+    if args.task == "classify":
+        meta["ttakit.class_names"] = list(lm.class_names)
+    path = export_tta(lm.model, policy, args.out, merge=args.merge, input_size=size, norm=lm.normalization,
+                      task=args.task, opset=args.opset, data_config=cfg, metadata=meta)
+    merge = (args.merge or policy.merge or "mean") if args.task == "classify" else "mean of softmax maps"
+    mb = Path(path).stat().st_size / 2**20
+    print(f"wrote {path} ({mb:.1f} MB, opset {args.opset}): {lm.name} ({lm.weights}), policy {policy.name} "
+          f"({len(policy.views)} views), merge {merge}")
+    h, w = size
+    print(f"  input  images (N, 3, {h}, {w}) float32: the model's preprocessing, {cfg.get('interpolation')} resize "
+          f"at crop_pct {cfg.get('crop_pct')}, then (pixel/255 - mean) / std with mean {tuple(cfg['mean'])}, "
+          f"std {tuple(cfg['std'])}")
+    out = f"(N, {lm.num_classes}) merged probabilities" if args.task == "classify" else "(N, K, h, w) mean probabilities"
+    print(f"  output probs {out}; the graph's metadata holds the policy and data config")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``export`` to the command parser."""
+    p = sub.add_parser("export", help="write the model and a TTA policy as one ONNX graph")
+    presets = ", ".join(list_presets())
+    p.add_argument("--tta", default="hflip", metavar="POLICY",
+                   help=f"preset ({presets}) or policy text of tensor-stage views (default: hflip)")
+    p.add_argument("--merge", default=None, choices=list_merges(),
+                   help="merge mode for --task classify (default: the policy's, else mean; vote does not export)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--task", choices=TASKS, default="classify",
+                   help="classify: merged class probabilities; segment: flips and quarter turns undone, "
+                   "mean of softmax maps (default: classify)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name (default: {DEFAULT_MODEL})")
+    p.add_argument("--weights", default=None,
+                   help="'hub' for timm's pretrained weights, or a .pth/.pt/.safetensors file "
+                   "(default: the embedded ImageNet weights of the default model)")
+    p.add_argument("--labels", default=None, help="class names: one per line, or a JSON list (stored in the graph)")
+    p.add_argument("--input-size", type=_size, default=None, metavar="SIZE",
+                   help="input SIZE or HxW of the graph (default: the model's data config)")
+    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    p.set_defaults(func=_cmd_export)

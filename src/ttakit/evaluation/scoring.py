@@ -1,0 +1,116 @@
+"""Rows of an evaluation and how stored logits become each row's predictions.
+
+The pieces both :mod:`~ttakit.evaluation.evaluate` (scoring a run) and
+:mod:`~ttakit.evaluation.report` (re-rendering it from the saved files) need: the row
+definition, the run options and :func:`classify_stored`, which sends stored logits through
+the one classification path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..merge import get_merge
+from ..policy import Policy
+from ..tasks.classify import CONFIDENCE, ClassifyRule, TTAResult, classify_views
+from ..transforms import View
+
+__all__ = ["EvalOptions", "PolicyRun", "classify_stored", "policy_runs", "union_views"]
+
+
+@dataclass(frozen=True)
+class PolicyRun:
+    """One row of the results: a policy with one merge.
+
+    Attributes:
+        key: name in ``results.json`` (the policy as written, ``@merge`` added when several
+            merges are asked for; ``plain`` for the plain model).
+        policy: the policy.
+        merge: the merge name (resolved once, in :func:`policy_runs`).
+    """
+
+    key: str
+    policy: Policy
+    merge: str
+
+    @property
+    def is_plain(self) -> bool:
+        return self.key == "plain"
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Settings of an evaluation run.
+
+    Attributes:
+        batch_size: images per chunk (and per DataLoader batch), >= 1.
+        workers: DataLoader worker processes decoding images, >= 0.
+        limit: evaluate only the first N images (>= 1), or all.
+        strict: any unreadable file is an error instead of a skip.
+        quiet: no progress bar.
+        adaptive: confidence threshold for adaptive TTA (scored from the saved logits).
+        confidence: ``max_prob`` or ``margin``, the confidence used by ``adaptive``.
+
+    Example:
+        >>> EvalOptions(batch_size=0)
+        Traceback (most recent call last):
+        ...
+        ttakit.errors.ConfigError: batch_size must be a positive integer, got 0
+    """
+
+    batch_size: int = 32
+    workers: int = 2
+    limit: int | None = None
+    strict: bool = False
+    quiet: bool = False
+    adaptive: float | None = None
+    confidence: str = "max_prob"
+
+    def __post_init__(self) -> None:
+        for name, low in (("batch_size", 1), ("workers", 0), ("limit", 1)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < low):
+                kind = "a positive" if low else "a non-negative"
+                raise ConfigError(f"{name} must be {kind} integer, got {value!r}")
+        if self.confidence not in CONFIDENCE:
+            raise ConfigError(f"confidence must be one of {', '.join(CONFIDENCE)}, got {self.confidence!r}")
+
+
+def union_views(policies: Sequence[Policy]) -> list[View]:
+    """Distinct views of all policies, the identity first (it is always needed for 'plain')."""
+    seen: dict[str, View] = {"identity": View()}
+    for p in policies:
+        for v in p.views:
+            seen.setdefault(v.name, v)
+    return list(seen.values())
+
+
+def policy_runs(policies: Sequence[Policy], merges: Sequence[str] | None) -> list[PolicyRun]:
+    """The plain row, then every policy x merge (merge names checked here, once)."""
+    runs = [PolicyRun("plain", Policy((View(),), name="plain"), "mean")]
+    for p in policies:
+        chosen = list(merges) if merges else [p.merge or "mean"]
+        for m in chosen:
+            get_merge(m)
+            key = p.name if len(chosen) == 1 else f"{p.name}@{m}"
+            runs.append(PolicyRun(key, p, m))
+    return runs
+
+
+def classify_stored(logits: Tensor, columns: dict[str, int], run: PolicyRun, options: EvalOptions) -> TTAResult:
+    """Merge stored logits ``(n, U, C)`` for one row through the one classification path
+    (:func:`~ttakit.tasks.classify.classify_views`), adaptive as the options or policy say."""
+    threshold = None if run.is_plain else options.adaptive
+    rule = ClassifyRule.from_policy(run.policy, run.merge, threshold, options.confidence)
+    if run.is_plain:
+        rule = ClassifyRule(rule.merge)  # the plain model: no temperature, never adaptive
+
+    def fetch(rows: Tensor | None, views: Sequence[View]) -> Tensor:
+        sub = logits if rows is None else logits[rows]
+        return sub[:, [columns[v.name] for v in views]]
+
+    return classify_views(fetch, logits.shape[0], run.policy.views, rule)
