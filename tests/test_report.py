@@ -148,7 +148,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with _one_thread():
         res = evaluate(lm, detect_dataset(data, CLASSES), policies, None, out,
                        RunConfig(16, False), EvalOptions(batch_size=4, workers=0, quiet=True))
-    assert res["written"] == [out / "report.html"]
+    assert res["written"] == [str(out / "report.html")]
     (out / "report.first.html").write_text((out / "report.html").read_text())
     logits, labels, names, _ = load_logits(out)
     pool = Policy(tuple(parse_view(n) for n in names), name="pool")

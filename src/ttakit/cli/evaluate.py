@@ -54,7 +54,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"\nskipped {len(res['skipped'])} file(s):")
         for s in res["skipped"][:10]:
             print(f"  {s['path']}: {s['reason']}")
-    written = ", ".join(p.name for p in res.get("written", []))
+    written = ", ".join(Path(p).name for p in res.get("written", []))
     print(f"\nwrote {Path(args.out) / 'results.json'}" + (f", {written}" if written else ""))
     return 0
 

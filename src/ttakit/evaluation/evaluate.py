@@ -338,4 +338,4 @@ def evaluate(
 
     page = write_report(out, class_names=lm.class_names, data_config=lm.data_config, options=options)
     dist.barrier()
-    return {**doc, "per_view": scores.per_view, "written": [page]}
+    return {**doc, "per_view": scores.per_view, "written": [str(page)]}
