@@ -27,7 +27,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from .. import functional as Fn
 from ..errors import ConfigError, ModelLoadError, PolicyError, ShapeError, WeightsError, check_shape
+from ..models import LoadedModel
 from ..policy import PolicyLike
 from ..runtime.config import RunConfig
 from ..runtime.loop import ViewInputs, as_view_inputs
@@ -517,27 +518,11 @@ def yolo_adapter(
 
 # --------------------------------------------------------------------------- loading
 @dataclass(frozen=True)
-class LoadedDetector:
-    """A detector ready for :class:`DetectionTTA`, with what is needed to feed it.
-
-    Attributes:
-        model: the detector module (eval mode), in torchvision's output format.
-        name: what it was loaded from (``MODULE:FUNCTION`` or a torchvision model name).
-        weights: where its weights came from (a path, ``random``, or the loader's own).
-        data_config: timm-style data config: how photos become its input (``input_size``,
-            ``crop_pct``, ``interpolation``, ``mean``, ``std``, ``crop_mode``).
-        class_names: one name per label (labels are indices into it).
-    """
-
-    model: nn.Module
-    name: str
-    weights: str
-    data_config: Mapping[str, Any] = field(hash=False)
-    class_names: Sequence[str] = field(hash=False)
-
-    @property
-    def normalization(self) -> Normalization:
-        return Normalization(tuple(self.data_config["mean"]), tuple(self.data_config["std"]))
+class LoadedDetector(LoadedModel):
+    """A detector ready for :class:`DetectionTTA`: a :class:`~ttakit.models.LoadedModel` whose
+    ``model`` returns torchvision-format detections, ``name`` is what it was loaded from
+    (``MODULE:FUNCTION`` or a torchvision model name), ``data_config`` says how photos become
+    its input and ``class_names`` name its labels."""
 
     def label_name(self, label: int) -> str:
         return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
