@@ -122,6 +122,7 @@ def _run(tiny_lm, folder, out, **kw):
 
 
 def _strip_timing(doc):
+    doc.pop("written")  # report.html, in each run's own folder
     for r in doc["results"].values():
         r.pop("seconds"), r.pop("images_per_s")
     return doc
