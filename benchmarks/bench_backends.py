@@ -5,8 +5,9 @@ the tables). Four parts, each a Markdown table with its ratios:
 
 1. the model alone: images/s per backend at batch 1, 4 and 16;
 2. ``evaluate`` end to end on the sample photos (decode, views, forward, merge, files) per
-   policy and backend, each backend with its own tuned micro-batch; the ratio to torch, and a
-   check that every stored per-view top-1 equals torch's, with the largest |logit| difference;
+   policy and backend, each backend with its own tuned micro-batch, the photos in parts that
+   every backend runs in turn; the ratio to torch, and a check that every stored per-view
+   top-1 equals torch's, with the largest |logit| difference;
 3. ``ClassificationTTA`` run by onnxruntime against ttach's ``ClassificationTTAWrapper``
    (torch, one forward per view) on the same photos, after checking that they agree on top-1;
 4. the exported hflip graph (``ttakit export``) against the exported plain model, both in
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 import ttakit
-from ttakit.datasets import detect_dataset
+from ttakit.datasets import LabelledImages, detect_dataset
 from ttakit.errors import BackendError
 from ttakit.evaluation.evaluate import EvalOptions, evaluate
 from ttakit.evaluation.store import load_logits
@@ -146,8 +147,13 @@ def bench_model(backends: dict[str, Backend], device: torch.device, batches: lis
 
 # --------------------------------------------------------------------------- 2. evaluate e2e
 def bench_evaluate(lm, backends: dict[str, Backend], cfgs: dict[str, RunConfig], device, n: int, policies: list[str],
-                   workers: int, tmp: Path) -> list[dict]:
+                   workers: int, rounds: int, tmp: Path) -> list[dict]:
+    """Each policy's photos in ``rounds`` consecutive parts; every part is evaluated by every
+    backend in turn, so a change in the shared machine's speed hits all backends alike."""
     data = detect_dataset(SAMPLE, lm.class_names).head(n)
+    bounds = [round(i * len(data) / rounds) for i in range(rounds + 1)]
+    parts = [LabelledImages(data.paths[a:b], data.labels[a:b], data.layout, data.source)
+             for a, b in zip(bounds, bounds[1:]) if b > a]
     opts = EvalOptions(batch_size=32, workers=workers, quiet=True)
     rows = []
     for k, be in backends.items():  # warm-up: loader workers, kernels, sessions
@@ -155,23 +161,28 @@ def bench_evaluate(lm, backends: dict[str, Backend], cfgs: dict[str, RunConfig],
                  backend=be)
     for policy in policies:
         pol = [ttakit.create_policy(policy)]
-        secs, top1, logits = {}, {}, {}
-        for k, be in backends.items():
-            out = tmp / f"{policy}-{k}"
-            prepare_model(lm.model, cfgs[k])
-            res: dict = {}
-            secs[k] = timed(lambda: res.update(evaluate(lm, data, pol, None, out, cfgs[k], opts, device, backend=be)),
-                            device)
-            top1[k] = res["results"][policy]["top1"]
-            logits[k] = load_logits(out)[0]  # (N, U, C) every view of the policy
-            log(f"evaluate {policy} {k}: {len(data) / secs[k]:.2f} img/s, top-1 {top1[k]:.2%}")
-        ref = logits["torch"] if "torch" in logits else next(iter(logits.values()))
+        secs = {k: 0.0 for k in backends}
+        right = {k: 0 for k in backends}
+        logits: dict[str, list[torch.Tensor]] = {k: [] for k in backends}
+        for r, part in enumerate(parts):
+            for k, be in backends.items():
+                out = tmp / f"{policy}-{k}-{r}"
+                prepare_model(lm.model, cfgs[k])
+                res: dict = {}
+                secs[k] += timed(lambda: res.update(evaluate(lm, part, pol, None, out, cfgs[k], opts, device,
+                                                             backend=be)), device)
+                right[k] += round(res["results"][policy]["top1"] * len(part))
+                logits[k].append(load_logits(out)[0])  # (n, U, C) every view of the policy
+            log(f"evaluate {policy} round {r + 1}/{len(parts)}: "
+                + ", ".join(f"{k} {bounds[r + 1] / secs[k]:.2f} img/s" for k in backends))
+        cat = {k: torch.cat(v) for k, v in logits.items()}
+        ref = cat["torch"] if "torch" in cat else next(iter(cat.values()))
         for k in backends:
-            same = bool((logits[k].argmax(-1) == ref.argmax(-1)).all())
+            same = bool((cat[k].argmax(-1) == ref.argmax(-1)).all())
             rows.append({"policy": policy, "backend": k, "n": len(data), "views": ref.shape[1],
                          "img_s": len(data) / secs[k], "vs_torch": secs.get("torch", secs[k]) / secs[k],
-                         "top1": top1[k], "same_top1": same, "max_diff": float((logits[k] - ref).abs().max()),
-                         "micro_batch": cfgs[k].micro_batch})
+                         "top1": right[k] / len(data), "same_top1": same,
+                         "max_diff": float((cat[k] - ref).abs().max()), "micro_batch": cfgs[k].micro_batch})
     return rows
 
 
@@ -222,9 +233,15 @@ def bench_graphs(lm, tmp: Path, batches: list[int], repeats: int) -> list[dict]:
     rows = []
     for bs in batches:
         x = np.random.default_rng(0).standard_normal((bs, 3, *lm.input_size), dtype=np.float32)
-        med = interleaved({k: (lambda s=s: s.run(None, {"images": x})) for k, s in sessions.items()}, repeats,
-                          torch.device("cpu"))
-        rows.append({"batch": bs, "plain_ms": med["none"] * 1e3, "hflip_ms": med["hflip"] * 1e3,
+        sessions["none"].run(None, {"images": x})
+        single = timed(lambda: sessions["none"].run(None, {"images": x}), torch.device("cpu"))
+        calls = max(1, round(0.5 / single))  # about half a second per measurement: short calls are noisy
+
+        def loop(s) -> Callable[[], None]:
+            return lambda: [s.run(None, {"images": x}) for _ in range(calls)]
+
+        med = interleaved({k: loop(s) for k, s in sessions.items()}, repeats, torch.device("cpu"))
+        rows.append({"batch": bs, "plain_ms": med["none"] * 1e3 / calls, "hflip_ms": med["hflip"] * 1e3 / calls,
                      "ratio": med["hflip"] / med["none"]})
         log(f"graphs batch {bs}: {rows[-1]}")
     return rows
@@ -280,6 +297,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=500, help="photos of the evaluate part (0 skips it)")
     p.add_argument("--policies", default="hflip,d4", help="policies of the evaluate part")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5, help="parts of the photos, each run by every backend in turn")
     p.add_argument("--micro-batch", default="auto", help="'auto' (tuned per backend, cached) or a number")
     p.add_argument("--ttach-images", type=int, default=32, help="photos of the ttach part (0 skips it)")
     p.add_argument("--skip-graphs", action="store_true", help="skip the exported-graph part")
@@ -287,7 +305,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="also write the tables here")
     args = p.parse_args()
     if args.quick:
-        args.repeats, args.images, args.ttach_images, args.seconds = 1, 40, 8, 0.3
+        args.repeats, args.images, args.ttach_images, args.seconds, args.rounds = 1, 40, 8, 0.3, 2
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     names = (args.backends or ("torch,torch-bf16,torch-compile,onnxruntime-cuda,onnxruntime-tensorrt" if gpu
@@ -317,13 +335,14 @@ def main() -> None:
         log("run configs: " + ", ".join(f"{k} {c.micro_batch}{' cl' if c.channels_last else ''}" for k, c in cfgs.items()))
         eval_rows = []
         if args.images and SAMPLE.is_dir() and not gpu:
-            eval_rows = bench_evaluate(lm, backends, cfgs, device, args.images, args.policies.split(","), args.workers, tmp)
+            eval_rows = bench_evaluate(lm, backends, cfgs, device, args.images, args.policies.split(","), args.workers,
+                                       args.rounds, tmp)
         ttach_rows = []
         if args.ttach_images and "onnxruntime" in backends:
             ttach_rows = bench_ttach(lm, backends["onnxruntime"], cfgs["onnxruntime"], photos(lm, args.ttach_images),
                                      args.repeats, device)
             prepare_model(lm.model, default_run_config(device))
-        graph_rows = [] if args.skip_graphs or gpu else bench_graphs(lm, tmp, [1, 16], args.repeats)
+        graph_rows = [] if args.skip_graphs or gpu else bench_graphs(lm, tmp, [1, 16], args.repeats + 2)
     machine = (torch.cuda.get_device_name(device) if gpu else f"{platform.processor() or platform.machine()}, "
                f"{os.cpu_count()} cores")
     meta = {"machine": machine, "versions": ", ".join(versions), "date": date.today().isoformat(),

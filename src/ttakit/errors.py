@@ -17,6 +17,7 @@ __all__ = [
     "ModelLoadError",
     "PolicyError",
     "ShapeError",
+    "UnknownNameError",
     "WeightsError",
     "check_shape",
 ]
@@ -52,6 +53,23 @@ class WeightsError(TTAKitError, ValueError):
 
 class ImageLoadError(TTAKitError, OSError):
     """An input file is missing, is not an image, or could not be decoded."""
+
+
+class UnknownNameError(ConfigError, PolicyError):
+    """A name (merge, box merge, backend, preset, transform, confidence, ...) is not registered.
+
+    The one error of :class:`~ttakit.registry.Registry` for every family; it is both a
+    :class:`ConfigError` and a :class:`PolicyError`, so code catching either keeps working.
+
+    Attributes:
+        kind: the family (``merge``, ``backend``, ...).
+        name: the name asked for.
+        known: the registered names.
+    """
+
+    def __init__(self, message: str, kind: str = "", name: str = "", known: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.kind, self.name, self.known = kind, name, list(known)
 
 
 class ShapeError(TTAKitError, ValueError):
