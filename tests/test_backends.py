@@ -15,8 +15,9 @@ import timm
 import torch
 
 import ttakit
-from ttakit.errors import BackendError, ConfigError
-from ttakit.runtime.backends import BACKENDS, ModelExport, TorchBackend, create_backend, weights_digest
+from ttakit.errors import BackendError, ConfigError, UnknownNameError
+from ttakit.runtime.backends import BACKENDS, TorchBackend, create_backend
+from ttakit.runtime.onnx_cache import CachedExport, weights_digest
 from ttakit.runtime.config import tune_run_config
 
 pytest.importorskip("onnxruntime")
@@ -138,6 +139,15 @@ def test_wrappers_run_the_backend_without_registering_it(backends, tiny):
     assert (seg(x) - seg_ref).abs().max() < 1e-5
 
 
+def test_graph_backends_default_to_nchw_batches(backends, tiny):
+    # The runtimes take NCHW arrays: a channels-last batch would only be copied back.
+    for name in RUNTIMES:
+        assert backends[name].run_config("cpu").channels_last is False
+        assert ttakit.ClassificationTTA(tiny, "hflip", backend=backends[name]).run_config.channels_last is False
+    assert ttakit.ClassificationTTA(tiny, "hflip").run_config.channels_last is True  # torch keeps its default
+    assert backends["onnxruntime"].spinning is False
+
+
 def test_tune_run_config_takes_a_backend(backends):
     cfg = tune_run_config(backends["onnxruntime"], SIZE, candidates=(2, 4), cache=False)
     assert cfg.micro_batch in (2, 4) and cfg.channels_last is False
@@ -145,7 +155,7 @@ def test_tune_run_config_takes_a_backend(backends):
 
 def test_names_precisions_and_missing_packages_fail_with_what_to_do(tiny, monkeypatch):
     assert list(BACKENDS) == ["torch", "onnxruntime", "openvino"]
-    with pytest.raises(ConfigError, match="unknown backend 'tensorflow'; choose one of torch, onnxruntime, openvino"):
+    with pytest.raises(UnknownNameError, match="unknown backend 'tensorflow'.*; choose one of torch, onnxruntime, openvino"):
         create_backend("tensorflow", tiny, input_size=SIZE, key="t")
     with pytest.raises(ConfigError, match="precision must be one of fp32, bf16"):
         create_backend("onnxruntime", tiny, input_size=SIZE, key="t", precision="int8")
@@ -187,7 +197,7 @@ def test_torch_backend_bf16_autocasts(tiny):
 
 
 def test_export_check_rejects_a_wrong_runtime_answer(tiny):
-    export = ModelExport(tiny, key="test_resnet", input_size=SIZE, tag="test 0", cache=False)
+    export = CachedExport(tiny, key="test_resnet", input_size=SIZE, tag="test 0", cache=False)
 
     def broken(path):  # a runtime that answers something else
         return lambda x: [torch.zeros(x.shape[0], 10).numpy() + 1.0]

@@ -1,8 +1,7 @@
-"""Box merges of ttakit.tasks.boxes, checked against ensemble_boxes 1.0.9."""
+"""Box merges of ttakit.tasks.boxes, checked against ensemble_boxes 1.0.9, and their options."""
 
 from __future__ import annotations
 
-import doctest
 import math
 import warnings
 
@@ -13,11 +12,17 @@ from ensemble_boxes import soft_nms as eb_soft_nms
 from ensemble_boxes import weighted_boxes_fusion as eb_wbf
 from ensemble_boxes.ensemble_boxes_nms import cpu_soft_nms_float
 
-import ttakit.tasks.boxes as boxes_mod
-from ttakit.errors import PolicyError, ShapeError, TTAKitError
+import ttakit.tasks.boxes.engine as engine
+from ttakit.errors import ConfigError, ShapeError, TTAKitError, UnknownNameError
 from ttakit.tasks.boxes import (
     BOX_MERGES,
     CONF_TYPES,
+    ConcatOptions,
+    NMSOptions,
+    SoftNMSOptions,
+    WBFOptions,
+    box_merge_options,
+    box_options_for_run,
     concat,
     get_box_merge,
     list_box_merges,
@@ -137,8 +142,8 @@ def test_wbf_options_match(thr, skip, overflow):
 def test_wbf_dense_scene_merges_groups_and_matches(monkeypatch):
     """One class, crowded: first-guess groups interact, so they are merged and clustered again."""
     calls = []
-    real = boxes_mod._cluster_groups
-    monkeypatch.setattr(boxes_mod, "_cluster_groups", lambda *a: calls.append(1) or real(*a))
+    real = engine._cluster_groups
+    monkeypatch.setattr(engine, "_cluster_groups", lambda *a: calls.append(1) or real(*a))
     b, s, lab, v = clustered_detections(n_objects=20, n_views=5, per_view=6, n_classes=1, seed=7,
                                         size=(40, 50), jitter=0.12)
     ours = weighted_boxes_fusion(b, s, lab, v, 5, conf_type="box_and_model_avg", image_size=(40, 50))
@@ -260,7 +265,7 @@ def test_nms_matches_ensemble_boxes():
     b, s, lab, v = clustered_detections(n_objects=10, n_views=3, per_view=5, n_classes=3, seed=11)
     b = inside_image(b)
     weights = torch.tensor([2.0, 1.0, 1.0])
-    ours = get_box_merge("nms")(b, s, lab, v, 3, weights, iou_threshold=0.5, image_size=SIZE)
+    ours = get_box_merge("nms")(b, s, lab, v, 3, weights, NMSOptions(iou_threshold=0.5), image_size=SIZE)
     # method 3 is ensemble_boxes' hard NMS; weights scale scores by w / w.sum() there too
     theirs = per_label_reference(b, s * weights[v] / weights.sum(), lab, method=3, thr=0.5, thresh=0.0)
     assert_same(ours, theirs, atol=1e-6)
@@ -287,7 +292,8 @@ def test_soft_nms_matches_ensemble_boxes(method):
 def test_soft_nms_with_view_weights_matches_ensemble_boxes():
     b, s, lab, v = random_detections(60, 2, 2, 13)
     b = b.clamp(min=0).clamp(max=torch.tensor([SIZE[1], SIZE[0], SIZE[1], SIZE[0]], dtype=torch.float32))
-    ours = get_box_merge("soft_nms")(b, s, lab, v, 2, [1.0, 3.0], method="gaussian", rescore=False, image_size=SIZE)
+    opts = SoftNMSOptions(method="gaussian", rescore=False)
+    ours = get_box_merge("soft_nms")(b, s, lab, v, 2, [1.0, 3.0], opts, image_size=SIZE)
     theirs = run_eb(eb_soft_nms, *per_view_lists(b, s, lab, v, 2), method=2, iou_thr=0.3, weights=[1.0, 3.0])
     assert_same(ours, theirs, atol=1e-6)
 
@@ -307,21 +313,92 @@ def test_concat_keeps_every_box_sorted():
     weighted = get_box_merge("concat")(b, s, lab, v, 3, [1.0, 1.0, 2.0])
     assert weighted[1].sum().item() == pytest.approx((s * torch.tensor([1.0, 1.0, 2.0])[v] / 4).sum().item(), rel=1e-5)
     assert torch.equal(concat(b, s, lab)[0], out[0])
+    with_options = get_box_merge("concat")(b, s, lab, v, 3, None, ConcatOptions())
+    assert all(torch.equal(x, y) for x, y in zip(with_options, out))
 
 
 # --------------------------------------------------------------------------- registry and errors
 def test_registry_names_and_unknown_name():
-    assert set(BOX_MERGES) == {"wbf", "nms", "soft_nms", "concat"} and list_box_merges() == list(BOX_MERGES)
-    with pytest.raises(PolicyError, match="wbf.*nms.*soft_nms.*concat") as err:
+    assert list(BOX_MERGES) == list_box_merges() == ["wbf", "nms", "soft_nms", "concat"]  # the default first
+    with pytest.raises(UnknownNameError, match="did you mean 'wbf'.*choose one of wbf, nms, soft_nms, concat") as err:
         get_box_merge("wfb")
-    assert isinstance(err.value, TTAKitError)
+    assert isinstance(err.value, TTAKitError) and err.value.known == list_box_merges()
 
 
 def test_registry_passes_options():
     b, s, lab, v = clustered_detections(n_objects=6, n_views=3, per_view=3, n_classes=2, seed=15)
-    loose = get_box_merge("wbf")(b, s, lab, v, 3, None, iou_threshold=0.3)
-    tight = get_box_merge("wbf")(b, s, lab, v, 3, None, iou_threshold=0.8)
+    loose = get_box_merge("wbf")(b, s, lab, v, 3, None, WBFOptions(iou_threshold=0.3))
+    tight = get_box_merge("wbf")(b, s, lab, v, 3, None, WBFOptions(iou_threshold=0.8))
     assert len(loose[0]) < len(tight[0])
+    assert all(torch.equal(x, y) for x, y in zip(get_box_merge("wbf")(b, s, lab, v, 3),
+                                                  weighted_boxes_fusion(b, s, lab, v, 3)))  # defaults
+    with pytest.raises(ConfigError, match="box merge 'nms' takes NMSOptions, got WBFOptions"):
+        get_box_merge("nms")(b, s, lab, v, 3, None, WBFOptions())
+
+
+# --------------------------------------------------------------------------- options
+def test_each_merge_has_its_options_dataclass_and_the_functions_share_its_defaults():
+    for name, entry in BOX_MERGES.items():
+        assert entry.options_type.merge == name
+    assert WBFOptions.keys() == ("iou_threshold", "skip_threshold", "conf_type", "allows_overflow")
+    assert SoftNMSOptions.keys() == ("iou_threshold", "sigma", "method", "score_threshold", "rescore")
+    assert NMSOptions.keys() == ("iou_threshold",) and ConcatOptions.keys() == ()
+    with pytest.raises(AttributeError):
+        WBFOptions().iou_threshold = 0.1  # frozen
+    assert NMSOptions(1).iou_threshold == 1.0 and isinstance(NMSOptions(1).iou_threshold, float)
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "message"), [
+    (WBFOptions, {"iou_threshold": 1.5}, "iou_threshold must be a number in \\[0, 1\\], got 1.5"),
+    (WBFOptions, {"skip_threshold": -0.1}, "skip_threshold must be a number in \\[0, 1\\]"),
+    (WBFOptions, {"conf_type": "mean"}, "conf_type must be one of avg, max, box_and_model_avg, absent_model_aware_avg"),
+    (WBFOptions, {"allows_overflow": "yes"}, "allows_overflow must be true or false"),
+    (NMSOptions, {"iou_threshold": "0.5"}, "iou_threshold must be a number"),
+    (NMSOptions, {"iou_threshold": True}, "iou_threshold must be a number"),
+    (SoftNMSOptions, {"sigma": 0}, "sigma must be a number > 0, got 0"),
+    (SoftNMSOptions, {"method": "cubic"}, "method must be one of linear, gaussian, got 'cubic'"),
+    (SoftNMSOptions, {"score_threshold": 2}, "score_threshold must be a number in"),
+    (SoftNMSOptions, {"rescore": 1}, "rescore must be true or false"),
+])
+def test_bad_option_values_fail_at_construction(cls, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        cls(**kwargs)
+
+
+def test_options_from_a_mapping_generic_and_per_merge_keys():
+    given = {"iou_threshold": 0.6, "skip_threshold": 0.1, "soft_nms.sigma": 0.2, "wbf.iou_threshold": 0.7}
+    opts = box_options_for_run(["wbf", "nms", "soft_nms", "concat"], given)
+    assert opts == {"wbf": WBFOptions(iou_threshold=0.7, skip_threshold=0.1),  # MERGE.KEY wins over KEY
+                    "nms": NMSOptions(iou_threshold=0.6),
+                    "soft_nms": SoftNMSOptions(iou_threshold=0.6, sigma=0.2),
+                    "concat": ConcatOptions()}  # concat in a run with options: no options, no error
+    assert box_merge_options("soft_nms", {"method": "gaussian"}) == SoftNMSOptions(method="gaussian")
+    assert box_merge_options("concat", {}) == box_merge_options("concat", None) == ConcatOptions()
+    assert box_merge_options("nms", NMSOptions(0.3)) == NMSOptions(0.3)
+
+
+@pytest.mark.parametrize(("merges", "given", "message"), [
+    (["wbf", "nms"], {"iou_treshold": 0.5},
+     "^no box merge of this run \\(wbf, nms\\) has an option 'iou_treshold'; "
+     "accepted keys: iou_threshold, skip_threshold, conf_type, allows_overflow$"),
+    (["nms"], {"sigma": 0.5}, "^box merge 'nms' has no option 'sigma'; accepted keys: iou_threshold$"),
+    (["concat"], {"iou_threshold": 0.5}, "^box merge 'concat' has no option 'iou_threshold'; concat takes no options$"),
+    (["wbf", "nms"], {"wbf.sigma": 0.5},
+     "^box merge 'wbf' has no option 'sigma'; accepted keys: iou_threshold, skip_threshold, conf_type, allows_overflow$"),
+    (["wbf"], {"nms.iou_threshold": 0.5}, "^box option 'nms.iou_threshold' is for 'nms', which this run does not use"),
+    (["wbf", "soft_nms"], {"soft_nms.iou_threshold": 1.2}, "^box merge 'soft_nms': iou_threshold must be a number in"),
+])
+def test_an_option_no_merge_of_the_run_takes_is_one_line_naming_the_accepted_keys(merges, given, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        box_options_for_run(merges, given)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="^box options \\(iou_threshold\\) given, but this run merges no boxes$"):
+        box_options_for_run([], {"iou_threshold": 0.5})
+    assert box_options_for_run([], {}) == {}
+    with pytest.raises(UnknownNameError, match="unknown box merge 'wfb'"):
+        box_options_for_run(["wbf"], {"wfb.iou_threshold": 0.5})
+    with pytest.raises(ConfigError, match="box merge 'wbf' takes WBFOptions, got NMSOptions"):
+        box_merge_options("wbf", NMSOptions())
 
 
 def test_bad_inputs_raise():
@@ -332,16 +409,13 @@ def test_bad_inputs_raise():
         nms(b, s[:4], lab)
     with pytest.raises(ShapeError):
         weighted_boxes_fusion(b, s, lab, v, 2, weights=[1.0, 1.0, 1.0])
-    with pytest.raises(PolicyError, match="conf_type"):
+    with pytest.raises(ConfigError, match="conf_type must be one of"):
         weighted_boxes_fusion(b, s, lab, v, 2, conf_type="mean")
-    with pytest.raises(PolicyError, match="linear"):
+    with pytest.raises(ConfigError, match="method must be one of linear, gaussian"):
         soft_nms(b, s, lab, method="cubic")
-    with pytest.raises(TTAKitError):
-        weighted_boxes_fusion(b, s, lab, v + 5, 2)  # view id out of range
-    with pytest.raises(TTAKitError):
+    with pytest.raises(ConfigError, match="view_ids must be in \\[0, 2\\)"):
+        weighted_boxes_fusion(b, s, lab, v + 5, 2)
+    with pytest.raises(ConfigError, match="iou_threshold must be a number in"):
         weighted_boxes_fusion(b, s, lab, v, 2, iou_threshold=1.5)
-
-
-def test_doctests_pass():
-    result = doctest.testmod(boxes_mod)
-    assert result.attempted >= 5 and result.failed == 0
+    with pytest.raises(ConfigError, match="iou_threshold must be a number in"):
+        nms(b, s, lab, iou_threshold=-0.5)

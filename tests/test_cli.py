@@ -28,7 +28,12 @@ def test_predict_default_prints_plain_and_tta_side_by_side(capsys):
     assert code == 0, err
     assert "tiger_cat.jpg" in out and "plain" in out and "tta" in out
     assert "tabby, tabby cat" in out and "tiger cat" in out
-    assert "views:" in out and "identity" in out and "hflip" in out
+    from ttakit.cli.predict import DEFAULT_POLICY  # chosen from evidence; see README
+
+    views = [v.strip() for v in DEFAULT_POLICY.split("+")]
+    assert "views:" in out and all(f"    {v} " in out for v in views) and f"({len(views)} views)" in out
+    code, out, _ = run(capsys, "predict", "--tta", "hflip")  # the flip alone, one flag away
+    assert code == 0 and "policy hflip (2 views)" in out and "    identity " in out
 
 
 def test_predict_json_schema(capsys):
@@ -75,7 +80,7 @@ def bad_files(tmp_path):
         ("text", ["predict", "{text}"], "notes.jpg: not an image file"),
         ("cut", ["predict", "{cut}"], "cut.jpg: corrupt or truncated image"),
         ("model", ["predict", CAT, "--model", "resnet_5000"], "unknown model 'resnet_5000'"),
-        ("preset", ["predict", CAT, "--tta", "d8"], "unknown preset or transform 'd8'"),
+        ("preset", ["predict", CAT, "--tta", "d8"], "unknown preset"),
         ("transform", ["predict", CAT, "--tta", "hflip*zoom(2)"], "unknown transform 'zoom'"),
         ("syntax", ["predict", CAT, "--tta", "hflip*(scale(1.1)"], "malformed policy"),
         ("weights", ["predict", CAT, "--weights", "{weights}"], "weights do not fit the model"),
@@ -131,3 +136,48 @@ def test_predict_adaptive_is_applied(capsys):
     unsure = tta_of("--adaptive", "1.01")["images"][0]  # everyone unsure: the full policy
     assert [c["index"] for c in unsure["tta"]] == [c["index"] for c in full["images"][0]["tta"]]
     assert [c["prob"] for c in unsure["tta"]] == pytest.approx([c["prob"] for c in full["images"][0]["tta"]], abs=1e-6)
+
+
+# --------------------------------------------------------------------------- one contract for every task
+def make_classifier() -> torch.nn.Module:  # tests/test_cli.py:make_classifier
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+
+
+def test_model_takes_module_function_for_classification(capsys):
+    code, out, err = run(capsys, "predict", CAT, "--model", f"{__file__}:make_classifier", "--json", "--topk", "2")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert len(doc["images"][0]["plain"]) == 2 and {c["index"] for c in doc["images"][0]["plain"]} <= {0, 1, 2, 3}
+
+
+def _run_flags(*argv):
+    from ttakit.cli import build_parser
+
+    return build_parser().parse_args(["evaluate", "data", "--out", "o", *argv])
+
+
+@pytest.mark.parametrize("task", ["classify", "detect", "segment"])
+def test_shared_run_flags_are_honoured_for_every_task(task):
+    from ttakit.cli.common import prepare_run
+
+    lm = ttakit.LoadedModel(make_classifier(), "tiny", "none", {"input_size": (3, 32, 32), "mean": (0.5,) * 3,
+                                                               "std": (0.5,) * 3}, ["a", "b", "c", "d"])
+    loaded = prepare_run(lm, _run_flags("--precision", "bf16", "--micro-batch", "3", "--device", "cpu"), task)
+    assert loaded.run_config.amp_dtype == torch.bfloat16 and loaded.run_config.micro_batch == 3
+    assert loaded.device == torch.device("cpu")
+    compiled = prepare_run(lm, _run_flags("--compile", "--amp", "fp16"), task)
+    assert compiled.lm.model is not lm.model and compiled.run_config.amp_dtype == torch.float16  # torch.compile'd
+
+
+def test_detection_refuses_an_onnx_backend_in_one_line(capsys, tmp_path):
+    argv = ["evaluate", "--task", "detect", str(tmp_path), "--annotations", str(tmp_path / "c.json"), "--model",
+            "fasterrcnn_mobilenet_v3_large_320_fpn", "--out", str(tmp_path / "o")]
+    (tmp_path / "c.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [],
+                                                 "categories": [{"id": 1, "name": "x"}]}))
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    for backend in ("onnxruntime", "openvino"):
+        code, out, err = run(capsys, *argv, "--backend", backend)
+        assert code == 2 and err.startswith("ttakit: error: --backend") and len(err.strip().splitlines()) == 1, err
+    code, out, err = run(capsys, *argv, "--micro-batch", "auto")
+    assert code == 2 and "--micro-batch auto" in err and len(err.strip().splitlines()) == 1

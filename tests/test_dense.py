@@ -11,7 +11,7 @@ from torch import nn
 
 from conftest import EXACT, RESAMPLED, SHIFTS, smooth_images
 from ttakit import KeypointsTTA, PolicyError, RunConfig, SegmentationTTA
-from ttakit.transforms import View
+from ttakit.views import View
 
 RC = RunConfig(16, False)
 
@@ -107,8 +107,10 @@ def test_dict_outputs_and_uncertainty():
     torch.testing.assert_close(res.output["score"], x.mean(dim=(1, 2, 3))[:, None])  # flips keep the mean
     assert set(res.uncertainty) == {"seg", "edge"} and res.uncertainty["edge"].shape == (2, 1, 32, 40)
     only_seg = SegmentationTTA(m, "hflip", dense_keys=["seg"], run_config=RC)(x)
-    assert only_seg["edge"].shape == (2, 1, 32, 40)  # averaged as is, not de-augmented
-    with pytest.raises(PolicyError, match="unknown merge"):
+    as_is = ((m.edge(x) + m.edge(x.flip(-1))) / 2).detach()  # each view's map averaged as the model gave it
+    torch.testing.assert_close(only_seg["edge"], as_is)
+    assert not torch.allclose(only_seg["edge"], m.edge(x), atol=1e-3)  # de-augmented, it would be the plain map
+    with pytest.raises(PolicyError, match="unknown dense merge 'median'"):
         SegmentationTTA(m, "hflip", merge="median")
 
 
@@ -165,9 +167,13 @@ def test_keypoint_round_trips_return_the_original_coordinates(policy):
     size = (40, 56)
     points = [(18.0, 15.0), (35.0, 22.0), (27.5, 19.0)]
     x = _blobs(points, size)
-    out, scores = KeypointsTTA(SoftArgmax(), policy, run_config=RC).predict(x)
+    model = SoftArgmax()
+    tta = KeypointsTTA(model, policy, run_config=RC)
+    out, scores = tta.predict(x)
     torch.testing.assert_close(out[0], torch.tensor(points), atol=0.3, rtol=0)
-    assert scores.shape == (1, 3)
+    # Scores are the mean of the views' own scores (each view's blob mass), not re-weighted or mapped.
+    per_view = torch.stack([model(v.apply(x, tta.norm))[1] for v in tta.views])  # (V, 1, 3)
+    torch.testing.assert_close(scores, per_view.mean(0))
 
 
 def test_flip_pairs_swap_left_and_right():

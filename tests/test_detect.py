@@ -3,8 +3,8 @@ evaluation with resume, and the command line."""
 
 from __future__ import annotations
 
-import doctest
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,21 +15,22 @@ from PIL import Image
 import ttakit
 from ttakit import Normalization, PolicyError, RunConfig
 from ttakit.cli import main
-from ttakit.cli import detect as detect_cli
-from ttakit.errors import ConfigError, ShapeError
-from ttakit.evaluation import detect_eval
+from ttakit.errors import ConfigError, ModelLoadError, ShapeError
 from ttakit.evaluation.detect_eval import DetectScoring, evaluate_detection, load_coco_images
 from ttakit.evaluation.evaluate import EvalOptions
 from ttakit.runtime.loop import _tree_cat, _tree_slice
 from ttakit.tasks import detect
+from ttakit.tasks.boxes import NMSOptions, WBFOptions
 from ttakit.tasks.detect import (
     DetectionTTA,
     LoadedDetector,
     function_adapter,
-    merge_options_for,
+    load_detector,
     yolo_adapter,
 )
-from ttakit.transforms import Crop, HFlip, Input, Resize, Rot90, Rotate, Scale, Shift, VFlip, View
+from ttakit.stages import Input
+from ttakit.transforms import Crop, HFlip, Resize, Rot90, Rotate, Scale, Shift, VFlip
+from ttakit.views import View
 
 RC = RunConfig(8, False)
 RAW = Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # tensors are pixels in [0, 1]
@@ -210,21 +211,38 @@ def test_class_aware_merging_and_view_weights():
     torch.testing.assert_close(res[0]["scores"], torch.tensor([0.75, 0.75]))
 
 
-def test_merge_options_are_checked_and_split_by_merge():
-    with pytest.raises(ConfigError, match="sigma"):
+def test_merge_options_are_checked_once_at_construction():
+    with pytest.raises(ConfigError, match="^box merge 'nms' has no option 'sigma'; accepted keys: iou_threshold$"):
         _tta("hflip", "nms", merge_options={"sigma": 0.5})
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="^box merge 'wbf': iou_threshold must be a number in \\[0, 1\\], got 2.0$"):
         _tta("hflip", "wbf", merge_options={"iou_threshold": 2.0})
-    with pytest.raises(PolicyError, match="unknown box merge"):
+    with pytest.raises(PolicyError, match="unknown box merge 'mean'"):
         _tta("hflip", "mean")
-    tta = _tta("hflip", "soft_nms", merge_options={"sigma": 0.1, "method": "gaussian"})
-    assert len(tta(_images())[0]["boxes"]) == 2
-    opts = {"iou_threshold": 0.6, "skip_threshold": 0.1, "soft_nms.sigma": 0.2}
-    assert merge_options_for("nms", opts) == {"iou_threshold": 0.6}
-    assert merge_options_for("wbf", opts) == {"iou_threshold": 0.6, "skip_threshold": 0.1}
-    assert merge_options_for("soft_nms", opts) == {"iou_threshold": 0.6, "sigma": 0.2}
-    with pytest.raises(ConfigError, match="no option"):
-        merge_options_for("nms", {"nms.sigma": 1.0})
+    assert _tta("hflip", "wbf", merge_options={"wbf.conf_type": "max"}).merge_options == WBFOptions(conf_type="max")
+    assert _tta("hflip", "nms", merge_options=NMSOptions(0.7)).merge_options == NMSOptions(0.7)
+    with pytest.raises(ConfigError, match="takes NMSOptions, got WBFOptions"):
+        _tta("hflip", "nms", merge_options=WBFOptions())
+
+
+class FixedBox(torch.nn.Module):
+    """One box at a fixed place whatever the image: a view that moves the image moves the
+    de-augmented box, so two views give two overlapping boxes with a known IoU."""
+
+    def forward(self, x):
+        box = torch.tensor([[8.0, 2.0, 20.0, 8.0]])
+        return [{"boxes": box, "scores": torch.tensor([0.7]), "labels": torch.tensor([0])} for _ in x]
+
+
+@pytest.mark.parametrize(("method", "sigma"), [("gaussian", 0.5), ("gaussian", 0.2), ("linear", 0.5)])
+def test_soft_nms_options_reach_the_merge_and_decay_by_the_formula(method, sigma):
+    # in a 30 px wide image, hflip maps [8, 20] to [10, 22]: IoU = 10 * 6 / (72 + 72 - 60) = 5 / 7
+    tta = DetectionTTA(FixedBox(), "hflip", "soft_nms", merge_options={"sigma": sigma, "soft_nms.method": method},
+                       norm=RAW, run_config=RC, data_config=DATA_CONFIG)
+    res = tta.predict(torch.zeros(1, 3, 12, 30), keep_views=True)
+    assert [v["boxes"].tolist() for v in res.views[0]] == [[[8.0, 2.0, 20.0, 8.0]], [[10.0, 2.0, 22.0, 8.0]]]
+    iou = 5 / 7
+    decay = math.exp(-iou ** 2 / sigma) if method == "gaussian" else 1 - iou  # linear: IoU 5/7 > 0.3
+    assert res.detections[0]["scores"].tolist() == pytest.approx([0.7, 0.7 * decay], rel=1e-6)
 
 
 def _photo(h: int = 100, w: int = 140, rects=((0, 50, 30, 80, 60), (1, 60, 40, 90, 75))) -> Image.Image:
@@ -331,14 +349,6 @@ def test_a_torchvision_detector_with_random_weights_end_to_end():
     torch.testing.assert_close(res.views[0][1]["boxes"], back[(back[:, 2] > back[:, 0]) & (back[:, 3] > back[:, 1])])
 
 
-def test_module_doctests():
-    for module in (detect, detect_eval, detect_cli, ttakit.transforms):
-        res = doctest.testmod(module, extraglobs={"torch": torch, "ttakit": ttakit,
-                                                  **{k: getattr(ttakit, k) for k in ttakit.__all__}},
-                              optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-        assert res.failed == 0, module.__name__
-
-
 # --------------------------------------------------------------------------- evaluation
 def _coco_set(root, n: int = 6):
     """PNG images with bright rectangles and their COCO annotations (category ids 1, 2 = labels 0, 1).
@@ -386,6 +396,16 @@ def make_detector() -> LoadedDetector:  # for the command line: tests/test_detec
     return _detector()
 
 
+def test_load_detector_from_a_file_spec():
+    det = load_detector(f"{__file__}:make_detector", class_names=["a", "b"])
+    assert isinstance(det.model, Counting) and not det.model.training
+    assert det.class_names == ["a", "b"] and det.label_name(1) == "b" and det.label_name(7) == "7"
+    with pytest.raises(ModelLoadError, match="detector '.*make_detector' takes no weights argument"):
+        load_detector(f"{__file__}:make_detector", weights="w.safetensors")
+    with pytest.raises(ModelLoadError, match="has no callable 'nothing_here'"):
+        load_detector(f"{__file__}:nothing_here")
+
+
 def test_evaluate_detect_perfect_detector_resume_and_reuse(tmp_path):
     folder, ann = _coco_set(tmp_path)
     data = load_coco_images(folder, ann)
@@ -416,9 +436,13 @@ def test_evaluate_detect_perfect_detector_resume_and_reuse(tmp_path):
                               DetectScoring({"sigma": 0.3}, label_map="id"))
     assert Counting.calls == 0
     assert only["results"]["plain"]["map"] < 0.6  # labels 0/1 read as ids: red boxes unscored, green called red
-    for typo in ({"iou_treshold": 0.5}, {"wbf.sigma": 0.5}, {"nms.iou_threshold": 0.5}):  # nms is not run
-        with pytest.raises(ConfigError):
-            evaluate_detection(_detector(), data, policies, ["soft_nms", "wbf"], out, RC, options, DetectScoring(typo))
+    typos = {"iou_treshold": "no box merge of this run \\(soft_nms, wbf\\) has an option 'iou_treshold'; accepted keys",
+             "wbf.sigma": "box merge 'wbf' has no option 'sigma'; accepted keys",
+             "nms.iou_threshold": "is for 'nms', which this run does not use"}  # nms is not run
+    for typo, message in typos.items():
+        with pytest.raises(ConfigError, match=message):
+            evaluate_detection(_detector(), data, policies, ["soft_nms", "wbf"], out, RC, options,
+                               DetectScoring({typo: 0.5}))
 
 
 def test_evaluate_detect_command_line(tmp_path, capsys):
@@ -426,10 +450,10 @@ def test_evaluate_detect_command_line(tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["evaluate", "--task", "detect", str(folder), "--annotations", str(ann), "--detector",
             f"{__file__}:make_detector", "--tta", "hflip", "--box-merge", "wbf", "--box-merge", "nms",
-            "--box-option", "iou_threshold=0.6", "--out", str(out), "--workers", "0", "--batch-size", "4", "--quiet"]
+            "--box-merge", "concat", "--box-option", "iou_threshold=0.6", "--out", str(out), "--workers", "0", "--batch-size", "4", "--quiet"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "hflip@wbf" in text and "hflip@nms" in text and "mAP50" in text
+    assert "hflip@wbf" in text and "hflip@nms" in text and "hflip@concat" in text and "mAP50" in text
     doc = json.loads((out / "results.json").read_text())
     assert doc["task"] == "detect" and doc["results"]["hflip@wbf"]["map"] == pytest.approx(1.0)
     assert main(argv) == 0  # resumed from the stored detections: the same table
@@ -463,8 +487,12 @@ def test_predict_and_views_task_detect(tmp_path, capsys):
     assert main(["predict", str(photo), "--task", "detect", "--detector", "fasterrcnn_mobilenet_v3_large_320_fpn",
                  "--num-classes", "3", "--tta", "hflip", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "fasterrcnn_mobilenet_v3_large_320_fpn"
-    for bad in (["--detector", "no_such_module_xyz:f"], ["--detector", "not_a_torchvision_model"], [],
-                ["--detector", f"{__file__}:make_detector", "--merge", "mean"]):
+    mine = ["--detector", f"{__file__}:make_detector"]
+    for bad, says in ((["--detector", "no_such_module_xyz:f"], "cannot import 'no_such_module_xyz'"),
+                      (["--detector", "not_a_torchvision_model"], "unknown torchvision detection model"),
+                      ([], "--detector"), ([*mine, "--merge", "mean"], "--box-merge"),
+                      ([*mine, "--box-merge", "concat", "--box-option", "iou_threshold=0.6"],
+                       "box merge 'concat' has no option 'iou_threshold'; concat takes no options")):
         assert main(["predict", str(photo), "--task", "detect", *bad]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("ttakit: error:") and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("ttakit: error:") and says in err and len(err.strip().splitlines()) == 1, err

@@ -89,3 +89,56 @@ def test_search_reuses_distributed_logits(setup):
     res = _torchrun(args)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "chosen policy" in res.stdout and (root / "search" / "policy.json").exists()
+
+
+# --------------------------------------------------------------------------- detection
+def make_detector():  # tests/test_distributed.py:make_detector
+    """test_detect's BrightBoxes: right on clean rectangles, off where the noise crosses 0.5."""
+    from ttakit.callables import import_callable
+    from ttakit.tasks.detect import LoadedDetector
+
+    bright = import_callable(f"{os.path.dirname(__file__)}/test_detect.py:BrightBoxes")
+
+    cfg = {"input_size": (3, 48, 48), "interpolation": "bilinear", "mean": (0.0,) * 3, "std": (1.0,) * 3,
+           "crop_pct": 1.0, "crop_mode": "center"}
+    return LoadedDetector(bright(), "bright", "none", cfg, ["red", "green", "blue"])
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coco")
+    (root / "img").mkdir()
+    g = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(10):
+        a = g.integers(0, 150 if i % 3 else 40, (48, 48, 3)).astype(np.uint8)  # some photos noisy enough to fool it
+        for label in (0, 1):
+            x1, y1, bw, bh = (int(v) for v in g.integers(2, 24, 4))
+            a[y1:y1 + bh // 2 + 4, x1:x1 + bw // 2 + 4, label] = 255
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": label + 1, "iscrowd": 0,
+                         "bbox": [x1, y1, bw // 2 + 4, bh // 2 + 4], "area": (bw // 2 + 4) * (bh // 2 + 4)})
+        Image.fromarray(a).save(root / "img" / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": 48, "width": 48})
+    (root / "img" / "broken.png").write_bytes(b"\x89PNG nope")
+    images.append({"id": 99, "file_name": "broken.png", "height": 48, "width": 48})
+    doc = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "red"}, {"id": 2, "name": "green"}]}
+    (root / "coco.json").write_text(json.dumps(doc))
+    return root
+
+
+def _detect_args(root, out):
+    return ["evaluate", "--task", "detect", str(root / "img"), "--annotations", str(root / "coco.json"), "--model",
+            f"{__file__}:make_detector", "--tta", "hflip", "--tta", "rot90(0,1)", "--box-merge", "wbf",
+            "--box-merge", "nms", "--batch-size", "3", "--workers", "0", "--quiet", "--out", str(out)]
+
+
+def test_detection_two_ranks_match_one_process(coco):
+    assert main(_detect_args(coco, coco / "single")) == 0
+    res = _torchrun(_detect_args(coco, coco / "multi"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    single, multi = _without_timing(coco / "single" / "results.json"), _without_timing(coco / "multi" / "results.json")
+    assert multi == single
+    assert multi["n_images"] == 11 and len(multi["skipped"]) == 1
+    assert 0 < single["results"]["plain"]["map"] < 1  # not a trivial detector: the intervals mean something
+    assert "ci_map" in single["results"]["hflip@wbf"]
+    assert (coco / "multi" / "per_image.csv").read_text() == (coco / "single" / "per_image.csv").read_text()

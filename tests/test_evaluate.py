@@ -15,7 +15,8 @@ from ttakit import ClassificationTTA, RunConfig, create_policy, load_image, load
 from ttakit.cli import main
 from ttakit.datasets import detect_dataset
 from ttakit.errors import DatasetError
-from ttakit.evaluation.evaluate import EvalOptions, compute_logits, evaluate, union_views
+from ttakit.evaluation.evaluate import ClassifyTask, EvalOptions, evaluate, union_views
+from ttakit.evaluation.pipeline import compute_outputs
 from ttakit.evaluation.store import LogitStore, fingerprint, load_logits, plan_chunks
 from ttakit.evaluation.metrics import MetricAccumulator, ece, nll, topk_accuracy
 from ttakit.evaluation.search import greedy_search, kfold_estimate, learn_weights, pick_adaptive_threshold
@@ -132,7 +133,8 @@ def test_evaluate_outputs_and_skips(tiny_lm, folder, tmp_path):
     res = _run(tiny_lm, folder, tmp_path / "run")
     out = tmp_path / "run"
     doc = json.loads((out / "results.json").read_text())
-    assert list(doc) == ["model", "weights", "data", "n_images", "skipped", "results"]
+    assert list(doc) == ["task", "model", "weights", "data", "n_images", "skipped", "results"]
+    assert doc["task"] == "classify"
     assert doc["n_images"] == 13
     assert doc["skipped"] == [{"path": str(folder / "dog" / "broken.png"), "reason": doc["skipped"][0]["reason"]}]
     assert "not an image" in doc["skipped"][0]["reason"]
@@ -200,8 +202,10 @@ def test_resume_gives_the_same_results(tiny_lm, folder, tmp_path):
     data = detect_dataset(folder, CLASSES)
     views = union_views([create_policy("hflip"), create_policy("d4")])
     store = LogitStore(tmp_path / "part", fingerprint(tiny_lm, data, views, 4))
-    compute_logits(tiny_lm, data, views, store, RunConfig(8, False), EvalOptions(batch_size=4, workers=0), torch.device("cpu"),
-                   plan_chunks(len(data), 4)[:2])
+    options = EvalOptions(batch_size=4, workers=0)
+    task = ClassifyTask(tiny_lm.class_names, torch.tensor(data.labels), options)
+    compute_outputs(task, tiny_lm, data, views, store, RunConfig(8, False), options, torch.device("cpu"),
+                    plan_chunks(len(data), 4)[:2])
     assert len(list((tmp_path / "part" / "logits").glob("chunk_*"))) == 2
     resumed = _strip_timing(json.loads(json.dumps(_run(tiny_lm, folder, tmp_path / "part"))))
     assert resumed == full
@@ -360,3 +364,18 @@ def test_a_subset_of_stored_views_reuses_the_logits(tiny_lm, folder, tmp_path):
     assert [c.stat().st_mtime_ns for c in chunks] == stamps  # nothing recomputed
     assert list(res["results"]) == ["plain", "hflip", "rot90(0,2)"]
     assert res["results"]["rot90(0,2)"]["views"] == 2
+
+
+def test_extra_row_scores_see_every_rows_merged_probabilities(tiny_lm, folder, tmp_path):
+    data = detect_dataset(folder, CLASSES)
+    seen = {}
+
+    def top1_again(probs, labels):  # an extra score recomputed from what it is given
+        seen.update(probs)
+        return {k: {"top1_again": float((p.argmax(1) == labels).float().mean())} for k, p in probs.items()}
+
+    res = evaluate(tiny_lm, data, [create_policy("hflip")], None, tmp_path / "x", RunConfig(8, False),
+                   EvalOptions(batch_size=4, workers=0, quiet=True), extras=[top1_again])
+    assert set(seen) == {"plain", "hflip"} and seen["plain"].shape == (len(data) - 1, len(CLASSES))  # one broken file
+    for row in res["results"].values():
+        assert row["top1_again"] == pytest.approx(row["top1"])

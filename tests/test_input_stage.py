@@ -11,9 +11,10 @@ from torch import nn
 from torchvision import transforms as T
 
 import ttakit
+from conftest import SAMPLE_DIR
 from ttakit import ClassificationTTA, Input, KeypointsTTA, PolicyError, RunConfig, SegmentationTTA
 from ttakit.data import InputRenderer, input_transform
-from ttakit.transforms import input_matrix
+from ttakit.stages import input_matrix
 
 RC = RunConfig(8, False)
 
@@ -38,20 +39,27 @@ def test_the_models_own_stage_is_the_identity_exactly(default_lm):
     assert torch.equal(a, b)
 
 
-def test_tutorial_preset_matches_the_tutorials_pipeline(default_lm, sample_dir):
-    """The tutorial: the model's own preprocessing and Resize(256)+CenterCrop(256), logits summed."""
+def test_tutorial_preset_matches_the_tutorials_pipeline(default_lm):
+    """The tutorial: the model's own preprocessing plus Resize(256)+CenterCrop(256)+flip of the
+    photo, logits summed; its own torchvision pipeline is the reference."""
     cfg = default_lm.data_config
     plain_tf = default_lm.transform()
-    big_tf = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(256), T.ToTensor(),
-                        T.Normalize(cfg["mean"], cfg["std"])])
-    paths = [ttakit.example_image_path(), *sorted(sample_dir.glob("*.JPEG"))[:3]]
+    tutorial_tf = T.Compose([
+        T.Resize(256, interpolation=T.InterpolationMode(cfg["interpolation"])),  # bicubic for this model
+        T.CenterCrop(256),
+        T.RandomHorizontalFlip(p=1.0),
+        T.ToTensor(),
+        T.Normalize(cfg["mean"], cfg["std"]),
+    ])
+    real = sorted(SAMPLE_DIR.glob("*.JPEG"))[::97][:4] if SAMPLE_DIR.is_dir() else []  # a few, when present
+    paths = [ttakit.example_image_path(), *real]
     photos = [ttakit.load_image(p) for p in paths]
     with torch.inference_mode():
         model = default_lm.model.eval()
-        logits = model(torch.stack([plain_tf(p) for p in photos])) + model(torch.stack([big_tf(p) for p in photos]))
+        logits = model(torch.stack([plain_tf(p) for p in photos])) + model(torch.stack([tutorial_tf(p) for p in photos]))
         expected = torch.softmax(logits, -1)
     tta = ClassificationTTA(model, "tutorial", run_config=RC, data_config=cfg)
-    assert tta.merge_name == "sum" and tta.policy.view_names == ["identity", "input=256:1"]
+    assert tta.merge_name == "sum" and tta.policy.view_names == ["identity", "input=256:1|hflip"]
     got = tta(paths)  # paths, decoded once each
     assert float((got - expected).abs().max()) <= 1e-5
 

@@ -8,7 +8,8 @@ import pytest
 
 from ttakit import PolicyError, create_policy, list_presets, load_policy, parse_policy, save_policy
 from ttakit.policy import Policy, parse_view, product, register_preset, union
-from ttakit.transforms import HFlip, Rot90, Scale, View
+from ttakit.transforms import HFlip, Rot90, Scale
+from ttakit.views import View
 
 
 @pytest.mark.parametrize(
@@ -28,13 +29,13 @@ def test_every_preset_is_listed_and_parses():
     import ttakit.policy
 
     for name, text in list_presets().items():
-        resolved = ttakit.policy._PRESETS[name].resolve(name, CFG_224)
+        resolved = ttakit.policy.PRESETS.get(name).resolve(name, CFG_224)
         assert parse_policy(name, CFG_224) == parse_policy(resolved)
         assert text == resolved or text.startswith("<")  # model-dependent presets are described
 
 
 def test_input_stage_text_names_and_json(tmp_path):
-    from ttakit.transforms import Input
+    from ttakit.stages import Input
 
     views = parse_policy("hflip*input(224:1.0,256:1.0)")
     assert [v.name for v in views] == ["input=224:1", "input=256:1", "input=224:1|hflip", "input=256:1|hflip"]
@@ -62,7 +63,7 @@ def test_model_dependent_presets():
     with pytest.raises(PolicyError, match="depends on the model's input size"):
         parse_policy("fixres")
     tut = create_policy("tutorial")
-    assert tut.merge == "sum" and tut.view_names == ["identity", "input=256:1"]
+    assert tut.merge == "sum" and tut.view_names == ["identity", "input=256:1|hflip"]
     assert create_policy("hflip*tutorial").merge is None  # a composed preset does not impose its merge
     pool = parse_policy("search_pool", CFG_224)
     assert len(pool) == len(set(v.name for v in pool)) and pool[0].is_identity
@@ -102,7 +103,11 @@ def test_d4_matches_ttach_order():
         ("hflip*", "expected"),
         ("scale(0.9,", "expected"),
         ("scale(0.9 1)", "expected ',' or"),
-        ("bogus", "unknown preset or transform 'bogus'"),
+        ("bogus", "unknown preset 'bogus'; choose one of none, hflip"),
+        ("tutorail", "did you mean 'tutorial'"),
+        ("bogus(1)", "unknown transform 'bogus'"),
+        ("hflip*scale", "'scale' needs a value"),
+        ("input", "'input' needs a value"),
         ("scale(abc)", "scale expects a number"),
         ("rot90(1.5)", "rot90 expects an integer"),
         ("(hflip", r"expected '\)'"),
@@ -153,11 +158,16 @@ def test_factory_accepts_objects_and_combinators():
         create_policy(42)  # type: ignore[arg-type]
 
 
-def test_register_preset(monkeypatch):
+def test_register_preset():
     import ttakit.policy
 
-    monkeypatch.setattr(ttakit.policy, "_PRESETS", dict(ttakit.policy._PRESETS))  # restored after the test
     register_preset("test_zoom_pair", "scale(1,1.15)")
-    assert [v.name for v in parse_policy("hflip*test_zoom_pair")][-1] == "hflip|scale=1.15"
+    try:
+        assert [v.name for v in parse_policy("hflip*test_zoom_pair")][-1] == "hflip|scale=1.15"
+        with pytest.raises(ValueError, match="already registered"):
+            register_preset("test_zoom_pair", "hflip")
+    finally:
+        ttakit.policy.PRESETS.remove("test_zoom_pair")
+    assert "test_zoom_pair" not in list_presets()
     with pytest.raises(PolicyError):
         register_preset("Bad Name", "hflip")

@@ -11,8 +11,9 @@ from conftest import EXACT, RESAMPLED, SHIFTS, smooth_images
 from ttakit import functional as Fn
 from ttakit.policy import parse_policy, parse_view
 from ttakit.transforms import (
-    Brightness, Contrast, Crop, HFlip, Normalization, Resize, Rot90, Rotate, Scale, Shift, VFlip, View,
+    Brightness, Contrast, Crop, HFlip, Normalization, Resize, Rot90, Rotate, Scale, Shift, VFlip,
 )
+from ttakit.views import View
 
 NORM = Normalization((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
 GEOMETRIC = EXACT + SHIFTS + RESAMPLED
@@ -147,3 +148,39 @@ def test_crop_that_does_not_fit_is_a_policy_error():
 
     with pytest.raises(PolicyError, match="does not fit"):
         Crop("center", size=(100, 100)).apply(torch.zeros(1, 3, 50, 50), NORM)
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("t", ALL, ids=ids(ALL))
+def test_graph_form_computes_what_apply_computes(t, size):
+    """Each transform's static graph steps (what the ONNX export runs) agree with its eager form."""
+    x = torch.randn(2, 3, *size)
+    graph = torch.nn.Sequential(*t.graph_steps(size, NORM))
+    torch.testing.assert_close(graph(x), t.apply(x, NORM), atol=1e-5, rtol=1e-5)
+    if t.geometric and t.key in ("hflip", "vflip", "rot90"):  # exact inverses, for exported segmentation
+        undo = torch.nn.Sequential(*t.graph_inverse_steps())
+        assert torch.equal(undo(t.apply(x, NORM)), x)
+
+
+def test_a_transform_without_a_graph_form_says_so():
+    from dataclasses import dataclass
+
+    from ttakit import PolicyError, Transform
+
+    @dataclass(frozen=True)
+    class Negate(Transform):
+        key = "negate"
+
+        @classmethod
+        def from_arg(cls, arg):
+            return cls()
+
+        def apply(self, x, norm):
+            return -x
+
+    with pytest.raises(PolicyError, match="'negate' has no graph form, so it cannot be exported"):
+        Negate().graph_steps((8, 8), NORM)
+    with pytest.raises(PolicyError, match="'negate' has no exact inverse"):
+        Negate().graph_inverse_steps()
+    with pytest.raises(PolicyError, match="'scale=1.1' has no exact inverse"):
+        Scale(1.1).graph_inverse_steps()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from .data import example_image_path, load_image, preprocess
 from .errors import (
     BackendError,
     ConfigError,
@@ -11,24 +14,24 @@ from .errors import (
     PolicyError,
     ShapeError,
     TTAKitError,
+    UnknownNameError,
     WeightsError,
 )
 from .merge import get_merge, list_merges, merge_logits, register_merge
 from .models import DEFAULT_MODEL, LoadedModel, load_class_names, load_model
-from .data import example_image_path, load_image, preprocess
 from .policy import Policy, create_policy, list_presets, load_policy, parse_policy, product, register_preset, save_policy, union
+from .registry import Registry
 from .runtime.config import RunConfig, default_run_config
-from .runtime.loop import run_views
-from .tasks.classify import CONFIDENCE, ClassificationTTA, TTAResult
-from .tasks.dense import DenseResult, KeypointsTTA, SegmentationTTA
-from .tasks.detect import DetectionResult, DetectionTTA
 from .soup import greedy_soup, uniform_soup
+from .stages import Input
+from .tasks.classify import ClassificationResult, ClassificationTTA
+from .tasks.dense import DenseResult, KeypointsTTA, SegmentationTTA
+from .tasks.detect import DetectionResult, DetectionTTA, load_detector
 from .transforms import (
     Brightness,
     Contrast,
     Crop,
     HFlip,
-    Input,
     Normalization,
     Resize,
     Rot90,
@@ -37,55 +40,78 @@ from .transforms import (
     Shift,
     Transform,
     VFlip,
-    View,
 )
+from .views import View
+
+if TYPE_CHECKING:
+    from .evaluation.evaluate import evaluate
+    from .runtime.export import export_tta
 
 __version__ = "0.1.0"
 
+# Imported on first use: the evaluation pipeline and the ONNX graph export pull in modules
+# that `import ttakit` should not pay for (and evaluation reads this package's __version__).
+_LAZY = {"evaluate": "ttakit.evaluation.evaluate", "export_tta": "ttakit.runtime.export"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib  # noqa: PLC0415
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # resolved once
+        return value
+    raise AttributeError(f"module 'ttakit' has no attribute {name!r}")
+
+
 __all__ = [
     "BackendError",
-    "CONFIDENCE",
-    "ConfigError",
-    "DatasetError",
-    "Input",
-    "DEFAULT_MODEL",
     "Brightness",
+    "ClassificationResult",
     "ClassificationTTA",
+    "ConfigError",
+    "Contrast",
+    "Crop",
+    "DEFAULT_MODEL",
+    "DatasetError",
     "DenseResult",
     "DetectionResult",
     "DetectionTTA",
-    "KeypointsTTA",
-    "SegmentationTTA",
-    "Contrast",
-    "Crop",
     "HFlip",
     "ImageLoadError",
+    "Input",
+    "KeypointsTTA",
     "LoadedModel",
     "ModelLoadError",
     "Normalization",
     "Policy",
     "PolicyError",
+    "Registry",
     "Resize",
     "Rot90",
     "Rotate",
     "RunConfig",
     "Scale",
+    "SegmentationTTA",
     "ShapeError",
     "Shift",
     "TTAKitError",
-    "TTAResult",
     "Transform",
+    "UnknownNameError",
     "VFlip",
     "View",
     "WeightsError",
     "create_policy",
     "default_run_config",
+    "evaluate",
     "example_image_path",
+    "export_tta",
     "get_merge",
     "greedy_soup",
     "list_merges",
     "list_presets",
     "load_class_names",
+    "load_detector",
     "load_image",
     "load_model",
     "load_policy",
@@ -95,7 +121,6 @@ __all__ = [
     "product",
     "register_merge",
     "register_preset",
-    "run_views",
     "save_policy",
     "uniform_soup",
     "union",

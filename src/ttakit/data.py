@@ -5,9 +5,11 @@ its mode (grayscale, RGBA and palette with transparency composited on white, CMY
 PIL's decompression-bomb guard stays on and truncated files are errors, not silently padded.
 
 The plain model input is the model's own timm eval transform. A view's input stage
-(:class:`~ttakit.transforms.Input`) re-samples the same decoded photo with the model's
-interpolation and normalisation; :class:`InputRenderer` builds every stage a policy needs from
-one decode (in DataLoader workers too: it pickles).
+(:class:`~ttakit.stages.Input`) re-samples the same decoded photo with the model's
+interpolation and normalisation; a view's photo corrections (:mod:`ttakit.corrections`) run on
+the decoded photo first. :class:`InputRenderer` builds every stage a policy needs from one
+decode, correcting the photo once per distinct list of corrections (in DataLoader workers too:
+it pickles).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from .corrections import Corrected, Correction, correct
 from .errors import ImageLoadError, ShapeError
-from .transforms import Input, window_corner
+from .stages import Input, window_corner
 
 __all__ = [
     "InputRenderer",
@@ -115,7 +118,7 @@ def to_photo(item: PhotoLike) -> Image.Image:
     return load_image(item)
 
 
-def source_key(source: Input | None) -> str:
+def source_key(source: Input | Corrected | None) -> str:
     """The name a rendered input stage is stored under (``identity`` for the model's own)."""
     return "identity" if source is None else source.name
 
@@ -136,9 +139,25 @@ class _InputStage:
         return TF.normalize(x, self.mean, self.std)
 
 
-def input_transform(source: Input | None, data_config: Mapping[str, Any]) -> Callable[[Image.Image], Tensor]:
+class _CorrectedStage:
+    """PIL photo -> its corrections -> the input stage's model input."""
+
+    def __init__(self, corrections: tuple[Correction, ...], stage: Callable[[Image.Image], Tensor]) -> None:
+        self.corrections, self.stage = corrections, stage
+
+    def __call__(self, img: Image.Image) -> Tensor:
+        return self.stage(correct(img, self.corrections))
+
+
+def _split(source: Input | Corrected | None) -> tuple[tuple[Correction, ...], Input | None]:
+    """A rendered stage as (corrections of the photo, geometric input stage)."""
+    return (source.corrections, source.source) if isinstance(source, Corrected) else ((), source)
+
+
+def input_transform(source: Input | Corrected | None, data_config: Mapping[str, Any]) -> Callable[[Image.Image], Tensor]:
     """PIL photo -> normalised ``(C, H, W)`` model input for one input stage (``None``: timm's
-    own eval transform for ``data_config``).
+    own eval transform for ``data_config``; a :class:`~ttakit.corrections.Corrected` stage
+    corrects the photo first).
 
     Example:
         >>> cfg = {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.5,) * 3,
@@ -147,6 +166,8 @@ def input_transform(source: Input | None, data_config: Mapping[str, Any]) -> Cal
         >>> tuple(input_transform(Input(256, 1.0), cfg)(img).shape)
         (3, 256, 256)
     """
+    if isinstance(source, Corrected):
+        return _CorrectedStage(source.corrections, input_transform(source.source, data_config))
     if source is None:
         return timm.data.create_transform(**data_config, is_training=False)
     return _InputStage(source, data_config)
@@ -159,12 +180,18 @@ class InputRenderer:
     for several photos and stacks each stage into a ``(B, C, h, w)`` batch.
     """
 
-    def __init__(self, sources: Iterable[Input | None], data_config: Mapping[str, Any]) -> None:
-        unique = {source_key(s): s for s in [None, *sources]}  # the plain input is always there
-        self.stages = {k: input_transform(s, data_config) for k, s in unique.items()}
+    def __init__(self, sources: Iterable[Input | Corrected | None], data_config: Mapping[str, Any]) -> None:
+        unique = {source_key(s): _split(s) for s in [None, *sources]}  # the plain input is always there
+        self.stages = {k: (corr, input_transform(geo, data_config)) for k, (corr, geo) in unique.items()}
 
     def __call__(self, img: Image.Image) -> dict[str, Tensor]:
-        return {k: stage(img) for k, stage in self.stages.items()}
+        photos = {(): img}  # the photo after each distinct list of corrections, made once
+        out = {}
+        for k, (corrections, stage) in self.stages.items():
+            if corrections not in photos:
+                photos[corrections] = correct(img, corrections)
+            out[k] = stage(photos[corrections])
+        return out
 
     def batch(self, photos: Sequence[PhotoLike]) -> dict[str, Tensor]:
         rendered = [self(to_photo(p)) for p in photos]

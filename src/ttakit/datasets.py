@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .data import load_image
 from .errors import DatasetError, ImageLoadError
 
-__all__ = ["ImageList", "LabelledImages", "detect_dataset", "make_loader"]
+__all__ = ["ImageList", "LabelledImages", "MaskedImages", "detect_dataset", "find_masked_images", "load_mask", "make_loader"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -133,6 +135,79 @@ def _from_csv(path: Path, labels: _LabelIndex) -> LabelledImages:
         paths.append(str(full))
         ys.append(labels(y, f"{path}:{line}"))
     return LabelledImages(tuple(paths), tuple(ys), "csv", str(path))
+
+
+@dataclass(frozen=True)
+class MaskedImages:
+    """Photos with a segmentation mask each: ``masks[i]`` labels every pixel of ``paths[i]``.
+
+    Attributes:
+        paths: photo files, sorted by file stem.
+        masks: the mask PNG of each photo (same stem), pixel value = class index.
+        source: the photo folder.
+        mask_source: the mask folder.
+    """
+
+    paths: tuple[str, ...]
+    masks: tuple[str, ...]
+    source: str
+    mask_source: str
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def describe(self) -> str:
+        return f"{self.source}: {len(self)} photos with masks in {self.mask_source}"
+
+    def head(self, n: int | None) -> MaskedImages:
+        """The first ``n`` photos (all when ``n`` is None)."""
+        if n is None:
+            return self
+        return MaskedImages(self.paths[:n], self.masks[:n], self.source, self.mask_source)
+
+
+def find_masked_images(images: str | Path, masks: str | Path) -> MaskedImages:
+    """Pair the photos of ``images`` with the PNG masks of ``masks`` by file stem
+    (``a/x.jpg`` with ``m/x.png``). Photos without a mask are an error (naming a few), masks
+    without a photo are ignored.
+
+    Raises:
+        DatasetError: a missing folder, no photos, or photos without masks.
+    """
+    root, mroot = Path(images), Path(masks)
+    for folder, what in ((root, "photos"), (mroot, "masks")):
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: not a folder of {what}")
+    photos = _images_in(root)
+    if not photos:
+        raise DatasetError(f"{root}: no photos found")
+    by_stem = {p.stem: p for p in mroot.iterdir() if p.suffix.lower() == ".png"}
+    missing = [p.name for p in photos if p.stem not in by_stem]
+    if missing:
+        raise DatasetError(f"{mroot}: no mask <stem>.png for {len(missing)} photo(s) of {root} "
+                           f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    return MaskedImages(tuple(str(p) for p in photos), tuple(str(by_stem[p.stem]) for p in photos), str(root), str(mroot))
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A mask PNG as ``(H, W)`` int64 class indices: a palette PNG's indices or a grey PNG's
+    values (an RGB PNG whose three channels agree is read as grey).
+
+    Raises:
+        DatasetError: unreadable file, or a colour PNG (class colours are not indices).
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode, arr = img.mode, np.asarray(img)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read the mask ({e})") from e
+    if arr.ndim == 3:
+        if mode in ("RGB", "RGBA") and (arr[..., :3] == arr[..., :1]).all():
+            arr = arr[..., 0]
+        else:
+            raise DatasetError(f"{path}: a {mode} mask; save class indices as a grey (L) or palette (P) PNG")
+    return arr.astype(np.int64)
 
 
 class ImageList(Dataset):

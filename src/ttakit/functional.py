@@ -11,6 +11,11 @@ Keypoints are pixel coordinates ``(x, y)`` with pixel ``i``'s centre at ``i`` (t
 convention), so ``x`` in ``[-0.5, W - 0.5]``.
 
 Nothing here keeps state: every parameter is an argument.
+
+Example:
+    >>> x = torch.arange(6.).view(1, 1, 2, 3)
+    >>> torch.equal(rot90(rot90(x, 1), -1), x), crop_box((10, 20), (4, 4), "br")
+    (True, (6, 16))
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ __all__ = [
     "crop",
     "crop_box",
     "hflip",
+    "is_axis_aligned",
+    "map_boxes",
     "normalized_to_pixels",
     "pixels_to_normalized",
     "resize",
@@ -229,6 +236,26 @@ def transform_points(points: Tensor, matrix: Tensor) -> Tensor:
         return points @ m[:, :2, :2].transpose(1, 2) + m[:, None, :2, 2]
     return points @ m[:2, :2].T + m[:2, 2]
 
+
+def is_axis_aligned(m: Tensor) -> bool:
+    """Whether a 3x3 map keeps boxes boxes: no shear or rotation other than quarter turns."""
+    a = m[:2, :2].abs()
+    tol = 1e-9 * float(a.sum())
+    return bool(a[0, 1] + a[1, 0] <= tol or a[0, 0] + a[1, 1] <= tol)
+
+
+def map_boxes(boxes: Tensor, m: Tensor, size: Size, target: Size) -> Tensor:
+    """Clip ``(..., 4)`` xyxy pixel boxes (pixel edges at 0 and ``W``) to an image of ``size``,
+    send their corners through the normalised map ``m`` onto an image of ``target``, re-sort
+    and clip (float64 inside)."""
+    (h, w), (H, W) = size, target
+    b = boxes.to(torch.float64)
+    b = torch.minimum(b.clamp_min(0.0), b.new_tensor([w, h, w, h]))
+    corners = b.unflatten(-1, (2, 2)) * b.new_tensor([2.0 / w, 2.0 / h]) - 1.0  # (..., 2, 2) normalised
+    p = (transform_points(corners, m) + 1.0) * b.new_tensor([W / 2.0, H / 2.0])
+    out = torch.cat([p.amin(-2), p.amax(-2)], -1)  # (..., 4) xyxy again
+    out = torch.minimum(out.clamp_min(0.0), out.new_tensor([W, H, W, H]))
+    return out.to(boxes.dtype if boxes.is_floating_point() else torch.float32)
 
 # --------------------------------------------------------------------------- photometric
 def _to_pixels(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:

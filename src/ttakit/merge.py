@@ -22,23 +22,23 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .errors import PolicyError, check_shape
+from .errors import check_shape
+from .registry import Registry
 
 __all__ = ["MERGES", "get_merge", "list_merges", "merge_logits", "register_merge"]
 
 MergeFn = Callable[[Tensor, Tensor], Tensor]  # (logits (B, V, C), weights (V,) summing to 1) -> probs (B, C)
 
-MERGES: dict[str, MergeFn] = {}
+MERGES = Registry[MergeFn]("merge", sort=False)  # listed in registration order: mean, the default, first
 
 
 def register_merge(name: str) -> Callable[[MergeFn], MergeFn]:
-    """Decorator that registers a merge function under ``name``."""
+    """Decorator that registers a merge function under ``name``.
 
-    def deco(fn: MergeFn) -> MergeFn:
-        MERGES[name] = fn
-        return fn
-
-    return deco
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+    return MERGES.register(name)
 
 
 def _w(weights: Tensor) -> Tensor:
@@ -100,19 +100,23 @@ def _vote(logits: Tensor, weights: Tensor) -> Tensor:
 
 def list_merges() -> list[str]:
     """Names of the registered merge modes."""
-    return list(MERGES)
+    return MERGES.names()
 
 
 def get_merge(name: str) -> MergeFn:
     """Resolve a merge name once, at the boundary.
 
     Raises:
-        PolicyError: unknown name (the message lists the known ones).
+        UnknownNameError: unknown name (a :class:`~ttakit.errors.PolicyError` too; the message
+            lists the known ones).
+
+    Example:
+        >>> get_merge("gmaen")
+        Traceback (most recent call last):
+        ...
+        ttakit.errors.UnknownNameError: unknown merge 'gmaen' (did you mean 'gmean'?); choose one of mean, sum, ...
     """
-    try:
-        return MERGES[name]
-    except KeyError as e:
-        raise PolicyError(f"unknown merge {name!r}; choose one of {', '.join(MERGES)}") from e
+    return MERGES.get(name)
 
 
 def merge_logits(

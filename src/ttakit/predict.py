@@ -13,7 +13,7 @@ from torch import Tensor
 from .data import load_image
 from .models import LoadedModel
 from .tasks.classify import ClassificationTTA
-from .transforms import View
+from .views import View
 
 __all__ = ["ClassScore", "ImagePrediction", "predict_images", "topk"]
 
@@ -36,18 +36,28 @@ class ImagePrediction:
         plain: top-k of the un-augmented image.
         tta: top-k of the merged prediction.
         views: top-1 of each view, in policy order (``ClassScore`` plus the view name).
+        conformal_set: the classes of the conformal prediction set, most probable first (with a
+            calibrated policy; else ``None``).
     """
 
     path: str
     plain: list[ClassScore]
     tta: list[ClassScore]
     views: list[tuple[str, ClassScore]]
+    conformal_set: list[ClassScore] | None = None
 
 
 def topk(probs: Tensor, class_names: Sequence[str], k: int) -> list[ClassScore]:
     """The ``k`` most probable classes of a ``(C,)`` probability vector."""
     values, indices = probs.topk(min(k, probs.numel()))
     return [ClassScore(int(i), class_names[int(i)], float(v)) for v, i in zip(values, indices)]
+
+
+def set_scores(probs: Tensor, in_set: Tensor, class_names: Sequence[str]) -> list[ClassScore]:
+    """The classes of a ``(C,)`` bool set, most probable first."""
+    idx = in_set.nonzero().squeeze(1)
+    idx = idx[probs[idx].argsort(descending=True)]
+    return [ClassScore(int(i), class_names[int(i)], float(probs[i])) for i in idx]
 
 
 def predict_images(
@@ -73,5 +83,7 @@ def predict_images(
     for b, path in enumerate(paths):
         views = [(v.name, topk(per_view[b, i], lm.class_names, 1)[0])
                  for i, v in enumerate(tta.views) if not per_view[b, i].isnan().any()]
-        out.append(ImagePrediction(str(path), topk(plain[b], lm.class_names, k), topk(merged[b], lm.class_names, k), views))
+        in_set = None if res.sets is None else set_scores(merged[b], res.sets[b].cpu(), lm.class_names)
+        out.append(ImagePrediction(str(path), topk(plain[b], lm.class_names, k), topk(merged[b], lm.class_names, k), views,
+                                   in_set))
     return out

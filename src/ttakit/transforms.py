@@ -1,37 +1,45 @@
-"""View transforms: frozen parameter holders, each an explicit (augment, de-augment) pair.
+"""Tensor transforms: frozen parameter holders, each an explicit (augment, de-augment, graph) triple.
 
 A :class:`Transform` knows its parameters and nothing else. ``apply`` augments a batch of
 normalised images; ``matrix`` gives the geometry as a normalised-coordinate map (original ->
 augmented, see :mod:`ttakit.functional`); ``invert_dense`` maps a dense prediction of the
 augmented image back onto the original grid, with a mask of the pixels the view really saw;
-``invert_points`` does the same for keypoints. A :class:`View` is a sequence of transforms
-applied left to right and undone right to left.
+``invert_points`` and ``invert_boxes`` do the same for keypoints and boxes; ``graph_steps``
+gives the transform as static, exportable modules (:mod:`ttakit.graph`). Views (sequences of
+transforms after an input stage) are in :mod:`ttakit.views`, input stages in
+:mod:`ttakit.stages`.
 
 Every transform has a canonical name (``hflip``, ``scale=1.1``, ``crop=tl:192``) that the
 policy parser reads back, so ``parse(t.name) == t``.
+
+Example:
+    >>> t = parse_transform("crop", "tl:2")
+    >>> t, t.name, t.apply(torch.arange(9.).view(1, 1, 3, 3), Normalization()).flatten().tolist()
+    (Crop(position='tl', size=(2, 2), fraction=None), 'crop=tl:2', [0.0, 1.0, 3.0, 4.0])
 """
 
 from __future__ import annotations
 
-import math
-from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import functional as Fn
+from . import graph as G
 from .errors import PolicyError, ShapeError
 from .functional import Size
+from .params import POSITIONS, read_flag, read_float, read_int, write_float
+from .registry import Registry
+from .transform_base import Normalization, Transform
 
 __all__ = [
     "Brightness",
     "Contrast",
     "Crop",
     "HFlip",
-    "Input",
     "Normalization",
     "Resize",
     "Rot90",
@@ -41,174 +49,19 @@ __all__ = [
     "TRANSFORMS",
     "Transform",
     "VFlip",
-    "View",
-    "input_matrix",
     "parse_transform",
-    "window_corner",
 ]
-
-_EYE = torch.eye(3, dtype=torch.float64)
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Per-channel normalisation of the model input: ``x = (pixel - mean) / std``."""
-
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # ImageNet defaults, replaced by the model's
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-
-
-class Transform(ABC):
-    """One deterministic image transform with explicit parameters (subclasses are frozen
-    dataclasses). Photometric transforms leave the geometry unchanged."""
-
-    key: ClassVar[str]  # name in policy text, e.g. "scale"
-    geometric: ClassVar[bool] = True
-
-    # ------------------------------------------------------------------ naming
-    @property
-    def name(self) -> str:
-        """Canonical name, readable back by :func:`parse_transform`."""
-        arg = self.arg()
-        return self.key if arg is None else f"{self.key}={arg}"
-
-    def arg(self) -> str | None:
-        """The parameter as written after ``=`` in the name (``None``: no parameter)."""
-        return None
-
-    @classmethod
-    @abstractmethod
-    def from_arg(cls, arg: str) -> Transform | None:
-        """Build from a text argument; ``None`` means the identity (e.g. ``scale=1``)."""
-
-    # ------------------------------------------------------------------ geometry
-    def output_size(self, size: Size) -> Size:
-        """``(H, W)`` of the augmented image for an input of ``size``."""
-        return size
-
-    def matrix(self, size: Size) -> Tensor:
-        """3x3 float64 map from original to augmented normalised coordinates."""
-        return _EYE
-
-    # ------------------------------------------------------------------ augment / de-augment
-    @abstractmethod
-    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
-        """Augment a batch ``(B, C, H, W)`` of normalised images."""
-
-    def invert_dense(self, y: Tensor, mask: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
-        """Map a dense prediction of the augmented image back to the original grid.
-
-        Args:
-            y: ``(B, K, h, w)`` prediction on the augmented image's output grid.
-            mask: ``(1 or B, 1, h, w)`` float validity of ``y``'s pixels.
-            image_size: ``(H, W)`` of the image this transform received.
-            grid_size: ``(H', W')`` of the output grid that belongs to ``image_size``.
-
-        Returns:
-            ``(y, mask)`` on ``grid_size``; the mask is 0 where the view never saw the pixel.
-        """
-        if not self.geometric:
-            return y, mask
-        m = self.matrix(image_size)
-        y = Fn.warp(y, m, grid_size, padding_mode="border")
-        mask = Fn.warp(mask, m, grid_size, mode="nearest") * Fn.valid_mask(m, grid_size, y.device)
-        return y, mask
-
-    def invert_points(self, points: Tensor, image_size: Size) -> Tensor:
-        """Map ``(..., 2)`` pixel ``(x, y)`` keypoints of the augmented image back to the
-        original image of ``image_size``."""
-        if not self.geometric:
-            return points
-        out_size = self.output_size(image_size)
-        m_inv = torch.linalg.inv(self.matrix(image_size))
-        u = Fn.pixels_to_normalized(points, out_size)
-        return Fn.normalized_to_pixels(Fn.transform_points(u, m_inv), image_size)
-
-    def invert_boxes(self, boxes: Tensor, image_size: Size) -> Tensor:
-        """Map ``(..., 4)`` xyxy pixel boxes (pixel edges at 0 and ``W``) of the augmented image
-        back to the original image of ``image_size``.
-
-        A box is first clipped to the augmented image (a box cut by a crop, shift or zoom keeps
-        the part the view showed), its two corners go through the inverse of :meth:`matrix`,
-        min/max are re-sorted (a flip swaps them) and the result is clipped to the original
-        image. Exact for flips and quarter turns; photometric transforms return ``boxes``.
-
-        Raises:
-            PolicyError: the map is not axis-aligned (a free rotation): a rotated box is no box.
-
-        Example:
-            >>> HFlip().invert_boxes(torch.tensor([[10., 5., 30., 20.]]), (40, 100))
-            tensor([[70.,  5., 90., 20.]])
-        """
-        if not self.geometric:
-            return boxes
-        m = self.matrix(image_size)
-        if not _axis_aligned(m):
-            raise PolicyError(f"{self.name} is not axis-aligned, so its boxes cannot be mapped back "
-                              "(use flips, quarter turns, scale, resize, crop or shift)")
-        return _map_boxes(boxes, torch.linalg.inv(m), self.output_size(image_size), image_size)
-
-    def __str__(self) -> str:
-        return self.name
-
-
-def _axis_aligned(m: Tensor) -> bool:
-    """Whether a 3x3 map keeps boxes boxes: no shear or rotation other than quarter turns."""
-    a = m[:2, :2].abs()
-    tol = 1e-9 * float(a.sum())
-    return bool(a[0, 1] + a[1, 0] <= tol or a[0, 0] + a[1, 1] <= tol)
-
-
-def _map_boxes(boxes: Tensor, m: Tensor, size: Size, target: Size) -> Tensor:
-    """Clip ``(..., 4)`` xyxy pixel boxes to an image of ``size``, send their corners through
-    the normalised map ``m`` onto an image of ``target``, re-sort and clip (float64 inside)."""
-    (h, w), (H, W) = size, target
-    b = boxes.to(torch.float64)
-    b = torch.minimum(b.clamp_min(0.0), b.new_tensor([w, h, w, h]))
-    corners = b.unflatten(-1, (2, 2)) * b.new_tensor([2.0 / w, 2.0 / h]) - 1.0  # (..., 2, 2) normalised
-    p = (Fn.transform_points(corners, m) + 1.0) * b.new_tensor([W / 2.0, H / 2.0])
-    out = torch.cat([p.amin(-2), p.amax(-2)], -1)  # (..., 4) xyxy again
-    out = torch.minimum(out.clamp_min(0.0), out.new_tensor([W, H, W, H]))
-    return out.to(boxes.dtype if boxes.is_floating_point() else torch.float32)
-
-
-def _float(arg: str, what: str) -> float:
-    try:
-        return float(arg)
-    except ValueError as e:
-        raise PolicyError(f"{what} expects a number, got {arg!r}") from e
-
-
-def _int(arg: str, what: str) -> int:
-    try:
-        return int(arg)
-    except ValueError as e:
-        raise PolicyError(f"{what} expects an integer, got {arg!r}") from e
-
-
-def _flag(arg: str, what: str) -> bool:
-    low = arg.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise PolicyError(f"{what} expects 0 or 1, got {arg!r}")
-
-
-def _num(v: float) -> str:
-    """Shortest text of a float that reads back to the same value (``1.1``, ``-10.0``)."""
-    return repr(float(v))
-
 
 # ============================================================================ geometric, exact
 class _Mirror(Transform):
     """A flip along one axis: its own inverse, exact on any grid."""
     _block: ClassVar[list[list[float]]]  # its 2x2 map in normalised coordinates
     _op: ClassVar[Callable[[Tensor], Tensor]]
+    _dims: ClassVar[tuple[int, ...]]  # the axis it flips, for the graph form
 
     @classmethod
     def from_arg(cls, arg: str) -> Transform | None:
-        return cls() if _flag(arg, cls.key) else None
+        return cls() if read_flag(arg, cls.key) else None
 
     def matrix(self, size: Size) -> Tensor:
         return Fn.affine_matrix(self._block)
@@ -220,6 +73,12 @@ class _Mirror(Transform):
         op = type(self)._op
         return op(y), op(mask)
 
+    def graph_steps(self, size: Size, norm: Normalization) -> list[nn.Module]:
+        return [G.Flip(self._dims)]
+
+    def graph_inverse_steps(self) -> list[nn.Module]:
+        return [G.Flip(self._dims)]
+
 
 @dataclass(frozen=True)
 class HFlip(_Mirror):
@@ -228,6 +87,7 @@ class HFlip(_Mirror):
     key: ClassVar[str] = "hflip"
     _block = [[-1.0, 0.0], [0.0, 1.0]]
     _op = staticmethod(Fn.hflip)
+    _dims = (-1,)
 
 
 @dataclass(frozen=True)
@@ -237,6 +97,7 @@ class VFlip(_Mirror):
     key: ClassVar[str] = "vflip"
     _block = [[1.0, 0.0], [0.0, -1.0]]
     _op = staticmethod(Fn.vflip)
+    _dims = (-2,)
 
 
 @dataclass(frozen=True)
@@ -257,7 +118,7 @@ class Rot90(Transform):
 
     @classmethod
     def from_arg(cls, arg: str) -> Rot90 | None:
-        k = _int(arg, "rot90") % 4
+        k = read_int(arg, "rot90") % 4
         return cls(k) if k else None
 
     def output_size(self, size: Size) -> Size:
@@ -271,6 +132,12 @@ class Rot90(Transform):
 
     def invert_dense(self, y: Tensor, mask: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
         return Fn.rot90(y, -self.k), Fn.rot90(mask, -self.k)
+
+    def graph_steps(self, size: Size, norm: Normalization) -> list[nn.Module]:
+        return [G.QuarterTurn(self.k)]
+
+    def graph_inverse_steps(self) -> list[nn.Module]:
+        return [G.QuarterTurn(-self.k)]
 
 
 @dataclass(frozen=True)
@@ -290,7 +157,7 @@ class Shift(Transform):
         parts = arg.split(":")
         if len(parts) != 2:
             raise PolicyError(f"shift expects DX:DY in pixels (e.g. shift=8:-4), got {arg!r}")
-        dx, dy = (_int(p, "shift") for p in parts)
+        dx, dy = (read_int(p, "shift") for p in parts)
         return cls(dx, dy) if (dx or dy) else None
 
     def matrix(self, size: Size) -> Tensor:
@@ -305,6 +172,9 @@ class Shift(Transform):
             return Fn.shift(y, -self.dx, -self.dy), Fn.shift(mask, -self.dx, -self.dy)
         return super().invert_dense(y, mask, image_size, grid_size)
 
+    def graph_steps(self, size: Size, norm: Normalization) -> list[nn.Module]:
+        return [G.Window(size, -self.dy, -self.dx, size)]
+
 
 # ============================================================================ geometric, resampled
 @dataclass(frozen=True)
@@ -317,11 +187,11 @@ class Rotate(Transform):
     key: ClassVar[str] = "rotate"
 
     def arg(self) -> str:
-        return _num(self.degrees)
+        return write_float(self.degrees)
 
     @classmethod
     def from_arg(cls, arg: str) -> Rotate | None:
-        d = _float(arg, "rotate")
+        d = read_float(arg, "rotate")
         return cls(d) if d % 360 else None
 
     def matrix(self, size: Size) -> Tensor:
@@ -330,6 +200,9 @@ class Rotate(Transform):
     def apply(self, x: Tensor, norm: Normalization) -> Tensor:
         size = tuple(x.shape[-2:])
         return Fn.warp(x, torch.linalg.inv(self.matrix(size)), size)
+
+    def graph_steps(self, size: Size, norm: Normalization) -> list[nn.Module]:
+        return [G.Warp(torch.linalg.inv(self.matrix(size)), size)]
 
 
 @dataclass(frozen=True)
@@ -340,24 +213,31 @@ class Scale(Transform):
     factor: float
 
     key: ClassVar[str] = "scale"
+    mode: ClassVar[str] = "bilinear"  # interpolation of the enlarged or shrunk image
 
     def __post_init__(self) -> None:
         if not self.factor > 0:
             raise PolicyError(f"scale factor must be positive, got {self.factor}")
 
     def arg(self) -> str:
-        return _num(self.factor)
+        return write_float(self.factor)
 
     @classmethod
     def from_arg(cls, arg: str) -> Scale | None:
-        f = _float(arg, "scale")
+        f = read_float(arg, "scale")
         return None if f == 1.0 else cls(f)
 
     def matrix(self, size: Size) -> Tensor:
         return Fn.scale_matrix(size, self.factor)
 
     def apply(self, x: Tensor, norm: Normalization) -> Tensor:
-        return Fn.zoom(x, self.factor)
+        return Fn.zoom(x, self.factor, self.mode)
+
+    def graph_steps(self, size: Size, norm: Normalization) -> list[nn.Module]:
+        # Fn.zoom: resize to round(size * factor), then a centre crop or pad back to size
+        big = Fn.scale_resize_size(size, self.factor)
+        steps: list[nn.Module] = [] if big == tuple(size) else [G.Resample(size, big, self.mode)]
+        return steps + [G.Window(big, (big[0] - size[0]) // 2, (big[1] - size[1]) // 2, size)]
 
 
 @dataclass(frozen=True)
@@ -373,6 +253,7 @@ class Resize(Transform):
     factor: float | None = None
 
     key: ClassVar[str] = "resize"
+    mode: ClassVar[str] = "bicubic"  # interpolation of the image (dense outputs go back bilinear)
 
     def __post_init__(self) -> None:
         if (self.size is None) == (self.factor is None):
@@ -384,17 +265,17 @@ class Resize(Transform):
         if self.size is not None:
             h, w = self.size
             return str(h) if h == w else f"{h}x{w}"
-        return _num(self.factor)  # type: ignore[arg-type]
+        return write_float(self.factor)  # type: ignore[arg-type]
 
     @classmethod
     def from_arg(cls, arg: str) -> Resize | None:
         if "." in arg:
-            f = _float(arg, "resize")
+            f = read_float(arg, "resize")
             return None if f == 1.0 else cls(factor=f)
         parts = arg.lower().split("x")
         if len(parts) not in (1, 2):
             raise PolicyError(f"resize expects SIZE, HxW or a factor like 1.25, got {arg!r}")
-        hw = [_int(p, "resize") for p in parts]
+        hw = [read_int(p, "resize") for p in parts]
         return cls(size=(hw[0], hw[-1]))
 
     def output_size(self, size: Size) -> Size:
@@ -403,13 +284,14 @@ class Resize(Transform):
         return Fn.scale_resize_size(size, self.factor)  # type: ignore[arg-type]
 
     def apply(self, x: Tensor, norm: Normalization) -> Tensor:
-        return Fn.resize(x, self.output_size(tuple(x.shape[-2:])), mode="bicubic")
+        return Fn.resize(x, self.output_size(tuple(x.shape[-2:])), mode=self.mode)
 
     def invert_dense(self, y: Tensor, mask: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
         return Fn.resize(y, grid_size), Fn.resize(mask, grid_size, mode="nearest")
 
-
-_POSITIONS = ("center", "tl", "tr", "bl", "br")
+    def graph_steps(self, size: Size, norm: Normalization) -> list[nn.Module]:
+        out = self.output_size(size)
+        return [] if tuple(out) == tuple(size) else [G.Resample(size, out, self.mode)]
 
 
 @dataclass(frozen=True)
@@ -425,8 +307,8 @@ class Crop(Transform):
     key: ClassVar[str] = "crop"
 
     def __post_init__(self) -> None:
-        if self.position not in _POSITIONS:
-            raise PolicyError(f"crop position must be one of {', '.join(_POSITIONS)}, got {self.position!r}")
+        if self.position not in POSITIONS:
+            raise PolicyError(f"crop position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
         if (self.size is None) == (self.fraction is None):
             raise PolicyError("crop needs exactly one of size or fraction")
         if self.fraction is not None and not 0 < self.fraction <= 1:
@@ -436,7 +318,7 @@ class Crop(Transform):
         if self.size is not None:
             h, w = self.size
             return f"{self.position}:{h}" if h == w else f"{self.position}:{h}x{w}"
-        return f"{self.position}:{_num(self.fraction)}"  # type: ignore[arg-type]
+        return f"{self.position}:{write_float(self.fraction)}"  # type: ignore[arg-type]
 
     @classmethod
     def from_arg(cls, arg: str) -> Crop:
@@ -444,8 +326,8 @@ class Crop(Transform):
         if not sep:
             raise PolicyError(f"crop expects POSITION:SIZE (e.g. crop=tl:192 or crop=center:0.875), got {arg!r}")
         if "." in size:
-            return cls(pos, fraction=_float(size, "crop"))
-        hw = [_int(p, "crop") for p in size.lower().split("x")]
+            return cls(pos, fraction=read_float(size, "crop"))
+        hw = [read_int(p, "crop") for p in size.lower().split("x")]
         return cls(pos, size=(hw[0], hw[-1]))
 
     def output_size(self, size: Size) -> Size:
@@ -453,7 +335,8 @@ class Crop(Transform):
             return self.size
         return max(1, round(size[0] * self.fraction)), max(1, round(size[1] * self.fraction))  # type: ignore[operator]
 
-    def _box(self, size: Size) -> tuple[int, int, int, int]:
+    def box(self, size: Size) -> tuple[int, int, int, int]:
+        """The window cut from an image of ``size``: ``(top, left, height, width)`` pixels."""
         h, w = self.output_size(size)
         try:
             top, left = Fn.crop_box(size, (h, w), self.position)
@@ -462,11 +345,15 @@ class Crop(Transform):
         return top, left, h, w
 
     def matrix(self, size: Size) -> Tensor:
-        (H, W), (top, left, h, w) = size, self._box(size)
+        (H, W), (top, left, h, w) = size, self.box(size)
         return Fn.affine_matrix([[W / w, 0.0, (W - 2 * left - w) / w], [0.0, H / h, (H - 2 * top - h) / h]])
 
     def apply(self, x: Tensor, norm: Normalization) -> Tensor:
-        return Fn.crop(x, *self._box(tuple(x.shape[-2:])))
+        return Fn.crop(x, *self.box(tuple(x.shape[-2:])))
+
+    def graph_steps(self, size: Size, norm: Normalization) -> list[nn.Module]:
+        top, left, h, w = self.box(size)
+        return [G.Window(size, top, left, (h, w))]
 
 
 # ============================================================================ photometric
@@ -478,15 +365,18 @@ class _Photometric(Transform):
     _op: ClassVar[Callable[..., Tensor]]
 
     def arg(self) -> str:
-        return _num(self.factor)
+        return write_float(self.factor)
 
     @classmethod
     def from_arg(cls, arg: str) -> Transform | None:
-        f = _float(arg, cls.key)
+        f = read_float(arg, cls.key)
         return None if f == 1.0 else cls(f)  # type: ignore[call-arg]
 
     def apply(self, x: Tensor, norm: Normalization) -> Tensor:
         return type(self)._op(x, self.factor, norm.mean, norm.std)
+
+    def graph_steps(self, size: Size, norm: Normalization) -> list[nn.Module]:
+        return [G.Pixelwise(type(self)._op, self.factor, norm)]
 
 
 @dataclass(frozen=True)
@@ -507,224 +397,21 @@ class Contrast(_Photometric):
     _op = staticmethod(Fn.adjust_contrast)
 
 
-TRANSFORMS: dict[str, type[Transform]] = {
-    t.key: t for t in (HFlip, VFlip, Rot90, Rotate, Scale, Resize, Crop, Shift, Brightness, Contrast)
-}
+TRANSFORMS = Registry[type[Transform]]("transform")  # policy-text key -> transform class
+for _t in (HFlip, VFlip, Rot90, Rotate, Scale, Resize, Crop, Shift, Brightness, Contrast):
+    TRANSFORMS.add(_t.key, _t)
 
 
 def parse_transform(key: str, arg: str | None) -> Transform | None:
     """Build one transform from its key and text argument (``None`` for the identity).
 
     Raises:
-        PolicyError: unknown key or malformed argument.
+        UnknownNameError: unknown key (a :class:`PolicyError`).
+        PolicyError: malformed argument.
     """
     cls = TRANSFORMS.get(key)
-    if cls is None:
-        raise PolicyError(f"unknown transform {key!r}; known: {', '.join(sorted(TRANSFORMS))}")
     if arg is None:
         if key in ("hflip", "vflip"):
             return cls.from_arg("1")
         raise PolicyError(f"transform {key!r} needs a value, e.g. {key}=...")
     return cls.from_arg(arg)
-
-
-# ============================================================================ input stage
-@dataclass(frozen=True)
-class Input:
-    """The input stage of a view: how the decoded source photo becomes the model input.
-
-    The short side of the photo is resized to ``floor(size / crop_pct)`` with the model's own
-    interpolation, then a ``size x size`` window is cut at ``position`` (timm's convention:
-    ``crop_pct=1.0`` keeps the whole centre square). The plain view (no input stage) is the
-    model's own data config, so ``Input(224, 0.875)`` equals it for a model whose config is
-    224 px at crop 0.875.
-
-    Attributes:
-        size: side of the square model input, in pixels.
-        crop_pct: share of the resized short side that the window covers, in (0, 1].
-        position: where the window sits: center, tl, tr, bl or br.
-
-    Example:
-        >>> Input(256, 1.0).name
-        'input=256:1'
-        >>> Input.from_arg("288:0.9:tl")
-        Input(size=288, crop_pct=0.9, position='tl')
-    """
-
-    size: int
-    crop_pct: float = 1.0
-    position: str = "center"
-
-    key: ClassVar[str] = "input"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.size, int) or self.size < 8:
-            raise PolicyError(f"input size must be an integer of at least 8 pixels, got {self.size!r}")
-        if not 0 < self.crop_pct <= 1:
-            raise PolicyError(f"input crop_pct must be in (0, 1], got {self.crop_pct}")
-        if self.position not in _POSITIONS:
-            raise PolicyError(f"input position must be one of {', '.join(_POSITIONS)}, got {self.position!r}")
-
-    @property
-    def name(self) -> str:
-        pct = f"{self.crop_pct:g}"
-        return f"input={self.size}:{pct}" + ("" if self.position == "center" else f":{self.position}")
-
-    @classmethod
-    def from_arg(cls, arg: str) -> Input:
-        parts = arg.split(":")
-        if not 1 <= len(parts) <= 3:
-            raise PolicyError(f"input expects SIZE:CROP_PCT[:POSITION] (e.g. input=256:1.0), got {arg!r}")
-        size = _int(parts[0], "input size")
-        pct = _float(parts[1], "input crop_pct") if len(parts) > 1 else 1.0
-        return cls(size, pct, parts[2] if len(parts) > 2 else "center")
-
-    @classmethod
-    def of_model(cls, data_config: Mapping[str, Any]) -> Input:
-        """The input stage equal to the model's own preprocessing (the plain view), for
-        mapping other stages back onto it.
-
-        Raises:
-            PolicyError: the model's preprocessing is not a centre crop of a square input, so
-                other stages cannot be mapped back onto it.
-        """
-        size = tuple(data_config["input_size"][-2:])
-        if size[0] != size[1] or data_config.get("crop_mode", "center") != "center":
-            raise PolicyError(f"input stages need a square, centre-cropped model input to map back onto; "
-                              f"this model's is {size[0]}x{size[1]} ({data_config.get('crop_mode')})")
-        return cls(int(size[0]), float(data_config.get("crop_pct", 1.0)))
-
-    def scale_size(self) -> int:
-        """The short side the photo is resized to (timm: ``floor(size / crop_pct)``)."""
-        return math.floor(self.size / self.crop_pct)
-
-    def window(self, photo_size: Size) -> tuple[float, float, float, float]:
-        """The part of a ``photo_size`` ``(H, W)`` photo this stage shows, in photo pixels:
-        ``(top, left, height, width)`` with pixel edges at integers."""
-        H, W = photo_size
-        s = self.scale_size()
-        # torchvision's Resize(int): the short side becomes s >= size (crop_pct <= 1), the long
-        # side int(s * long / short), so the window always fits.
-        rh, rw = (s, int(s * W / H)) if H <= W else (int(s * H / W), s)
-        top, left = window_corner((rh, rw), self.size, self.position)
-        sy, sx = rh / H, rw / W
-        return top / sy, left / sx, self.size / sy, self.size / sx
-
-    def __str__(self) -> str:
-        return self.name
-
-
-def window_corner(size: Size, side: int, position: str) -> tuple[int, int]:
-    """Top-left corner of a ``side`` square at ``position``; the centre is rounded as
-    torchvision's ``CenterCrop`` rounds it."""
-    if position == "center":
-        return int(round((size[0] - side) / 2.0)), int(round((size[1] - side) / 2.0))
-    return Fn.crop_box(size, (side, side), position)
-
-
-def input_matrix(source: Input | None, plain: Input, photo_size: Size) -> Tensor:
-    """3x3 map from the plain input's normalised coordinates to ``source``'s, for one photo
-    of ``photo_size``: both are windows of the same photo, so the map is a scale and shift."""
-    if source is None:
-        return _EYE
-    (t0, l0, h0, w0), (t1, l1, h1, w1) = plain.window(photo_size), source.window(photo_size)
-    # x_photo = l0 + (u0 + 1) / 2 * w0 = l1 + (u1 + 1) / 2 * w1, solved for u1.
-    ax, ay = w0 / w1, h0 / h1
-    bx = (2 * (l0 - l1) + w0 - w1) / w1
-    by = (2 * (t0 - t1) + h0 - h1) / h1
-    return Fn.affine_matrix([[ax, 0.0, bx], [0.0, ay, by]])
-
-
-# ============================================================================ views
-@dataclass(frozen=True)
-class View:
-    """One augmented view: an optional input stage (how the source photo becomes the model
-    input; ``None`` is the model's own preprocessing), then tensor transforms applied left
-    to right. ``View()`` is the identity."""
-
-    transforms: tuple[Transform, ...] = ()
-    source: Input | None = None
-
-    @property
-    def name(self) -> str:
-        parts = ([self.source.name] if self.source is not None else []) + [t.name for t in self.transforms]
-        return "|".join(parts) or "identity"
-
-    @property
-    def is_identity(self) -> bool:
-        return not self.transforms and self.source is None
-
-    @property
-    def mirrored(self) -> bool:
-        """An odd number of flips: left and right are swapped in the view."""
-        return sum(isinstance(t, (HFlip, VFlip)) for t in self.transforms) % 2 == 1
-
-    def __str__(self) -> str:
-        return self.name
-
-    def then(self, other: View) -> View:
-        """This view followed by ``other`` (at most one of them may have an input stage: it
-        always runs first, whatever the order they are written in)."""
-        if self.source is not None and other.source is not None:
-            raise PolicyError(f"a view has one input stage; {self.source.name!r} and {other.source.name!r} were combined")
-        return View(self.transforms + other.transforms, self.source or other.source)
-
-    def sizes(self, size: Size) -> list[Size]:
-        """Image sizes before each transform and after the last (``len + 1`` entries)."""
-        out = [size]
-        for t in self.transforms:
-            out.append(t.output_size(out[-1]))
-        return out
-
-    def output_size(self, size: Size) -> Size:
-        return self.sizes(size)[-1]
-
-    def apply(self, x: Tensor, norm: Normalization) -> Tensor:
-        """Augment ``(B, C, H, W)`` normalised images."""
-        for t in self.transforms:
-            x = t.apply(x, norm)
-        return x
-
-    def invert_dense(self, y: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
-        """Map the view's dense prediction ``(B, K, h, w)`` onto ``grid_size``, the output grid of
-        the un-augmented ``image_size`` image.
-
-        Returns:
-            ``(y, mask)``: ``(B, K, H', W')`` and a ``(1, 1, H', W')`` float validity mask.
-        """
-        sizes = self.sizes(image_size)
-        # Output grid of each intermediate image, assuming one stride for the whole view.
-        ry, rx = grid_size[0] / image_size[0], grid_size[1] / image_size[1]
-        grids = [grid_size] + [(max(1, round(h * ry)), max(1, round(w * rx))) for h, w in sizes[1:]]
-        mask = y.new_ones((1, 1, *y.shape[-2:]))
-        for t, s, g in zip(reversed(self.transforms), reversed(sizes[:-1]), reversed(grids[:-1])):
-            y, mask = t.invert_dense(y, mask, s, g)
-        if tuple(y.shape[-2:]) != tuple(grid_size):  # only when the model's stride is uneven
-            y, mask = Fn.resize(y, grid_size), Fn.resize(mask, grid_size, mode="nearest")
-        return y, mask
-
-    def invert_points(self, points: Tensor, image_size: Size) -> Tensor:
-        """Map ``(..., 2)`` pixel keypoints predicted on the view back to the original image."""
-        sizes = self.sizes(image_size)
-        for t, s in zip(reversed(self.transforms), reversed(sizes[:-1])):
-            points = t.invert_points(points, s)
-        return points
-
-    def invert_boxes(self, boxes: Tensor, image_size: Size) -> Tensor:
-        """Map ``(..., 4)`` xyxy pixel boxes detected on the view back to the original image of
-        ``image_size`` (the view's input stage), through the transforms right to left.
-
-        Raises:
-            PolicyError: a transform is not axis-aligned (a free rotation); names the view.
-
-        Example:
-            >>> View((Rot90(1), HFlip())).invert_boxes(torch.tensor([[0., 0., 4., 2.]]), (10, 30))
-            tensor([[28.,  6., 30., 10.]])
-        """
-        sizes = self.sizes(image_size)
-        try:
-            for t, s in zip(reversed(self.transforms), reversed(sizes[:-1])):
-                boxes = t.invert_boxes(boxes, s)
-        except PolicyError as e:
-            raise PolicyError(f"view {self.name!r}: {e}") from e
-        return boxes

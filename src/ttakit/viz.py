@@ -9,7 +9,8 @@ from pathlib import Path
 from torch import Tensor
 
 from .runtime.loop import ViewInputs, as_view_inputs
-from .transforms import Normalization, View
+from .transforms import Normalization
+from .views import View
 
 __all__ = ["denormalize", "plot_accuracy", "save_view_grid"]
 
@@ -51,7 +52,7 @@ def save_view_grid(
     cols = min(5, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.3 * rows), squeeze=False)
-    panels = [(v.apply(inputs.render(v.source)[:1], norm)[0], t) for v, t in zip(views, titles)]
+    panels = [(v.apply(inputs.render(v.stage)[:1], norm)[0], t) for v, t in zip(views, titles)]
     panels.append((inputs.render(None)[0], merged_title))
     for ax, (img, title) in zip(axes.flat, panels):
         ax.imshow(denormalize(img.detach().float().cpu(), norm).numpy())

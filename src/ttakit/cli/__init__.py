@@ -15,12 +15,12 @@ import torch
 
 from .. import __version__
 from ..errors import TTAKitError
-from . import evaluate, export, predict, report, search, soup
+from . import calibrate, evaluate, export, predict, report, search, soup
 
 __all__ = ["build_parser", "main"]
 
 # Each command module adds its subcommands; registered statically, in help order.
-_COMMANDS = (predict, evaluate, search, soup, report, export)
+_COMMANDS = (predict, evaluate, search, calibrate, soup, report, export)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -9,18 +9,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from tqdm import tqdm
 
 from ..datasets import LabelledImages, detect_dataset
-from ..errors import ConfigError
+from ..callables import call_spec, is_callable_spec
+from ..errors import ConfigError, ModelLoadError
 from ..evaluation.evaluate import EvalOptions
 from ..merge import list_merges
-from ..models import DEFAULT_MODEL, LoadedModel, load_model
+from ..models import DEFAULT_MODEL, LoadedModel, load_class_names, load_model
 from ..policy import list_presets
 from ..runtime.backends import PRECISIONS, Backend, TorchBackend, create_backend, list_backends
 from ..runtime.config import RunConfig, default_run_config, tune_run_config
@@ -34,11 +36,16 @@ __all__ = [
     "add_policy_args",
     "classification_tta",
     "load",
+    "load_classifier",
     "load_data",
+    "metric_table",
     "eval_options",
     "positive_int",
+    "prepare_run",
+    "print_written",
     "progress_bar",
     "resolve_device",
+    "verdict_lines",
 ]
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -71,7 +78,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model``, ``--weights``, ``--labels``, ``--device``, ``--amp``, ``--micro-batch``, ``--compile``,
     ``--backend``, ``--precision``."""
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name (default: {DEFAULT_MODEL})")
+    g.add_argument("--model", default=None, metavar="SPEC",
+                   help=f"timm model name (default: {DEFAULT_MODEL}), or MODULE:FUNCTION / path/file.py:FUNCTION "
+                   "returning an nn.Module or a LoadedModel (every task; torchvision names for --task detect/segment)")
     g.add_argument("--weights", default=None,
                    help="'hub' for timm's pretrained weights, or a .pth/.pt/.safetensors file "
                    "(default: the embedded ImageNet weights of the default model)")
@@ -142,22 +151,59 @@ class Loaded(NamedTuple):
     backend: Backend  # what runs lm.model: pass it to classification_tta / evaluate
 
 
+def load_classifier(spec: str | None, weights: str | None, labels: str | None) -> LoadedModel:
+    """``--model`` of a classifier: a timm name (default: the embedded model), or
+    ``MODULE:FUNCTION`` returning an ``nn.Module`` (its classes named by ``--labels``, else
+    numbered) or a :class:`~ttakit.models.LoadedModel`."""
+    if not spec or not is_callable_spec(spec):
+        return load_model(spec or DEFAULT_MODEL, weights=weights, labels=labels)
+    got = call_spec(spec, weights)
+    if isinstance(got, LoadedModel):
+        return got if not labels else replace(got, class_names=load_class_names(labels))
+    if not isinstance(got, torch.nn.Module):
+        raise ModelLoadError(f"model {spec!r} returned {type(got).__name__}, not an nn.Module")
+    import timm
+
+    config = timm.data.resolve_data_config({}, model=got)
+    if labels:
+        names = load_class_names(labels)
+    else:
+        with torch.inference_mode():
+            n = got.eval()(torch.zeros(1, *config["input_size"])).shape[-1]
+        names = [str(i) for i in range(n)]
+    return LoadedModel(got.eval(), spec, weights or "(loader's)", config, names)
+
+
 def load(args: argparse.Namespace) -> Loaded:
-    """The model, device, run config and backend that the model options name."""
-    lm = load_model(args.model, weights=args.weights, labels=args.labels)
+    """The classifier, device, run config and backend that the model options name."""
+    return prepare_run(load_classifier(args.model, args.weights, args.labels), args)
+
+
+def prepare_run(lm: LoadedModel, args: argparse.Namespace, task: str = "classify") -> Loaded:
+    """Device, run config and backend of any task's model, from the shared run flags
+    (``--device``, ``--backend``, ``--precision``, ``--amp``, ``--micro-batch``, ``--compile``):
+    each is honoured or refused with one error.
+
+    Raises:
+        ConfigError: a flag this task cannot honour (an ONNX backend for detection, whose
+            per-image box lists do not export; ``--amp``/``--compile`` with an ONNX backend).
+    """
     dev = resolve_device(args.device)
     lm.model.to(dev)
     name, precision = getattr(args, "backend", "torch"), getattr(args, "precision", "fp32")
+    if name != "torch" and task == "detect":
+        raise ConfigError(f"--backend {name} cannot run a detector (its per-image box lists do not export to ONNX); "
+                          "leave --backend out with --task detect")
     if name != "torch" and (args.amp or getattr(args, "compile", False)):
         raise ConfigError(f"--amp and --compile are for the torch backend; with --backend {name} use --precision")
     backend = None if name == "torch" else create_backend(
         name, lm.model, input_size=lm.input_size, key=lm.name, precision=precision, device=dev)
     if args.micro_batch == "auto":
+        if task == "detect":
+            raise ConfigError("--micro-batch auto measures a classifier; give a number with --task detect")
         cfg = tune_run_config(lm.model if backend is None else backend, lm.input_size, dev)
     else:
-        cfg = default_run_config(dev)
-        if backend is not None:  # the ONNX runtimes take NCHW arrays: a channels-last copy would be undone
-            cfg = replace(cfg, channels_last=False)
+        cfg = default_run_config(dev) if backend is None else backend.run_config(dev)
         if args.micro_batch:
             cfg = replace(cfg, micro_batch=args.micro_batch)
     if args.amp or (backend is None and precision == "bf16"):
@@ -191,6 +237,43 @@ def eval_options(args: argparse.Namespace) -> EvalOptions:
         batch_size=args.batch_size, workers=args.workers, limit=args.limit, strict=args.strict, quiet=args.quiet,
         adaptive=getattr(args, "adaptive", None), confidence=getattr(args, "confidence", "max_prob"),
     )
+
+
+def metric_table(results: dict[str, Any], columns: Sequence[tuple[str, str]], per_view: dict[str, Any] | None,
+                 per_view_label: str) -> str:
+    """The printed table of a detection or segmentation run: policy, merge, views, the
+    ``(key, header)`` metric columns as percentages, images/s; the verdicts; each view alone."""
+
+    def pct(v: float | None) -> str:
+        return f"{v:8.2%}" if v is not None else f"{'-':>8}"
+
+    head = f"{'policy':<34} {'merge':<9} {'views':>5} " + " ".join(f"{h:>8}" for _, h in columns) + f" {'img/s':>8}"
+    lines = [head, "-" * len(head)]
+    for key, r in results.items():
+        ips = f"{r['images_per_s']:8.1f}" if r.get("images_per_s") else f"{'-':>8}"
+        cells = " ".join(pct(r.get(k)) for k, _ in columns)
+        lines.append(f"{key[:34]:<34} {r['merge']:<9} {r['views']:>5} {cells} {ips}")
+    lines += verdict_lines(results)
+    if per_view:
+        lines += ["", f"single views ({per_view_label} alone):"]
+        lines += [f"  {n:<40} {pct(m)}" for n, m in sorted(per_view.items(), key=lambda t: -(t[1] or 0))]
+    return "\n".join(lines)
+
+
+def verdict_lines(results: dict[str, Any]) -> list[str]:
+    """The printed paired verdicts of every policy row (none: no lines)."""
+    verdicts = [r["verdict"] for r in results.values() if r.get("verdict")]
+    return ["", "against plain (paired, same images):"] + [f"  {v}" for v in verdicts] if verdicts else []
+
+
+def print_written(res: dict[str, Any], out: str) -> None:
+    """The skipped files (the first ten) and the files an evaluation wrote."""
+    if res["skipped"]:
+        print(f"\nskipped {len(res['skipped'])} file(s):")
+        for s in res["skipped"][:10]:
+            print(f"  {s['path']}: {s['reason']}")
+    written = ", ".join(["per_view.json", "per_image.csv"] + [Path(p).name for p in res.get("written", [])])
+    print(f"\nwrote {Path(out) / 'results.json'}, {written}")
 
 
 @contextlib.contextmanager

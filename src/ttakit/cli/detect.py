@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,11 +24,12 @@ from ..errors import ConfigError
 from ..evaluation.detect_eval import LABEL_MAPS, DetectScoring, evaluate_detection, load_coco_images
 from ..models import load_class_names
 from ..policy import create_policy
-from ..runtime.config import RunConfig, default_run_config
+from ..runtime.config import RunConfig
+from ..runtime.distributed import DistContext
 from ..tasks.boxes import list_box_merges
 from ..tasks.detect import DetectionResult, DetectionTTA, LoadedDetector, load_detector
 from ..viz import _figure, _save
-from .common import eval_options, positive_int, progress_bar, resolve_device
+from .common import eval_options, metric_table, positive_int, prepare_run, print_written, progress_bar
 
 __all__ = [
     "add_detect_args",
@@ -43,14 +43,16 @@ __all__ = [
 
 def add_detect_args(p: argparse.ArgumentParser, evaluate: bool = False) -> None:
     """``--task`` and the detection options (``--detector``, ``--box-merge``, ...)."""
-    p.add_argument("--task", choices=("classify", "detect"), default="classify",
-                   help="classify (default) or detect: object detection with --detector")
+    tasks = ("classify", "detect", "segment") if evaluate else ("classify", "detect")
+    p.add_argument("--task", choices=tasks, default="classify",
+                   help="classify (default), detect (object detection)" + (", segment (with --masks)" if evaluate else ""))
     g = p.add_argument_group("detection (--task detect)")
     g.add_argument("--detector", default=None, metavar="SPEC",
-                   help="MODULE:FUNCTION or path/file.py:FUNCTION returning a detection model, or a torchvision "
-                   "detection model name (e.g. fasterrcnn_mobilenet_v3_large_320_fpn; random weights unless --weights)")
+                   help="alias of --model for --task detect: MODULE:FUNCTION or path/file.py:FUNCTION returning a "
+                   "detection model, or a torchvision detection model name (e.g. fasterrcnn_mobilenet_v3_large_320_fpn; "
+                   "random weights unless --weights)")
     g.add_argument("--num-classes", type=positive_int, default=None,
-                   help="classes of a torchvision detector (default: 91, COCO's label ids)")
+                   help="classes of the model (detect: a torchvision detector's, default 91; segment: required)")
     if evaluate:
         g.add_argument("--annotations", default=None, metavar="COCO_JSON",
                        help="COCO annotations whose images[].file_name are paths in DATA")
@@ -87,19 +89,18 @@ def parse_box_options(items: Sequence[str] | None) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace) -> tuple[LoadedDetector, torch.device, RunConfig]:
-    if not args.detector:
-        raise ConfigError("--task detect needs --detector MODULE:FUNCTION or a torchvision detection model name "
-                          "(e.g. fasterrcnn_mobilenet_v3_large_320_fpn)")
+    spec = args.detector or args.model
+    if not spec:
+        raise ConfigError("--task detect needs --model (or --detector) MODULE:FUNCTION or a torchvision detection "
+                          "model name (e.g. fasterrcnn_mobilenet_v3_large_320_fpn)")
     if getattr(args, "merge", None):
         raise ConfigError("--merge is for classification; with --task detect use --box-merge")
-    if args.micro_batch == "auto":
-        raise ConfigError("--micro-batch auto is for classification models; give a number with --task detect")
+    if getattr(args, "adaptive", None) is not None:
+        raise ConfigError("--adaptive is for classification; leave it out with --task detect")
     names = load_class_names(args.labels) if args.labels else None
-    det = load_detector(args.detector, args.weights, args.num_classes, names)
-    dev = resolve_device(args.device)
-    det.model.to(dev)
-    cfg = default_run_config(dev)
-    return det, dev, cfg if not args.micro_batch else dataclasses.replace(cfg, micro_batch=args.micro_batch)
+    det = load_detector(spec, args.weights, args.num_classes, names)
+    loaded = prepare_run(det, args, task="detect")
+    return loaded.lm, loaded.device, loaded.run_config  # type: ignore[return-value]
 
 
 def _tta(det: LoadedDetector, cfg: RunConfig, args: argparse.Namespace) -> DetectionTTA:
@@ -205,20 +206,7 @@ def cmd_views(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- evaluate
 def format_detection_table(results: dict[str, Any], per_view: dict[str, Any] | None = None) -> str:
     """The printed table of ``ttakit evaluate --task detect``."""
-    head = f"{'policy':<34} {'merge':<9} {'views':>5} {'mAP':>7} {'mAP50':>7} {'mAP75':>7} {'img/s':>8}"
-    lines = [head, "-" * len(head)]
-
-    def pct(v: float | None) -> str:
-        return f"{v:7.2%}" if v is not None else f"{'-':>7}"
-
-    for key, r in results.items():
-        ips = f"{r['images_per_s']:8.1f}" if r.get("images_per_s") else f"{'-':>8}"
-        lines.append(f"{key[:34]:<34} {r['merge']:<9} {r['views']:>5} {pct(r['map'])} {pct(r['map50'])} "
-                     f"{pct(r['map75'])} {ips}")
-    if per_view:
-        lines += ["", "single views (mAP alone):"]
-        lines += [f"  {n:<40} {pct(m)}" for n, m in sorted(per_view.items(), key=lambda t: -(t[1] or 0))]
-    return "\n".join(lines)
+    return metric_table(results, (("map", "mAP"), ("map50", "mAP50"), ("map75", "mAP75")), per_view, "mAP")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -228,15 +216,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = eval_options(args)
     data = load_coco_images(args.data, args.annotations)
     det, dev, cfg = _load(args)
-    print(f"data: {data.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
+    if DistContext.from_env().is_main:
+        print(f"data: {data.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
     policies = [dataclasses.replace(create_policy(t, det.data_config), name=t) for t in (args.tta or ["hflip"])]
     scoring = DetectScoring(parse_box_options(args.box_option), args.label_map)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
         res = evaluate_detection(det, data, policies, args.box_merge, args.out, cfg, options, scoring, dev, bar)
+    if not res:  # not rank 0
+        return 0
     print(format_detection_table(res["results"], res["per_view"]))
-    if res["skipped"]:
-        print(f"\nskipped {len(res['skipped'])} file(s):")
-        for s in res["skipped"][:10]:
-            print(f"  {s['path']}: {s['reason']}")
-    print(f"\nwrote {Path(args.out) / 'results.json'}, per_view.json")
+    print_written(res, args.out)
     return 0

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 from ..evaluation.evaluate import evaluate
 from ..policy import create_policy
-from .common import add_data_args, add_policy_args, eval_options, load, load_data, progress_bar
+from ..errors import ConfigError
+from .calibrate import add_conformal_args, conformal_extras, conformal_lines
+from .common import add_data_args, add_policy_args, eval_options, load, load_data, print_written, progress_bar, verdict_lines
 from .detect import add_detect_args, cmd_evaluate as _cmd_evaluate_detect
+from .segment import add_segment_args, cmd_evaluate_segment
 
 __all__ = ["format_table", "register"]
 
@@ -27,9 +29,7 @@ def format_table(results: dict[str, Any], per_view: dict[str, float] | None = No
             f"{key[:34]:<34} {r['merge']:<10} {r['views']:>5} {r['top1']:7.2%} {r['top5']:7.2%} {r['nll']:7.4f} "
             f"{r['nll_calibrated']:7.4f} {r['ece']:6.3f} {r['fixed']:>6} {r['broken']:>6} {ips}{extra}"
         )
-    verdicts = [r["verdict"] for r in results.values() if r.get("verdict")]
-    if verdicts:
-        lines += ["", "against plain (paired, same images):"] + [f"  {v}" for v in verdicts]
+    lines += verdict_lines(results)
     if per_view:
         lines += ["", "single views (top-1 alone):"]
         for name, top1 in sorted(per_view.items(), key=lambda t: -t[1]):
@@ -40,22 +40,25 @@ def format_table(results: dict[str, Any], per_view: dict[str, float] | None = No
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.task == "detect":
         return _cmd_evaluate_detect(args)
+    if args.task == "segment":
+        return cmd_evaluate_segment(args)
+    if args.masks or args.annotations:
+        raise ConfigError(f"--{'masks' if args.masks else 'annotations'} is for --task "
+                          f"{'segment' if args.masks else 'detect'}; add that --task")
     options = eval_options(args)
     lm, dev, cfg, backend = load(args)
     # Rows are named by the policy exactly as written (a preset, text or a JSON path).
     policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
     data = load_data(args, lm, args.data)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
-        res = evaluate(lm, data, policies, args.merge, args.out, cfg, options, dev, progress=bar, backend=backend)
+        res = evaluate(lm, data, policies, args.merge, args.out, cfg, options, dev, progress=bar, backend=backend,
+                       extras=conformal_extras(args))
     if not res:  # not rank 0
         return 0
     print(format_table(res["results"], res["per_view"]))
-    if res["skipped"]:
-        print(f"\nskipped {len(res['skipped'])} file(s):")
-        for s in res["skipped"][:10]:
-            print(f"  {s['path']}: {s['reason']}")
-    written = ", ".join(Path(p).name for p in res.get("written", []))
-    print(f"\nwrote {Path(args.out) / 'results.json'}" + (f", {written}" if written else ""))
+    for line in conformal_lines(res["results"]):  # none without --conformal
+        print(line)
+    print_written(res, args.out)
     return 0
 
 
@@ -65,4 +68,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     add_policy_args(p, many=True)
     add_detect_args(p, evaluate=True)
+    add_segment_args(p)
+    add_conformal_args(p)
     p.set_defaults(func=_cmd_evaluate)

@@ -1,15 +1,16 @@
-"""``ttakit export``: a model with its TTA policy as one ONNX graph (images in, probabilities out)."""
+"""``ttakit export``: a model with its TTA policy as one ONNX graph (images or photos in, probabilities out)."""
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from ..merge import list_merges
 from ..models import DEFAULT_MODEL, load_model
 from ..policy import create_policy, list_presets
-from ..runtime.backends import DEFAULT_OPSET
-from ..runtime.export import TASKS, export_tta
+from ..runtime.onnx_cache import DEFAULT_OPSET
+from ..runtime.export import INPUTS, TASKS, export_tta
 from .common import positive_int
 
 __all__ = ["register"]
@@ -37,16 +38,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     meta = {"ttakit.model": lm.name, "ttakit.model_weights": lm.weights}
     if args.task == "classify":
         meta["ttakit.class_names"] = list(lm.class_names)
+    t0 = time.perf_counter()
     path = export_tta(lm.model, policy, args.out, merge=args.merge, input_size=size, norm=lm.normalization,
-                      task=args.task, opset=args.opset, data_config=cfg, metadata=meta)
+                      task=args.task, input=args.input, opset=args.opset, data_config=cfg, metadata=meta)
+    secs = time.perf_counter() - t0
     merge = (args.merge or policy.merge or "mean") if args.task == "classify" else "mean of softmax maps"
     mb = Path(path).stat().st_size / 2**20
-    print(f"wrote {path} ({mb:.1f} MB, opset {args.opset}): {lm.name} ({lm.weights}), policy {policy.name} "
-          f"({len(policy.views)} views), merge {merge}")
+    print(f"wrote {path} ({mb:.1f} MB, opset {args.opset}, {secs:.1f} s): {lm.name} ({lm.weights}), "
+          f"policy {policy.name} ({len(policy.views)} views), merge {merge}")
     h, w = size
-    print(f"  input  images (N, 3, {h}, {w}) float32: the model's preprocessing, {cfg.get('interpolation')} resize "
-          f"at crop_pct {cfg.get('crop_pct')}, then (pixel/255 - mean) / std with mean {tuple(cfg['mean'])}, "
-          f"std {tuple(cfg['std'])}")
+    if args.input == "photo":
+        stages = sorted({v.source.name if v.source else "the model's own" for v in policy.views})
+        print(f"  input  photos (N, H, W, 3) uint8 RGB, any H and W (one size per call): the graph renders "
+              f"{', '.join(stages)} input stage(s) as PIL does ({cfg.get('interpolation')})")
+    else:
+        print(f"  input  images (N, 3, {h}, {w}) float32: the model's preprocessing, {cfg.get('interpolation')} "
+              f"resize at crop_pct {cfg.get('crop_pct')}, then (pixel/255 - mean) / std with mean "
+              f"{tuple(cfg['mean'])}, std {tuple(cfg['std'])}")
     out = f"(N, {lm.num_classes}) merged probabilities" if args.task == "classify" else "(N, K, h, w) mean probabilities"
     print(f"  output probs {out}; the graph's metadata holds the policy and data config")
     return 0
@@ -57,10 +65,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write the model and a TTA policy as one ONNX graph")
     presets = ", ".join(list_presets())
     p.add_argument("--tta", default="hflip", metavar="POLICY",
-                   help=f"preset ({presets}) or policy text of tensor-stage views (default: hflip)")
+                   help=f"preset ({presets}) or policy text (default: hflip); input stages need --input photo")
     p.add_argument("--merge", default=None, choices=list_merges(),
                    help="merge mode for --task classify (default: the policy's, else mean; vote does not export)")
     p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--input", choices=INPUTS, default="tensor",
+                   help="tensor: the graph takes preprocessed (N, 3, H, W) images; photo: decoded (N, H, W, 3) uint8 "
+                   "RGB photos of any size, every input stage rendered inside the graph (default: tensor)")
     p.add_argument("--task", choices=TASKS, default="classify",
                    help="classify: merged class probabilities; segment: flips and quarter turns undone, "
                    "mean of softmax maps (default: classify)")

@@ -16,7 +16,13 @@ from ..viz import save_view_grid
 from .common import add_model_args, add_policy_args, classification_tta, load, positive_int
 from .detect import add_detect_args, cmd_predict as _cmd_predict_detect, cmd_views as _cmd_views_detect
 
-__all__ = ["format_predictions", "predictions_to_json", "register"]
+__all__ = ["DEFAULT_POLICY", "format_predictions", "predictions_to_json", "register"]
+
+# predict's and views' default policy: the greedy search's best three views over the default
+# search pool on the sample photos and their corrupted copy, checked by 5-fold held-out
+# estimates (benchmarks/choose_predict_default.py; README, "Why predict's default policy").
+# The flip alone is one flag away: --tta hflip.
+DEFAULT_POLICY = "input=256:1 + input=224:0.8 + input=224:1|hflip"
 
 
 def predictions_to_json(lm: LoadedModel, tta: ClassificationTTA, preds: Sequence[ImagePrediction]) -> dict[str, Any]:
@@ -26,12 +32,14 @@ def predictions_to_json(lm: LoadedModel, tta: ClassificationTTA, preds: Sequence
         "policy": [v.name for v in tta.views],
         "merge": tta.merge_name,
         "adaptive": tta.adaptive,
+        **({} if tta.conformal is None else {"conformal": tta.conformal.to_dict()}),  # a calibrated policy
         "images": [
             {
                 "path": p.path,
                 "plain": [asdict(s) for s in p.plain],
                 "tta": [asdict(s) for s in p.tta],
                 "views": [{"name": n, **asdict(s)} for n, s in p.views],
+                **({} if p.conformal_set is None else {"set": [asdict(s) for s in p.conformal_set]}),
             }
             for p in preds
         ],
@@ -62,6 +70,9 @@ def format_predictions(lm: LoadedModel, tta: ClassificationTTA, preds: Sequence[
         if p.plain and p.tta:
             verdict = "same top-1" if p.plain[0].index == p.tta[0].index else "top-1 CHANGED"
             lines.append(f"  {verdict}: plain {p.plain[0].label} -> tta {p.tta[0].label}")
+        if p.conformal_set is not None and tta.conformal is not None:
+            names = ", ".join(s.label for s in p.conformal_set)
+            lines.append(f"  set: {{{names}}} ({tta.conformal.coverage:.0%} coverage)")
         skipped = len(tta.views) - len(p.views)
         lines.append("  views:" + (f" ({skipped} not run: the plain view is confident enough)" if skipped else ""))
         name_w = max((len(n) for n, _ in p.views), default=8)
@@ -71,7 +82,16 @@ def format_predictions(lm: LoadedModel, tta: ClassificationTTA, preds: Sequence[
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _with_default_policy(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in ``--tta`` when it was not given: :data:`DEFAULT_POLICY` for classification,
+    ``hflip`` for detection (its default has no evidence behind another choice yet)."""
+    if args.tta is None:
+        args.tta = DEFAULT_POLICY if args.task == "classify" else "hflip"
+    return args
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
+    args = _with_default_policy(args)
     if args.task == "detect":
         return _cmd_predict_detect(args)
     paths = args.images or [str(example_image_path())]
@@ -87,6 +107,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_views(args: argparse.Namespace) -> int:
+    args = _with_default_policy(args)
     if args.task == "detect":
         return _cmd_views_detect(args)
     image = load_image(args.image)
@@ -109,6 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="*", help="image files (default: the bundled example photo)")
     add_model_args(p)
     add_policy_args(p)
+    p.set_defaults(tta=None)  # classify: DEFAULT_POLICY; detect keeps hflip (see _with_default_policy)
     add_detect_args(p)
     p.add_argument("--topk", type=positive_int, default=5, help="classes to show (default: 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
@@ -119,5 +141,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output picture (.png)")
     add_model_args(p)
     add_policy_args(p)
+    p.set_defaults(tta=None)  # classify: DEFAULT_POLICY; detect keeps hflip (see _with_default_policy)
     add_detect_args(p)
     p.set_defaults(func=_cmd_views)

@@ -15,6 +15,7 @@ from ..policy import Policy, create_policy, save_policy
 from ..runtime.backends import Backend
 from ..runtime.config import RunConfig
 from ..runtime.distributed import DistContext
+from .calibrate import add_conformal_args, set_size_search_lines
 from .common import add_data_args, eval_options, load, load_data, positive_int, progress_bar
 
 __all__ = ["register"]
@@ -38,12 +39,17 @@ def _print_search(policy: Policy, path: Path) -> None:
         w = f"  weight {policy.weights[i]:.3f}" if policy.weights else ""
         print(f"  {v.name}{w}")
     print(f"temperature {policy.temperature:.3f}")
+    if "conformal" in meta:  # --objective set_size: a calibrated policy
+        print("\n".join(set_size_search_lines(meta)) + f"\nwrote {path} (use it as --tta {path})")
+        return
     print(f"selection data: top1 {meta['selection_top1']:.2%} (plain {meta['plain_top1']:.2%}), "
           f"calibrated nll {meta['selection_nll']:.4f} (plain {meta['plain_nll']:.4f})")
     if "kfold" in meta:
         k = meta["kfold"]
         print(f"{k['folds']}-fold held-out estimate: top1 {k['top1']:.2%} (plain {k['plain_top1']:.2%}), "
               f"nll {k['nll']:.4f} (plain {k['plain_nll']:.4f}); views per fold {k['views_per_fold']}")
+        if "note" in k:
+            print(f"note: {k['note']}")
     if "heldout" in meta:
         h = meta["heldout"]
         print(f"held-out (DATA): top1 {h['top1']:.2%} (plain {h['plain']['top1']:.2%}), nll {h['nll']:.4f} "
@@ -55,7 +61,8 @@ def _print_search(policy: Policy, path: Path) -> None:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     options = SearchOptions(budget=args.budget, objective=args.objective, folds=args.folds,
-                            learn_weights=args.learn_weights, target_cost=args.target_cost, name=args.name)
+                            learn_weights=args.learn_weights, target_cost=args.target_cost, name=args.name,
+                            conformal=args.conformal, conformal_score=args.conformal_score)
     lm, dev, cfg, backend = load(args)
     pool = create_policy(args.pool or "search_pool", lm.data_config)
     on_data = _pool_logits(args, lm, cfg, dev, pool, args.data, "data", backend)
@@ -83,11 +90,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--pool", default=None, help="candidate views as a policy (default: flips, input stages "
                    "re-sampled from the photo, scales, crops, rotations, shifts, brightness/contrast)")
     g.add_argument("--budget", type=positive_int, default=5, help="maximum views in the policy (default: 5)")
-    g.add_argument("--objective", choices=("nll", "top1"), default="nll", help="what the search improves (default: nll)")
+    g.add_argument("--objective", choices=("nll", "top1", "set_size"), default="nll",
+                   help="what the search improves (default: nll; set_size needs --conformal ALPHA)")
     g.add_argument("--val", default=None, help="separate selection data; otherwise k-fold on DATA")
     g.add_argument("--folds", type=positive_int, default=5, help="k of the k-fold estimate (default: 5)")
     g.add_argument("--learn-weights", action="store_true", help="also fit per-view weights and a temperature")
     g.add_argument("--target-cost", type=float, default=None,
                    help="pick an adaptive-TTA threshold spending at most this share of the view-forwards")
     g.add_argument("--name", default="searched", help="policy name in reports (default: searched)")
+    add_conformal_args(p)
     p.set_defaults(func=_cmd_search)

@@ -1,13 +1,13 @@
-"""Detection evaluation: COCO mAP of the plain detector and every policy x box merge.
+"""Detection in the evaluation pipeline: COCO images, stored boxes, box merges, COCO mAP, paired intervals.
 
-As for classification (:mod:`ttakit.evaluation.evaluate`), each image is decoded once, every
-distinct view of all policies runs once on it, and each view's detections, already mapped
-back to the photo's pixels, are stored chunk by chunk (ragged: the concatenated ``boxes``,
-``scores`` and ``labels`` of the chunk with the ``image`` and ``view`` of each box) by the
-same :class:`~ttakit.evaluation.store.LogitStore` under ``DIR/detections/``. A killed run
-resumes at the first missing chunk; a later run asking only for stored views costs no model
-time. Scoring merges the stored boxes for every row and measures COCO mAP@[.5:.95] and
-mAP@.5 with pycocotools' ``COCOeval`` (not re-implemented here).
+The pipeline (:mod:`~ttakit.evaluation.pipeline`) decodes each image once, runs every distinct
+view once and stores chunk by chunk what :class:`DetectTask` packs: each view's detections,
+already mapped back to the photo's pixels (ragged: the concatenated ``boxes``, ``scores`` and
+``labels`` of the chunk with the ``image`` and ``view`` of each box), under
+``DIR/detections/``. Scoring merges the stored boxes for every row and measures COCO
+mAP@[.5:.95], mAP@.5 and mAP@.75 with pycocotools' ``COCOeval``; each policy is compared
+with plain by a paired bootstrap of mAP over images (:mod:`~ttakit.evaluation.box_map`
+accumulates COCO's matches for every resample at once).
 
 The data is a folder of images and a COCO annotation file whose ``images[].file_name`` are
 paths relative to that folder.
@@ -15,11 +15,10 @@ paths relative to that folder.
 
 from __future__ import annotations
 
-import contextlib
+import csv
+import dataclasses
 import hashlib
-import io
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,32 +26,29 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from ..data import InputRenderer
-from ..datasets import make_loader
 from ..errors import ConfigError, DatasetError
-from ..policy import Policy, parse_view
-from ..runtime.config import RunConfig, prepare_model, timed
+from ..models import LoadedModel
+from ..policy import Policy
+from ..runtime.config import RunConfig
 from ..runtime.loop import RenderedInputs
-from ..tasks.boxes import get_box_merge
-from ..tasks.detect import DetectionTTA, Detections, LoadedDetector, ViewDetections, merge_options_for
-from ..transforms import View
-from .evaluate import EvalOptions, PolicyRun, union_views
-from .store import LogitStore, plan_chunks
+from ..tasks.boxes import BoxMergeOptions, box_options_for_run, get_box_merge, list_box_merges
+from ..tasks.detect import DetectionTTA, Detections, LoadedDetector, ViewDetections
+from ..views import View
+from .box_map import coco_gt, coco_map, match_table, weighted_map
+from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, task_report, view_columns
+from .scoring import EvalOptions, PolicyRun, policy_runs
+from .stats import compare_statistic
+from .store import LogitStore
 
 __all__ = [
     "CocoImages",
     "DetectScoring",
-    "check_merge_options",
-    "coco_map",
-    "compute_detections",
-    "detection_fingerprint",
-    "detection_runs",
+    "DetectTask",
     "evaluate_detection",
     "load_coco_images",
-    "score_detections",
+    "row_detections",
 ]
 
 LABEL_MAPS = ("index", "id")
@@ -133,6 +129,7 @@ class DetectScoring:
             trained on these categories); ``id``: labels are COCO category ids (torchvision's
             COCO models). Other labels are not scored.
         max_detections: merged boxes kept per image, by score (COCO counts at most 100).
+        n_resamples: bootstrap resamples of the paired mAP interval.
 
     Example:
         >>> DetectScoring(label_map="name")
@@ -144,6 +141,7 @@ class DetectScoring:
     merge_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     label_map: str = "index"
     max_detections: int = 100
+    n_resamples: int = 2000
 
     def __post_init__(self) -> None:
         if self.label_map not in LABEL_MAPS:
@@ -152,136 +150,9 @@ class DetectScoring:
             raise ConfigError(f"max_detections must be a positive integer, got {self.max_detections!r}")
 
 
-def detection_runs(policies: Sequence[Policy], merges: Sequence[str] | None) -> list[PolicyRun]:
-    """The plain row, then every policy x box merge (default: the policy's merge if it is a
-    box merge, else ``wbf``); names are checked here, once."""
-    runs = [PolicyRun("plain", Policy((View(),), name="plain"), "none")]
-    for p in policies:
-        chosen = list(merges) if merges else [p.merge if p.merge in ("wbf", "nms", "soft_nms", "concat") else "wbf"]
-        for m in chosen:
-            get_box_merge(m)
-            runs.append(PolicyRun(p.name if len(chosen) == 1 else f"{p.name}@{m}", p, m))
-    return runs
 
 
-def check_merge_options(options: Mapping[str, Any], merges: Sequence[str]) -> None:
-    """Fail early on a box-merge option that none of ``merges`` would use (a typo would
-    otherwise be ignored).
-
-    Raises:
-        ConfigError: naming the option.
-    """
-    for key, value in options.items():
-        target, dot, _ = key.rpartition(".")
-        if dot and target not in merges:
-            raise ConfigError(f"box option {key!r} is for {target!r}, which this run does not use ({', '.join(merges)})")
-        if not any(merge_options_for(m, {key: value}) for m in merges):
-            raise ConfigError(f"no box merge of this run ({', '.join(merges)}) has an option {key!r}")
-
-
-def detection_fingerprint(det: LoadedDetector, data: CocoImages, views: Sequence[View], batch_size: int) -> dict[str, Any]:
-    """What identifies a run's stored detections: detector, weights, data, views, chunking."""
-    return {
-        "task": "detect",
-        "model": det.name,
-        "weights": det.weights,
-        "data": data.source,
-        "annotations": data.digest,
-        "n_images": len(data),
-        "views": [v.name for v in views],
-        "batch_size": batch_size,
-        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in det.data_config.items()},
-    }
-
-
-# --------------------------------------------------------------------------- compute
-class _SizedRenderer:
-    """Every input stage of a photo plus its ``(H, W)`` (boxes go back to photo pixels);
-    pickles, for DataLoader workers."""
-
-    def __init__(self, renderer: InputRenderer) -> None:
-        self.renderer = renderer
-
-    def __call__(self, img: Image.Image) -> dict[str, Tensor]:
-        return {**self.renderer(img), "photo_size": torch.tensor([img.height, img.width])}
-
-
-def compute_detections(
-    det: LoadedDetector,
-    data: CocoImages,
-    views: Sequence[View],
-    store: LogitStore,
-    run_config: RunConfig,
-    options: EvalOptions,
-    device: torch.device,
-    progress: Callable[[int], Any] | None = None,
-) -> None:
-    """Run every view on every missing chunk and store its detections in photo pixels.
-
-    The chunk's model time is shared between the views in proportion to their pixels, so each
-    row's cost can be reported. ``progress(n)`` is called with the number of images done.
-    """
-    chunks = plan_chunks(len(data), options.batch_size)
-    todo = [c for c in chunks if not store.has(c[0])]
-    if progress is not None:
-        progress(len(data) - sum(e - s for s, e in todo))
-    if not todo:
-        return
-    tta = DetectionTTA(det.model, Policy(tuple(views)), "concat", norm=det.normalization, run_config=run_config,
-                       data_config=det.data_config)
-    renderer = _SizedRenderer(InputRenderer({v.source for v in views}, det.data_config))
-    loader = make_loader(data.paths, renderer, [range(s, e) for s, e in todo], options.workers)
-    h, w = det.data_config["input_size"][-2:]
-    pixels = torch.tensor([float(np.prod(v.output_size((h, w) if v.source is None else (v.source.size,) * 2)))
-                           for v in views], dtype=torch.float64)
-    share = pixels / pixels.sum()  # (U,) each view's share of the chunk's model time
-    for (start, stop), (idx, x, bad) in zip(todo, loader):
-        if bad and options.strict:
-            i, reason = bad[0]
-            raise DatasetError(f"{data.paths[i]}: {reason} (--strict)")
-        payload: dict[str, Tensor] = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
-                                      "labels": torch.zeros(0, dtype=torch.long), "image": torch.zeros(0, dtype=torch.long),
-                                      "view": torch.zeros(0, dtype=torch.long), "seconds": torch.zeros(len(views), dtype=torch.float64)}
-        if x is not None:
-            sizes = [tuple(s) for s in x.pop("photo_size").tolist()]
-            inputs = RenderedInputs(x, sizes).to(device)
-            got: list[ViewDetections] = []
-            total = timed(lambda: got.append(tta.detect_views(inputs)), device)
-            vd = got[0]
-            payload.update(boxes=vd.boxes.cpu(), scores=vd.scores.cpu(), labels=vd.labels.cpu(),
-                           image=vd.images.cpu(), view=vd.views.cpu(), seconds=share * total)
-        payload["indices"] = torch.tensor(idx, dtype=torch.long)
-        store.write(start, payload, bad)
-        if progress is not None:
-            progress(stop - start)
-
-
-# --------------------------------------------------------------------------- scoring
-def _coco(annotations: str) -> Any:
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        return COCO(annotations)
-
-
-def coco_map(coco_gt: Any, rows: np.ndarray, image_ids: Sequence[int]) -> dict[str, float | None]:
-    """COCO box mAP@[.5:.95], mAP@.5 and mAP@.75 (pycocotools' ``COCOeval``) of detections
-    ``rows (M, 7)``: ``image_id, x, y, w, h, score, category_id``, over ``image_ids``
-    (``None`` where no image has ground truth)."""
-    from pycocotools.cocoeval import COCOeval
-
-    if len(rows) == 0:  # loadRes cannot take an empty list; nothing detected scores 0
-        has_gt = bool(coco_gt.getAnnIds(imgIds=list(image_ids)))
-        return {k: 0.0 if has_gt else None for k in ("map", "map50", "map75")}
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev = COCOeval(coco_gt, coco_gt.loadRes(rows), "bbox")
-        ev.params.imgIds = list(image_ids)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {k: (float(v) if v >= 0 else None) for k, v in zip(("map", "map50", "map75"), ev.stats[:3])}
-
-
+# --------------------------------------------------------------------------- the task
 def _coco_rows(dets: Detections, image_ids: Sequence[int], categories: Tensor | None) -> np.ndarray:
     """``(M, 7)`` COCO result rows of per-image detections (labels mapped through
     ``categories``; ``None``: labels are ids)."""
@@ -304,13 +175,32 @@ def _coco_rows(dets: Detections, image_ids: Sequence[int], categories: Tensor | 
 
 @dataclass
 class _Row:
-    """Streaming state of one results row: its COCO result rows and model time."""
+    """Streaming state of one results row: its COCO result rows, boxes per image, model time."""
 
     run: PolicyRun
     cols: list[int]
-    options: dict[str, Any]
+    options: BoxMergeOptions | None
     rows: list[np.ndarray] = field(default_factory=list)
+    boxes: list[int] = field(default_factory=list)
     seconds: float = 0.0
+
+    def add(self, vd: ViewDetections, ids: Sequence[int], seconds: Tensor, scoring: DetectScoring,
+            categories: Tensor | None) -> None:
+        dets = _merged(vd, self.run, self.cols, self.options, scoring.max_detections)
+        self.rows.append(_coco_rows(dets, ids, categories))
+        self.boxes += [len(d["scores"]) for d in dets]
+        self.seconds += float(seconds[self.cols].sum())
+
+    def table(self) -> np.ndarray:
+        return np.concatenate(self.rows) if self.rows else np.zeros((0, 7))
+
+
+def _merged(vd: ViewDetections, run: PolicyRun, cols: Sequence[int], options: BoxMergeOptions | None,
+            max_detections: int) -> Detections:
+    """A row's merged detections of one stored chunk (one view: its boxes as they are)."""
+    merge = None if len(cols) == 1 else get_box_merge(run.merge)
+    w = run.policy.weights
+    return vd.select(cols).merge(merge, None if w is None else list(w), options, max_detections)
 
 
 def _view_detections(payload: Mapping[str, Tensor], names: Sequence[str]) -> ViewDetections:
@@ -318,61 +208,117 @@ def _view_detections(payload: Mapping[str, Tensor], names: Sequence[str]) -> Vie
                           len(payload["indices"]), tuple(names))
 
 
-def score_detections(
-    store: LogitStore,
-    data: CocoImages,
-    runs: Sequence[PolicyRun],
-    scoring: DetectScoring,
-) -> tuple[dict[str, Any], dict[str, float | None], list[dict[str, Any]]]:
-    """Merge the stored detections for every row, chunk by chunk, and score them.
+def _default_box_merge(policy: Policy) -> str:
+    return policy.merge if policy.merge in list_box_merges() else "wbf"
 
-    Returns:
-        ``(results, per_view, skipped)``: ``results[key]`` holds merge, views, view_names,
-        map, map50, map75, seconds, images_per_s; ``per_view[name]`` each view's mAP alone;
-        ``skipped`` the unreadable files.
+
+@dataclass
+class DetectTask:
+    """Detection in the pipeline (see the module docstring).
+
+    Attributes:
+        det: the detector (its data config maps boxes back to photo pixels).
+        data: the COCO images.
+        scoring: how stored boxes are merged and scored.
+        run_config: micro-batch, memory format and autocast of the view loop.
     """
-    names = list(store.fingerprint["views"])
-    columns = {n: i for i, n in enumerate(names)}
-    try:
-        rows = [_Row(r, [columns[v.name] for v in r.policy.views],
-                     {} if r.is_plain else merge_options_for(r.merge, scoring.merge_options)) for r in runs]
-    except KeyError as e:
-        raise DatasetError(f"view {e.args[0]!r} is not in the stored detections of {store.dir.parent}") from e
-    singles = [_Row(PolicyRun(n, Policy((parse_view(n),)), "none"), [u], {}) for u, n in enumerate(names)]
-    categories = torch.tensor(data.category_ids) if scoring.label_map == "index" else None
-    skipped: list[dict[str, Any]] = []
-    evaluated: list[int] = []
-    for payload, bad in store.chunks():
-        skipped += [{"path": data.paths[i], "reason": reason} for i, reason in bad]
-        ids = [data.image_ids[i] for i in payload["indices"].tolist()]
-        evaluated += ids
-        vd = _view_detections(payload, names)
-        for row in rows + singles:
-            merge = None if len(row.cols) == 1 else get_box_merge(row.run.merge)
-            w = row.run.policy.weights
-            dets = vd.select(row.cols).merge(merge, None if w is None else list(w), row.options, scoring.max_detections)
-            row.rows.append(_coco_rows(dets, ids, categories))
-            row.seconds += float(payload["seconds"][row.cols].sum())
-    coco = _coco(data.annotations)
 
-    def metrics(row: _Row) -> dict[str, float | None]:
-        return coco_map(coco, np.concatenate(row.rows) if row.rows else np.zeros((0, 7)), evaluated)
+    det: LoadedDetector
+    data: CocoImages
+    scoring: DetectScoring
+    run_config: RunConfig
+    name: str = "detect"
+    subdir: str = "detections"
+    options: dict[str, BoxMergeOptions] = field(default_factory=dict, init=False)  # per merge, set by runs()
+    _tta: dict[tuple[str, ...], DetectionTTA] = field(default_factory=dict, repr=False)
 
-    results = {
-        r.run.key: {
-            "merge": "none" if r.run.is_plain else r.run.merge,
-            "views": len(r.cols),
-            "view_names": r.run.policy.view_names,
-            **metrics(r),
-            "seconds": round(r.seconds, 4),
-            "images_per_s": round(len(evaluated) / r.seconds, 2) if r.seconds > 0 else None,
+    def runs(self, policies: Sequence[Policy], merges: Sequence[str] | None) -> list[PolicyRun]:
+        runs = policy_runs(policies, merges, resolve=get_box_merge, default=_default_box_merge, plain_merge="none")
+        self.options = box_options_for_run([r.merge for r in runs if not r.is_plain], self.scoring.merge_options)
+        return runs
+
+    def fingerprint(self, data: CocoImages) -> dict[str, Any]:
+        return {"task": "detect", "annotations": data.digest}
+
+    def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int]) -> dict[str, Tensor]:
+        key = tuple(v.name for v in views)
+        if key not in self._tta:  # the de-augmenter of these views (built once)
+            self._tta[key] = DetectionTTA(self.det.model, Policy(tuple(views)), "concat", norm=self.det.normalization,
+                                          run_config=self.run_config, data_config=self.det.data_config)
+        vd = self._tta[key].deaugment(outs, inputs)
+        return {"boxes": vd.boxes.cpu(), "scores": vd.scores.cpu(), "labels": vd.labels.cpu(),
+                "image": vd.images.cpu(), "view": vd.views.cpu()}
+
+    def empty(self, views: Sequence[View]) -> dict[str, Tensor]:
+        return {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long),
+                "image": torch.zeros(0, dtype=torch.long), "view": torch.zeros(0, dtype=torch.long)}
+
+    def score(self, store: LogitStore, data: CocoImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
+        names = list(store.fingerprint["views"])
+        opts = self.options or box_options_for_run([r.merge for r in runs if not r.is_plain], self.scoring.merge_options)
+        singles = single_view_runs(store)
+        rows = [_Row(r, cols, opts.get(r.merge))
+                for r, cols in zip([*runs, *singles], view_columns(store, [*runs, *singles]))]
+        categories = torch.tensor(data.category_ids) if self.scoring.label_map == "index" else None
+        skipped: list[dict[str, Any]] = []
+        indices: list[int] = []
+        for payload in stored_chunks(store, data, skipped):
+            ids = [data.image_ids[i] for i in payload["indices"].tolist()]
+            indices += payload["indices"].tolist()
+            vd = _view_detections(payload, names)
+            for row in rows:
+                row.add(vd, ids, payload["seconds"], self.scoring, categories)
+        gt = coco_gt(data.annotations)
+        evaluated = [data.image_ids[i] for i in indices]
+        tables = {r.run.key: match_table(gt, r.table(), evaluated) for r in rows[:len(runs)]}
+        per_image = {k: weighted_map(t, np.eye(len(evaluated))) for k, t in tables.items()}  # (N,) each image's AP
+        results = {
+            r.run.key: {
+                "merge": "none" if r.run.is_plain else r.run.merge,
+                "views": len(r.cols),
+                "view_names": r.run.policy.view_names,
+                **({} if r.run.policy.weights is None else {"weights": list(r.run.policy.weights)}),
+                **coco_map(gt, r.table(), evaluated),
+                "seconds": round(r.seconds, 4),
+                "images_per_s": round(len(evaluated) / r.seconds, 2) if r.seconds > 0 else None,
+            }
+            for r in rows[:len(runs)]
         }
-        for r in rows
-    }
-    return results, {r.run.key: metrics(r)["map"] for r in singles}, skipped
+        self._write_per_image(out / "per_image.csv", data, indices, rows[:len(runs)], per_image)
+        doc = {"annotations": data.annotations, "class_names": list(data.category_names), "scoring": {
+            "label_map": self.scoring.label_map, "max_detections": self.scoring.max_detections,
+            "merge_options": {m: dataclasses.asdict(o) for m, o in opts.items()}}}
+        per_view = {r.run.key: coco_map(gt, r.table(), evaluated)["map"] for r in rows[len(runs):]}
+        return Scored(results, per_view, skipped, tables, doc)
+
+    @staticmethod
+    def _write_per_image(path: Path, data: CocoImages, indices: Sequence[int], rows: Sequence[_Row],
+                         per_image: Mapping[str, np.ndarray]) -> None:
+        """``per_image.csv``: dataset index, path, image_id, then per row its AP@[.5:.95] on the
+        image (``<key>_ap``, empty without ground truth) and its merged box count (``<key>_boxes``)."""
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", "path", "image_id"] + [c for r in rows for c in (f"{r.run.key}_ap", f"{r.run.key}_boxes")])
+            for j, i in enumerate(indices):
+                line = [i, data.paths[i], data.image_ids[i]]
+                for r in rows:
+                    ap = per_image[r.run.key][j]
+                    line += ["" if np.isnan(ap) else f"{ap:.6f}", r.boxes[j]]
+                writer.writerow(line)
+
+    def compare(self, scored: Scored, key: str) -> tuple[dict[str, Any], str]:
+        plain, tta = scored.state["plain"], scored.state[key]
+        cmp = compare_statistic(lambda w: weighted_map(tta, w) - weighted_map(plain, w), plain.n_images, "map",
+                                self.scoring.n_resamples)
+        fields = cmp.to_dict()
+        p50, t50 = scored.results["plain"]["map50"], scored.results[key]["map50"]
+        fields["delta_map50"] = None if p50 is None or t50 is None else t50 - p50
+        return fields, cmp.verdict(key, "mAP")
+
+    def finish(self, out: Path, lm: LoadedModel, options: EvalOptions) -> list[str]:
+        return task_report(out, row_detections)
 
 
-# --------------------------------------------------------------------------- driver
 def evaluate_detection(
     det: LoadedDetector,
     data: CocoImages,
@@ -386,11 +332,14 @@ def evaluate_detection(
     progress: Callable[[int], Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the plain detector and every policy x box merge on ``data``; write
-    ``results.json`` and ``per_view.json`` and keep the per-view detections in ``out_dir``.
+    ``results.json``, ``per_view.json`` and ``per_image.csv`` and keep the per-view detections
+    in ``out_dir/detections/``. Runs under torchrun as a single process does.
 
     Returns:
-        The ``results.json`` document: task, model, weights, data, annotations, n_images,
-        skipped, results (rows with map, map50, map75, views, seconds, ...) and per_view.
+        The ``results.json`` document: task, model, weights, data, n_images, annotations,
+        scoring, skipped, results (rows with map, map50, map75, views, seconds, ...; each
+        policy with ``delta_map``, ``ci_map``, ``significant``, ``delta_map50``, ``verdict``)
+        plus per_view and written.
 
     Example:
         >>> data = load_coco_images("runs/detection_demo/test", "runs/detection_demo/test.json")  # doctest: +SKIP
@@ -398,32 +347,27 @@ def evaluate_detection(
         >>> res["results"]["hflip@wbf"]["map"]  # doctest: +SKIP
         0.61
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("detection evaluation runs in one process (not under torchrun)")
     if options.adaptive is not None:
         raise ConfigError("adaptive TTA is for classification; leave --adaptive out with --task detect")
-    device = torch.device(device)
-    prepare_model(det.model.to(device), run_config)
-    data = data.head(options.limit)
-    runs = detection_runs(policies, merges)
-    check_merge_options(scoring.merge_options, sorted({r.merge for r in runs if not r.is_plain}))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    store = LogitStore(out, detection_fingerprint(det, data, union_views(policies), options.batch_size), subdir="detections")
-    views = [parse_view(n) for n in store.fingerprint["views"]]  # a reused run may hold more views
-    compute_detections(det, data, views, store, run_config, options, device, progress)
-    results, per_view, skipped = score_detections(store, data, runs, scoring)
-    doc = {
-        "task": "detect",
-        "model": det.name,
-        "weights": det.weights,
-        "data": data.source,
-        "annotations": data.annotations,
-        "n_images": len(data),
-        "skipped": skipped,
-        "results": results,
-        "per_view": per_view,
-    }
-    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out / "per_view.json").write_text(json.dumps(per_view, indent=2) + "\n")
-    return doc
+    task = DetectTask(det, data, scoring, run_config)
+    return run_evaluation(task, det, data, policies, merges, out_dir, run_config, options, device, progress)
+
+
+def row_detections(out_dir: str | Path, key: str, indices: Sequence[int]) -> list[Detections]:
+    """The merged detections of row ``key`` of a finished detection run, for the dataset
+    images ``indices`` (photo pixels, as scored), recomputed from the stored boxes: what the
+    report draws.
+
+    Raises:
+        DatasetError: no such row or stored image.
+    """
+
+    def predict(payload: dict[str, Tensor], run: PolicyRun, cols: list[int], doc: dict[str, Any],
+                positions: list[int]) -> list[Any]:
+        scoring = doc["scoring"]
+        options = None if len(cols) == 1 else box_options_for_run(
+            [run.merge], scoring["merge_options"].get(run.merge))[run.merge]
+        dets = _merged(_view_detections(payload, doc["stored_views"]), run, cols, options, scoring["max_detections"])
+        return [dets[j] for j in positions]
+
+    return row_predictions(out_dir, key, "detections", indices, predict)

@@ -1,16 +1,18 @@
-"""Dataset evaluation: every distinct view run once, logits kept, every policy x merge scored.
+"""Classification evaluation: the classification task of the one pipeline, and :func:`evaluate`.
 
-Each image is decoded once and every distinct view of all the policies runs once on it (one
-:func:`~ttakit.runtime.loop.run_views` call per chunk); the per-view logits go to the
-:class:`~ttakit.evaluation.store.LogitStore`, and scoring streams over the stored chunks,
-so memory stays flat as the dataset grows and several policies and merges cost one pass.
+The pipeline (:mod:`~ttakit.evaluation.pipeline`) decodes each image once, runs every distinct
+view of all the policies once and stores the per-view logits chunk by chunk; this module says
+what classification adds: the logits are stored as they are, every row is merged through the
+one classification path (:func:`~ttakit.evaluation.scoring.classify_stored`) and scored
+(top-1, top-5, NLL, calibrated NLL, ECE, fixed/broken), and each policy is compared with plain
+by McNemar's test and paired bootstrap intervals (:func:`~ttakit.evaluation.stats.compare`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,95 +20,35 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data import InputRenderer
-from ..datasets import LabelledImages, make_loader
-from ..errors import DatasetError
+from ..datasets import LabelledImages
 from ..merge import merge_logits
 from ..models import LoadedModel
-from ..policy import Policy, parse_view
+from ..policy import Policy
 from ..runtime.backends import Backend
-from ..runtime.config import RunConfig, prepare_model, timed
-from ..runtime.distributed import DistContext
-from ..runtime.loop import RenderedInputs, run_views
-from ..tasks.classify import TTAResult
-from ..transforms import View
+from ..runtime.config import RunConfig
+from ..runtime.loop import RenderedInputs
+from ..tasks.classify import ClassificationResult
+from ..views import View
 from ..viz import plot_accuracy
 from .metrics import TEMPERATURES, MetricAccumulator
+from .pipeline import Scored, run_evaluation, stored_chunks, view_columns
 from .report import write_report
 from .scoring import EvalOptions, PolicyRun, classify_stored, policy_runs, union_views
 from .stats import compare
-from .store import LogitStore, fingerprint, plan_chunks
+from .store import LogitStore, data_hash
 
 __all__ = [
+    "ClassifyTask",
     "EvalOptions",
     "PolicyRun",
     "RowScores",
     "Scores",
     "classify_stored",
-    "compute_logits",
     "evaluate",
     "policy_runs",
     "score",
     "union_views",
 ]
-
-
-# --------------------------------------------------------------------------- compute
-def compute_logits(
-    lm: LoadedModel,
-    data: LabelledImages,
-    views: Sequence[View],
-    store: LogitStore,
-    run_config: RunConfig,
-    options: EvalOptions,
-    device: torch.device,
-    chunks: Sequence[tuple[int, int]] | None = None,
-    progress: Callable[[int], Any] | None = None,
-    backend: Backend | None = None,
-) -> None:
-    """Compute and store the logits of every missing chunk (of ``chunks``: all by default).
-
-    Each image is decoded once, in the DataLoader workers, which also render every input stage
-    the views need from that one decode; all views of a chunk then run in one
-    :func:`run_views` call (views of one size share forwards). The chunk's model time is recorded per view, shared
-    in proportion to each view's pixels, so that every policy's cost can be reported.
-    ``progress(n)`` is called with the number of images done (chunks already stored count).
-    ``backend`` runs the model (default: ``lm.model`` itself; see :mod:`ttakit.runtime.backends`).
-    """
-    chunks = plan_chunks(len(data), options.batch_size) if chunks is None else chunks
-    todo = [c for c in chunks if not store.has(c[0])]
-    if progress is not None:
-        progress(sum(e - s for s, e in chunks) - sum(e - s for s, e in todo))
-    if not todo:
-        return
-    renderer = InputRenderer({v.source for v in views}, lm.data_config)
-    loader = make_loader(data.paths, renderer, [range(s, e) for s, e in todo], options.workers)
-    labels_all = torch.tensor(data.labels)
-
-    def view_pixels(v: View) -> float:
-        h, w = v.output_size(lm.input_size if v.source is None else (v.source.size, v.source.size))
-        return float(h * w)
-
-    pixels = torch.tensor([view_pixels(v) for v in views], dtype=torch.float64)
-    share = pixels / pixels.sum()  # (U,) each view's share of the chunk's model time
-    run_model = lm.model if backend is None else backend
-    for (start, stop), (idx, x, bad) in zip(todo, loader):
-        if bad and options.strict:
-            i, reason = bad[0]
-            raise DatasetError(f"{data.paths[i]}: {reason} (--strict)")
-        logits = torch.zeros(0, len(views), lm.num_classes)  # (n, U, C)
-        seconds = torch.zeros(len(views), dtype=torch.float64)
-        if x is not None:
-            x = RenderedInputs(x).to(device)
-            outs: list[Tensor] = []
-            with torch.inference_mode():
-                total = timed(lambda: outs.extend(run_views(run_model, x, views, lm.normalization, run_config)), device)
-            logits = torch.stack([o.float().cpu() for o in outs], dim=1)  # (n, U, C)
-            seconds = share * total
-        ids = torch.tensor(idx, dtype=torch.long)
-        store.write(start, {"indices": ids, "labels": labels_all[ids], "logits": logits, "seconds": seconds}, bad)
-        if progress is not None:
-            progress(stop - start)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -134,7 +76,7 @@ class RowScores:
     seconds: float = 0.0
     forwards: int = 0
 
-    def add(self, res: TTAResult, logits: Tensor, labels: Tensor, seconds: Tensor, plain_right: Tensor,
+    def add(self, res: ClassificationResult, logits: Tensor, labels: Tensor, seconds: Tensor, plain_right: Tensor,
             options: EvalOptions) -> Tensor:
         """Score one chunk; returns the merged probabilities ``(n, C)``."""
         right = self.acc.update(res.probs, labels, plain_right)
@@ -188,6 +130,8 @@ class Scores:
         correct: per row, ``(N,)`` bool top-1 correctness of each scored image.
         nll: per row, ``(N,)`` per-image NLL.
         indices: ``(N,)`` dataset index of each scored image.
+        labels: ``(N,)`` label of each scored image.
+        probs: per row, ``(N, C)`` merged probabilities (only when asked for: ``keep_probs``).
     """
 
     results: dict[str, Any]
@@ -196,6 +140,8 @@ class Scores:
     correct: dict[str, Tensor]
     nll: dict[str, Tensor]
     indices: Tensor
+    labels: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    probs: dict[str, Tensor] = field(default_factory=dict)
 
 
 def score(
@@ -205,32 +151,34 @@ def score(
     class_names: Sequence[str],
     options: EvalOptions,
     per_image_csv: Path | None = None,
+    keep_probs: bool = False,
 ) -> Scores:
-    """Stream over the stored chunks and score every policy run (see :class:`Scores`)."""
+    """Stream over the stored chunks and score every policy run (see :class:`Scores`); with
+    ``keep_probs`` every row's merged probabilities are kept too (``N x C`` floats per row)."""
     names = store.fingerprint["views"]
     columns = {n: i for i, n in enumerate(names)}
-    try:
-        rows = [RowScores(r, [columns[v.name] for v in r.policy.views]) for r in runs]
-    except KeyError as e:
-        raise DatasetError(f"view {e.args[0]!r} is not in the stored logits of {store.dir.parent}") from e
+    rows = [RowScores(r, cols) for r, cols in zip(runs, view_columns(store, runs))]
     single = [MetricAccumulator() for _ in names]
     adaptive = options.adaptive is not None or any("adaptive" in r.policy.meta for r in runs)
     skipped: list[dict[str, Any]] = []
     indices: list[Tensor] = []
+    labels_seen: list[Tensor] = []
+    probs: dict[str, list[Tensor]] = {r.key: [] for r in runs} if keep_probs else {}
     with _CsvRows(per_image_csv, ["path", "label"] + [c for r in runs for c in (r.key, f"{r.key}_prob")]) as writer:
-        for payload, bad in store.chunks():
-            skipped += [{"path": data.paths[i], "reason": reason} for i, reason in bad]
+        for payload in stored_chunks(store, data, skipped):
             logits, labels = payload["logits"], payload["labels"]  # (n, U, C), (n,)
-            if len(labels) == 0:
-                continue
             indices.append(payload["indices"])
+            labels_seen.append(labels)
             plain_right = logits[:, 0].argmax(-1) == labels
             for u, acc in enumerate(single):
                 acc.update(torch.softmax(logits[:, u], -1), labels)
             preds = []
             for row in rows:
                 res = classify_stored(logits, columns, row.run, options)
-                preds.append(row.add(res, logits, labels, payload["seconds"], plain_right, options).max(-1))
+                merged = row.add(res, logits, labels, payload["seconds"], plain_right, options)
+                if keep_probs:
+                    probs[row.run.key].append(merged.float())
+                preds.append(merged.max(-1))
             for j, i in enumerate(payload["indices"].tolist()):
                 line = [data.paths[i], class_names[int(labels[j])]]
                 for p in preds:
@@ -243,6 +191,8 @@ def score(
         correct={r.run.key: torch.cat(r.correct) if r.correct else torch.zeros(0, dtype=torch.bool) for r in rows},
         nll={r.run.key: torch.cat(r.nll) if r.nll else torch.zeros(0) for r in rows},
         indices=torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long),
+        labels=torch.cat(labels_seen) if labels_seen else torch.zeros(0, dtype=torch.long),
+        probs={k: torch.cat(v) for k, v in probs.items() if v},
     )
 
 
@@ -265,6 +215,57 @@ class _CsvRows:
             self.handle.close()
 
 
+# --------------------------------------------------------------------------- the task
+@dataclass(frozen=True)
+class ClassifyTask:
+    """Classification in the pipeline: per-view logits ``(n, U, C)`` stored as they are.
+
+    Attributes:
+        class_names: the model's classes.
+        labels: the class index of every image of the dataset.
+        options: the run's options (adaptive threshold and confidence are scoring choices).
+        extras: more per-row scores: each is called with every row's merged probabilities
+            ``{key: (N, C)}`` and the labels ``(N,)`` and returns ``{key: {field: value}}``,
+            added to those rows (conformal set sizes, for example).
+    """
+
+    class_names: Sequence[str]
+    labels: Tensor
+    options: EvalOptions
+    extras: tuple[Callable[[Mapping[str, Tensor], Tensor], Mapping[str, Mapping[str, Any]]], ...] = ()
+    name: str = "classify"
+    subdir: str = "logits"
+
+    def runs(self, policies: Sequence[Policy], merges: Sequence[str] | None) -> list[PolicyRun]:
+        return policy_runs(policies, merges)
+
+    def fingerprint(self, data: LabelledImages) -> dict[str, Any]:
+        return {"data_hash": data_hash(data)}
+
+    def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int]) -> dict[str, Tensor]:
+        logits = torch.stack([o.float().cpu() for o in outs], dim=1)  # (n, U, C)
+        return {"labels": self.labels[torch.tensor(indices, dtype=torch.long)], "logits": logits}
+
+    def empty(self, views: Sequence[View]) -> dict[str, Tensor]:
+        return {"labels": torch.zeros(0, dtype=torch.long), "logits": torch.zeros(0, len(views), len(self.class_names))}
+
+    def score(self, store: LogitStore, data: LabelledImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
+        scores = score(store, data, runs, self.class_names, self.options, out / "per_image.csv", bool(self.extras))
+        for extra in self.extras:
+            for key, fields in extra(scores.probs, scores.labels).items():
+                scores.results[key].update(fields)
+        return Scored(scores.results, scores.per_view, scores.skipped, scores)  # type: ignore[arg-type]
+
+    def compare(self, scored: Scored, key: str) -> tuple[dict[str, Any], str]:
+        s: Scores = scored.state
+        cmp = compare(s.correct["plain"], s.correct[key], s.nll["plain"], s.nll[key])
+        return cmp.to_dict(), cmp.verdict(key)
+
+    def finish(self, out: Path, lm: LoadedModel, options: EvalOptions) -> list[str]:
+        plot_accuracy(json.loads((out / "results.json").read_text())["results"], out / "accuracy.png")
+        return [str(write_report(out, class_names=lm.class_names, data_config=lm.data_config, options=options))]
+
+
 # --------------------------------------------------------------------------- driver
 def evaluate(
     lm: LoadedModel,
@@ -277,6 +278,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: Callable[[int], Any] | None = None,
     backend: Backend | None = None,
+    extras: Sequence[Callable[[Mapping[str, Tensor], Tensor], Mapping[str, Mapping[str, Any]]]] = (),
 ) -> dict[str, Any]:
     """Evaluate the plain model and every policy x merge on ``data``; write ``results.json``,
     ``per_image.csv``, ``per_view.json``, ``accuracy.png``, ``report.html`` (see
@@ -284,7 +286,8 @@ def evaluate(
 
     Under torchrun the chunks are dealt out to the ranks; rank 0 gathers them, scores and
     writes; the other ranks return ``{}``. ``backend`` runs the model (default: ``lm.model``);
-    a backend other than torch is part of the stored logits' fingerprint.
+    a backend other than torch is part of the stored logits' fingerprint. ``extras`` add
+    per-row scores from every row's merged probabilities (see :class:`ClassifyTask`).
 
     Returns:
         The ``results.json`` document plus ``per_view`` and ``written`` (the report's path,
@@ -298,44 +301,5 @@ def evaluate(
         >>> res["results"]["hflip"]["top1"]  # doctest: +SKIP
         0.898
     """
-    dist = DistContext.from_env()
-    device = torch.device(device) if dist.world_size == 1 else dist.device(device)
-    prepare_model(lm.model.to(device), run_config)
-    data = data.head(options.limit)
-    if len(data) == 0:
-        raise DatasetError(f"{data.source}: no images to evaluate")
-    runs = policy_runs(policies, merges)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fp = fingerprint(lm, data, union_views(policies), options.batch_size)
-    if backend is not None and backend.label != "torch":  # torch runs keep the fingerprint they always had
-        fp["backend"] = backend.label
-    store = dist.run_once(lambda: LogitStore(out, fp))
-    views = [parse_view(n) for n in store.fingerprint["views"]]  # a reused run may hold more views
-    mine = dist.shard(plan_chunks(len(data), options.batch_size))
-    report = progress if dist.is_main else None
-    dist.run_checked(lambda: compute_logits(lm, data, views, store, run_config, options, device, mine, report, backend))
-    dist.gather_chunks(store, mine)
-    if not dist.is_main:
-        dist.barrier()
-        return {}
-    scores = score(store, data, runs, lm.class_names, options, out / "per_image.csv")
-    for key, row in scores.results.items():
-        if key != "plain":  # each policy against plain, paired on the same images
-            cmp = compare(scores.correct["plain"], scores.correct[key], scores.nll["plain"], scores.nll[key])
-            row.update(cmp.to_dict(), verdict=cmp.verdict(key))
-    doc = {
-        "model": lm.name,
-        "weights": lm.weights,
-        "data": data.source,
-        "n_images": len(data),
-        "skipped": scores.skipped,
-        "results": scores.results,
-    }
-    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out / "per_view.json").write_text(json.dumps(scores.per_view, indent=2) + "\n")
-    plot_accuracy(scores.results, out / "accuracy.png")
-
-    page = write_report(out, class_names=lm.class_names, data_config=lm.data_config, options=options)
-    dist.barrier()
-    return {**doc, "per_view": scores.per_view, "written": [str(page)]}
+    task = ClassifyTask(lm.class_names, torch.tensor(data.labels, dtype=torch.long), options, tuple(extras))
+    return run_evaluation(task, lm, data, policies, merges, out_dir, run_config, options, device, progress, backend)

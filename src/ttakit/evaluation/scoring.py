@@ -8,16 +8,17 @@ the one classification path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..merge import get_merge
 from ..policy import Policy
-from ..tasks.classify import CONFIDENCE, ClassifyRule, TTAResult, classify_views
-from ..transforms import View
+from ..tasks.classify import ClassificationResult, ClassifyRule, classify_views, get_confidence
+from ..views import View
 
 __all__ = ["EvalOptions", "PolicyRun", "classify_stored", "policy_runs", "union_views"]
 
@@ -76,8 +77,7 @@ class EvalOptions:
             if value is not None and (not isinstance(value, int) or value < low):
                 kind = "a positive" if low else "a non-negative"
                 raise ConfigError(f"{name} must be {kind} integer, got {value!r}")
-        if self.confidence not in CONFIDENCE:
-            raise ConfigError(f"confidence must be one of {', '.join(CONFIDENCE)}, got {self.confidence!r}")
+        get_confidence(self.confidence)  # resolved here, once: an unknown name fails before any photo is read
 
 
 def union_views(policies: Sequence[Policy]) -> list[View]:
@@ -89,19 +89,38 @@ def union_views(policies: Sequence[Policy]) -> list[View]:
     return list(seen.values())
 
 
-def policy_runs(policies: Sequence[Policy], merges: Sequence[str] | None) -> list[PolicyRun]:
-    """The plain row, then every policy x merge (merge names checked here, once)."""
-    runs = [PolicyRun("plain", Policy((View(),), name="plain"), "mean")]
+def policy_runs(
+    policies: Sequence[Policy],
+    merges: Sequence[str] | None,
+    *,
+    resolve: Callable[[str], Any] = get_merge,
+    default: Callable[[Policy], str] = lambda p: p.merge or "mean",
+    plain_merge: str = "mean",
+) -> list[PolicyRun]:
+    """The plain row, then every policy x merge, every task's rows built the same way.
+
+    Args:
+        policies: the policies, named as they are to appear.
+        merges: the merges asked for (``None``: each policy's ``default``).
+        resolve: looks a merge name up (raises on an unknown name), called once per row here.
+        default: the merge of a policy when none is asked for.
+        plain_merge: the merge recorded for the plain row.
+
+    Example:
+        >>> [r.key for r in policy_runs([create_policy("hflip")], ["mean", "max"])]
+        ['plain', 'hflip@mean', 'hflip@max']
+    """
+    runs = [PolicyRun("plain", Policy((View(),), name="plain"), plain_merge)]
     for p in policies:
-        chosen = list(merges) if merges else [p.merge or "mean"]
+        chosen = list(merges) if merges else [default(p)]
         for m in chosen:
-            get_merge(m)
+            resolve(m)
             key = p.name if len(chosen) == 1 else f"{p.name}@{m}"
             runs.append(PolicyRun(key, p, m))
     return runs
 
 
-def classify_stored(logits: Tensor, columns: dict[str, int], run: PolicyRun, options: EvalOptions) -> TTAResult:
+def classify_stored(logits: Tensor, columns: dict[str, int], run: PolicyRun, options: EvalOptions) -> ClassificationResult:
     """Merge stored logits ``(n, U, C)`` for one row through the one classification path
     (:func:`~ttakit.tasks.classify.classify_views`), adaptive as the options or policy say."""
     threshold = None if run.is_plain else options.adaptive

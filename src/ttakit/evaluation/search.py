@@ -31,6 +31,7 @@ from ..errors import ConfigError
 from ..merge import merge_logits
 from ..policy import Policy
 from ..tasks.classify import adaptive_cost, get_confidence
+from .conformal import ConformalOptions, set_size_policy
 from .metrics import TEMPERATURES
 from .metrics import nll as nll_metric
 from .metrics import topk_accuracy
@@ -171,30 +172,62 @@ def learn_weights(logits: Tensor, labels: Tensor, cols: Sequence[int], steps: in
     return tuple(float(x) for x in w), float(log_t.detach().exp())
 
 
+def choice_probs(logits: Tensor, cols: Sequence[int], temperature: float,
+                 weights: Sequence[float] | None = None) -> Tensor:
+    """``(N, C)`` probabilities of the mean merge of ``cols`` at ``temperature``."""
+    w = None if weights is None else torch.tensor(weights)
+    return merge_logits(logits[:, list(cols)], "mean", w, temperature)
+
+
 def evaluate_choice(logits: Tensor, labels: Tensor, cols: Sequence[int], temperature: float,
                     weights: Sequence[float] | None = None) -> dict[str, float]:
     """Top-1 and NLL of the mean merge of ``cols`` at ``temperature``."""
-    w = None if weights is None else torch.tensor(weights)
-    probs = merge_logits(logits[:, list(cols)], "mean", w, temperature)
+    probs = choice_probs(logits, cols, temperature, weights)
     return {"top1": topk_accuracy(probs, labels), "nll": nll_metric(probs, labels)}
+
+
+def _correct_and_nll(probs: Tensor, labels: Tensor) -> Tensor:
+    """``(N, 2)``: each image's top-1 correctness (0/1) and NLL."""
+    p = probs.gather(1, labels[:, None])[:, 0].double()
+    return torch.stack([(probs.argmax(-1) == labels).double(), -p.clamp_min(1e-12).log()], 1)
 
 
 def kfold_estimate(
     logits: Tensor, labels: Tensor, budget: int, objective: str = "nll", folds: int = 5, seed: int = 0,
-    learn: bool = False,
+    learn: bool = False, per_image: bool = False,
 ) -> dict[str, Any]:
     """Held-out estimate of the search: search on k-1 folds, score on the held-out one.
 
+    With fewer photos than ``folds`` it falls back to one photo per fold (leave-one-out) and
+    says so under ``note``.
+
     Returns:
         Mean held-out top-1 and NLL of the searched policy and of the plain view (column 0,
-        with its own calibrated temperature), and the policy size chosen in each fold.
+        with its own calibrated temperature), the folds used, and the policy size chosen in
+        each fold. With ``per_image``, also ``per_image``: an ``(N, 4)`` tensor of every
+        photo's held-out top-1 correctness and NLL under the searched policy, then under plain
+        (for paired intervals: :func:`~ttakit.evaluation.stats.compare`).
+
+    Raises:
+        ConfigError: fewer than 2 folds, or fewer than 2 photos (each fold holds one out).
+
+    Example:
+        >>> labels = torch.tensor([0, 1, 1])
+        >>> logits = torch.nn.functional.one_hot(labels, 2).float()[:, None]  # (3, 1, 2)
+        >>> kfold_estimate(logits, labels, budget=1, folds=5)["note"]
+        '5 folds need at least 5 photos; used 3 folds of one photo each'
     """
     N = len(labels)
-    folds = max(2, min(folds, N))
+    if folds < 2 or N < 2:
+        raise ConfigError(f"a {folds}-fold held-out estimate needs at least 2 folds and 2 labelled photos "
+                          f"(k folds need k photos, one held out per fold); got {N} photo{'s' * (N != 1)}: "
+                          "add photos, or search on separate selection data (--val)")
+    k = min(folds, N)
     perm = torch.randperm(N, generator=torch.Generator().manual_seed(seed))
-    parts = perm.chunk(folds)
+    parts = torch.tensor_split(perm, k)  # k folds, none empty (chunk() may give fewer)
     tta_top1 = tta_nll = plain_top1 = plain_nll = 0.0
     sizes = []
+    rows = torch.zeros(N, 4, dtype=torch.float64)  # held-out (correct, nll) of the policy, then of plain
     for i, held in enumerate(parts):
         train = torch.cat([p for j, p in enumerate(parts) if j != i])
         res = greedy_search(logits[train], labels[train], budget, objective)
@@ -205,14 +238,20 @@ def kfold_estimate(
         plain_t = calibrated_temperature(logits[train][:, 0], labels[train])
         a = evaluate_choice(logits[held], labels[held], cols, t, w)
         b = evaluate_choice(logits[held], labels[held], [0], plain_t)
+        if per_image:
+            rows[held] = torch.cat([_correct_and_nll(choice_probs(logits[held], c, tt, ww), labels[held])
+                                    for c, tt, ww in ((cols, t, w), ([0], plain_t, None))], 1)
         n = len(held) / N
         tta_top1 += a["top1"] * n
         tta_nll += a["nll"] * n
         plain_top1 += b["top1"] * n
         plain_nll += b["nll"] * n
         sizes.append(len(cols))
-    return {"folds": folds, "top1": tta_top1, "nll": tta_nll, "plain_top1": plain_top1, "plain_nll": plain_nll,
-            "views_per_fold": sizes}
+    out = {"folds": k, "top1": tta_top1, "nll": tta_nll, "plain_top1": plain_top1, "plain_nll": plain_nll,
+           "views_per_fold": sizes}
+    if k < folds:
+        out["note"] = f"{folds} folds need at least {folds} photos; used {k} folds of one photo each"
+    return {**out, "per_image": rows} if per_image else out
 
 
 def pick_adaptive_threshold(plain_logits: Tensor, n_other_views: int, target_fraction: float,
@@ -250,12 +289,15 @@ class SearchOptions:
 
     Attributes:
         budget: maximum number of views (>= 1).
-        objective: ``nll`` (calibrated NLL) or ``top1``.
+        objective: ``nll`` (calibrated NLL), ``top1``, or ``set_size`` (mean conformal set
+            size at ``1 - conformal`` coverage; see :func:`~ttakit.evaluation.conformal.set_size_policy`).
         folds: k of the k-fold held-out estimate when there is no separate selection data.
         learn_weights: also fit per-view weights and a temperature; kept only where they
             lower the NLL on the selection data.
         target_cost: pick an adaptive threshold spending at most this share of view-forwards.
         name: the policy's name in reports.
+        conformal: alpha of the ``set_size`` objective (sets cover ``1 - conformal``).
+        conformal_score: the sets' non-conformity score (``thr``, ``aps``, ...).
     """
 
     budget: int = 5
@@ -264,12 +306,19 @@ class SearchOptions:
     learn_weights: bool = False
     target_cost: float | None = None
     name: str = "searched"
+    conformal: float | None = None
+    conformal_score: str = "thr"
 
     def __post_init__(self) -> None:
         if self.budget < 1:
             raise ConfigError(f"budget must be at least 1 view, got {self.budget}")
-        if self.objective not in ("nll", "top1"):
-            raise ConfigError(f"objective must be nll or top1, got {self.objective!r}")
+        if self.objective not in ("nll", "top1", "set_size"):
+            raise ConfigError(f"objective must be nll, top1 or set_size, got {self.objective!r}")
+        if (self.objective == "set_size") != (self.conformal is not None):
+            raise ConfigError("the set_size objective and a conformal alpha go together "
+                              "(--objective set_size --conformal 0.1)")
+        if self.objective == "set_size" and self.target_cost is not None:
+            raise ConfigError("target_cost is for the nll and top1 objectives, not set_size")
         if self.folds < 2:
             raise ConfigError(f"folds must be at least 2, got {self.folds}")
         if self.target_cost is not None and not 0 < self.target_cost <= 1:
@@ -309,6 +358,11 @@ def search_policy(
         ['identity']
     """
     sel_logits, sel_labels = selection if selection is not None else (logits, labels)
+    if options.objective == "set_size":  # chosen on part of the selection data, calibrated on the rest
+        conformal = ConformalOptions(alpha=options.conformal, score=options.conformal_score)  # type: ignore[arg-type]
+        return set_size_policy(pool, sel_logits, sel_labels, conformal, options.budget,
+                               learn_weights if options.learn_weights else None,
+                               (logits, labels) if selection is not None else None, options.name, provenance)
     res = greedy_search(sel_logits, sel_labels, options.budget, options.objective)
     cols, temperature, weights = list(res.cols), res.temperature, None
     how = f"greedy policy search ({options.objective}, budget {options.budget})"

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Union
@@ -42,11 +43,14 @@ else:
     Values = Any
 
 __all__ = [
+    "GainComparison",
     "PairedComparison",
     "compare",
+    "compare_statistic",
     "images_needed",
     "mcnemar_exact",
     "paired_bootstrap",
+    "resample_counts",
 ]
 
 # Upper bound on resample indices held at once (~160 MB as int64, as much again for the gathered
@@ -370,3 +374,103 @@ def compare(
         significant=p_value < alpha,
         images_needed=needed,
     )
+
+
+# --------------------------------------------------------------------------- any statistic
+def resample_counts(n: int, n_resamples: int = 2000, seed: int = 0) -> Iterator[np.ndarray]:
+    """Bootstrap resamples of ``n`` images as counts: blocks of ``(r, n)`` rows, row ``j``
+    holding how often each image is drawn in resample ``j`` (each row sums to ``n``).
+
+    Statistics that are not a mean of per-image values (mIoU from summed confusion matrices,
+    COCO mAP) are recomputed on weighted images: an image drawn twice weighs 2. Blocks keep
+    memory bounded; the stream depends only on ``n``, ``n_resamples`` and ``seed``.
+
+    Example:
+        >>> block = next(resample_counts(4, 3))
+        >>> block.shape, block.sum(1).tolist()
+        ((3, 4), [4.0, 4.0, 4.0])
+    """
+    if n_resamples < 1:
+        raise ConfigError(f"n_resamples must be at least 1, got {n_resamples}")
+    rng = np.random.default_rng(seed)
+    per_block = max(1, _MAX_INDICES // max(n, 1))
+    for start in range(0, n_resamples, per_block):
+        r = min(per_block, n_resamples - start)
+        idx = rng.integers(0, n, size=(r, n))
+        counts = np.zeros((r, n), dtype=np.float64)
+        np.add.at(counts, (np.arange(r)[:, None], idx), 1.0)
+        yield counts
+
+
+@dataclass(frozen=True)
+class GainComparison:
+    """A policy against the plain model on one headline statistic of the same images (see
+    :func:`compare_statistic`); ``delta`` is policy minus plain, higher is better."""
+
+    metric: str  # name of the statistic (miou, map, ...)
+    n: int  # images compared
+    delta: float  # policy minus plain on all the images
+    ci: tuple[float, float]  # percentile bootstrap interval of delta
+    significant: bool  # the interval excludes 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """``delta_<metric>``, ``ci_<metric>`` and ``significant`` (``nan`` as ``None``).
+
+        Example:
+            >>> GainComparison("miou", 50, 0.012, (0.004, 0.02), True).to_dict()
+            {'delta_miou': 0.012, 'ci_miou': [0.004, 0.02], 'significant': True}
+        """
+        return {
+            f"delta_{self.metric}": _finite_or_none(self.delta),
+            f"ci_{self.metric}": [_finite_or_none(v) for v in self.ci],
+            "significant": bool(self.significant),
+        }
+
+    def verdict(self, name: str, label: str | None = None) -> str:
+        """One line for people, in points (hundredths) of the statistic.
+
+        Example:
+            >>> print(GainComparison("miou", 50, -0.012, (-0.03, 0.004), False).verdict("hflip", "mIoU"))
+            hflip: mIoU -1.2 pt [-3.0, +0.4] over 50 images: not significant
+        """
+        if self.n == 0 or not math.isfinite(self.delta):
+            return f"{name}: no images to compare"
+        low, high = self.ci
+        line = (f"{name}: {label or self.metric} {100 * self.delta:+.1f} pt [{100 * low:+.1f}, {100 * high:+.1f}] "
+                f"over {self.n} images")
+        direction = "gain" if self.delta >= 0 else "loss"
+        return line + (f": significant {direction}" if self.significant else ": not significant")
+
+
+def compare_statistic(
+    delta_of: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    metric: str,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> GainComparison:
+    """Paired bootstrap of any statistic of weighted images: ``delta_of(w)`` maps image
+    weights ``(r, n)`` to the policy-minus-plain statistic of each row ``(r,)``. Both models
+    see the same resampled images (that is what makes it paired); the interval is the central
+    ``level`` share of the resampled deltas, ``significant`` when it excludes 0.
+
+    Example:
+        >>> tp_plain, tp_tta = np.array([3., 1., 4., 2.]), np.array([4., 2., 4., 2.])
+        >>> total = np.array([5., 5., 5., 5.])   # a ratio of sums, not a mean of ratios
+        >>> c = compare_statistic(lambda w: (w @ tp_tta - w @ tp_plain) / (w @ total), 4, "acc", 500)
+        >>> c.delta, c.ci[0] <= c.delta <= c.ci[1]
+        (0.1, True)
+    """
+    if not 0.0 < level < 1.0:
+        raise ConfigError(f"level must be in (0, 1), got {level}")
+    if n == 0:
+        return GainComparison(metric, 0, math.nan, (math.nan, math.nan), False)
+    delta = float(delta_of(np.ones((1, n)))[0])
+    draws = np.concatenate([np.asarray(delta_of(w), dtype=np.float64) for w in resample_counts(n, n_resamples, seed)])
+    draws = draws[np.isfinite(draws)]  # a resample without any scored class or box says nothing
+    if not len(draws):
+        return GainComparison(metric, n, delta, (math.nan, math.nan), False)
+    tail = (1.0 - level) / 2.0
+    low, high = (float(v) for v in np.quantile(draws, [tail, 1.0 - tail]))
+    return GainComparison(metric, n, delta, (low, high), bool(low > 0.0 or high < 0.0))

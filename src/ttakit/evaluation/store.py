@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from torch import Tensor
 from ..datasets import LabelledImages
 from ..errors import DatasetError
 from ..models import LoadedModel
-from ..transforms import View
+from ..views import View
 
-__all__ = ["LogitStore", "fingerprint", "load_logits", "plan_chunks"]
+__all__ = ["LogitStore", "data_hash", "fingerprint", "load_logits", "plan_chunks"]
 
 
 def plan_chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -86,15 +86,27 @@ class LogitStore:
             yield self.read(start)
 
 
-def fingerprint(lm: LoadedModel, data: LabelledImages, views: Sequence[View], batch_size: int) -> dict[str, Any]:
-    """What identifies a run's logits: model, weights, data (paths and labels), views, chunking."""
-    h = hashlib.sha256("\n".join(f"{p}\t{y}" for p, y in zip(data.paths, data.labels)).encode()).hexdigest()[:16]
+def data_hash(data: LabelledImages) -> str:
+    """sha256 prefix of a labelled set's ``path<TAB>label`` lines (its identity in a fingerprint)."""
+    return hashlib.sha256("\n".join(f"{p}\t{y}" for p, y in zip(data.paths, data.labels)).encode()).hexdigest()[:16]
+
+
+def fingerprint(
+    lm: LoadedModel,
+    data: Any,
+    views: Sequence[View],
+    batch_size: int,
+    fields: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What identifies a run's stored outputs: model, weights, data, views, chunking and the
+    task's ``fields`` (default, for a :class:`~ttakit.datasets.LabelledImages`: the hash of its
+    paths and labels)."""
     return {
         "model": lm.name,
         "weights": lm.weights,
         "data": data.source,
         "n_images": len(data),
-        "data_hash": h,
+        **({"data_hash": data_hash(data)} if fields is None else dict(fields)),
         "views": [v.name for v in views],
         "batch_size": batch_size,
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in lm.data_config.items()},

@@ -7,7 +7,7 @@ only in what they do with each view's output afterwards (see :mod:`ttakit.tasks`
 
 The inputs are either a ``(B, C, H, W)`` tensor of preprocessed images or a
 :class:`ViewInputs` that renders the model input of each *input stage* (how the source photo
-becomes the model input, :class:`ttakit.transforms.Input`) from the decoded photos; the
+becomes the model input, :class:`ttakit.stages.Input`) from the decoded photos; the
 tensor-stage transforms of each view then run on that rendered batch.
 """
 
@@ -19,8 +19,11 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ..corrections import Corrected
 from ..errors import PolicyError, ShapeError, check_shape
-from ..transforms import Input, Normalization, View
+from ..stages import Input
+from ..transforms import Normalization
+from ..views import View
 from .config import RunConfig
 
 __all__ = ["RenderedInputs", "TensorInputs", "ViewInputs", "as_view_inputs", "run_views"]
@@ -37,11 +40,11 @@ class ViewInputs(Protocol):
     @property
     def batch_size(self) -> int: ...
 
-    def size(self, source: Input | None) -> tuple[int, int]:
+    def size(self, source: Input | Corrected | None) -> tuple[int, int]:
         """``(h, w)`` of ``render(source)`` without rendering it."""
         ...
 
-    def render(self, source: Input | None) -> Tensor: ...
+    def render(self, source: Input | Corrected | None) -> Tensor: ...
 
     def take(self, rows: Tensor) -> ViewInputs:
         """The same inputs restricted to ``rows`` (a 1-D index tensor)."""
@@ -59,11 +62,11 @@ class TensorInputs:
     def batch_size(self) -> int:
         return self.x.shape[0]
 
-    def size(self, source: Input | None) -> tuple[int, int]:
+    def size(self, source: Input | Corrected | None) -> tuple[int, int]:
         self._check(source)
         return tuple(self.x.shape[-2:])  # type: ignore[return-value]
 
-    def render(self, source: Input | None) -> Tensor:
+    def render(self, source: Input | Corrected | None) -> Tensor:
         self._check(source)
         return self.x
 
@@ -71,10 +74,10 @@ class TensorInputs:
         return TensorInputs(self.x[rows.to(self.x.device)])
 
     @staticmethod
-    def _check(source: Input | None) -> None:
+    def _check(source: Input | Corrected | None) -> None:
         if source is not None:
             raise PolicyError(
-                f"view stage {source.name!r} re-samples the source photo, but the input is a tensor of "
+                f"view stage {source.name!r} works on the source photo, but the input is a tensor of "
                 "preprocessed images: pass the photos (PIL images or paths) instead")
 
 
@@ -92,23 +95,23 @@ class RenderedInputs:
             raise ShapeError("rendered inputs", "one batch size for every input stage", tuple(sizes.values()))
 
     @staticmethod
-    def _key(source: Input | None) -> str:
+    def _key(source: Input | Corrected | None) -> str:
         return "identity" if source is None else source.name
 
     @property
     def batch_size(self) -> int:
         return next(iter(self.batches.values())).shape[0]
 
-    def _get(self, source: Input | None) -> Tensor:
+    def _get(self, source: Input | Corrected | None) -> Tensor:
         key = self._key(source)
         if key not in self.batches:
             raise PolicyError(f"input stage {key!r} was not rendered (have: {', '.join(self.batches)})")
         return self.batches[key]
 
-    def size(self, source: Input | None) -> tuple[int, int]:
+    def size(self, source: Input | Corrected | None) -> tuple[int, int]:
         return tuple(self._get(source).shape[-2:])  # type: ignore[return-value]
 
-    def render(self, source: Input | None) -> Tensor:
+    def render(self, source: Input | Corrected | None) -> Tensor:
         return self._get(source)
 
     def take(self, rows: Tensor) -> RenderedInputs:
@@ -191,10 +194,10 @@ def run_views(
     pieces: list[list[tuple[int, Any]]] = [[] for _ in views]  # per view: (b0, output slice)
     # Views sharing an input stage share its rendered batch; within it, views whose images
     # have the same size can share a forward.
-    by_source: dict[Input | None, dict[tuple[int, int], list[int]]] = {}
+    by_source: dict[Input | Corrected | None, dict[tuple[int, int], list[int]]] = {}
     for i, view in enumerate(views):
-        groups = by_source.setdefault(view.source, {})
-        groups.setdefault(view.output_size(src.size(view.source)), []).append(i)
+        groups = by_source.setdefault(view.stage, {})  # with its corrections: distinct renderings
+        groups.setdefault(view.output_size(src.size(view.stage)), []).append(i)
     for source, groups in by_source.items():
         x = src.render(source)  # (B, C, H, W): one input stage held at a time
         amp = torch.autocast(device_type=x.device.type, dtype=config.amp_dtype, enabled=config.amp_dtype is not None)

@@ -14,10 +14,12 @@ from torch import Tensor, nn
 from ..data import InputRenderer, PhotoLike, to_photo
 from ..policy import Policy, PolicyLike, create_policy
 from ..runtime.backends import Backend, resolve_backend
-from ..runtime.config import RunConfig, default_run_config, model_device, prepare_model
+from ..runtime.config import RunConfig, model_device, prepare_model
 from ..runtime.loop import RenderedInputs, ViewInputs, run_views
 from ..errors import PolicyError
-from ..transforms import Input, Normalization, View, input_matrix
+from ..stages import Input, input_matrix
+from ..transforms import Normalization
+from ..views import View
 
 __all__ = ["Images", "TTABase"]
 
@@ -57,11 +59,11 @@ class TTABase(nn.Module):
         self.data_config = dict(data_config or timm.data.resolve_data_config({}, model=model))
         self.policy: Policy = create_policy(policy, self.data_config)
         self.norm = norm or Normalization(tuple(self.data_config["mean"]), tuple(self.data_config["std"]))
-        self.run_config = run_config or default_run_config(model_device(model))
-        prepare_model(model, self.run_config)
         # A Backend is not an nn.Module, so this plain attribute is not registered as a submodule
         # (state_dict, .to() and .eval() stay the model's).
         self.backend: Backend = resolve_backend(backend, model, input_size=tuple(self.data_config["input_size"][-2:]))
+        self.run_config = run_config or self.backend.run_config(model_device(model))
+        prepare_model(model, self.run_config)
         w = self.policy.weights
         # None means equal weights, which merges may treat more cheaply than explicit ones.
         self.register_buffer("view_weights", None if w is None else torch.tensor(w, dtype=torch.float32), persistent=False)
@@ -81,7 +83,7 @@ class TTABase(nn.Module):
             return x
         single = isinstance(x, (str, Path, Image.Image)) or isinstance(x, Tensor) and x.ndim == 3
         photos = [to_photo(p) for p in ([x] if single else list(x))]  # type: ignore[union-attr]
-        renderer = InputRenderer({v.source for v in self.views}, self.data_config)
+        renderer = InputRenderer({v.stage for v in self.views}, self.data_config)
         sizes = [(p.height, p.width) for p in photos]
         return RenderedInputs(renderer.batch(photos), sizes).to(model_device(self.model))
 

@@ -15,20 +15,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..conformal import Calibration, prediction_sets
 from ..merge import get_merge, merge_logits
 from ..policy import Policy, PolicyLike
+from ..registry import Registry
 from ..runtime.backends import Backend
 from ..runtime.config import RunConfig
 from ..runtime.loop import ViewInputs
-from ..transforms import Normalization, View
+from ..transforms import Normalization
+from ..views import View
 from .base import Images, TTABase
 
 __all__ = [
     "CONFIDENCE",
+    "ClassificationResult",
     "ClassificationTTA",
     "ClassifyRule",
-    "TTAResult",
     "adaptive_cost",
     "classify_views",
     "get_confidence",
@@ -44,22 +46,19 @@ def _margin(logits: Tensor) -> Tensor:
     return top2[..., 0] - top2[..., 1]
 
 
-CONFIDENCE: dict[str, Callable[[Tensor], Tensor]] = {
-    "max_prob": _max_prob,  # largest softmax probability of the plain view
-    "margin": _margin,  # top-1 minus top-2 probability of the plain view
-}
+CONFIDENCE = Registry[Callable[[Tensor], Tensor]]("confidence", sort=False)  # plain logits (B, C) -> (B,)
+CONFIDENCE.add("max_prob", _max_prob)  # largest softmax probability of the plain view
+CONFIDENCE.add("margin", _margin)  # top-1 minus top-2 probability of the plain view
 
 
 def get_confidence(name: str) -> Callable[[Tensor], Tensor]:
     """The confidence function called ``name`` (``max_prob`` or ``margin``).
 
     Raises:
-        ConfigError: for an unknown name, listing the known ones.
+        UnknownNameError: for an unknown name (a :class:`~ttakit.errors.ConfigError`), listing
+            the known ones.
     """
-    try:
-        return CONFIDENCE[name]
-    except KeyError as e:
-        raise ConfigError(f"confidence must be one of {', '.join(CONFIDENCE)}, got {name!r}") from e
+    return CONFIDENCE.get(name)
 
 
 def adaptive_cost(n_images: int, n_uncertain: int | Tensor, n_other_views: int) -> int | Tensor:
@@ -99,7 +98,7 @@ class ClassifyRule:
 
 
 @dataclass(frozen=True)
-class TTAResult:
+class ClassificationResult:
     """What :func:`classify_views` and :meth:`ClassificationTTA.predict` return.
 
     Attributes:
@@ -109,6 +108,7 @@ class TTAResult:
         view_logits: ``(B, V, C)`` each view's logits; NaN where adaptive TTA did not run it.
         view_forwards: images sent through the model, summed over views.
         augmented: ``(B,)`` bool, which inputs got the full policy (all True without adaptive).
+        sets: ``(B, C)`` bool conformal prediction sets (with a calibration; else ``None``).
     """
 
     probs: Tensor
@@ -116,13 +116,14 @@ class TTAResult:
     view_logits: Tensor
     view_forwards: int
     augmented: Tensor
+    sets: Tensor | None = None
 
 
 # fetch(rows, views) -> (n, len(views), C) logits of those views for those inputs (rows=None: all).
 FetchLogits = Callable[[Tensor | None, Sequence[View]], Tensor]
 
 
-def classify_views(fetch: FetchLogits, n_inputs: int, views: Sequence[View], rule: ClassifyRule) -> TTAResult:
+def classify_views(fetch: FetchLogits, n_inputs: int, views: Sequence[View], rule: ClassifyRule) -> ClassificationResult:
     """Merge the views of ``n_inputs`` inputs, adaptively when ``rule.threshold`` is set.
 
     Adaptive TTA gets the plain view first and fetches the other views only for inputs whose
@@ -145,7 +146,7 @@ def classify_views(fetch: FetchLogits, n_inputs: int, views: Sequence[View], rul
     if rule.threshold is None:
         logits = fetch(None, views).float()  # (B, V, C)
         plain = logits[:, ident[0]] if ident else None
-        return TTAResult(merge(logits), plain, logits, B * V, torch.ones(B, dtype=torch.bool))
+        return ClassificationResult(merge(logits), plain, logits, B * V, torch.ones(B, dtype=torch.bool))
     plain = fetch(None, [View()])[:, 0].float()  # (B, C)
     others = [i for i in range(V) if i not in ident]
     uncertain = rule.confidence(plain) < rule.threshold  # (B,)
@@ -157,7 +158,7 @@ def classify_views(fetch: FetchLogits, n_inputs: int, views: Sequence[View], rul
         logits[rows[:, None], torch.tensor(others)] = fetch(rows, [views[i] for i in others]).float()
         probs[rows] = merge(logits[rows])
     cost = adaptive_cost(B, len(rows), len(others))
-    return TTAResult(probs, plain, logits, int(cost), uncertain.cpu())
+    return ClassificationResult(probs, plain, logits, int(cost), uncertain.cpu())
 
 
 class ClassificationTTA(TTABase):
@@ -178,6 +179,9 @@ class ClassificationTTA(TTABase):
             ``None``); needed by views with an input stage (``input=256:1.0``).
         backend: ``"torch"`` (default), ``"onnxruntime"``, ``"openvino"`` or a
             :class:`~ttakit.runtime.backends.Backend` (see :class:`TTABase`).
+        conformal: a :class:`~ttakit.conformal.Calibration`: :meth:`predict` also returns each
+            input's conformal prediction set (default: the policy's ``meta["conformal"]``, as
+            ``ttakit calibrate`` writes it).
 
     Calls take preprocessed ``(B, C, H, W)`` images, or photos (paths, PIL images, uint8
     tensors): each photo is decoded once and every input stage is rendered from it.
@@ -204,11 +208,15 @@ class ClassificationTTA(TTABase):
         confidence: str = "max_prob",
         data_config: Mapping[str, Any] | None = None,
         backend: str | Backend | None = None,
+        conformal: Calibration | None = None,
     ) -> None:
         super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config, backend=backend)
         self.merge_name = merge or self.policy.merge or "mean"
         self.confidence_name = confidence
         self.rule = ClassifyRule.from_policy(self.policy, self.merge_name, adaptive, confidence)
+        if conformal is None and "conformal" in self.policy.meta:  # a calibrated policy (ttakit calibrate)
+            conformal = Calibration.from_dict(self.policy.meta["conformal"])
+        self.conformal = conformal
 
     @property
     def adaptive(self) -> float | None:
@@ -220,6 +228,7 @@ class ClassificationTTA(TTABase):
             self.model, self.policy, self.merge_name, norm=self.norm,
             run_config=replace(self.run_config, **changes), adaptive=self.adaptive,
             confidence=self.confidence_name, data_config=self.data_config, backend=self.backend,
+            conformal=self.conformal,
         )
 
     @torch.inference_mode()
@@ -232,7 +241,7 @@ class ClassificationTTA(TTABase):
         return merge_logits(logits, self.rule.merge, self.rule.weights, self.rule.temperature)
 
     @torch.inference_mode()
-    def predict(self, x: Images) -> TTAResult:
+    def predict(self, x: Images) -> ClassificationResult:
         """Merged probabilities, each view's logits and the cost in view-forwards."""
         x = self.inputs(x)
         n = x.shape[0] if isinstance(x, Tensor) else x.batch_size
@@ -240,7 +249,8 @@ class ClassificationTTA(TTABase):
         def fetch(rows: Tensor | None, views: Sequence[View]) -> Tensor:
             return self.forward_views(x if rows is None else _take(x, rows), views)
 
-        return classify_views(fetch, n, self.views, self.rule)
+        res = classify_views(fetch, n, self.views, self.rule)
+        return res if self.conformal is None else replace(res, sets=prediction_sets(res.probs, self.conformal))
 
     def forward(self, x: Images) -> Tensor:
         """Merged class probabilities ``(B, C)``."""

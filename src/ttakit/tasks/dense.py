@@ -17,21 +17,23 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as Fn
-from ..errors import ConfigError, PolicyError, ShapeError, TTAKitError, check_shape
+from ..corrections import Corrected
+from ..errors import ShapeError, check_shape
 from ..policy import PolicyLike
+from ..registry import Registry
 from ..runtime.backends import Backend
 from ..runtime.config import RunConfig
 from ..runtime.loop import ViewInputs, as_view_inputs
-from ..transforms import Input, Normalization
+from ..stages import Input
+from ..transforms import Normalization
 from .base import Images, TTABase
 
-__all__ = ["DenseResult", "KeypointsTTA", "SegmentationTTA"]
+__all__ = ["ACTIVATIONS", "DENSE_MERGES", "DenseResult", "KeypointsTTA", "SegmentationTTA", "UNCERTAINTIES"]
 
-_ACTIVATIONS: dict[str | None, Callable[[Tensor], Tensor]] = {
-    "softmax": lambda y: torch.softmax(y, dim=1),
-    "sigmoid": torch.sigmoid,
-    None: lambda y: y,
-}
+ACTIVATIONS = Registry[Callable[[Tensor], Tensor]]("activation", sort=False)  # each view's map, before merging
+ACTIVATIONS.add("softmax", lambda y: torch.softmax(y, dim=1))
+ACTIVATIONS.add("sigmoid", torch.sigmoid)
+ACTIVATIONS.add("none", lambda y: y)  # also written None: merge the logits
 
 
 def _masked_mean(ys: Tensor, masks: Tensor, weights: Tensor) -> Tensor:
@@ -49,7 +51,9 @@ def _masked_max(ys: Tensor, masks: Tensor, weights: Tensor) -> Tensor:
     return torch.where(valid, ys, torch.full_like(ys, -torch.inf)).max(0).values.nan_to_num(neginf=0.0)
 
 
-_DENSE_MERGES: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {"mean": _masked_mean, "max": _masked_max}
+DENSE_MERGES = Registry[Callable[[Tensor, Tensor, Tensor], Tensor]]("dense merge", sort=False)
+DENSE_MERGES.add("mean", _masked_mean)
+DENSE_MERGES.add("max", _masked_max)
 
 
 def _variance(ys: Tensor, masks: Tensor, merged: Tensor) -> Tensor:
@@ -66,14 +70,9 @@ def _entropy(ys: Tensor, masks: Tensor, merged: Tensor) -> Tensor:
     return -(p * p.log()).sum(1, keepdim=True)
 
 
-_UNCERTAINTY: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {"variance": _variance, "entropy": _entropy}
-
-
-def _pick(table: dict[Any, Any], value: Any, what: str, error: type[TTAKitError] = ConfigError) -> Any:
-    """Resolve a mode name once, at construction."""
-    if value not in table:
-        raise error(f"unknown {what} {value!r}; choose one of {', '.join(str(k) for k in table)}")
-    return table[value]
+UNCERTAINTIES = Registry[Callable[[Tensor, Tensor, Tensor], Tensor]]("uncertainty", sort=False)
+UNCERTAINTIES.add("variance", _variance)
+UNCERTAINTIES.add("entropy", _entropy)
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ class DenseResult:
     coverage: Tensor
 
 
-def _size(inputs: Tensor | ViewInputs, source: Input | None) -> tuple[int, int]:
+def _size(inputs: Tensor | ViewInputs, source: Input | Corrected | None) -> tuple[int, int]:
     return as_view_inputs(inputs).size(source)
 
 
@@ -103,8 +102,8 @@ class SegmentationTTA(TTABase):
         model: the segmentation network.
         policy: preset name, policy text, JSON path or policy object.
         merge: ``mean`` (default) or ``max``, over the views that saw each pixel.
-        activation: applied to each view before merging: ``softmax`` (over K), ``sigmoid`` or
-            ``None`` (merge logits).
+        activation: applied to each view before merging: ``softmax`` (over K), ``sigmoid``, or
+            ``"none"``/``None`` (merge logits).
         dense_keys: for dict outputs, the keys holding maps to de-augment (default: every 4-D
             value); other values are averaged over views as they are.
         uncertainty: ``None``, ``variance`` (across views, mean over K) or ``entropy`` (of
@@ -145,9 +144,10 @@ class SegmentationTTA(TTABase):
         backend: str | Backend | None = None,
     ) -> None:
         super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config, backend=backend)
-        self._merge = _pick(_DENSE_MERGES, merge, "merge", PolicyError)  # as for classification merges
-        self._activation = _pick(_ACTIVATIONS, activation, "activation")
-        self._uncertainty = None if uncertainty is None else _pick(_UNCERTAINTY, uncertainty, "uncertainty")
+        # Names resolved once, here; an unknown one raises UnknownNameError listing the known.
+        self._merge = DENSE_MERGES.get(merge)
+        self._activation = ACTIVATIONS.get("none" if activation is None else activation)
+        self._uncertainty = None if uncertainty is None else UNCERTAINTIES.get(uncertainty)
         self.dense_keys = None if dense_keys is None else tuple(dense_keys)
         self.output_size = output_size
 
@@ -160,16 +160,25 @@ class SegmentationTTA(TTABase):
             if view.source is None and view.output_size(size) == size:
                 return tuple(y.shape[-2:])  # type: ignore[return-value]
         view, y = self.views[0], outs[0]
-        h, w = view.output_size(_size(inputs, view.source))
+        h, w = view.output_size(_size(inputs, view.stage))
         return round(size[0] * y.shape[-2] / h), round(size[1] * y.shape[-1] / w)
 
     def _merge_maps(self, outs: Sequence[Tensor], inputs: Tensor | ViewInputs) -> tuple[Tensor, Tensor | None, Tensor]:
+        Y, M = self.deaugment_maps(outs, inputs)
+        merged = self._merge(Y, M, self.weights_or_ones().to(Y))
+        unc = self._uncertainty(Y, M, merged) if self._uncertainty else None
+        return merged, unc, M.sum(0)
+
+    def deaugment_maps(self, outs: Sequence[Tensor], inputs: Tensor | ViewInputs) -> tuple[Tensor, Tensor]:
+        """Each view's map (of :meth:`run`, in ``self.views`` order), activated and mapped back
+        onto the plain input's output grid, with the mask of the pixels it saw: ``Y (V, B, K,
+        H', W')`` and ``M (V, 1|B, 1, H', W')``, unmerged (the evaluation pipeline stores them)."""
         for y in outs:
             check_shape("segmentation output", y.shape, "(B, K, H, W)")
         size, grid = _size(inputs, None), self._grid(inputs, outs)
         ys, masks = [], []
         for view, y in zip(self.views, outs):
-            vsize = _size(inputs, view.source)
+            vsize = _size(inputs, view.stage)
             vgrid = (round(vsize[0] * grid[0] / size[0]), round(vsize[1] * grid[1] / size[1]))
             # Undo the view's transforms onto its input stage's grid ...
             y, m = view.invert_dense(self._activation(y.float()), vsize, vgrid)  # (B, K, h', w'), (1, 1, h', w')
@@ -181,10 +190,7 @@ class SegmentationTTA(TTABase):
             ys.append(y)
             masks.append(m)
         rows = max(m.shape[0] for m in masks)  # 1 unless an input stage made masks per photo
-        Y, M = torch.stack(ys), torch.stack([m.expand(rows, -1, -1, -1) for m in masks])  # (V, B, K, H', W'), (V, 1|B, 1, H', W')
-        merged = self._merge(Y, M, self.weights_or_ones().to(Y))
-        unc = self._uncertainty(Y, M, merged) if self._uncertainty else None
-        return merged, unc, M.sum(0)
+        return torch.stack(ys), torch.stack([m.expand(rows, -1, -1, -1) for m in masks])  # (V, B, K, H', W'), (V, 1|B, 1, H', W')
 
     @torch.inference_mode()
     def predict(self, x: Images) -> DenseResult:
@@ -279,7 +285,7 @@ class KeypointsTTA(TTABase):
         for view, out in zip(self.views, self.run(inputs)):
             pts, scores = self._split(out)
             check_shape("keypoints", pts.shape, "(B, N, 2)")
-            vsize = _size(inputs, view.source)
+            vsize = _size(inputs, view.stage)
             pts = view.invert_points(pts.float(), vsize)  # pixels of the view's input stage
             stage = self.stage_matrices(inputs, view)
             if stage is not None:  # that stage's window of each photo -> the plain input's

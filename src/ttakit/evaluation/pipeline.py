@@ -1,0 +1,337 @@
+"""The one evaluation pipeline every task runs: decode once, run each distinct view once, store, score.
+
+A labelled evaluation flows the same way for classification, detection and segmentation:
+the photos of a chunk are decoded once in DataLoader workers, which also render every input
+stage the views need; all distinct views of all policies run in one
+:func:`~ttakit.runtime.loop.run_views` call; the task de-augments and packs each view's
+output and the :class:`~ttakit.evaluation.store.LogitStore` writes the chunk at once (so a
+killed run resumes, and a later run asking only for stored views costs no model time); under
+torchrun the chunks are dealt out to the ranks and gathered on rank 0; then the task's scorer
+builds one row per policy x merge from the stored outputs, and each policy is compared with
+plain on the same images.
+
+A task contributes only an :class:`EvalTask`: how a view's output is packed for the store,
+how stored outputs are merged and scored, and how a policy is compared with plain.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..data import InputRenderer
+from ..datasets import make_loader
+from ..errors import DatasetError
+from ..models import LoadedModel
+from ..policy import Policy, parse_view
+from ..runtime.backends import Backend
+from ..runtime.config import RunConfig, prepare_model, timed
+from ..runtime.distributed import DistContext
+from ..runtime.loop import RenderedInputs, run_views
+from ..views import View
+from .scoring import EvalOptions, PolicyRun, union_views
+from .store import LogitStore, fingerprint, plan_chunks
+
+__all__ = [
+    "EvalTask",
+    "Images",
+    "Scored",
+    "compute_outputs",
+    "row_predictions",
+    "run_evaluation",
+    "single_view_runs",
+    "stored_chunks",
+    "task_report",
+    "view_columns",
+]
+
+
+class Images(Protocol):
+    """What the pipeline needs of a dataset: its photo files, where it came from, a prefix."""
+
+    paths: Sequence[str]
+    source: str
+
+    def __len__(self) -> int: ...
+
+    def head(self, n: int | None) -> Images: ...
+
+
+@dataclass
+class Scored:
+    """What a task's scorer returns.
+
+    Attributes:
+        results: one entry per row key (merge, views, view_names, the task's metrics, seconds,
+            images_per_s); the pipeline adds each policy's paired comparison with plain.
+        per_view: each stored view's headline metric alone.
+        skipped: ``{"path", "reason"}`` of every file that could not be read.
+        state: what the task's :meth:`EvalTask.compare` needs (per-image values of each row).
+        doc: extra top-level fields of ``results.json`` (how the run was scored).
+    """
+
+    results: dict[str, dict[str, Any]]
+    per_view: dict[str, float | None]
+    skipped: list[dict[str, Any]]
+    state: Any = None
+    doc: dict[str, Any] = field(default_factory=dict)
+
+
+class EvalTask(Protocol):
+    """What one task adds to the pipeline (classification, detection, segmentation)."""
+
+    name: str  # "classify", "detect", "segment": the ``task`` of results.json
+    subdir: str  # the store's folder under ``--out``
+
+    def runs(self, policies: Sequence[Policy], merges: Sequence[str] | None) -> list[PolicyRun]:
+        """The rows: plain, then every policy x merge (names checked once)."""
+        ...
+
+    def fingerprint(self, data: Any) -> dict[str, Any]:
+        """The task's fields of the store fingerprint (what identifies the data and its labels)."""
+        ...
+
+    def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int]) -> dict[str, Tensor]:
+        """A chunk's per-view model outputs, de-augmented, as tensors to store."""
+        ...
+
+    def empty(self, views: Sequence[View]) -> dict[str, Tensor]:
+        """The stored tensors of a chunk in which no photo could be read."""
+        ...
+
+    def score(self, store: LogitStore, data: Any, runs: Sequence[PolicyRun], out: Path) -> Scored:
+        """Every row's metrics from the stored chunks (per-image files written into ``out``)."""
+        ...
+
+    def compare(self, scored: Scored, key: str) -> tuple[dict[str, Any], str]:
+        """Row ``key`` against plain on the same images: JSON fields and one verdict line."""
+        ...
+
+    def finish(self, out: Path, lm: LoadedModel, options: EvalOptions) -> list[str]:
+        """Pages or charts written after results.json (paths)."""
+        ...
+
+
+# --------------------------------------------------------------------------- compute
+class _SizedRenderer:
+    """Every input stage of a photo plus its ``(H, W)`` (outputs are mapped back to photo
+    pixels); pickles, for DataLoader workers."""
+
+    def __init__(self, renderer: InputRenderer) -> None:
+        self.renderer = renderer
+
+    def __call__(self, img: Image.Image) -> dict[str, Tensor]:
+        return {**self.renderer(img), "photo_size": torch.tensor([img.height, img.width])}
+
+
+def compute_outputs(
+    task: EvalTask,
+    lm: LoadedModel,
+    data: Images,
+    views: Sequence[View],
+    store: LogitStore,
+    run_config: RunConfig,
+    options: EvalOptions,
+    device: torch.device,
+    chunks: Sequence[tuple[int, int]] | None = None,
+    progress: Callable[[int], Any] | None = None,
+    backend: Backend | None = None,
+) -> None:
+    """Compute and store the per-view outputs of every missing chunk (of ``chunks``: all by
+    default).
+
+    Each photo is decoded once, in the DataLoader workers, which also render every input stage
+    the views need; all views of a chunk then run in one :func:`run_views` call (views of one
+    size share forwards). The chunk's model time is shared between the views in proportion to
+    their pixels, so every row's cost can be reported. ``progress(n)`` is called with the
+    number of images done (chunks already stored count). ``backend`` runs the model (default:
+    ``lm.model`` itself).
+    """
+    chunks = plan_chunks(len(data), options.batch_size) if chunks is None else chunks
+    todo = [c for c in chunks if not store.has(c[0])]
+    if progress is not None:
+        progress(sum(e - s for s, e in chunks) - sum(e - s for s, e in todo))
+    if not todo:
+        return
+    renderer = _SizedRenderer(InputRenderer({v.stage for v in views}, lm.data_config))
+    loader = make_loader(data.paths, renderer, [range(s, e) for s, e in todo], options.workers)
+
+    def view_pixels(v: View) -> float:
+        h, w = v.output_size(lm.input_size if v.source is None else (v.source.size, v.source.size))
+        return float(h * w)
+
+    pixels = torch.tensor([view_pixels(v) for v in views], dtype=torch.float64)
+    share = pixels / pixels.sum()  # (U,) each view's share of the chunk's model time
+    run_model = lm.model if backend is None else backend
+    for (start, stop), (idx, x, bad) in zip(todo, loader):
+        if bad and options.strict:
+            i, reason = bad[0]
+            raise DatasetError(f"{data.paths[i]}: {reason} (--strict)")
+        payload = task.empty(views)
+        seconds = torch.zeros(len(views), dtype=torch.float64)
+        if x is not None:
+            sizes = [tuple(s) for s in x.pop("photo_size").tolist()]
+            inputs = RenderedInputs(x, sizes).to(device)
+            outs: list[Any] = []
+            with torch.inference_mode():
+                total = timed(lambda: outs.extend(run_views(run_model, inputs, views, lm.normalization, run_config)),
+                              device)
+                payload = task.pack(outs, inputs, views, idx)
+            seconds = share * total
+        store.write(start, {**payload, "indices": torch.tensor(idx, dtype=torch.long), "seconds": seconds}, bad)
+        if progress is not None:
+            progress(stop - start)
+
+
+# --------------------------------------------------------------------------- scoring helpers
+def view_columns(store: LogitStore, runs: Sequence[PolicyRun]) -> list[list[int]]:
+    """Each row's stored column of each of its views.
+
+    Raises:
+        DatasetError: a view the store does not hold.
+    """
+    columns = {n: i for i, n in enumerate(store.fingerprint["views"])}
+    try:
+        return [[columns[v.name] for v in r.policy.views] for r in runs]
+    except KeyError as e:
+        raise DatasetError(f"view {e.args[0]!r} is not in the stored outputs of {store.dir.parent}") from e
+
+
+def single_view_runs(store: LogitStore) -> list[PolicyRun]:
+    """One row per stored view (its metric alone, for ``per_view.json``)."""
+    return [PolicyRun(n, Policy((parse_view(n),), name=n), "none") for n in store.fingerprint["views"]]
+
+
+def stored_chunks(store: LogitStore, data: Images, skipped: list[dict[str, Any]]) -> Iterator[dict[str, Tensor]]:
+    """The stored chunks that hold images, in order; unreadable files are added to ``skipped``."""
+    for payload, bad in store.chunks():
+        skipped += [{"path": data.paths[i], "reason": reason} for i, reason in bad]
+        if len(payload["indices"]):
+            yield payload
+
+
+def row_predictions(
+    out_dir: str | Path,
+    key: str,
+    subdir: str,
+    indices: Sequence[int],
+    predict: Callable[[dict[str, Tensor], PolicyRun, list[int], dict[str, Any], list[int]], list[Any]],
+) -> list[Any]:
+    """Row ``key``'s predictions of the dataset images ``indices`` in a finished run folder,
+    recomputed from the stored outputs under ``subdir`` (what a report draws).
+    ``predict(payload, run, columns, doc, positions)`` makes the predictions of the chunk
+    images at ``positions`` (``doc``: the folder's results.json, plus ``stored_views``: the
+    store's view names).
+
+    Raises:
+        DatasetError: no such row or stored image.
+    """
+    out = Path(out_dir)
+    doc = json.loads((out / "results.json").read_text())
+    if key not in doc["results"]:
+        raise DatasetError(f"{out}: no row {key!r} (rows: {', '.join(doc['results'])})")
+    row = doc["results"][key]
+    weights = None if row.get("weights") is None else tuple(row["weights"])
+    run = PolicyRun(key, Policy(tuple(parse_view(n) for n in row["view_names"]), weights=weights), row["merge"])
+    store = LogitStore(out, json.loads((out / subdir / "run.json").read_text()), subdir)
+    cols = view_columns(store, [run])[0]
+    doc["stored_views"] = list(store.fingerprint["views"])
+    found: dict[int, Any] = {}
+    wanted = set(indices)
+    for payload, _ in store.chunks():
+        positions = [j for j, i in enumerate(payload["indices"].tolist()) if i in wanted]
+        if positions:
+            here = payload["indices"][positions].tolist()
+            found.update(zip(here, predict(payload, run, cols, doc, positions)))
+    missing = wanted - set(found)
+    if missing:
+        raise DatasetError(f"{out}: images {sorted(missing)[:5]} were not scored (unreadable or out of range)")
+    return [found[i] for i in indices]
+
+
+def task_report(out: Path, read_row: Callable[[Path, str, Sequence[int]], list[Any]] | None = None) -> list[str]:
+    """``report.html`` of a detection or segmentation folder; ``read_row`` is the task's
+    reader of a row's stored predictions, for the report's gallery."""
+    from .report import write_report
+
+    try:
+        return [str(write_report(out, read_row=read_row))]
+    except DatasetError:
+        return []
+
+
+# --------------------------------------------------------------------------- driver
+def run_evaluation(
+    task: EvalTask,
+    lm: LoadedModel,
+    data: Images,
+    policies: Sequence[Policy],
+    merges: Sequence[str] | None,
+    out_dir: str | Path,
+    run_config: RunConfig,
+    options: EvalOptions = EvalOptions(),
+    device: torch.device | str = "cpu",
+    progress: Callable[[int], Any] | None = None,
+    backend: Backend | None = None,
+) -> dict[str, Any]:
+    """Evaluate the plain model and every policy x merge of one task on ``data``; write
+    ``results.json`` and ``per_view.json`` (and what the task adds: ``per_image.csv``, the
+    report) into ``out_dir``, the per-view outputs under ``out_dir/<task.subdir>/``.
+
+    Under torchrun the chunks are dealt out to the ranks; rank 0 gathers them, scores and
+    writes; the other ranks return ``{}``. A backend other than torch is part of the stored
+    outputs' fingerprint.
+
+    Returns:
+        The ``results.json`` document plus ``per_view`` and ``written`` (pages, as text). Each
+        policy row also holds its paired comparison with plain and a one-line ``verdict``.
+    """
+    dist = DistContext.from_env()
+    device = torch.device(device) if dist.world_size == 1 else dist.device(device)
+    prepare_model(lm.model.to(device), run_config)
+    data = data.head(options.limit)
+    if len(data) == 0:
+        raise DatasetError(f"{data.source}: no images to evaluate")
+    runs = task.runs(policies, merges)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint(lm, data, union_views(policies), options.batch_size, task.fingerprint(data))
+    if backend is not None and backend.label != "torch":  # torch runs keep the fingerprint they always had
+        fp["backend"] = backend.label
+    store = dist.run_once(lambda: LogitStore(out, fp, task.subdir))
+    views = [parse_view(n) for n in store.fingerprint["views"]]  # a reused run may hold more views
+    mine = dist.shard(plan_chunks(len(data), options.batch_size))
+    report = progress if dist.is_main else None
+    dist.run_checked(lambda: compute_outputs(task, lm, data, views, store, run_config, options, device, mine, report,
+                                             backend))
+    dist.gather_chunks(store, mine)
+    if not dist.is_main:
+        dist.barrier()
+        return {}
+    scored = task.score(store, data, runs, out)
+    for key, row in scored.results.items():
+        if key != "plain":  # each policy against plain, paired on the same images
+            fields, verdict = task.compare(scored, key)
+            row.update(fields, verdict=verdict)
+    doc = {
+        "task": task.name,
+        "model": lm.name,
+        "weights": lm.weights,
+        "data": data.source,
+        "n_images": len(data),
+        **scored.doc,
+        "skipped": scored.skipped,
+        "results": scored.results,
+    }
+    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / "per_view.json").write_text(json.dumps(scored.per_view, indent=2) + "\n")
+    written = task.finish(out, lm, options)
+    dist.barrier()
+    return {**doc, "per_view": scored.per_view, "written": written}

@@ -1,0 +1,296 @@
+"""The segmentation and detection parts of the report page: their table and the photos TTA changed most.
+
+A task's gallery is a :class:`Gallery`: each image's path, each row's per-image headline score
+(IoU for segmentation, AP for detection) and a function drawing one image's pictures for a row
+(:func:`~ttakit.evaluation.overlays.segmentation_panels`,
+:func:`~ttakit.evaluation.overlays.detection_panels`). :func:`gallery_page` turns a folder's
+``results.json`` and such a gallery into the page context that ``report.html.j2`` draws: per
+policy, the photos whose score it raised most and lowered most, each with the truth, the plain
+and the TTA predictions side by side.
+
+Example:
+    >>> TASKS["segment"].headline, TASKS["detect"].label
+    ('miou', 'mAP')
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import load_image
+from ..datasets import load_mask
+from ..errors import TTAKitError
+from .charts import Chart, colour, scatter
+from .overlays import CHANGE_COLOURS, class_colours, detection_panels, pick_changes, segmentation_panels
+
+__all__ = ["TASKS", "Gallery", "TaskColumns", "detection_gallery", "RowReader", "gallery_page", "load_gallery",
+           "segmentation_gallery"]
+
+
+@dataclass(frozen=True)
+class TaskColumns:
+    """What the results table and charts show of a task's rows."""
+
+    headline: str  # the metric compared with plain (delta_<headline>, ci_<headline>)
+    label: str  # its name for people
+    metrics: tuple[tuple[str, str], ...]  # (results key, header) of every metric column shown if present
+    image_score: str  # what a gallery card's per-image score is
+
+
+TASKS = {
+    "segment": TaskColumns("miou", "mIoU", (("miou", "mIoU"), ("pixel_acc", "pixel acc."), ("mean_dice", "mean Dice"),
+                                            ("boundary", "boundary F1"), ("boundary_iou", "boundary IoU")), "IoU"),
+    "detect": TaskColumns("map", "mAP", (("map", "mAP@[.5:.95]"), ("map50", "mAP@.5"), ("map75", "mAP@.75")), "AP"),
+}
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """What a gallery needs of a scored folder: paths, per-image scores, pictures on demand."""
+
+    paths: Sequence[str]  # one photo per scored image, in the scores' order
+    scores: Mapping[str, Sequence[float]]  # results row key -> (N,) per-image headline score (nan: unscored)
+    panels: Callable[[str, int], list[tuple[str, str]]]  # (row key, image) -> (label, data URI) pictures
+    # Called once with every (row key -> images) the page will draw, before any picture: a
+    # stored folder computes each row's predictions in one pass over its chunks.
+    prepare: Callable[[Mapping[str, Sequence[int]]], None] | None = None
+
+
+def _photo(path: str) -> np.ndarray:
+    return np.asarray(load_image(path).convert("RGB"))
+
+
+def segmentation_gallery(
+    paths: Sequence[str], scores: Mapping[str, Sequence[float]], truth: Callable[[int], np.ndarray],
+    prediction: Callable[[str, int], np.ndarray], num_classes: int, ignore_index: int | None = 255,
+    prepare: Callable[[Mapping[str, Sequence[int]]], None] | None = None,
+) -> Gallery:
+    """A segmentation :class:`Gallery`: ``truth(j)`` and ``prediction(key, j)`` give image
+    ``j``'s ``(H, W)`` class maps at its photo's size (``key`` ``"plain"`` for the plain model)."""
+    def panels(key: str, j: int) -> list[tuple[str, str]]:
+        return segmentation_panels(_photo(paths[j]), truth(j), prediction("plain", j), prediction(key, j),
+                                   num_classes, ignore_index)
+
+    return Gallery(paths, scores, panels, prepare)
+
+
+def detection_gallery(
+    paths: Sequence[str], scores: Mapping[str, Sequence[float]],
+    truth: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    prediction: Callable[[str, int], Mapping[str, np.ndarray]], num_classes: int, score_threshold: float = 0.3,
+    prepare: Callable[[Mapping[str, Sequence[int]]], None] | None = None,
+) -> Gallery:
+    """A detection :class:`Gallery`: ``truth(j)`` gives image ``j``'s ``(boxes (M, 4), labels (M,))``
+    and ``prediction(key, j)`` its ``boxes``/``scores``/``labels``, in photo pixels."""
+    def panels(key: str, j: int) -> list[tuple[str, str]]:
+        return detection_panels(_photo(paths[j]), *truth(j), prediction("plain", j), prediction(key, j),
+                                num_classes, score_threshold)
+
+    return Gallery(paths, scores, panels, prepare)
+
+
+# --------------------------------------------------------------------------- a stored folder's gallery
+def _float(text: str | None) -> float:
+    return float(text) if text else math.nan
+
+
+RowReader = Callable[[Path, str, Sequence[int]], list[Any]]  # (folder, row key, dataset indices) -> predictions
+
+
+def load_gallery(out: Path, doc: Mapping[str, Any], read_row: RowReader | None) -> tuple[Gallery | None, str]:
+    """The gallery of a segmentation or detection folder, from its ``per_image.csv`` (paths and
+    each row's per-image score) and its stored outputs: ``read_row`` is the task's reader of a
+    row's predictions (``segment_eval.row_masks``: ``(H, W)`` class maps;
+    ``detect_eval.row_detections``: ``boxes``/``scores``/``labels``). ``(None, why)`` when the
+    folder cannot give one."""
+    if read_row is None:
+        return None, "the task's stored predictions were not read (no row reader given): the gallery is left out"
+    path = out / "per_image.csv"
+    if not path.exists():
+        return None, "no per_image.csv in this folder: the gallery is left out"
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if rows and "index" not in rows[0] and doc.get("skipped"):
+        return None, "per_image.csv has no index column and images were skipped: the gallery is left out"
+    index = [int(r["index"]) if "index" in r else j for j, r in enumerate(rows)]
+    paths = [r["path"] for r in rows]
+    predictions: dict[tuple[str, int], Any] = {}
+
+    def prepare(wanted: Mapping[str, Sequence[int]]) -> None:
+        for key, js in wanted.items():
+            todo = [j for j in js if (key, j) not in predictions]
+            if todo:  # one pass over the stored chunks per row
+                predictions.update(zip(((key, j) for j in todo), read_row(out, key, [index[j] for j in todo])))
+
+    def prediction(key: str, j: int) -> Any:
+        prepare({key: [j]})
+        return predictions[(key, j)]
+
+    if doc["task"] == "segment":
+        scoring = doc.get("scoring", {})
+        scores = {k: [_float(r.get(f"{k}_iou")) for r in rows] for k in doc["results"]}
+        return segmentation_gallery(paths, scores, lambda j: load_mask(rows[j]["mask"]), prediction,
+                                    int(scoring.get("num_classes") or len(doc.get("class_names") or [])),
+                                    scoring.get("ignore_index", 255), prepare), ""
+    truth = _coco_truth(doc["annotations"])
+    scores = {k: [_float(r.get(f"{k}_ap")) for r in rows] for k in doc["results"]}
+
+    def boxes(key: str, j: int) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in prediction(key, j).items()}
+
+    return detection_gallery(paths, scores, lambda j: truth(int(rows[j]["image_id"])), boxes,
+                             max(1, len(doc.get("class_names") or [])), prepare=prepare), ""
+
+
+def _coco_truth(annotations: str) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
+    """``image_id -> (boxes (M, 4) xyxy, labels (M,))`` of a COCO file (labels: category ids in sorted order)."""
+    doc = json.loads(Path(annotations).read_text())
+    order = {c: i for i, c in enumerate(sorted(c["id"] for c in doc["categories"]))}
+    by_image: dict[int, list[tuple[list[float], int]]] = {}
+    for a in doc["annotations"]:
+        x, y, w, h = a["bbox"]
+        by_image.setdefault(a["image_id"], []).append(([x, y, x + w, y + h], order[a["category_id"]]))
+
+    def truth(image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        found = by_image.get(image_id, [])
+        return np.array([b for b, _ in found], float).reshape(-1, 4), np.array([c for _, c in found], np.int64)
+
+    return truth
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None or not math.isfinite(float(v)) else f"{float(v):.2%}"
+
+
+def _format_row(i: int, key: str, res: Mapping[str, Any], spec: TaskColumns, columns: Sequence[tuple[str, str]],
+                n: int) -> dict[str, Any]:
+    """One results-table row: cells as text (the headline's delta and interval in points)."""
+    h = spec.headline
+    cells = {c: "–" for c, _ in columns}
+    cells.update({c: _pct(res.get(c)) for c, _ in spec.metrics if c in cells})
+    cells.update(merge=res.get("merge", "–"), views=res.get("views", "–"),
+                 ms=f"{1000.0 * res['seconds'] / n:.1f}" if res.get("seconds") and n else "–")
+    tone = ""
+    if res.get(f"delta_{h}") is not None:
+        lo, hi = res.get(f"ci_{h}") or (None, None)
+        cells[f"delta_{h}"] = f"{100 * res[f'delta_{h}']:+.2f}"
+        cells[f"ci_{h}"] = "–" if lo is None else f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
+        cells["significant"] = "yes" if res.get("significant") else "no"
+        tone = ("good" if res[f"delta_{h}"] > 0 else "bad") if res.get("significant") else "neutral"
+    return {"key": key, "colour": colour(i), "cells": cells, "tone": tone, "tone_cell": f"delta_{h}",
+            "verdict": res.get("verdict", ""), "significant": bool(res.get("significant"))}
+
+
+def _cost_charts(results: Mapping[str, Mapping[str, Any]], spec: TaskColumns, n: int) -> list[Chart]:
+    """The headline metric against views, and against model time when it was measured."""
+    rows = [(i, k, r) for i, (k, r) in enumerate(results.items()) if r.get(spec.headline) is not None]
+    h, label = spec.headline, spec.label
+    charts = [scatter(f"{label} vs views", "views (forwards per image)", label,
+                      [(float(r["views"]), r[h], colour(i), f"{k}: {r[h]:.2%} with {r['views']} views")
+                       for i, k, r in rows], yfmt="pct")]
+    ms = [1000.0 * float(r.get("seconds") or 0.0) / max(n, 1) for _, _, r in rows]
+    if any(m > 0 for m in ms):
+        charts.append(scatter(f"{label} vs model time", "model time per image (ms)", label,
+                              [(m, r[h], colour(i), f"{k}: {r[h]:.2%} at {m:.1f} ms/image")
+                               for (i, k, r), m in zip(rows, ms)], yfmt="pct"))
+    return charts
+
+
+def _cards(gallery: Gallery, key: str, picks: Sequence[int], kind: str, spec: TaskColumns) -> list[dict[str, Any]]:
+    cards = []
+    for j in picks:
+        plain, tta = float(gallery.scores["plain"][j]), float(gallery.scores[key][j])
+        card = {"path": gallery.paths[j], "file": Path(gallery.paths[j]).name, "kind": kind,
+                "score": f"{spec.image_score} {100 * plain:.1f} → {100 * tta:.1f}", "panels": [], "note": ""}
+        try:
+            card["panels"] = gallery.panels(key, j)
+        except (TTAKitError, OSError) as e:  # a photo moved away: the card says so
+            card["note"] = str(e)
+        cards.append(card)
+    return cards
+
+
+def gallery_page(
+    out: Path, doc: Mapping[str, Any], per_view: Mapping[str, float | None], class_names: Sequence[str] | None,
+    max_gallery: int, gallery: Gallery | None = None, read_row: RowReader | None = None,
+) -> dict[str, Any]:
+    """The page context of a segmentation or detection folder: the shared parts and, per
+    policy, the photos whose per-image score it raised and lowered most (``gallery``: by
+    default the folder's own, read with ``read_row``, see :func:`load_gallery`)."""
+    task = doc.get("task")
+    if task not in TASKS:
+        raise TTAKitError(f"{out}: results.json of task {task!r}; the report knows {', '.join(['classify', *TASKS])}")
+    spec = TASKS[task]
+    results = doc["results"]
+    present = [(c, hdr) for c, hdr in spec.metrics if any(r.get(c) is not None for r in results.values())]
+    h = spec.headline
+    columns = [("merge", "merge"), ("views", "views"), *present, (f"delta_{h}", f"Δ {spec.label} (pt)"),
+               (f"ci_{h}", "95% CI (pt)"), ("significant", "sig."), ("ms", "ms / image")]
+    n = int(doc.get("n_scored") or doc.get("n_images") or 0) - len(doc.get("skipped") or [])
+    table = [_format_row(i, k, r, spec, columns, n) for i, (k, r) in enumerate(results.items())]
+    names = list(class_names or doc.get("class_names") or [])
+    notes = []
+    if gallery is None:
+        gallery, note = load_gallery(out, doc, read_row)
+        notes += [note] if note else []
+    picks = {row["key"]: pick_changes(gallery.scores["plain"], gallery.scores[row["key"]], max_gallery)
+             if gallery is not None and row["key"] in gallery.scores else {"raised": [], "lowered": []}
+             for row in table[1:]}
+    if gallery is not None and gallery.prepare is not None:
+        wanted = {k: sorted({j for js in p.values() for j in js}) for k, p in picks.items()}
+        try:
+            gallery.prepare({**wanted, "plain": sorted({j for js in wanted.values() for j in js})})
+        except (TTAKitError, OSError) as e:  # stored outputs moved or incomplete: the table still stands
+            notes.append(f"the gallery is left out: {e}")
+            gallery, picks = None, {k: {"raised": [], "lowered": []} for k in picks}
+    policies = [{"row": row, "views": list(results[row["key"]].get("view_names", [])),
+                 "gallery": {kind: _cards(gallery, row["key"], js, kind, spec) if gallery is not None else []
+                             for kind, js in picks[row["key"]].items()},
+                 "per_class": _per_class(results["plain"], results[row["key"]], names)} for row in table[1:]]
+    best = max((v for v in per_view.values() if v is not None), default=1.0) or 1.0
+    return {
+        "n_scored": n, "n_classes": len(names) or "–", "headline": spec.label, "legend": _legend(task, names),
+        "columns": columns, "rows": table, "notes": notes, "policies": policies,
+        "cost_title": f"{spec.label} against cost", "cost_charts": _cost_charts(results, spec, n),
+        "single": [{"name": k, "value": _pct(v), "width": round(100 * (v or 0.0) / best, 1), "plain": k == "identity"}
+                   for k, v in sorted(per_view.items(), key=lambda t: -(t[1] or 0.0))],
+        "single_metric": spec.label, "image_score": spec.image_score,
+        "sources": "results.json, per_view.json and the stored per-view outputs",
+    }
+
+
+def _legend(task: str, names: Sequence[str]) -> list[tuple[str, str]]:
+    """The colours of the gallery's pictures: each class's, and (segmentation) the changed pixels'."""
+    background = 0 if task == "segment" else None
+    css = [f"rgb{tuple(int(v) for v in c)}" for c in class_colours(len(names), background)]
+    shown = [(n, c) for i, (n, c) in enumerate(zip(names, css)) if i != background]
+    if task == "segment":
+        shown += [(f"changed: {what}", f"rgb{CHANGE_COLOURS[k]}")
+                  for k, what in (("fixed", "now right"), ("broken", "now wrong"), ("other", "another wrong class"))]
+    return shown
+
+
+def _per_class(plain: Mapping[str, Any], row: Mapping[str, Any], names: Sequence[str] | None) -> list[dict[str, Any]]:
+    """Per class: plain and policy IoU (segmentation rows carry ``per_class_iou``), largest change first."""
+    a, b = plain.get("per_class_iou"), row.get("per_class_iou")
+    if not a or not b:
+        return []
+    if isinstance(a, Mapping):
+        keys = list(a)
+        a, b, labels = [a[k] for k in keys], [b.get(k) for k in keys], keys
+    else:
+        labels = [names[i] if names and i < len(names) else f"class_{i}" for i in range(len(a))]
+    rows = [{"name": lab, "plain": _pct(x), "tta": _pct(y), "delta": (y - x) if x is not None and y is not None else 0.0}
+            for lab, x, y in zip(labels, a, b)]
+    for r in rows:
+        r["tone"] = "good" if r["delta"] > 0 else "bad" if r["delta"] < 0 else ""
+        r["delta"] = f"{100 * r['delta']:+.2f}"
+    return rows

@@ -1,0 +1,90 @@
+"""Detector loading: ``MODULE:FUNCTION``, ``path/file.py:FUNCTION`` or a torchvision detection model name.
+
+A :class:`LoadedDetector` is a :class:`~ttakit.models.LoadedModel` whose model returns
+torchvision-format detections; :func:`load_detector` resolves a spec to one, as the command
+line's ``--detector`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torchvision
+from torch import nn
+
+from ...callables import call_spec, is_callable_spec
+from ...errors import ModelLoadError, WeightsError
+from ...models import LoadedModel, load_state_dict
+
+__all__ = ["LoadedDetector", "load_detector"]
+
+
+@dataclass(frozen=True)
+class LoadedDetector(LoadedModel):
+    """A detector ready for :class:`DetectionTTA`: a :class:`~ttakit.models.LoadedModel` whose
+    ``model`` returns torchvision-format detections, ``name`` is what it was loaded from
+    (``MODULE:FUNCTION`` or a torchvision model name), ``data_config`` says how photos become
+    its input and ``class_names`` name its labels."""
+
+    def label_name(self, label: int) -> str:
+        return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
+
+
+# torchvision detectors take [0, 1] images of any size and normalise and resize them inside.
+_TORCHVISION_DATA = {"input_size": (3, 320, 320), "interpolation": "bilinear", "mean": (0.0, 0.0, 0.0),
+                     "std": (1.0, 1.0, 1.0), "crop_pct": 1.0, "crop_mode": "center"}
+
+
+def _torchvision_detector(name: str, weights: str | None, num_classes: int | None) -> LoadedDetector:
+    known = torchvision.models.list_models(module=torchvision.models.detection)
+    if name not in known:
+        raise ModelLoadError(f"unknown torchvision detection model {name!r}; known: {', '.join(sorted(known))}")
+    model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes or 91)
+    if weights:
+        state = load_state_dict(weights)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise WeightsError(f"{weights}: does not fit {name} ({str(e).splitlines()[0]})") from e
+    classes = [str(i) for i in range(num_classes or 91)]
+    if num_classes in (None, 91):  # the COCO label ids torchvision uses, named
+        meta = torchvision.models.get_model_weights(name).DEFAULT.meta.get("categories")  # type: ignore[union-attr]
+        classes = list(meta) if meta else classes
+    return LoadedDetector(model.eval(), name, weights or "random", dict(_TORCHVISION_DATA), classes)
+
+
+def load_detector(spec: str, weights: str | None = None, num_classes: int | None = None,
+                  class_names: Sequence[str] | None = None) -> LoadedDetector:
+    """Resolve a detector: ``MODULE:FUNCTION`` or ``path/file.py:FUNCTION`` (a callable
+    returning an ``nn.Module`` in torchvision's output format or a :class:`LoadedDetector`;
+    called with ``weights=`` when ``weights`` is given), or a torchvision detection model
+    name (``torchvision:NAME`` or ``NAME``, random weights unless ``weights`` is a state dict;
+    ``num_classes`` defaults to COCO's 91).
+
+    Raises:
+        ModelLoadError: nothing importable or known under that name.
+        WeightsError: the weights do not fit.
+
+    Example:
+        >>> det = load_detector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3)
+        >>> det.weights, det.class_names
+        ('random', ['0', '1', '2'])
+    """
+    if not spec:
+        raise ModelLoadError("no detector given: name MODULE:FUNCTION or a torchvision detection model")
+    if is_callable_spec(spec):
+        got = call_spec(spec, weights, "detector")
+        if isinstance(got, LoadedDetector):
+            det = got
+        elif isinstance(got, nn.Module):
+            import timm
+
+            det = LoadedDetector(got, spec, weights or "(loader's)", timm.data.resolve_data_config({}, model=got),
+                                 [str(i) for i in range(num_classes or 0)])
+        else:
+            raise ModelLoadError(f"detector {spec!r} returned {type(got).__name__}, not an nn.Module")
+    else:
+        det = _torchvision_detector(spec.removeprefix("torchvision:"), weights, num_classes)
+    det.model.eval()
+    return det if class_names is None else replace(det, class_names=list(class_names))

@@ -1,0 +1,101 @@
+"""Segmenter loading: ``MODULE:FUNCTION``, ``path/file.py:FUNCTION`` or a torchvision segmentation name.
+
+A segmenter is any ``nn.Module`` mapping ``(B, 3, H, W)`` images to ``(B, K, h, w)`` class
+logits (any output stride). Unless its loader says otherwise (by returning a
+:class:`~ttakit.models.LoadedModel` with its own data config), a segmenter's photos are
+resized whole to its input size (timm's ``squash``: no centre crop, so the prediction covers
+the whole photo and maps back onto its mask by a plain resize).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from ..callables import call_spec, is_callable_spec
+from ..errors import ModelLoadError, WeightsError
+from ..models import LoadedModel, load_state_dict
+
+__all__ = ["load_segmenter", "whole_photo_config"]
+
+_IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+def whole_photo_config(data_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``data_config`` changed to resize the whole photo to the input size (no crop).
+
+    Example:
+        >>> whole_photo_config({"input_size": (3, 224, 224), "crop_pct": 0.875, "crop_mode": "center"})
+        {'input_size': (3, 224, 224), 'crop_pct': 1.0, 'crop_mode': 'squash'}
+    """
+    return {**data_config, "crop_pct": 1.0, "crop_mode": "squash"}
+
+
+class _MainOutput(nn.Module):
+    """A torchvision segmenter returning only its ``out`` map (not the dict)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)["out"]
+
+
+def _torchvision_segmenter(name: str, weights: str | None, num_classes: int) -> LoadedModel:
+    known = torchvision.models.list_models(module=torchvision.models.segmentation)
+    if name not in known:
+        raise ModelLoadError(f"unknown segmenter {name!r}: give MODULE:FUNCTION or a torchvision segmentation "
+                             f"model ({', '.join(sorted(known))})")
+    model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes,
+                                         aux_loss=False)
+    if weights:
+        try:
+            model.load_state_dict(load_state_dict(weights))
+        except RuntimeError as e:
+            raise WeightsError(f"{weights}: does not fit {name} ({str(e).splitlines()[0]})") from e
+    config = {"input_size": (3, 320, 320), "interpolation": "bilinear", **_IMAGENET, "crop_pct": 1.0, "crop_mode": "squash"}
+    return LoadedModel(_MainOutput(model), name, weights or "random", config, [str(i) for i in range(num_classes)])
+
+
+def load_segmenter(spec: str, num_classes: int, weights: str | None = None,
+                   class_names: list[str] | None = None) -> LoadedModel:
+    """Resolve a segmenter of ``num_classes`` classes: ``MODULE:FUNCTION`` or
+    ``path/file.py:FUNCTION`` (a callable returning an ``nn.Module`` or a
+    :class:`~ttakit.models.LoadedModel`; given ``weights=`` when ``weights`` is), or a
+    torchvision segmentation model name (``torchvision:NAME`` or ``NAME``; random weights
+    unless ``weights`` is a state dict).
+
+    Raises:
+        ModelLoadError: nothing importable or known under that name, or not a module.
+        WeightsError: the weights do not fit.
+
+    Example:
+        >>> seg = load_segmenter("lraspp_mobilenet_v3_large", 3)
+        >>> seg.weights, seg.data_config["crop_mode"], tuple(seg.model(torch.zeros(1, 3, 64, 64)).shape)
+        ('random', 'squash', (1, 3, 64, 64))
+    """
+    if is_callable_spec(spec):
+        got = call_spec(spec, weights, "segmenter")
+        if isinstance(got, LoadedModel):
+            lm = got
+        elif isinstance(got, nn.Module):
+            import timm
+
+            config = whole_photo_config(timm.data.resolve_data_config({}, model=got))
+            lm = LoadedModel(got, spec, weights or "(loader's)", config, [str(i) for i in range(num_classes)])
+        else:
+            raise ModelLoadError(f"segmenter {spec!r} returned {type(got).__name__}, not an nn.Module")
+    else:
+        lm = _torchvision_segmenter(spec.removeprefix("torchvision:"), weights, num_classes)
+    lm.model.eval()
+    names = list(class_names) if class_names else list(lm.class_names)
+    if len(names) != num_classes:
+        names = [str(i) for i in range(num_classes)]
+    return replace(lm, class_names=names)
+
