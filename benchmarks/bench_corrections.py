@@ -69,7 +69,7 @@ def run_set(lm: ttakit.LoadedModel, name: str, folder: Path, args: argparse.Name
     cfg = lm.data_config
     base = Policy(parse_policy(source_pool(cfg), cfg))
     extra = Policy(parse_policy(" + ".join(ALONE + COMBINED), cfg))
-    pool = create_policy("search_pool", cfg)
+    pool = create_policy("search_pool + corrections", cfg)
     b_logits, labels, b_names, t_base = stored_logits(lm, data, base, args.base_out / name, args.workers)
     c_logits, c_labels, c_names, t_corr = stored_logits(lm, data, extra, args.out / name, args.workers)
     if not torch.equal(labels, c_labels):
@@ -82,11 +82,11 @@ def run_set(lm: ttakit.LoadedModel, name: str, folder: Path, args: argparse.Name
         u = names.index(create_policy(v).view_names[0])
         rows.append(verdict_row(names[u], "1", correct[:, u], nll[:, u], correct[:, 0], nll[:, 0],
                                 f"NLL {nll[:, u].mean():.3f}", "the view alone"))
-    # Searched policies: the re-sampled pool, the same with every correction candidate, the default pool.
+    # Searched policies: the default (re-sampled) pool, with the `corrections` preset, with every correction view.
     searches = {
-        "searched, re-sampled pool": list(range(len(b_names))),
-        "searched, + every correction": list(range(len(names))),
-        "searched, default pool": [names.index(v) for v in pool.view_names],
+        "searched, search_pool": list(range(len(b_names))),
+        "searched, search_pool + corrections": [names.index(v) for v in pool.view_names],
+        "searched, search_pool + every correction view": list(range(len(names))),
     }
     for label, cols in searches.items():
         t0 = time.perf_counter()
@@ -124,12 +124,13 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=5)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--sets", nargs="+", choices=sorted(SETS), default=list(SETS), help="data sets to run")
     p.add_argument("--table", type=Path, default=None, help="also write the table here")
     args = p.parse_args()
     lm = ttakit.load_model()
     lines = ["| data / policy | views | top-1 | vs plain (pt, 95% CI) | NLL | verdict | notes |",
              "|---|---|---|---|---|---|---|"]
-    for name, folder in SETS.items():
+    for name, folder in ((n, SETS[n]) for n in args.sets):
         if not folder.is_dir():
             print(f"skipping {name}: {folder} not found")
             continue

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from ttakit.evaluation.search import _correct_and_nll, choice_probs, greedy_search, kfold_estimate
+from ttakit.evaluation.metrics import TEMPERATURES
 from ttakit.evaluation.stats import compare
 from ttakit.evaluation.store import load_logits
 
@@ -76,6 +77,27 @@ def main() -> None:
             print(f"| {budget} | {objective} | {k['views_per_fold']} | {k['top1']:.2%} ({k['plain_top1']:.2%}) | "
                   f"{k['nll']:.4f} ({k['plain_nll']:.4f}) | {per_set[0]} | {per_set[1]} |")
     print()
+    # predict shows probabilities at temperature 1: the same search with the temperature held at 1.
+    print("Temperature held at 1 (what predict shows), NLL objective, 5-fold held-out:")
+    print("| budget | held-out top-1 (plain) | held-out NLL (plain) | clean top-1 (plain) | corrupted top-1 (plain) | "
+          "fold choices | on all photos |")
+    print("|---|---|---|---|---|---|---|")
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    folds = torch.tensor_split(perm, args.folds)
+    for budget in (2, 3):
+        rows = torch.zeros(len(labels), 4, dtype=torch.float64)
+        seen: Counter[str] = Counter()
+        for i, held in enumerate(folds):
+            train = torch.cat([p for j, p in enumerate(folds) if j != i])
+            cols = list(greedy_search(logits[train], labels[train], budget, "nll", temperatures=(1.0,)).cols)
+            seen[" + ".join(names[c] for c in cols)] += 1
+            rows[held] = torch.cat([_correct_and_nll(choice_probs(logits[held], c, 1.0), labels[held])
+                                    for c in (cols, [0])], 1)
+        best = " + ".join(names[c] for c in greedy_search(logits, labels, budget, "nll", temperatures=(1.0,)).cols)
+        per_set = [f"{rows[which == i, 0].mean():.2%} ({rows[which == i, 2].mean():.2%})" for i in range(len(SETS))]
+        print(f"| {budget} | {rows[:, 0].mean():.2%} ({rows[:, 2].mean():.2%}) | {rows[:, 1].mean():.4f} "
+              f"({rows[:, 3].mean():.4f}) | {per_set[0]} | {per_set[1]} | {dict(seen)} | {best} |")
+    print()
     for budget in (2, 3):
         for objective in ("nll", "top1"):
             res = greedy_search(logits, labels, budget, objective)
@@ -95,8 +117,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     candidates = ["identity + hflip", "identity + input=256:1|hflip", "identity + input=256:1",
                   "input=256:1 + input=256:1|hflip", "identity + input=224:1 + input=256:1|hflip"]
-    for text in dict.fromkeys(candidates + [" + ".join(names[c] for c in greedy_search(logits, labels, b, "nll").cols)
-                                             for b in (2, 3)]):
+    searched = [" + ".join(names[c] for c in greedy_search(logits, labels, b, "nll", temperatures=t).cols)
+                for b in (2, 3) for t in ((1.0,), TEMPERATURES)]
+    for text in dict.fromkeys(candidates + searched):
         cols = [names.index(v.strip()) for v in text.split(" + ")]
         for i, s in enumerate(SETS):
             m = which == i

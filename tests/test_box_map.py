@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("pycocotools")
 from pycocotools.coco import COCO  # noqa: E402
 
-from ttakit.evaluation.box_map import coco_map, match_table, weighted_map  # noqa: E402
+from ttakit.evaluation.box_map import coco_map, match_table, per_image_map, weighted_map  # noqa: E402
 
 
 def _random_set(n: int, n_cat: int, seed: int):
@@ -48,6 +48,7 @@ def test_weighted_map_equals_cocoeval(seed):
     assert weighted_map(table, ones)[0] == pytest.approx(ref["map"], abs=1e-12)
     assert weighted_map(table, ones, 0.5)[0] == pytest.approx(ref["map50"], abs=1e-12)
     per_image = weighted_map(table, np.eye(len(ids)))
+    np.testing.assert_allclose(per_image_map(table), per_image, atol=1e-12)  # the one-pass version agrees
     for k in (0, 3, 7, 11):  # an image alone: COCOeval on that image's detections
         mine = rows[rows[:, 0] == ids[k]]
         alone = coco_map(gt, mine, [ids[k]])["map"]

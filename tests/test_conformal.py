@@ -82,7 +82,7 @@ def test_quantile_matches_torchcp_rank():
 @pytest.mark.parametrize("name", SCORES.names())
 def test_coverage_guarantee_on_fresh_data(name):
     """Over 100 independent draws the mean coverage lies in [1-a, 1-a+1/(n+1)] +/- 3 MC errors."""
-    alpha, n_cal, n_test = 0.1, 100, 400
+    alpha, n_cal, n_test = 0.1, 100, 200
     covs = []
     for rep in range(100):
         probs, labels = synthetic(n_cal + n_test, seed=100 + rep)
@@ -262,6 +262,55 @@ def test_evaluate_adds_conformal_columns_from_the_stored_logits(tiny_run):
         assert c["n_cal"] == 6 and c["splits"] == 20 and 1 <= c["set_size"] <= 3
         assert "set_size_replicates" not in c and c["verdict"].startswith(f"{key}: aps sets at alpha 0.2")
     assert "ci_set_size" in res["results"]["hflip"]["conformal"]
+
+
+def test_evaluate_report_shows_the_conformal_sets_with_a_histogram_per_row(tiny_run):
+    """The report of a conformal evaluation: its table holds results.json's numbers, one
+    set-size histogram per row (a bar per non-empty size bin, with that bin's share)."""
+    from report_page import Page
+
+    from ttakit import RunConfig, create_policy, load_model
+    from ttakit.datasets import detect_dataset
+    from ttakit.evaluation.conformal import ConformalScorer
+    from ttakit.evaluation.evaluate import EvalOptions, evaluate
+
+    root, _ = tiny_run
+    lm = load_model("test_resnet", weights=str(root / "w.pth"), labels=root / "labels.txt", num_classes=3)
+    res = evaluate(lm, detect_dataset(root / "data", CLASSES), [create_policy("hflip")], None, root / "ev",
+                   RunConfig(8, False), EvalOptions(batch_size=5, workers=0, quiet=True),
+                   extras=[ConformalScorer(ConformalOptions(0.2, "aps", splits=20, bootstrap=50))])
+    text = (root / "ev" / "report.html").read_text(encoding="utf-8")
+    doc = json.loads((root / "ev" / "results.json").read_text())
+    assert res["written"] == [str(root / "ev" / "report.html")]
+    assert '<h2 id="conformal">' in text and '<a href="#conformal">' in text
+    assert "aps sets at alpha 0.2, scored from the stored logits over 20 random splits" in text
+    assert "(6 calibration / 6 test images)" in text
+    table = text.split('id="conformal-table"')[1].split("</table>")[0]
+    cells = Page(table.replace("data-conformal-key=", "data-key=")).cells
+    assert list(cells) == list(doc["results"]) == ["plain", "hflip"]
+    for key, row in doc["results"].items():
+        c = row["conformal"]
+        assert cells[key]["coverage"] == f"{100 * c['coverage']:.1f}% ± {100 * c['coverage_std']:.1f}"
+        assert cells[key]["set_size"] == f"{c['set_size']:.2f}"
+        assert cells[key]["singleton_rate"] == f"{c['singleton_rate']:.1%}"
+        assert cells[key]["empty_rate"] == f"{c['empty_rate']:.1%}"
+    c = doc["results"]["hflip"]["conformal"]
+    lo, hi = c["ci_set_size"]
+    assert cells["hflip"]["delta_set_size"] == f"{c['delta_set_size']:+.2f}"
+    assert cells["hflip"]["ci_set_size"] == f"[{lo:+.2f}, {hi:+.2f}]"
+    assert cells["plain"]["delta_set_size"] == cells["plain"]["ci_set_size"] == "–"
+    # One histogram per row, after the table: one bar per size bin the row's sets reached.
+    sizes = text.split('class="charts conformal-sizes"')[1].split("</div>")[0]
+    charts = sizes.split('<svg class="chart"')[1:]
+    assert len(charts) == len(doc["results"])
+    for (key, row), svg in zip(doc["results"].items(), charts):
+        hist = row["conformal"]["size_histogram"]
+        assert f'aria-label="{key} (mean size {row["conformal"]["set_size"]:.2f})"' in svg
+        tips = [t.split("</title>")[0] for t in svg.split("<title>")[1:]]
+        assert tips and len(tips) == sum(share > 0 for share in hist.values())
+        for tip in tips:
+            label, share = tip.removeprefix("size ").split(": ")[0], tip.split(": ")[1].split(" of test sets")[0]
+            assert share == f"{hist[label]:.1%}"
 
 
 def test_evaluate_cli_prints_the_conformal_table(tiny_run, capsys):

@@ -228,3 +228,24 @@ def test_export_refuses_a_correction_with_one_line():
 
     with pytest.raises(PolicyError, match="autocontrast=1"):
         view_steps(parse_view("autocontrast=1|hflip"), (64, 64), Normalization())
+
+
+def test_kfold_per_image_rows_average_to_the_estimate():
+    """bench_corrections' paired intervals come from these rows: they must be the estimate's photos."""
+    from ttakit.evaluation.search import kfold_estimate
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (60,), generator=g)
+    logits = torch.randn(60, 4, 5, generator=g) + 2.0 * torch.nn.functional.one_hot(labels, 5)[:, None]
+    est = kfold_estimate(logits, labels, budget=3, folds=3, per_image=True)
+    rows = est.pop("per_image")  # (N, 4): policy correct, NLL, plain correct, NLL
+    assert est == kfold_estimate(logits, labels, budget=3, folds=3)
+    means = rows.mean(0).tolist()
+    assert means == pytest.approx([est["top1"], est["nll"], est["plain_top1"], est["plain_nll"]], abs=1e-6)
+
+
+def test_the_corrections_preset_joins_a_pool():
+    cfg = {"input_size": (3, 224, 224)}
+    names = [v.name for v in parse_policy("search_pool + corrections", cfg)]
+    assert len(names) == 29 and names[-4:] == ["autocontrast=1", "unsharp=2:250:0", "input=256:1|autocontrast=1",
+                                               "input=256:1|unsharp=2:250:0"]

@@ -160,7 +160,7 @@ def test_evaluate_outputs_and_skips(tiny_lm, folder, tmp_path):
     with (out / "per_image.csv").open() as f:
         rows = list(csv.reader(f))
     assert rows[0][:4] == ["path", "label", "plain", "plain_prob"] and len(rows) == 13
-    assert (out / "accuracy.png").stat().st_size > 1000
+    assert not (out / "accuracy.png").exists()  # the cost charts are drawn once, in report.html
     assert set(json.loads((out / "per_view.json").read_text())) == set(names)
     assert res["per_view"]["identity"] == doc["results"]["plain"]["top1"]
 

@@ -204,3 +204,18 @@ def test_segment_runs_on_an_onnx_backend(masked, tmp_path, capsys, monkeypatch):
     assert fp["backend"].startswith("onnxruntime")
     a, b = (json.loads((tmp_path / d / "results.json").read_text())["results"] for d in ("torch", "ort"))
     assert b["hflip"]["miou"] == pytest.approx(a["hflip"]["miou"], abs=1e-3)
+
+
+@pytest.mark.parametrize("d", [1, 2, 5])
+def test_boundary_erosion_equals_scipy(d):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    from ttakit.evaluation.seg_metrics import _erode
+
+    g = np.random.default_rng(d)
+    maps = g.uniform(size=(3, 23, 31)) > 0.15
+    maps[1] = False
+    maps[1, 3:20, 4:29] = True  # a region touching nothing, and noisy ones touching the border
+    ours = _erode(torch.from_numpy(maps).float(), d).bool().numpy()
+    for c in range(3):
+        ref = ndimage.binary_erosion(maps[c], structure=np.ones((2 * d + 1, 2 * d + 1)), border_value=0)
+        assert (ours[c] == ref).all()

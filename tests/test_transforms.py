@@ -11,7 +11,7 @@ from conftest import EXACT, RESAMPLED, SHIFTS, smooth_images
 from ttakit import functional as Fn
 from ttakit.policy import parse_policy, parse_view
 from ttakit.transforms import (
-    Brightness, Contrast, Crop, HFlip, Normalization, Resize, Rot90, Rotate, Scale, Shift, VFlip,
+    Brightness, Contrast, Crop, HFlip, Normalization, Rot90, Rotate, Scale,
 )
 from ttakit.views import View
 

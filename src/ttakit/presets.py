@@ -110,10 +110,11 @@ def source_pool(data_config: Mapping[str, Any]) -> str:
 
 
 def correction_pool(data_config: Mapping[str, Any]) -> str:
-    """The photo corrections of the default pool (:mod:`ttakit.corrections`), chosen by k-fold
-    held-out estimates on clean and corrupted photos (``benchmarks/bench_corrections.py``):
-    the contrast stretch and a strong unsharp mask, alone and on the whole image at the larger
-    size. Each adds one evaluated view to a search pass.
+    """Candidate photo corrections for a search (:mod:`ttakit.corrections`, the ``corrections``
+    preset): the contrast stretch and a strong unsharp mask, alone and on the whole image at
+    the larger size; each adds one evaluated view to a search pass. Measured against the
+    re-sampled pool by ``benchmarks/bench_corrections.py``; add them with
+    ``--pool "search_pool + corrections"``.
 
     Example:
         >>> correction_pool({"input_size": (3, 224, 224)})
@@ -125,14 +126,15 @@ def correction_pool(data_config: Mapping[str, Any]) -> str:
 
 
 def default_pool(data_config: Mapping[str, Any]) -> str:
-    """The default candidate views of ``ttakit search``: the re-sampled views
-    (:func:`source_pool`) and the photo corrections that help (:func:`correction_pool`).
+    """The default candidate views of ``ttakit search``: the re-sampled views of
+    :func:`source_pool` (photo corrections join it where measurements show they help: see
+    :func:`correction_pool`).
 
     Example:
         >>> len(parse_policy(default_pool({"input_size": (3, 224, 224)})))
-        29
+        25
     """
-    return f"{source_pool(data_config)} + {correction_pool(data_config)}"
+    return source_pool(data_config)
 
 
 def _fixres(data_config: Mapping[str, Any]) -> str:
@@ -153,3 +155,4 @@ register_preset("tutorial", "identity + input=256:1.0|hflip",
                 merge="sum")
 register_preset("fixres", _fixres, "plain input + the whole centre square at a larger size (FixRes, 2 views)")
 register_preset("search_pool", default_pool, "the default candidate views of ttakit search")
+register_preset("corrections", correction_pool, "candidate photo corrections for a search (4 views)")

@@ -113,6 +113,8 @@ class Transform(KeyName, ABC):
         return Fn.map_boxes(boxes, torch.linalg.inv(m), self.output_size(image_size), image_size)
 
     # ------------------------------------------------------------------ static graph (export)
+    graph_opset: ClassVar[int] = 1  # the lowest ONNX opset its graph steps export at
+
     def graph_steps(self, size: Size, norm: Normalization) -> list[nn.Module]:
         """This transform on images of ``size`` as static, exportable modules (:mod:`ttakit.graph`).
 

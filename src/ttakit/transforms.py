@@ -185,6 +185,7 @@ class Rotate(Transform):
     degrees: float
 
     key: ClassVar[str] = "rotate"
+    graph_opset: ClassVar[int] = 16  # GridSample
 
     def arg(self) -> str:
         return write_float(self.degrees)

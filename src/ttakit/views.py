@@ -16,7 +16,7 @@ from .corrections import Corrected, Correction, stage_of
 from .errors import PolicyError
 from .functional import Size
 from .stages import Input
-from .transforms import HFlip, Normalization, Rot90, Transform, VFlip
+from .transforms import HFlip, Normalization, Transform, VFlip
 
 __all__ = ["View"]
 

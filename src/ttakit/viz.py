@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import Tensor
@@ -12,7 +12,7 @@ from .runtime.loop import ViewInputs, as_view_inputs
 from .transforms import Normalization
 from .views import View
 
-__all__ = ["denormalize", "plot_accuracy", "save_view_grid"]
+__all__ = ["denormalize", "save_view_grid"]
 
 
 def denormalize(x: Tensor, norm: Normalization) -> Tensor:
@@ -60,22 +60,6 @@ def save_view_grid(
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    return _save(plt, fig, out)
-
-
-def plot_accuracy(rows: Mapping[str, Mapping[str, float]], out: str | Path) -> Path:
-    """Top-1 and NLL of each policy against its number of views (``rows[name]`` holds
-    ``views``, ``top1``, ``nll``)."""
-    plt = _figure()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-    for name, r in rows.items():
-        for ax, key in ((a1, "top1"), (a2, "nll")):
-            ax.scatter(r["views"], r[key])
-            ax.annotate(name, (r["views"], r[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    a1.set(xlabel="views (forwards per image)", ylabel="top-1 accuracy", title="accuracy vs cost")
-    a2.set(xlabel="views (forwards per image)", ylabel="NLL (lower is better)", title="calibration vs cost")
-    for ax in (a1, a2):
-        ax.grid(alpha=0.3)
     return _save(plt, fig, out)
 
 

@@ -2,7 +2,8 @@
 
 A :class:`Chart` holds pixel coordinates only (ticks, marks), so the template needs no arithmetic
 and the page no JavaScript. The builders below lay out every chart of the report: a metric
-against cost (views, model time), the NLL against cost, a reliability diagram and a search trace.
+against cost (views, model time), the NLL against cost, a reliability diagram, a search trace and a
+histogram of shares per labelled bin (conformal set sizes).
 
 Example:
     >>> c = scatter("Top-1 vs views", "views", "top-1", [(1, 0.7, "#6b7280", "plain"), (2, 0.72, "#2563eb", "hflip")],
@@ -18,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["COLOURS", "PLAIN_COLOUR", "Chart", "Mark", "colour", "nll_chart", "reliability_chart", "scatter",
-           "trace_chart"]
+__all__ = ["COLOURS", "PLAIN_COLOUR", "Chart", "Mark", "colour", "histogram_chart", "nll_chart", "reliability_chart",
+           "scatter", "trace_chart"]
 
 # One colour per results row, the same in every chart and section; plain is grey.
 PLAIN_COLOUR = "#6b7280"
@@ -177,3 +178,16 @@ def trace_chart(trace: Sequence[Mapping[str, Any]], top1: bool, plain: float | N
               for s, v, t in zip(steps, values, trace)]
     return ax.chart("Objective after each step (dashed: plain)", "views chosen",
                     "top-1" if top1 else "calibrated NLL", marks)
+
+
+def histogram_chart(title: str, colour_: str, bins: Sequence[tuple[str, float, str]], xlabel: str,
+                    top: float | None = None) -> Chart:
+    """One bar per ``(label, share, tip)`` bin, labelled under it, the share on a percent axis
+    from 0 to at least ``top`` (give several charts the same ``top`` to compare them)."""
+    high = max([share for _, share, _ in bins] + [top or 0.0]) or 1.0
+    ax = _Axes([], [0.0, high], SIZE, "num", "pct", xlim=(0.0, float(len(bins))))
+    ax.xticks = [(ax.px(i + 0.5), label) for i, (label, _, _) in enumerate(bins)]  # categories, not numbers
+    marks = [Mark("bar", ax.px(i + 0.1), ax.py(share), ax.px(i + 0.9) - ax.px(i + 0.1),
+                  round(ax.py(0) - ax.py(share), 1), colour=colour_, tip=tip)
+             for i, (_, share, tip) in enumerate(bins) if share > 0]
+    return ax.chart(title, xlabel, "share of sets", marks)

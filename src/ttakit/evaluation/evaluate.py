@@ -11,7 +11,6 @@ by McNemar's test and paired bootstrap intervals (:func:`~ttakit.evaluation.stat
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,6 @@ from ..runtime.config import RunConfig
 from ..runtime.loop import RenderedInputs
 from ..tasks.classify import ClassificationResult
 from ..views import View
-from ..viz import plot_accuracy
 from .metrics import TEMPERATURES, MetricAccumulator
 from .pipeline import Scored, run_evaluation, stored_chunks, view_columns
 from .report import write_report
@@ -262,7 +260,6 @@ class ClassifyTask:
         return cmp.to_dict(), cmp.verdict(key)
 
     def finish(self, out: Path, lm: LoadedModel, options: EvalOptions) -> list[str]:
-        plot_accuracy(json.loads((out / "results.json").read_text())["results"], out / "accuracy.png")
         return [str(write_report(out, class_names=lm.class_names, data_config=lm.data_config, options=options))]
 
 
@@ -281,7 +278,7 @@ def evaluate(
     extras: Sequence[Callable[[Mapping[str, Tensor], Tensor], Mapping[str, Mapping[str, Any]]]] = (),
 ) -> dict[str, Any]:
     """Evaluate the plain model and every policy x merge on ``data``; write ``results.json``,
-    ``per_image.csv``, ``per_view.json``, ``accuracy.png``, ``report.html`` (see
+    ``per_image.csv``, ``per_view.json``, ``report.html`` (see
     :func:`~ttakit.evaluation.report.write_report`) and the logits into ``out_dir``.
 
     Under torchrun the chunks are dealt out to the ranks; rank 0 gathers them, scores and

@@ -32,7 +32,7 @@ from ..errors import DatasetError
 from ..models import LoadedModel
 from ..policy import Policy, parse_view
 from ..runtime.backends import Backend
-from ..runtime.config import RunConfig, prepare_model, timed
+from ..runtime.config import RunConfig, prepare_model, timed, torch_threads
 from ..runtime.distributed import DistContext
 from ..runtime.loop import RenderedInputs, run_views
 from ..views import View
@@ -315,11 +315,12 @@ def run_evaluation(
     if not dist.is_main:
         dist.barrier()
         return {}
-    scored = task.score(store, data, runs, out)
-    for key, row in scored.results.items():
-        if key != "plain":  # each policy against plain, paired on the same images
-            fields, verdict = task.compare(scored, key)
-            row.update(fields, verdict=verdict)
+    with torch_threads(1):  # many small tensors: intra-op threads only spin (see torch_threads)
+        scored = task.score(store, data, runs, out)
+        for key, row in scored.results.items():
+            if key != "plain":  # each policy against plain, paired on the same images
+                fields, verdict = task.compare(scored, key)
+                row.update(fields, verdict=verdict)
     doc = {
         "task": task.name,
         "model": lm.name,

@@ -25,17 +25,16 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jinja2
-import torch
 
 from .. import __version__
 from ..errors import DatasetError
+from ..runtime.config import torch_threads as _torch_threads
 from .report_classify import classification_page
 from .report_gallery import RowReader, gallery_page
 from .scoring import EvalOptions
@@ -102,17 +101,6 @@ def render_page(doc: Mapping[str, Any], context: Mapping[str, Any]) -> str:
     :func:`~ttakit.evaluation.report_gallery.gallery_page`)."""
     return _environment().get_template("report.html.j2").render(
         doc=doc, task=doc.get("task", "classify"), version=__version__, **context)
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _environment() -> jinja2.Environment:

@@ -3,8 +3,9 @@
 :func:`classification_page` reads a classification folder (rows rescored from the stored
 logits by :mod:`~ttakit.evaluation.run_folder`) and returns the page context that
 ``report.html.j2`` draws: the shared parts (table, verdicts, cost charts) and the
-classification sections (reliability diagrams, each view alone, the search, and per policy
-the classes it helped and hurt and the photos it fixed and broke, drawn as the model saw them).
+classification sections (reliability diagrams, conformal sets when the run scored them, each
+view alone, the search, and per policy the classes it helped and hurt and the photos it fixed
+and broke, drawn as the model saw them).
 
 Example:
     >>> [c for c, _ in COLUMNS][:4]
@@ -25,6 +26,7 @@ from ..errors import DatasetError
 from ..views import View
 from .charts import Chart, nll_chart, reliability_chart, scatter, trace_chart
 from .metrics import ECE_BINS
+from .report_conformal import conformal_part
 from .run_folder import (RowData, find_policy, read_csv, resolve_class_names, resolve_data_config,
                          score_rows)
 from .scoring import EvalOptions
@@ -213,6 +215,7 @@ def classification_page(
         "n_scored": n, "n_classes": n_classes, "columns": COLUMNS, "rows": table, "notes": notes,
         "cost_title": "Accuracy and NLL against cost", "cost_charts": _cost_charts(rows),
         "policies": policy_parts, "reliability": [_reliability(r) for r in rows], "bins": ECE_BINS,
+        "conformal": conformal_part([(r.key, r.colour, r.result) for r in rows]),
         "single": [{"name": k, "value": f"{v:.2%}", "width": round(100 * v / best_view, 1), "plain": k == "identity"}
                    for k, v in sorted(per_view.items(), key=lambda t: -t[1])],
         "single_metric": "top-1", "search": None if search is None else _search_part(search),

@@ -42,7 +42,7 @@ from ..tasks.dense import DENSE_MERGES, SegmentationTTA
 from ..views import View
 from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, task_report, view_columns
 from .scoring import EvalOptions, PolicyRun, policy_runs
-from .seg_metrics import boundary_counts, boundary_iou, confusion, dice, iou_per_class, miou, pixel_accuracy
+from .seg_metrics import band_counts, boundary_iou, class_bands, confusion, dice, iou_per_class, miou, pixel_accuracy
 from .stats import compare_statistic
 from .store import LogitStore
 
@@ -210,13 +210,18 @@ class SegmentTask:
             here = payload["indices"].tolist()
             indices += here
             truths = [self._truth(data, i, tuple(s)) for i, s in zip(here, payload["photo_size"].tolist())]
+            ratio, seen_all, truth_bands = self.scoring.boundary_ratio, [], []
+            for t in truths:  # what does not depend on the row: the window the model saw, the truth's bands
+                seen = to_photo(torch.zeros(1, 1, 1), self.lm.data_config, tuple(t.shape))[1]
+                valid = seen & (t != self.scoring.ignore_index)
+                seen_all.append(valid)
+                truth_bands.append(class_bands(t, valid, k, ratio))
             for row in rows:
                 probs = merged_probs(payload, row.run, row.cols)  # (n, K, h, w)
                 for j, t in enumerate(truths):
-                    full, seen = to_photo(probs[j], self.lm.data_config, tuple(t.shape))
-                    pred, valid = full.argmax(0), seen & (t != self.scoring.ignore_index)
+                    pred, valid = to_photo(probs[j], self.lm.data_config, tuple(t.shape))[0].argmax(0), seen_all[j]
                     row.conf.append(confusion(t, pred, valid, k))
-                    row.edges.append(boundary_counts(t, pred, valid, k, self.scoring.boundary_ratio))
+                    row.edges.append(band_counts(truth_bands[j], class_bands(pred, valid, k, ratio)))
                 row.seconds += float(payload["seconds"][row.cols].sum())
         n = len(indices)
         results = {r.run.key: r.result(n) for r in rows[:len(runs)]}

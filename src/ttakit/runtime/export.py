@@ -49,7 +49,8 @@ from ..conformal import Calibration, conformity_scores, get_score
 from ..errors import BackendError, ConfigError, PolicyError, ShapeError
 from ..merge import get_merge
 from ..policy import Policy, PolicyLike, create_policy
-from ..transforms import Normalization, Rotate
+from ..stages import Input
+from ..transforms import Normalization
 from ..views import View
 from .onnx_cache import DEFAULT_OPSET, eval_mode, onnx_export, quiet_export
 from .photo_graph import check_photo_stages, photo_interpolation, photo_preprocessing, photo_stages_graph
@@ -310,8 +311,9 @@ def export_tta(
     merge_name = merge or pol.merge or "mean"
     # A calibrated policy (ttakit calibrate) also returns its conformal sets.
     conformal = Calibration.from_dict(pol.meta["conformal"]) if task == "classify" and "conformal" in pol.meta else None
-    if any(isinstance(t, Rotate) for v in pol.views for t in v.transforms) and opset < 16:
-        raise PolicyError(f"rotate views need GridSample, ONNX opset 16 or later (got --opset {opset})")
+    need = max((t.graph_opset for v in pol.views for t in v.transforms), default=1)
+    if opset < need:
+        raise PolicyError(f"the views of this policy need ONNX opset {need} or later (got --opset {opset})")
     photo = input == "photo"
     if photo:
         cfg["input_size"] = (3, *size)
