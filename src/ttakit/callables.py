@@ -15,11 +15,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ModelLoadError
 
-__all__ = ["call_spec", "import_callable", "is_callable_spec"]
+__all__ = ["call_spec", "import_callable", "is_callable_spec", "load_module_spec"]
+
+L = TypeVar("L")
 
 
 def is_callable_spec(spec: str) -> bool:
@@ -128,3 +130,32 @@ def call_spec(spec: str, weights: str | None = None, what: str = "model") -> Any
     if weights and "weights" not in inspect.signature(fn).parameters:
         raise ModelLoadError(f"{what} {spec!r} takes no weights argument")
     return fn(weights=weights) if weights else fn()
+
+
+def load_module_spec(spec: str, weights: str | None, what: str, loaded: type[L],
+                     wrap: Callable[[Any, dict[str, Any]], L]) -> L:
+    """Call the loader ``spec`` names: what it returns is used as it is when it is already a
+    ``loaded`` (a model with its data config and class names), or, when it is a bare
+    ``nn.Module``, given to ``wrap(module, data_config)`` with timm's data config resolved from
+    the module.
+
+    Raises:
+        ModelLoadError: the loader cannot be imported or returns something else.
+
+    Example:
+        >>> from ttakit.models import LoadedModel
+        >>> load_module_spec("ttakit.models:imagenet_class_names", None, "model", LoadedModel, None)
+        Traceback (most recent call last):
+        ...
+        ttakit.errors.ModelLoadError: model 'ttakit.models:imagenet_class_names' returned list, not an nn.Module
+    """
+    from torch import nn
+
+    got = call_spec(spec, weights, what)
+    if isinstance(got, loaded):
+        return got
+    if not isinstance(got, nn.Module):
+        raise ModelLoadError(f"{what} {spec!r} returned {type(got).__name__}, not an nn.Module")
+    import timm
+
+    return wrap(got, timm.data.resolve_data_config({}, model=got))

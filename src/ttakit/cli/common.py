@@ -18,8 +18,8 @@ import torch
 from tqdm import tqdm
 
 from ..datasets import LabelledImages, detect_dataset
-from ..callables import call_spec, is_callable_spec
-from ..errors import ConfigError, ModelLoadError
+from ..callables import is_callable_spec, load_module_spec
+from ..errors import ConfigError
 from ..evaluation.evaluate import EvalOptions
 from ..merge import list_merges
 from ..models import DEFAULT_MODEL, LoadedModel, load_class_names, load_model
@@ -157,21 +157,18 @@ def load_classifier(spec: str | None, weights: str | None, labels: str | None) -
     numbered) or a :class:`~ttakit.models.LoadedModel`."""
     if not spec or not is_callable_spec(spec):
         return load_model(spec or DEFAULT_MODEL, weights=weights, labels=labels)
-    got = call_spec(spec, weights)
-    if isinstance(got, LoadedModel):
-        return got if not labels else replace(got, class_names=load_class_names(labels))
-    if not isinstance(got, torch.nn.Module):
-        raise ModelLoadError(f"model {spec!r} returned {type(got).__name__}, not an nn.Module")
-    import timm
 
-    config = timm.data.resolve_data_config({}, model=got)
-    if labels:
-        names = load_class_names(labels)
-    else:
-        with torch.inference_mode():
-            n = got.eval()(torch.zeros(1, *config["input_size"])).shape[-1]
-        names = [str(i) for i in range(n)]
-    return LoadedModel(got.eval(), spec, weights or "(loader's)", config, names)
+    names = load_class_names(labels) if labels else None
+
+    def wrap(model: torch.nn.Module, config: dict[str, Any]) -> LoadedModel:
+        if names is not None:
+            return LoadedModel(model.eval(), spec, weights or "(loader's)", config, names)
+        with torch.inference_mode():  # numbered classes, as many as the model has outputs
+            n = model.eval()(torch.zeros(1, *config["input_size"])).shape[-1]
+        return LoadedModel(model.eval(), spec, weights or "(loader's)", config, [str(i) for i in range(n)])
+
+    lm = load_module_spec(spec, weights, "model", LoadedModel, wrap)
+    return lm if names is None else replace(lm, class_names=names)
 
 
 def load(args: argparse.Namespace) -> Loaded:

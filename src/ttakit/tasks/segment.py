@@ -16,7 +16,7 @@ from typing import Any
 import torchvision
 from torch import Tensor, nn
 
-from ..callables import call_spec, is_callable_spec
+from ..callables import is_callable_spec, load_module_spec
 from ..errors import ModelLoadError, WeightsError
 from ..models import LoadedModel, load_state_dict
 
@@ -80,16 +80,8 @@ def load_segmenter(spec: str, num_classes: int, weights: str | None = None,
         ('random', 'squash', (1, 3, 64, 64))
     """
     if is_callable_spec(spec):
-        got = call_spec(spec, weights, "segmenter")
-        if isinstance(got, LoadedModel):
-            lm = got
-        elif isinstance(got, nn.Module):
-            import timm
-
-            config = whole_photo_config(timm.data.resolve_data_config({}, model=got))
-            lm = LoadedModel(got, spec, weights or "(loader's)", config, [str(i) for i in range(num_classes)])
-        else:
-            raise ModelLoadError(f"segmenter {spec!r} returned {type(got).__name__}, not an nn.Module")
+        lm = load_module_spec(spec, weights, "segmenter", LoadedModel, lambda m, config: LoadedModel(
+            m, spec, weights or "(loader's)", whole_photo_config(config), [str(i) for i in range(num_classes)]))
     else:
         lm = _torchvision_segmenter(spec.removeprefix("torchvision:"), weights, num_classes)
     lm.model.eval()

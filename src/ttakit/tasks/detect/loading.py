@@ -11,9 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torchvision
-from torch import nn
 
-from ...callables import call_spec, is_callable_spec
+from ...callables import is_callable_spec, load_module_spec
 from ...errors import ModelLoadError, WeightsError
 from ...models import LoadedModel, load_state_dict
 
@@ -74,16 +73,8 @@ def load_detector(spec: str, weights: str | None = None, num_classes: int | None
     if not spec:
         raise ModelLoadError("no detector given: name MODULE:FUNCTION or a torchvision detection model")
     if is_callable_spec(spec):
-        got = call_spec(spec, weights, "detector")
-        if isinstance(got, LoadedDetector):
-            det = got
-        elif isinstance(got, nn.Module):
-            import timm
-
-            det = LoadedDetector(got, spec, weights or "(loader's)", timm.data.resolve_data_config({}, model=got),
-                                 [str(i) for i in range(num_classes or 0)])
-        else:
-            raise ModelLoadError(f"detector {spec!r} returned {type(got).__name__}, not an nn.Module")
+        det = load_module_spec(spec, weights, "detector", LoadedDetector, lambda m, config: LoadedDetector(
+            m, spec, weights or "(loader's)", config, [str(i) for i in range(num_classes or 0)]))
     else:
         det = _torchvision_detector(spec.removeprefix("torchvision:"), weights, num_classes)
     det.model.eval()
