@@ -132,15 +132,16 @@ def test_auto_falls_back_on_a_stream_built_to_fool_it() -> None:
     """Label-shifted batches (all bright, then all dark photos): test statistics erase the
     class, so bn loses half the photos; auto must keep the plain model's predictions."""
     net = _brightness_net()
-    torch.manual_seed(0)
-    bright = torch.randn(32, 3, 8, 8) * 0.3 + 1.0
-    dark = torch.randn(32, 3, 8, 8) * 0.3 - 1.0
-    stream = [(bright[:16], 1), (bright[16:], 1), (dark[:16], 0), (dark[16:], 0)]
+    g = torch.Generator().manual_seed(0)
+    level = torch.rand(128, 1, 1, 1, generator=g) * 1.6 + 0.2  # each photo's own brightness, 0.2 to 1.8
+    bright = torch.randn(128, 3, 8, 8, generator=g) * 0.3 + level
+    dark = torch.randn(128, 3, 8, 8, generator=g) * 0.3 - level
+    stream = [(bright[:64], 1), (bright[64:], 1), (dark[:64], 0), (dark[64:], 0)]
     with torch.no_grad():
         assert all((net(x).argmax(-1) == y).all() for x, y in stream)  # plain: every photo right
 
     def accuracy(method: str) -> float:
-        adapter = create_adapter(method, net, AdaptOptions(batch=16))
+        adapter = create_adapter(method, net, AdaptOptions(batch=64))
         right = [(adapter.step(x).argmax(-1) == y).float().mean() for x, y in stream]
         return float(torch.stack(right).mean())
 
@@ -149,17 +150,18 @@ def test_auto_falls_back_on_a_stream_built_to_fool_it() -> None:
 
 
 def test_auto_adapts_on_a_shifted_mixed_stream() -> None:
-    """The same model on photos whose brightness and contrast changed, labels mixed in every
-    batch: the source statistics put every photo in one class, the stream's put them right."""
+    """The same model on photos made brighter, labels mixed in every batch: the source
+    statistics put every photo in one class, the stream's statistics put them right."""
     net = _brightness_net()
     torch.manual_seed(1)
-    y = torch.arange(64) % 2
-    x = torch.randn(64, 3, 8, 8) * 0.3 + (y * 2.0 - 1.0)[:, None, None, None] * 0.2 + 3.0  # shifted up
+    y = torch.arange(128) % 2
+    x = torch.randn(128, 3, 8, 8) * 0.3 + (y * 2.0 - 1.0)[:, None, None, None] + 1.5  # every photo 1.5 brighter
     with torch.no_grad():
         plain = float((net(x).argmax(-1) == y).float().mean())
     adapter = create_adapter("auto", net, AdaptOptions(batch=16))
-    right = torch.cat([adapter.step(x[i:i + 16]).argmax(-1) == y[i:i + 16] for i in range(0, 64, 16)])
-    assert plain == 0.5 and float(right.float().mean()) > 0.9
+    right = torch.cat([adapter.step(x[i:i + 16]).argmax(-1) == y[i:i + 16] for i in range(0, 128, 16)])
+    assert plain == 0.5 and float(right.float().mean()) > 0.8
+    assert adapter.decisions.count("adapted") >= 6  # the guard let the later batches adapt
 
 
 def test_names_and_options_are_checked() -> None:

@@ -66,6 +66,7 @@ class StreamAdapter:
     name = "bn"
     default_prior = 16.0  # Schneider et al.'s N for small batches
     default_window = 0
+    default_depth = 1.0
 
     def __init__(self, model: nn.Module, options: AdaptOptions = AdaptOptions()) -> None:
         self.options = options
@@ -73,6 +74,10 @@ class StreamAdapter:
         self.prior = self.default_prior if options.prior is None else float(options.prior)
         self.window = self.default_window if options.window is None else int(options.window)
         self.n_norms = convert_norms(self.model, self.prior, self.window)
+        depth = self.default_depth if options.depth is None else options.depth
+        for i, m in enumerate(stream_norms(self.model)):  # modules() order: from the input
+            if i >= round(depth * self.n_norms):
+                m.prior = float("inf")  # deep layers keep the source statistics
         self._initial = copy.deepcopy(self.model.state_dict())  # what a reset restores
         self.batches = 0  # batches seen since the stream began
         self.resets = 0

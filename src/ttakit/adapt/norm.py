@@ -58,17 +58,28 @@ class StreamNorm(nn.Module):
         self.register_buffer("memory_mean", torch.zeros(c))
         self.register_buffer("memory_sq", torch.zeros(c))
         self.register_buffer("memory_n", torch.zeros(()))
-        # the statistics the last forward normalised with
+        # the statistics the last forward normalised with, and the test statistics behind them
         self.register_buffer("used_mean", self.source_mean.clone())
         self.register_buffer("used_var", self.source_var.clone())
+        self.register_buffer("test_mean", self.source_mean.clone())
+        self.register_buffer("test_var", self.source_var.clone())
 
     def forget(self) -> None:
         """Drop the remembered test statistics (back to the source statistics)."""
         self.memory_mean.zero_()
         self.memory_sq.zero_()
         self.memory_n.zero_()
-        self.used_mean.copy_(self.source_mean)
-        self.used_var.copy_(self.source_var)
+        for buf in (self.used_mean, self.test_mean):
+            buf.copy_(self.source_mean)
+        for buf in (self.used_var, self.test_var):
+            buf.copy_(self.source_var)
+
+    def shift(self) -> Tensor:
+        """How far the last test statistics are from the source ones: the symmetric KL
+        divergence between the two per-channel Gaussians, averaged over channels (0: none)."""
+        v0, v1 = self.source_var + self.bn.eps, self.test_var + self.bn.eps
+        d2 = (self.test_mean - self.source_mean) ** 2
+        return (0.25 * (v1 / v0 + v0 / v1 - 2) + 0.25 * d2 * (1 / v0 + 1 / v1)).mean()
 
     def _blend(self, x: Tensor) -> tuple[Tensor, Tensor]:
         n = float(x.shape[0])
@@ -85,6 +96,8 @@ class StreamNorm(nn.Module):
             self.memory_sq.copy_(sq.detach())
             self.memory_n.fill_(n)
         var = (sq - mean * mean).clamp_min(0)
+        self.test_mean.copy_(mean.detach())
+        self.test_var.copy_(var.detach())
         if self.prior == float("inf"):
             return self.source_mean, self.source_var
         w = self.prior / (self.prior + n)  # the source's share

@@ -24,6 +24,9 @@ class AdaptOptions:
             only); ``None``: the method's default (``auto``: 512, others 0).
         lr: learning rate of the normalisation layers' affine parameters (SGD, momentum 0.9);
             ``None``: 0.00025 x batch/64 (the Tent and EATA ImageNet setting).
+        depth: share of the normalisation layers, counted from the input, that use test
+            statistics; deeper layers keep the source statistics (``None``: the method's
+            default, all layers; ``auto``: see :mod:`~ttakit.adapt.guard`).
         entropy_margin: EATA's ``E0`` as a fraction of ``ln(classes)``: only images whose
             prediction entropy is below it take part in a step (0.4 in the paper).
         redundancy_margin: EATA's ``d``: images whose prediction has a cosine similarity above
@@ -44,6 +47,7 @@ class AdaptOptions:
     prior: float | None = None
     window: int | None = None
     lr: float | None = None
+    depth: float | None = None
     entropy_margin: float = 0.4
     redundancy_margin: float = 0.05
     fisher_alpha: float = 2000.0
@@ -55,6 +59,8 @@ class AdaptOptions:
                 raise ConfigError(f"adapt {name} must be a positive integer, got {value!r}")
         if self.prior is not None and not self.prior >= 0:
             raise ConfigError(f"adapt prior must be >= 0 (a pseudo-count of source images), got {self.prior!r}")
+        if self.depth is not None and not 0 < self.depth <= 1:
+            raise ConfigError(f"adapt depth must be in (0, 1], a share of the layers, got {self.depth!r}")
         if self.window is not None and self.window < 0:
             raise ConfigError(f"adapt window must be >= 0 images, got {self.window!r}")
 
