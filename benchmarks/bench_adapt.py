@@ -130,11 +130,15 @@ def main() -> None:
     streams = args.streams.split(",") if args.streams else found
     heavy = set(args.heavy.split(","))
     for stage in args.stages.split(","):
-        clean_x, clean_y = load_stream(Path(args.clean), stage, cfg, lm.class_names, cache)
-        clean_plain, _ = run_plain(model, clean_x)
+        clean_file = cache / f"clean-plain-{stage}.pt"  # the calibration photos' plain logits, once
+        if not clean_file.exists():
+            clean_x, clean_y = load_stream(Path(args.clean), stage, cfg, lm.class_names, cache)
+            torch.save({"logits": run_plain(model, clean_x)[0], "y": clean_y}, clean_file)
+            del clean_x
+        clean = torch.load(clean_file, weights_only=True)
+        clean_plain, clean_y = clean["logits"], clean["y"]
         even = torch.arange(len(clean_y)) % 2 == 0
         cal_probs, cal_y = torch.softmax(clean_plain[even].double(), -1), clean_y[even]
-        del clean_x
         for name in streams:
             folder = Path(args.clean) if name == "clean" else root / f"c3-{name}"
             x, y = load_stream(folder, stage, cfg, lm.class_names, cache)
@@ -143,6 +147,7 @@ def main() -> None:
             x, y = x[keep], y[keep]
             odd = (keep % 2 == 1)
             plain, secs = run_plain(model, x)
+            torch.save({"logits": plain.half(), "y": y, "keep": keep}, out.parent / f"{name}-{stage}-plain.pt")
             base = {"top1": float((plain.argmax(-1) == y).float().mean()), "nll": float(nll(plain, y).mean()),
                     "s_per_photo": secs / len(y), **conformal(cal_probs, cal_y, plain[odd], y[odd])}
             g = torch.Generator().manual_seed(0)
@@ -154,6 +159,7 @@ def main() -> None:
                     if key in results or (m in ("tent", "eata") and name not in heavy):
                         continue
                     logits, secs, decisions = run_adapted(m, model, x, order, args.batch)
+                    torch.save({"logits": logits.half(), "y": y, "keep": keep}, out.parent / f"{key.replace('|', '-')}.pt")
                     right, base_right = logits.argmax(-1) == y, plain.argmax(-1) == y
                     cmp = compare(base_right, right, nll(plain, y), nll(logits, y))
                     results[key] = {"top1": float(right.float().mean()), "nll": float(nll(logits, y).mean()),

@@ -17,8 +17,9 @@ and other photos were never used to choose anything here):
    source statistics the weight of one batch (``prior`` = the batch size), so the first batch
    moves them half way and the pooled stream soon outweighs them while no single batch does.
 3. *Adapted predictions that look worse*: per batch the plain model runs too; when the
-   adapted predictions are less certain than the plain ones (mean entropy higher by more than
-   :data:`ENTROPY_SLACK`) or collapse onto few classes (fewer than half the plain model's
+   adapted predictions are clearly less certain than the plain ones (mean entropy higher by
+   more than :data:`ENTROPY_SLACK`, 15%: on the even fog photos, pooled statistics that gained
+   8-9 points still raised the entropy by 6-11%) or collapse onto few classes (fewer than half the plain model's
    distinct predictions), the batch keeps the plain predictions; a collapse also forgets the
    pooled statistics (a reset, as RDumb).
 
@@ -39,7 +40,8 @@ __all__ = ["ENTROPY_SLACK", "SHIFT_LAYERS", "SHIFT_MIN", "AutoAdapter"]
 
 SHIFT_LAYERS = 4  # the first normalisation layers, whose statistics describe pixels, not classes
 SHIFT_MIN = 0.05  # symmetric KL below which the stream counts as unshifted
-ENTROPY_SLACK = 0.0  # adapted mean entropy may exceed the plain one by this share
+ENTROPY_SLACK = 0.15  # adapted mean entropy may exceed the plain one by this share (pooled statistics of
+# a few batches add sampling noise that raises entropy even where they help: fog, even photos)
 
 
 class AutoAdapter(StreamAdapter):
