@@ -16,10 +16,9 @@ from ..policy import Policy, PolicyLike, create_policy
 from ..runtime.backends import Backend, resolve_backend
 from ..runtime.config import RunConfig, model_device, prepare_model
 from ..runtime.loop import RenderedInputs, ViewInputs, run_views
-from ..errors import PolicyError
-from ..stages import Input, input_matrix
 from ..transforms import Normalization
 from ..views import View
+from .geometry import Geometry, stage_matrices
 
 __all__ = ["Images", "TTABase"]
 
@@ -87,21 +86,14 @@ class TTABase(nn.Module):
         sizes = [(p.height, p.width) for p in photos]
         return RenderedInputs(renderer.batch(photos), sizes).to(model_device(self.model))
 
+    def geometry(self, inputs: Tensor | ViewInputs) -> Geometry:
+        """What undoing views on ``inputs`` needs (sizes, photo windows), without the model."""
+        return Geometry.of(inputs, self.data_config)
+
     def stage_matrices(self, inputs: Tensor | ViewInputs, view: View) -> Tensor | None:
         """``(B, 3, 3)`` maps from the plain input's normalised coordinates to those of
-        ``view``'s input stage, one per photo (``None`` for a view without an input stage).
-
-        Raises:
-            PolicyError: the photo sizes are unknown, or the model's preprocessing is not a
-                centre crop that other stages can be mapped back onto.
-        """
-        if view.source is None:
-            return None
-        sizes = getattr(inputs, "photo_sizes", None)
-        if sizes is None:
-            raise PolicyError(f"{view.name}: mapping an input stage back needs the photo sizes; pass photos")
-        plain = Input.of_model(self.data_config)
-        return torch.stack([input_matrix(view.source, plain, s) for s in sizes])  # (B, 3, 3)
+        ``view``'s input stage, one per photo (see :func:`ttakit.tasks.geometry.stage_matrices`)."""
+        return stage_matrices(view, getattr(inputs, "photo_sizes", None), self.data_config)
 
     def run(self, x: Tensor | ViewInputs, views: Sequence[View] | None = None) -> list[Any]:
         """Each view's raw model output, batch dimension first (see :func:`run_views`)."""

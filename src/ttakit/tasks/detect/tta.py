@@ -21,14 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...errors import ConfigError, PolicyError
+from ...errors import ConfigError
 from ...policy import PolicyLike
 from ...runtime.config import RunConfig
-from ...runtime.loop import ViewInputs, as_view_inputs
-from ...stages import Input
+from ...runtime.loop import ViewInputs
 from ...transforms import Normalization
-from ...views import View
 from ..base import Images, TTABase
+from .deaugment import check_box_views, deaugment_detections
 from ..boxes.options import BoxMergeOptions
 from ..boxes.registry import box_merge_options, get_box_merge
 from .format import Detections, ViewDetections, as_detections
@@ -50,17 +49,6 @@ class DetectionResult:
     detections: Detections
     views: list[list[dict[str, Tensor]]] | None = None
 
-
-
-
-def _to_photo(boxes: Tensor, windows: Tensor, size: tuple[int, int]) -> Tensor:
-    """Boxes ``(M, 4)`` in the pixels of an input stage of ``size`` to photo pixels, through each
-    box's ``(top, left, height, width)`` photo window ``windows (M, 4)``."""
-    h, w = size
-    win = windows.to(boxes.device, torch.float64)
-    scale = torch.stack([win[:, 3] / w, win[:, 2] / h], 1).repeat(1, 2)  # (M, 4)
-    offset = torch.stack([win[:, 1], win[:, 0]], 1).repeat(1, 2)
-    return (boxes.double() * scale + offset).to(boxes.dtype)
 
 
 class DetectionTTA(TTABase):
@@ -122,16 +110,7 @@ class DetectionTTA(TTABase):
         if max_detections is not None and max_detections < 1:
             raise ConfigError(f"max_detections must be a positive integer, got {max_detections}")
         self.max_detections = max_detections
-        # Refuse views whose boxes cannot come back before any model time is spent: probe each
-        # on an empty box list at a size where any crop fits.
-        h, w = self.data_config["input_size"][-2:]
-        for view in self.views:
-            view.invert_boxes(torch.zeros(0, 4), (4 * h + 1, 4 * w + 3))
-
-    def _windows(self, view: View, photo_sizes: Sequence[tuple[int, int]]) -> Tensor:
-        """``(B, 4)`` ``(top, left, height, width)`` of each photo that ``view``'s input shows."""
-        stage = view.source or Input.of_model(self.data_config)
-        return torch.tensor([stage.window(s) for s in photo_sizes], dtype=torch.float64)
+        check_box_views(self.views, tuple(self.data_config["input_size"][-2:]))
 
     @torch.inference_mode()
     def detect_views(self, x: Images | ViewInputs) -> ViewDetections:
@@ -142,29 +121,9 @@ class DetectionTTA(TTABase):
 
     def deaugment(self, outs: Sequence[Any], inputs: Tensor | ViewInputs) -> ViewDetections:
         """Map each view's raw output (of :meth:`run`, in ``self.views`` order) back to the
-        original images, as one table, with no merging (the evaluation pipeline runs the
-        views itself and stores this table)."""
-        src = as_view_inputs(inputs)
-        photos = getattr(inputs, "photo_sizes", None)
-        cols: list[tuple[Tensor, ...]] = []
-        for v, (view, out) in enumerate(zip(self.views, outs)):
-            recs = as_detections(out, src.batch_size)
-            counts = torch.tensor([len(r["scores"]) for r in recs])
-            size = src.size(view.stage)
-            boxes = view.invert_boxes(torch.cat([r["boxes"] for r in recs]), size)  # (m, 4) input-stage pixels
-            images = torch.repeat_interleave(torch.arange(len(recs)), counts).to(boxes.device)
-            if photos is not None:  # the stage's window of each photo -> that photo's pixels
-                boxes = _to_photo(boxes, self._windows(view, photos)[images.cpu()], size)
-            elif view.source is not None:
-                raise PolicyError(f"{view.name}: mapping an input stage back needs the photo sizes; pass photos")
-            cols.append((boxes, torch.cat([r["scores"] for r in recs]), torch.cat([r["labels"] for r in recs]),
-                         images, torch.full_like(images, v)))
-        boxes, scores, labels, images, views = (torch.cat(c) for c in zip(*cols))
-        # A box wholly outside the original image (a zoomed-out view's padding) is clipped to a
-        # line: dropped.
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        return ViewDetections(boxes[keep], scores[keep], labels[keep], images[keep], views[keep],
-                              src.batch_size, tuple(v.name for v in self.views))
+        original images, as one table, with no merging (see
+        :func:`ttakit.tasks.detect.deaugment.deaugment_detections`, which needs no model)."""
+        return deaugment_detections(self.views, outs, self.geometry(inputs))
 
     def predict(self, x: Images, keep_views: bool = False) -> DetectionResult:
         """Merged detections per image (and, with ``keep_views``, each view's own)."""
