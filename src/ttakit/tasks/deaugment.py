@@ -22,14 +22,18 @@ from torch import Tensor
 from .. import functional as Fn
 from ..errors import ShapeError, check_shape
 from ..registry import Registry
+from ..policy import Policy
 from ..views import View
 from .geometry import Geometry
+from .plan import TASKS, AllViews, Fetch
 
 __all__ = [
     "ACTIVATIONS",
     "DENSE_MERGES",
     "UNCERTAINTIES",
     "DenseResult",
+    "KeypointsHead",
+    "SegmentHead",
     "deaugment_maps",
     "deaugment_points",
     "dense_grid",
@@ -275,3 +279,44 @@ def merge_points(P: Tensor, S: Tensor | None, weights: Tensor | None = None) -> 
         merged = (P * ws.unsqueeze(-1)).sum(0) / ws.sum(0).unsqueeze(-1)
         return merged, (S * w).sum(0) / w.sum(0)
     return (P * w.unsqueeze(-1)).sum(0) / w.sum(), None
+
+
+class SegmentHead(AllViews):
+    """Segmentation as a :class:`~ttakit.tasks.plan.Plan` task: :func:`merge_dense` of every
+    view's map; the result is a :class:`DenseResult`."""
+
+    def __init__(self, weights: Tensor | None = None, *, merge: str | Callable = "mean",
+                 activation: str | Callable | None = "softmax", uncertainty: str | Callable | None = None,
+                 dense_keys: Sequence[str] | None = None, output_size: tuple[int, int] | None = None) -> None:
+        # Names resolved once, here; an unknown one raises UnknownNameError listing the known.
+        self.weights, self.merge = weights, _resolve(DENSE_MERGES, merge)
+        self.activation = _resolve(ACTIVATIONS, activation, none="none")
+        self.uncertainty = _resolve(UNCERTAINTIES, uncertainty)
+        self.dense_keys = None if dense_keys is None else tuple(dense_keys)
+        self.output_size = output_size
+
+    def finish(self, views: Sequence[View], n: int, fetch: Fetch, geometry: Geometry) -> DenseResult:
+        return merge_dense(views, fetch(None, views), geometry, self.weights, merge=self.merge,  # type: ignore[arg-type]
+                           activation=self.activation, uncertainty=self.uncertainty, dense_keys=self.dense_keys,
+                           output_size=self.output_size)
+
+
+class KeypointsHead(AllViews):
+    """Keypoints as a :class:`~ttakit.tasks.plan.Plan` task: :func:`deaugment_points` then
+    :func:`merge_points`; the result is ``(points (B, N, 2), scores (B, N) or None)``."""
+
+    def __init__(self, weights: Tensor | None = None, *, flip_pairs: Sequence[tuple[int, int]] | None = None) -> None:
+        self.weights = weights
+        self.flip_pairs = tuple((int(a), int(b)) for a, b in (flip_pairs or ()))
+
+    def finish(self, views: Sequence[View], n: int, fetch: Fetch, geometry: Geometry) -> tuple[Tensor, Tensor | None]:
+        P, S = deaugment_points(views, fetch(None, views), geometry, flip_pairs=self.flip_pairs)
+        return merge_points(P, S, self.weights)
+
+
+def _weights(policy: Policy) -> Tensor | None:
+    return None if policy.weights is None else torch.tensor(policy.weights, dtype=torch.float32)
+
+
+TASKS.add("segment", lambda policy, **options: SegmentHead(_weights(policy), **options))
+TASKS.add("keypoints", lambda policy, **options: KeypointsHead(_weights(policy), **options))

@@ -27,10 +27,9 @@ from .deaugment import (
     DENSE_MERGES,
     UNCERTAINTIES,
     DenseResult,
+    KeypointsHead,
+    SegmentHead,
     deaugment_maps,
-    deaugment_points,
-    merge_dense,
-    merge_points,
 )
 
 __all__ = ["ACTIVATIONS", "DENSE_MERGES", "DenseResult", "KeypointsTTA", "SegmentationTTA", "UNCERTAINTIES"]
@@ -86,29 +85,23 @@ class SegmentationTTA(TTABase):
         backend: str | Backend | None = None,
     ) -> None:
         super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config, backend=backend)
-        # Names resolved once, here; an unknown one raises UnknownNameError listing the known.
-        self._merge = DENSE_MERGES.get(merge)
-        self._activation = ACTIVATIONS.get("none" if activation is None else activation)
-        self._uncertainty = None if uncertainty is None else UNCERTAINTIES.get(uncertainty)
-        self.dense_keys = None if dense_keys is None else tuple(dense_keys)
-        self.output_size = output_size
+        self.head = SegmentHead(self.view_weights, merge=merge, activation=activation, uncertainty=uncertainty,
+                                dense_keys=dense_keys, output_size=output_size)
+        self.dense_keys, self.output_size = self.head.dense_keys, output_size
 
     def deaugment_maps(self, outs: Sequence[Tensor], inputs: Tensor | ViewInputs) -> tuple[Tensor, Tensor]:
         """Each view's map (of :meth:`run`, in ``self.views`` order), activated and mapped back
         onto the plain input's output grid, with the mask of the pixels it saw: ``Y (V, B, K,
         H', W')`` and ``M (V, 1|B, 1, H', W')``, unmerged (see
         :func:`ttakit.tasks.deaugment.deaugment_maps`, which needs no model)."""
-        return deaugment_maps(self.views, outs, self.geometry(inputs), activation=self._activation,
+        return deaugment_maps(self.views, outs, self.geometry(inputs), activation=self.head.activation,
                               output_size=self.output_size)
 
     @torch.inference_mode()
     def predict(self, x: Images) -> DenseResult:
         """Merged maps with per-pixel uncertainty (if asked) and view coverage, on the plain
         input's output grid."""
-        inputs = self.inputs(x)
-        return merge_dense(self.views, self.run(inputs), self.geometry(inputs), self.view_weights,
-                           merge=self._merge, activation=self._activation, uncertainty=self._uncertainty,
-                           dense_keys=self.dense_keys, output_size=self.output_size)
+        return self.execute(x, self.head)
 
     def forward(self, x: Images) -> Tensor | dict[str, Tensor]:
         """The merged output (same structure as the model's)."""
@@ -148,15 +141,14 @@ class KeypointsTTA(TTABase):
         backend: str | Backend | None = None,
     ) -> None:
         super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config, backend=backend)
-        self.flip_pairs = tuple((int(a), int(b)) for a, b in (flip_pairs or ()))
+        self.head = KeypointsHead(self.view_weights, flip_pairs=flip_pairs)
+        self.flip_pairs = self.head.flip_pairs
 
     @torch.inference_mode()
     def predict(self, x: Images) -> tuple[Tensor, Tensor | None]:
         """``(B, N, 2)`` merged coordinates (pixels of the plain input) and ``(B, N)`` mean
         scores (``None`` without); see :func:`ttakit.tasks.deaugment.deaugment_points`."""
-        inputs = self.inputs(x)
-        P, S = deaugment_points(self.views, self.run(inputs), self.geometry(inputs), flip_pairs=self.flip_pairs)
-        return merge_points(P, S, self.view_weights)
+        return self.execute(x, self.head)
 
     def forward(self, x: Images) -> Tensor:
         """Merged ``(B, N, 2)`` keypoints."""

@@ -9,19 +9,40 @@ model in front.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ...errors import PolicyError
+from ...errors import ConfigError, PolicyError
+from ...policy import Policy
 from ...stages import Input
 from ...views import View
+from ..boxes.options import BoxMergeOptions
+from ..boxes.registry import box_merge_options, get_box_merge
 from ..geometry import Geometry
-from .format import ViewDetections, as_detections
+from ..plan import TASKS, AllViews, Fetch
+from .format import Detections, ViewDetections, as_detections
 
-__all__ = ["check_box_views", "deaugment_detections", "photo_windows"]
+__all__ = ["DetectHead", "DetectionResult", "check_box_views", "deaugment_detections", "photo_windows"]
+
+
+@dataclass(frozen=True)
+class DetectionResult:
+    """What :meth:`DetectionTTA.predict <ttakit.tasks.detect.DetectionTTA.predict>` and a
+    ``detect`` plan return.
+
+    Attributes:
+        detections: per image, the merged ``{"boxes" (M, 4), "scores" (M,), "labels" (M,)}``,
+            boxes in the original image's pixels, by descending score.
+        views: with ``keep_views=True``, per image and view, that view's own detections mapped
+            back to the original image (``None`` otherwise).
+    """
+
+    detections: Detections
+    views: list[list[dict[str, Tensor]]] | None = None
 
 
 def _to_photo(boxes: Tensor, windows: Tensor, size: tuple[int, int]) -> Tensor:
@@ -104,3 +125,37 @@ def deaugment_detections(views: Sequence[View], outs: Sequence[Any], geometry: G
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return ViewDetections(boxes[keep], scores[keep], labels[keep], images[keep], vidx[keep], n,
                           tuple(v.name for v in views))
+
+
+class DetectHead(AllViews):
+    """Detection as a :class:`~ttakit.tasks.plan.Plan` task: :func:`deaugment_detections`, then
+    a class-aware box merge per image (a one-view policy keeps its boxes unmerged).
+
+    Args:
+        weights: ``(V,)`` view weights (``None``: equal).
+        merge: ``wbf`` (default), ``nms``, ``soft_nms`` or ``concat``.
+        merge_options: the merge's options object, or a mapping of ``KEY``/``MERGE.KEY`` to values.
+        max_detections: keep at most this many merged boxes per image.
+        keep_views: also return each view's own de-augmented boxes.
+    """
+
+    def __init__(self, weights: Tensor | None = None, *, merge: str = "wbf",
+                 merge_options: BoxMergeOptions | Mapping[str, Any] | None = None,
+                 max_detections: int | None = None, keep_views: bool = False) -> None:
+        self.weights, self.merge_name, self.merge = weights, merge, get_box_merge(merge)
+        self.merge_options = box_merge_options(merge, merge_options)  # checked once, here
+        if max_detections is not None and max_detections < 1:
+            raise ConfigError(f"max_detections must be a positive integer, got {max_detections}")
+        self.max_detections, self.keep_views = max_detections, keep_views
+
+    def finish(self, views: Sequence[View], n: int, fetch: Fetch, geometry: Geometry) -> DetectionResult:
+        det = deaugment_detections(views, fetch(None, views), geometry)
+        merge = None if len(views) == 1 else self.merge
+        merged = det.merge(merge, self.weights, self.merge_options, self.max_detections)
+        return DetectionResult(merged, det.per_view() if self.keep_views else None)
+
+
+@TASKS.register("detect")
+def _detect_head(policy: Policy, **options: Any) -> DetectHead:
+    w = None if policy.weights is None else torch.tensor(policy.weights, dtype=torch.float32)
+    return DetectHead(w, **options)

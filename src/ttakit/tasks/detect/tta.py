@@ -15,40 +15,21 @@ are. Free rotations are refused: a rotated box is no box.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ...errors import ConfigError
 from ...policy import PolicyLike
 from ...runtime.config import RunConfig
 from ...runtime.loop import ViewInputs
 from ...transforms import Normalization
 from ..base import Images, TTABase
-from .deaugment import check_box_views, deaugment_detections
 from ..boxes.options import BoxMergeOptions
-from ..boxes.registry import box_merge_options, get_box_merge
-from .format import Detections, ViewDetections, as_detections
+from .deaugment import DetectHead, DetectionResult, check_box_views, deaugment_detections
+from .format import Detections, ViewDetections
 
 __all__ = ["DetectionResult", "DetectionTTA"]
-
-
-@dataclass(frozen=True)
-class DetectionResult:
-    """What :meth:`DetectionTTA.predict` returns.
-
-    Attributes:
-        detections: per image, the merged ``{"boxes" (M, 4), "scores" (M,), "labels" (M,)}``,
-            boxes in the original image's pixels, by descending score.
-        views: with ``keep_views=True``, per image and view, that view's own detections mapped
-            back to the original image (``None`` otherwise).
-    """
-
-    detections: Detections
-    views: list[list[dict[str, Tensor]]] | None = None
-
 
 
 class DetectionTTA(TTABase):
@@ -104,12 +85,8 @@ class DetectionTTA(TTABase):
         data_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config)
-        self.merge_name = merge
-        self._merge = get_box_merge(merge)
-        self.merge_options = box_merge_options(merge, merge_options)  # checked once, here
-        if max_detections is not None and max_detections < 1:
-            raise ConfigError(f"max_detections must be a positive integer, got {max_detections}")
-        self.max_detections = max_detections
+        self.head = DetectHead(self.view_weights, merge=merge, merge_options=merge_options, max_detections=max_detections)
+        self.merge_name, self.merge_options, self.max_detections = merge, self.head.merge_options, max_detections
         check_box_views(self.views, tuple(self.data_config["input_size"][-2:]))
 
     @torch.inference_mode()
@@ -127,10 +104,11 @@ class DetectionTTA(TTABase):
 
     def predict(self, x: Images, keep_views: bool = False) -> DetectionResult:
         """Merged detections per image (and, with ``keep_views``, each view's own)."""
-        det = self.detect_views(x)
-        merge = None if len(self.views) == 1 else self._merge
-        merged = det.merge(merge, self.view_weights, self.merge_options, self.max_detections)
-        return DetectionResult(merged, det.per_view() if keep_views else None)
+        head = self.head if not keep_views else DetectHead(
+            self.view_weights, merge=self.merge_name, merge_options=self.merge_options,
+            max_detections=self.max_detections, keep_views=True)
+        with torch.inference_mode():
+            return self.execute(x, head)
 
     def forward(self, x: Images) -> Detections:
         """The merged detections, one dict per image."""
