@@ -50,6 +50,13 @@ class AutoAdapter(StreamAdapter):
     Attributes:
         decisions: per batch, ``"adapted"``, ``"unshifted"``, ``"less certain"`` or ``"collapse"``.
         shifts: per batch, the measured low-level shift.
+
+    Example:
+        >>> net = timm.create_model("test_resnet", num_classes=10).eval()
+        >>> auto = AutoAdapter(net, AdaptOptions(batch=8))
+        >>> logits = auto.step(torch.randn(8, 3, 64, 64))     # one stream batch
+        >>> logits.shape, auto.decisions[0] in ("adapted", "unshifted", "less certain", "collapse")
+        (torch.Size([8, 10]), True)
     """
 
     name = "auto"

@@ -37,7 +37,12 @@ __all__ = ["adapted_key", "add_rows", "evaluate_adapted"]
 
 
 def adapted_key(row: str, method: str) -> str:
-    """The results key of ``row`` adapted by ``method``: ``'<row> adapt=<method>'``."""
+    """The results key of ``row`` adapted by ``method``.
+
+    Example:
+        >>> adapted_key("hflip", "auto")
+        'hflip adapt=auto'
+    """
     return f"{row} adapt={method}"
 
 
