@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .methods import ADAPTERS, StreamAdapter, _frozen_copy, entropy
+from .methods import ADAPTERS, StreamAdapter, frozen_copy, entropy
 from .norm import stream_norms
 from .options import AdaptOptions
 
@@ -65,7 +65,7 @@ class AutoAdapter(StreamAdapter):
     def __init__(self, model: nn.Module, options: AdaptOptions = AdaptOptions()) -> None:
         self.default_prior = float(options.batch)  # one batch never outweighs the source statistics
         super().__init__(model, options)
-        self.plain = _frozen_copy(model)
+        self.plain = frozen_copy(model)
         self.adapted = False  # the guard's decision for the last batch
         self.decisions: list[str] = []
         self.shifts: list[float] = []

@@ -30,7 +30,7 @@ from .norm import convert_norms, stream_norms
 from .options import AdaptOptions
 
 __all__ = ["ADAPTERS", "BNAdapter", "EATAAdapter", "StreamAdapter", "TentAdapter", "create_adapter", "entropy",
-           "list_adapters"]
+           "frozen_copy", "list_adapters"]
 
 
 def entropy(logits: Tensor) -> Tensor:
@@ -39,7 +39,7 @@ def entropy(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def _frozen_copy(model: nn.Module) -> nn.Module:
+def frozen_copy(model: nn.Module) -> nn.Module:
     """A deep copy in eval mode with every parameter frozen (the caller's model is not touched)."""
     clone = copy.deepcopy(model).eval()
     for p in clone.parameters():
@@ -70,7 +70,7 @@ class StreamAdapter:
 
     def __init__(self, model: nn.Module, options: AdaptOptions = AdaptOptions()) -> None:
         self.options = options
-        self.model = _frozen_copy(model)
+        self.model = frozen_copy(model)
         self.prior = self.default_prior if options.prior is None else float(options.prior)
         self.window = self.default_window if options.window is None else int(options.window)
         self.n_norms = convert_norms(self.model, self.prior, self.window)
