@@ -79,6 +79,7 @@ def test_a_failing_rank_stops_the_job_with_its_name(setup):
     res = _torchrun(_args(root, root / "fail", "--strict", "--batch-size", "5"))
     assert res.returncode != 0
     assert "rank 1 of 2 failed" in res.stderr and "broken.png" in res.stderr
+    assert "Traceback (most recent call last)" in res.stderr and "in compute_outputs" in res.stderr  # its traceback
 
 
 def test_search_reuses_distributed_logits(setup):

@@ -133,7 +133,8 @@ def test_evaluate_outputs_and_skips(tiny_lm, folder, tmp_path):
     res = _run(tiny_lm, folder, tmp_path / "run")
     out = tmp_path / "run"
     doc = json.loads((out / "results.json").read_text())
-    assert list(doc) == ["task", "model", "weights", "data", "n_images", "skipped", "results"]
+    assert list(doc) == ["task", "model", "weights", "data", "n_images", "n_skipped", "skipped", "results"]
+    assert doc["n_skipped"] == 1
     assert doc["task"] == "classify"
     assert doc["n_images"] == 13
     assert doc["skipped"] == [{"path": str(folder / "dog" / "broken.png"), "reason": doc["skipped"][0]["reason"]}]
@@ -192,7 +193,7 @@ def test_evaluate_adaptive_equals_classification_tta_predict(tiny_lm, folder, tm
 def test_strict_stops_at_a_bad_file(tiny_lm, folder, tmp_path):
     from ttakit import TTAKitError
 
-    with pytest.raises(TTAKitError, match="broken.png.*--strict"):
+    with pytest.raises(TTAKitError, match=r"broken.png.*`options.strict=True`"):
         _run(tiny_lm, folder, tmp_path / "strict", strict=True)
 
 

@@ -118,7 +118,7 @@ def test_refusals_say_why(tiny, tmp_path):
         export_tta(tiny, "hflip", out, merge="vote", input_size=SIZE)
     with pytest.raises(PolicyError, match="flips and quarter turns only.*scale=1.1"):
         export_tta(tiny, "hflip*scale(1,1.1)", out, task="segment", input_size=SIZE)
-    with pytest.raises(ShapeError, match="--task segment"):
+    with pytest.raises(ShapeError, match="`task='segment'`"):
         export_tta(tiny, "hflip", out, task="segment", input_size=SIZE)
     assert not out.exists()
 
@@ -182,7 +182,7 @@ def test_photo_graph_metadata_and_refusals(tiny, tmp_path):
     out = tmp_path / "x.onnx"
     with pytest.raises(ConfigError, match="bicubic, bilinear, not 'nearest'"):
         export_tta(tiny, "hflip", out, input="photo", data_config={**PHOTO_CFG, "interpolation": "nearest"})
-    with pytest.raises(ConfigError, match="centre-cropped.*--input tensor"):
+    with pytest.raises(ConfigError, match="centre-cropped.*`input='tensor'`"):
         export_tta(tiny, "hflip", out, input="photo", data_config={**PHOTO_CFG, "crop_mode": "squash"})
     with pytest.raises(PolicyError, match="photo corrections have no ONNX form.*autocontrast"):
         export_tta(tiny, "identity + input=72:1|autocontrast", out, input="photo", data_config=PHOTO_CFG)

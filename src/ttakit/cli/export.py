@@ -40,7 +40,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         meta["ttakit.class_names"] = list(lm.class_names)
     t0 = time.perf_counter()
     path = export_tta(lm.model, policy, args.out, merge=args.merge, input_size=size, norm=lm.normalization,
-                      task=args.task, input=args.input, opset=args.opset, data_config=cfg, metadata=meta)
+                      task=args.task, input=args.input, opset=args.opset, data_config=cfg, metadata=meta,
+                      check=not args.no_check)
     secs = time.perf_counter() - t0
     merge = (args.merge or policy.merge or "mean") if args.task == "classify" else "mean of softmax maps"
     mb = Path(path).stat().st_size / 2**20
@@ -83,4 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=_size, default=None, metavar="SIZE",
                    help="input SIZE or HxW of the graph (default: the model's data config)")
     p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    p.add_argument("--no-check", action="store_true",
+                   help="do not run the written graph in onnxruntime against torch (by default it is, and a missing "
+                   "onnxruntime is an error)")
     p.set_defaults(func=_cmd_export)

@@ -349,7 +349,7 @@ def evaluate_detection(
         0.61
     """
     if options.adaptive is not None:
-        raise ConfigError("adaptive TTA is for classification; leave --adaptive out with --task detect")
+        raise ConfigError("adaptive TTA is for classification; leave `options.adaptive` out for detection")
     task = DetectTask(det, data, scoring, run_config)
     return run_evaluation(task, det, data, policies, merges, out_dir, run_config, options, device, progress)
 

@@ -281,8 +281,8 @@ def evaluate(
     ``per_image.csv``, ``per_view.json``, ``report.html`` (see
     :func:`~ttakit.evaluation.report.write_report`) and the logits into ``out_dir``.
 
-    Under torchrun the chunks are dealt out to the ranks; rank 0 gathers them, scores and
-    writes; the other ranks return ``{}``. ``backend`` runs the model (default: ``lm.model``);
+    In a process group (torchrun, after ``DistContext.init()``) the chunks are dealt out to the
+    ranks; rank 0 gathers them, scores and writes; the other ranks return ``{}``. ``backend`` runs the model (default: ``lm.model``);
     a backend other than torch is part of the stored logits' fingerprint. ``extras`` add
     per-row scores from every row's merged probabilities (see :class:`ClassifyTask`).
 

@@ -173,7 +173,7 @@ def compute_outputs(
     for (start, stop), (idx, x, bad) in zip(todo, loader):
         if bad and options.strict:
             i, reason = bad[0]
-            raise DatasetError(f"{data.paths[i]}: {reason} (--strict)")
+            raise DatasetError(f"{data.paths[i]}: {reason} (`options.strict=True`: an unreadable file is an error)")
         payload = task.empty(views)
         seconds = torch.zeros(len(views), dtype=torch.float64)
         if x is not None:
@@ -261,10 +261,7 @@ def task_report(out: Path, read_row: Callable[[Path, str, Sequence[int]], list[A
     reader of a row's stored predictions, for the report's gallery."""
     from .report import write_report
 
-    try:
-        return [str(write_report(out, read_row=read_row))]
-    except DatasetError:
-        return []
+    return [str(write_report(out, read_row=read_row))]
 
 
 # --------------------------------------------------------------------------- driver
@@ -285,15 +282,17 @@ def run_evaluation(
     ``results.json`` and ``per_view.json`` (and what the task adds: ``per_image.csv``, the
     report) into ``out_dir``, the per-view outputs under ``out_dir/<task.subdir>/``.
 
-    Under torchrun the chunks are dealt out to the ranks; rank 0 gathers them, scores and
-    writes; the other ranks return ``{}``. A backend other than torch is part of the stored
+    In a process group (under torchrun, after
+    :meth:`~ttakit.runtime.distributed.DistContext.init`, which the CLI calls; evaluation never
+    starts one) the chunks are dealt out to the ranks; rank 0 gathers them, scores and writes;
+    the other ranks return ``{}``. A backend other than torch is part of the stored
     outputs' fingerprint.
 
     Returns:
         The ``results.json`` document plus ``per_view`` and ``written`` (pages, as text). Each
         policy row also holds its paired comparison with plain and a one-line ``verdict``.
     """
-    dist = DistContext.from_env()
+    dist = DistContext.current()
     device = torch.device(device) if dist.world_size == 1 else dist.device(device)
     prepare_model(lm.model.to(device), run_config)
     data = data.head(options.limit)
@@ -328,6 +327,7 @@ def run_evaluation(
         "data": data.source,
         "n_images": len(data),
         **scored.doc,
+        "n_skipped": len(scored.skipped),
         "skipped": scored.skipped,
         "results": scored.results,
     }

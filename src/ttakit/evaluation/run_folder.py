@@ -130,8 +130,8 @@ def resolve_data_config(given: Mapping[str, Any] | None, fingerprint: Mapping[st
 
             model = timm.create_model(fingerprint["model"], pretrained=False)
             cfg = timm.data.resolve_data_config({}, model=model)
-        except Exception as e:  # noqa: BLE001 - any failure only means no view thumbnails
-            return None, f"view thumbnails skipped: the model's data config is unknown ({type(e).__name__})"
+        except (KeyError, RuntimeError) as e:  # no model name stored, or a name timm does not know
+            return None, f"view thumbnails skipped: the model's data config is unknown ({type(e).__name__}: {e})"
     # JSON stored tuples as lists; timm's transforms want tuples.
     return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}, ""
 

@@ -178,7 +178,7 @@ class SegmentTask:
                                              data_config=self.lm.data_config)
         y, m = self._tta[key].deaugment_maps(outs, inputs)  # (U, n, K, H', W'), (U, 1|n, 1, H', W')
         if y.shape[2] != self.scoring.num_classes:
-            raise ShapeError("segmenter output", f"(B, {self.scoring.num_classes}, h, w) (--num-classes)", tuple(outs[0].shape))
+            raise ShapeError("segmenter output", f"(B, {self.scoring.num_classes}, h, w) (`scoring.num_classes`)", tuple(outs[0].shape))
         u, n = y.shape[:2]
         size = _store_grid(tuple(y.shape[-2:]), self.scoring.store_size)
         y = F.interpolate(y.flatten(0, 1).float(), size=size, mode="area").view(u, n, -1, *size)
@@ -298,7 +298,7 @@ def evaluate_segmentation(
         0.004
     """
     if options.adaptive is not None:
-        raise ConfigError("adaptive TTA is for classification; leave --adaptive out with --task segment")
+        raise ConfigError("adaptive TTA is for classification; leave `options.adaptive` out for segmentation")
     task = SegmentTask(lm, scoring, run_config)
     return run_evaluation(task, lm, data, policies, merges, out_dir, run_config, options, device, progress, backend)
 

@@ -59,7 +59,7 @@ class LogitStore:
                 diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
                 raise DatasetError(
                     f"{self.dir.parent} holds a different run (differs in: {', '.join(diff)}); "
-                    "use another --out folder, or delete it to start over"
+                    "use another `out_dir`, or delete this folder to start over"
                 )
         else:
             self.dir.mkdir(parents=True, exist_ok=True)

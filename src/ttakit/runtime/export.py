@@ -52,7 +52,7 @@ from ..policy import Policy, PolicyLike, create_policy
 from ..stages import Input
 from ..transforms import Normalization
 from ..views import View
-from .onnx_cache import DEFAULT_OPSET, eval_mode, onnx_export, quiet_export
+from .onnx_cache import DEFAULT_OPSET, checking_runtime, eval_mode, onnx_export, quiet_export
 from .photo_graph import check_photo_stages, photo_interpolation, photo_preprocessing, photo_stages_graph
 
 __all__ = ["INPUTS", "TASKS", "ClassifyGraph", "SegmentGraph", "export_tta", "view_steps"]
@@ -235,7 +235,7 @@ def _probe(model: nn.Module, size: Size, task: str) -> None:
     if not isinstance(y, Tensor) or y.ndim != want:
         got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
         expected = "(N, classes) logits" if task == "classify" else "(N, K, h, w) maps"
-        raise ShapeError(f"model output for --task {task}", expected, got if isinstance(got, tuple) else ())
+        raise ShapeError(f"model output for `task={task!r}`", expected, got if isinstance(got, tuple) else ())
 
 
 def export_tta(
@@ -273,7 +273,7 @@ def export_tta(
         data_config: timm data config (default: resolved from the model); stored in the
             graph's metadata with the policy, so a server can preprocess without ttakit.
         metadata: more ``key: value`` pairs for the graph's metadata (e.g. class names).
-        check: run the written graph in onnxruntime (when installed) and compare its tensor
+        check: run the written graph in onnxruntime (an error when it is not installed) and compare its tensor
             part with the same computation in torch on random images, and its photo front
             end with ttakit's PIL rendering of two random photos (to one grey level).
 
@@ -286,7 +286,8 @@ def export_tta(
         ConfigError: an unknown task or input, or a photo graph for a model whose
             preprocessing has no photo form (not a centre crop, not bicubic/bilinear).
         ShapeError: the model's output does not fit ``task``.
-        BackendError: the ONNX package is missing, or the export or its check failed.
+        BackendError: the onnx package is missing (or onnxruntime, with ``check``), or the export
+            or its check failed.
 
     Example:
         >>> net = timm.create_model("test_resnet", num_classes=10).eval()
@@ -301,6 +302,8 @@ def export_tta(
         import onnx  # noqa: PLC0415 - an optional extra
     except ImportError as e:
         raise BackendError("exporting a TTA graph needs the onnx package: pip install 'ttakit[onnx]'") from e
+    if check:
+        checking_runtime()  # missing: refused before anything is written
     import timm  # noqa: PLC0415 - only to resolve a data config
 
     pol = create_policy(policy)
@@ -313,7 +316,7 @@ def export_tta(
     conformal = Calibration.from_dict(pol.meta["conformal"]) if task == "classify" and "conformal" in pol.meta else None
     need = max((t.graph_opset for v in pol.views for t in v.transforms), default=1)
     if opset < need:
-        raise PolicyError(f"the views of this policy need ONNX opset {need} or later (got --opset {opset})")
+        raise PolicyError(f"the views of this policy need ONNX opset {need} or later (got `opset={opset}`)")
     photo = input == "photo"
     if photo:
         cfg["input_size"] = (3, *size)
@@ -366,12 +369,13 @@ def _prepend(onnx: Any, front: Any, back: Any, names: list[str]) -> Any:
 
 
 def _check_graph(graph: nn.Module, path: Path, stages: GraphInputs, tolerance: float = 1e-4) -> None:
-    """The written graph in onnxruntime against the same module in torch (skipped without
-    onnxruntime; the tests compare both runtimes with the task wrappers)."""
-    try:
-        import onnxruntime as ort  # noqa: PLC0415
-    except ImportError:
-        return
+    """The written graph in onnxruntime against the same module in torch (the tests compare
+    both runtimes with the task wrappers).
+
+    Raises:
+        BackendError: onnxruntime is missing, or the graph differs from torch.
+    """
+    ort = checking_runtime()
     g = torch.Generator().manual_seed(1)
     xs = [torch.randn(3, 3, *stages.sizes[k], generator=g) for k in stages.names]  # a batch unlike the example's
     with torch.inference_mode(), quiet_export(), eval_mode(graph):
