@@ -118,9 +118,7 @@ def load_gallery(out: Path, doc: Mapping[str, Any], read_row: RowReader | None) 
         return None, "no per_image.csv in this folder: the gallery is left out"
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    if rows and "index" not in rows[0] and doc.get("skipped"):
-        return None, "per_image.csv has no index column and images were skipped: the gallery is left out"
-    index = [int(r["index"]) if "index" in r else j for j, r in enumerate(rows)]
+    index = [int(r["index"]) for r in rows]  # every task's per_image.csv opens with the dataset index
     paths = [r["path"] for r in rows]
     predictions: dict[tuple[str, int], Any] = {}
 
