@@ -398,3 +398,17 @@ def test_classification_rows_keep_the_policy_weights(tiny_lm, folder, tmp_path):
     rows = evaluate(tiny_lm, data, [weighted], None, tmp_path / "w", RunConfig(8, False), opts)["results"]
     assert rows["hflip-w"]["weights"] == [0.75, 0.25] and "weights" not in rows["plain"]
     assert list(rows["hflip-w"])[:4] == ["merge", "views", "view_names", "weights"]
+
+
+def test_evaluate_gives_the_model_back_as_given(tiny_lm, folder, tmp_path):
+    """The caller's model keeps its train/eval mode, requires_grad and memory format."""
+    model = tiny_lm.model.train().requires_grad_(True)
+    formats = [p.is_contiguous() for p in model.parameters() if p.ndim == 4]
+    data = detect_dataset(folder, CLASSES)
+    opts = EvalOptions(batch_size=8, workers=0, quiet=True, limit=4)
+    try:
+        evaluate(tiny_lm, data, [create_policy("hflip")], None, tmp_path / "m", RunConfig(8, True), opts)
+        assert model.training and all(p.requires_grad for p in model.parameters())
+        assert [p.is_contiguous() for p in model.parameters() if p.ndim == 4] == formats and all(formats)
+    finally:
+        model.eval().requires_grad_(False)

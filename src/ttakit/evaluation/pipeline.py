@@ -32,7 +32,7 @@ from ..errors import DatasetError
 from ..models import LoadedModel
 from ..policy import Policy, parse_view
 from ..runtime.backends import Backend
-from ..runtime.config import RunConfig, prepare_model, timed, torch_threads
+from ..runtime.config import RunConfig, prepared, timed, torch_threads
 from ..runtime.distributed import DistContext
 from ..runtime.loop import RenderedInputs, run_views
 from ..views import View
@@ -294,7 +294,6 @@ def run_evaluation(
     """
     dist = DistContext.current()
     device = torch.device(device) if dist.world_size == 1 else dist.device(device)
-    prepare_model(lm.model.to(device), run_config)
     data = data.head(options.limit)
     if len(data) == 0:
         raise DatasetError(f"{data.source}: no images to evaluate")
@@ -308,8 +307,9 @@ def run_evaluation(
     views = [parse_view(n) for n in store.fingerprint["views"]]  # a reused run may hold more views
     mine = dist.shard(plan_chunks(len(data), options.batch_size))
     report = progress if dist.is_main else None
-    dist.run_checked(lambda: compute_outputs(task, lm, data, views, store, run_config, options, device, mine, report,
-                                             backend))
+    with prepared(lm.model.to(device), run_config):  # the caller's model is given back as it was given
+        dist.run_checked(lambda: compute_outputs(task, lm, data, views, store, run_config, options, device, mine,
+                                                 report, backend))
     dist.gather_chunks(store, mine)
     if not dist.is_main:
         dist.barrier()
