@@ -39,7 +39,10 @@ from ..tasks.geometry import Geometry
 from ..views import View
 from .box_map import coco_gt, coco_map, match_table, per_image_map, weighted_map
 from .rows import PerImageCsv, row_header, timing
-from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, task_report, view_columns
+from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, view_columns
+from .report import write_report
+from .report_gallery import detection_from_folder, gallery_page
+from .task_registry import EVAL_TASKS, ReportSettings, ReportSpec, TaskColumns
 from .scoring import EvalOptions, PolicyRun, policy_runs
 from .stats import compare_statistic
 from .store import LogitStore
@@ -307,7 +310,7 @@ class DetectTask:
         return fields, cmp.verdict(key, "mAP")
 
     def finish(self, out: Path, lm: LoadedModel, options: EvalOptions) -> list[str]:
-        return task_report(out, row_detections)
+        return [str(write_report(out))]
 
 
 def evaluate_detection(
@@ -362,3 +365,14 @@ def row_detections(out_dir: str | Path, key: str, indices: Sequence[int]) -> lis
         return [dets[j] for j in positions]
 
     return row_predictions(out_dir, key, "detections", indices, predict)
+
+
+DETECT_COLUMNS = TaskColumns("map", "mAP", (("map", "mAP@[.5:.95]"), ("map50", "mAP@.5"), ("map75", "mAP@.75")), "AP")
+
+
+def _page(out: Path, doc: Mapping[str, Any], per_view: Mapping[str, Any], s: ReportSettings) -> dict[str, Any]:
+    return gallery_page(out, doc, per_view, s.class_names, s.max_gallery, read_row=row_detections, columns=DETECT_COLUMNS,
+                        build=detection_from_folder)
+
+
+EVAL_TASKS.add("detect", ReportSpec(_page, DETECT_COLUMNS))

@@ -48,7 +48,6 @@ __all__ = [
     "run_evaluation",
     "single_view_runs",
     "stored_chunks",
-    "task_report",
     "view_columns",
 ]
 
@@ -254,14 +253,6 @@ def row_predictions(
     if missing:
         raise DatasetError(f"{out}: images {sorted(missing)[:5]} were not scored (unreadable or out of range)")
     return [found[i] for i in indices]
-
-
-def task_report(out: Path, read_row: Callable[[Path, str, Sequence[int]], list[Any]] | None = None) -> list[str]:
-    """``report.html`` of a detection or segmentation folder; ``read_row`` is the task's
-    reader of a row's stored predictions, for the report's gallery."""
-    from .report import write_report
-
-    return [str(write_report(out, read_row=read_row))]
 
 
 # --------------------------------------------------------------------------- driver

@@ -42,7 +42,10 @@ from ..tasks.dense import DENSE_MERGES
 from ..tasks.geometry import Geometry
 from ..views import View
 from .rows import PerImageCsv, row_header, timing
-from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, task_report, view_columns
+from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, view_columns
+from .report import write_report
+from .report_gallery import segmentation_from_folder, gallery_page
+from .task_registry import EVAL_TASKS, ReportSettings, ReportSpec, TaskColumns
 from .scoring import EvalOptions, PolicyRun, policy_runs
 from .seg_metrics import band_counts, boundary_iou, class_bands, confusion, dice, iou_per_class, miou, pixel_accuracy
 from .stats import compare_statistic
@@ -251,7 +254,7 @@ class SegmentTask:
         return fields, cmp.verdict(key, "mIoU")
 
     def finish(self, out: Path, lm: LoadedModel, options: EvalOptions) -> list[str]:
-        return task_report(out, row_masks)
+        return [str(write_report(out))]
 
 
 def evaluate_segmentation(
@@ -312,3 +315,16 @@ def row_masks(out_dir: str | Path, key: str, indices: Sequence[int]) -> list[np.
         return maps
 
     return row_predictions(out_dir, key, "segmentation", indices, predict)
+
+
+SEGMENT_COLUMNS = TaskColumns("miou", "mIoU", (("miou", "mIoU"), ("pixel_acc", "pixel acc."), ("mean_dice", "mean Dice"),
+                                               ("boundary", "boundary F1"), ("boundary_iou", "boundary IoU")), "IoU",
+                              background=0, changes=True)
+
+
+def _page(out: Path, doc: Mapping[str, Any], per_view: Mapping[str, Any], s: ReportSettings) -> dict[str, Any]:
+    return gallery_page(out, doc, per_view, s.class_names, s.max_gallery, read_row=row_masks, columns=SEGMENT_COLUMNS,
+                        build=segmentation_from_folder)
+
+
+EVAL_TASKS.add("segment", ReportSpec(_page, SEGMENT_COLUMNS))
