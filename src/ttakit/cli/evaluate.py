@@ -14,7 +14,7 @@ from .common import add_data_args, add_policy_args, eval_options, load, load_dat
 from .detect import add_detect_args, cmd_evaluate as _cmd_evaluate_detect
 from .segment import add_segment_args, cmd_evaluate_segment
 
-__all__ = ["format_table", "register"]
+__all__ = ["EVALUATE", "format_table", "register"]
 
 
 def format_table(results: dict[str, Any], per_view: dict[str, float] | None = None) -> str:
@@ -38,13 +38,14 @@ def format_table(results: dict[str, Any], per_view: dict[str, float] | None = No
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.task == "detect":
-        return _cmd_evaluate_detect(args)
-    if args.task == "segment":
-        return cmd_evaluate_segment(args)
-    if args.masks or args.annotations:
-        raise ConfigError(f"--{'masks' if args.masks else 'annotations'} is for --task "
-                          f"{'segment' if args.masks else 'detect'}; add that --task")
+    return EVALUATE[args.task](args)  # the task, looked up once
+
+
+def _cmd_evaluate_classify(args: argparse.Namespace) -> int:
+    if args.masks:
+        raise ConfigError("--masks is for --task segment; add that --task")
+    if args.annotations:
+        raise ConfigError("--annotations is for --task detect; add that --task")
     options = eval_options(args)
     lm, dev, cfg, backend = load(args)
     # Rows are named by the policy exactly as written (a preset, text or a JSON path).
@@ -62,12 +63,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# Each task's evaluate command, by the --task name (the first is the default).
+EVALUATE = {"classify": _cmd_evaluate_classify, "detect": _cmd_evaluate_detect, "segment": cmd_evaluate_segment}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``evaluate`` to the command parser."""
     p = sub.add_parser("evaluate", help="score plain and TTA policies on a labelled dataset")
     add_data_args(p)
     add_policy_args(p, many=True)
-    add_detect_args(p, evaluate=True)
+    add_detect_args(p, list(EVALUATE), evaluate=True)
     add_segment_args(p)
     add_conformal_args(p)
     p.set_defaults(func=_cmd_evaluate)

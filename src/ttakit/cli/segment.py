@@ -57,7 +57,7 @@ def cmd_evaluate_segment(args: argparse.Namespace) -> int:
     options = eval_options(args)
     data = find_masked_images(args.data, args.masks)
     names = load_class_names(args.labels) if args.labels else None
-    loaded = prepare_run(load_segmenter(args.model, args.num_classes, args.weights, names), args, task="segment")
+    loaded = prepare_run(load_segmenter(args.model, args.num_classes, args.weights, names), args, kind="segmenter")
     if DistContext.current().is_main:
         print(f"data: {data.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
     lm = loaded.lm
