@@ -25,8 +25,8 @@ from .data import load_image
 from .errors import DatasetError, ImageLoadError
 
 __all__ = [
-    "DecodeLoader", "ImageList", "LabelledImages", "MaskedImages", "detect_dataset", "find_masked_images", "load_mask",
-    "make_loader",
+    "DecodeLoader", "ImageList", "LabelledImages", "MaskedImages", "calibration_photos", "detect_dataset",
+    "find_masked_images", "load_mask", "make_loader",
 ]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -248,6 +248,21 @@ def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, 
     else:
         x = torch.stack([x for _, x in ok])
     return [i for i, _ in ok], x, bad  # type: ignore[return-value]
+
+
+def calibration_photos(folder: str | Path, n: int = 64) -> list[Path]:
+    """Up to ``n`` image files under ``folder`` (recursively), spread evenly over its sorted
+    list, so that every class of an ImageFolder tree is seen (int8 calibration photos).
+
+    Raises:
+        DatasetError: ``folder`` holds no images.
+    """
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
+    if not files:
+        raise DatasetError(f"{root}: no images to calibrate int8 on; give a folder of your photos")
+    step = len(files) / min(n, len(files))
+    return [files[int(i * step)] for i in range(min(n, len(files)))]
 
 
 class DecodeLoader:

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from ..evaluation.evaluate import evaluate
+from ..evaluation.precision import evaluate_precision
 from ..policy import create_policy
 from ..errors import ConfigError
 from .calibrate import add_conformal_args, conformal_extras, conformal_lines
@@ -58,6 +59,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table(res["results"], res["per_view"]))
     for line in conformal_lines(res["results"]):  # none without --conformal
         print(line)
+    if backend.precision != "fp32":  # the precision's plain top-1 against fp32 on the same images, paired
+        with progress_bar(len(data.head(options.limit)), "fp32 plain", options.quiet) as bar:
+            print(evaluate_precision(lm, data, args.out, backend, options, dev, progress=bar)["verdict"])
     print_written(res, args.out)
     return 0
 

@@ -305,6 +305,8 @@ def run_evaluation(
     fp = fingerprint(lm, data, union_views(policies), options.batch_size, task.fingerprint(data))
     if backend is not None and backend.label != "torch":  # torch runs keep the fingerprint they always had
         fp["backend"] = backend.label
+        if getattr(backend, "check", None):  # the precision check's figures, for the record (not compared)
+            fp["backend_check"] = backend.check
     store = dist.run_once(lambda: LogitStore(out, fp, task.subdir))
     views = [parse_view(n) for n in store.fingerprint["views"]]  # a reused run may hold more views
     mine = dist.shard(plan_chunks(len(data), options.batch_size))

@@ -59,7 +59,7 @@ class ParityFigures:
     Attributes:
         n: inputs compared.
         top1_agreement: share of inputs whose top-1 class is the reference's.
-        decided: inputs whose reference top-1 leads the runner-up by at least the tie margin
+        decided: inputs whose reference top-1 leads the runner-up by more than the tie margin
             (a near-tie may flip under any rounding: random-weight models are all near-ties).
         decided_agreement: share of the decided inputs that keep their top-1 (1.0 when none).
         max_prob_diff: largest absolute difference of a softmax probability.
@@ -198,7 +198,7 @@ def parity_inputs(size: tuple[int, int], mean: tuple[float, ...], std: tuple[flo
 def parity(reference: Tensor | np.ndarray, got: Tensor | np.ndarray, tie: float = 0.0) -> ParityFigures:
     """Figures of ``got`` against ``reference``: two ``(N, K)`` (or ``(N, K, ...)``) outputs of
     the same inputs; probabilities are the softmax over dim 1; an input whose reference top-1
-    leads by less than ``tie`` (in probability) is a near-tie, left out of ``decided``.
+    leads by no more than ``tie`` (in probability) is a near-tie, left out of ``decided``.
 
     Raises:
         BackendError: the shapes differ.
@@ -213,7 +213,7 @@ def parity(reference: Tensor | np.ndarray, got: Tensor | np.ndarray, tie: float 
     pr, po = ref.softmax(1), out.softmax(1)
     same = pr.argmax(1) == po.argmax(1)  # (N, ...)
     top2 = pr.topk(2, dim=1).values
-    decided = (top2[:, 0] - top2[:, 1]) >= tie
+    decided = (top2[:, 0] - top2[:, 1]) > tie
     n_decided = int(decided.sum())
     kept = float(same[decided].float().mean()) if n_decided else 1.0
     return ParityFigures(int(same.numel()), float(same.float().mean()), n_decided, kept,

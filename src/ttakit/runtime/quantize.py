@@ -18,9 +18,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,17 @@ class _Reader:
         pass
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Python logging below ERROR off inside the block; the previous level is restored."""
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(before)
+
+
 def quantized_path(fp32: Path, calibration: Tensor, folder: Path | None = None) -> Path:
     """The int8 QDQ version of the ONNX file ``fp32``, calibrated on ``calibration`` (model
     inputs, ``(N, C, H, W)``, already normalised), quantised now unless cached.
@@ -94,8 +108,9 @@ def quantized_path(fp32: Path, calibration: Tensor, folder: Path | None = None) 
         name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()[0].name
         x = calibration.detach().to("cpu", torch.float32).contiguous().numpy()
         extra: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True}
-        quantize_static(str(fp32), tmp, _Reader(name, x), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, extra_options=extra)
+        with _quiet():  # the quantiser logs advice on the root logger; the result is checked instead
+            quantize_static(str(fp32), tmp, _Reader(name, x), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, extra_options=extra)
         Path(tmp).replace(out)  # atomic: concurrent processes never see half a file
     except Exception as e:  # noqa: BLE001 - the quantiser raises many types
         raise BackendError(f"int8 quantisation of {fp32.name} failed: {str(e).splitlines()[0][:300]}") from e
