@@ -269,8 +269,8 @@ class DecodeLoader:
     """Decodes batches of ``dataset`` in a pool of threads, in order, a few batches ahead.
 
     Threads, not worker processes: JPEG/PNG decoding and PIL resampling release the GIL, so
-    threads decode as fast as forked DataLoader workers (``benchmarks/bench_precision.py
-    --decode``), and they need no fork. Forking a process that already holds OpenVINO,
+    threads decode about as fast as forked DataLoader workers (``benchmarks/bench_decode.py``),
+    and they need no fork. Forking a process that already holds OpenVINO,
     ONNX Runtime or CUDA threads copies their locks in whatever state they are in (workers
     crashed or hung), and torch's DataLoader installs a SIGCHLD handler that stays after it is
     done (a later ``subprocess.run`` crashed). A thread pool changes no process state and
