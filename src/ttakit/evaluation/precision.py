@@ -53,9 +53,9 @@ def compare_plain(fp32: Tensor, reduced: Tensor, labels: Tensor, precision: str)
     f_nll = torch.nn.functional.cross_entropy(fp32.float(), labels, reduction="none")
     r_nll = torch.nn.functional.cross_entropy(reduced.float(), labels, reduction="none")
     c = compare(f_ok, r_ok, f_nll, r_nll)
-    agreement = float((fp32.argmax(-1) == reduced.argmax(-1)).float().mean()) if len(labels) else float("nan")
-    return {"precision": precision, "n": len(labels), "top1_fp32": float(f_ok.float().mean()),
-            "top1": float(r_ok.float().mean()), "agreement": agreement, "fixed": c.fixed, "broken": c.broken,
+    agreement = float((fp32.argmax(-1) == reduced.argmax(-1)).double().mean()) if len(labels) else float("nan")
+    return {"precision": precision, "n": len(labels), "top1_fp32": float(f_ok.double().mean()),
+            "top1": float(r_ok.double().mean()), "agreement": agreement, "fixed": c.fixed, "broken": c.broken,
             **c.to_dict(), "verdict": c.verdict(f"{precision} vs fp32") + f"; same top-1 on {agreement:.1%}"}
 
 
