@@ -126,7 +126,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     g = p.add_argument_group("run")
     g.add_argument("--batch-size", type=positive_int, default=32, help="images per chunk (default: 32)")
-    g.add_argument("--workers", type=_non_negative_int, default=2, help="DataLoader decoding workers (default: 2)")
+    g.add_argument("--workers", type=_non_negative_int, default=2, help="photo decoding threads (default: 2)")
     g.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
     g.add_argument("--out", required=True, help="output folder (reused to resume an interrupted run)")
     g.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")
