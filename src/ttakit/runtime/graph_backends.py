@@ -383,17 +383,19 @@ class OpenVINOBackend(_GraphBackend):
                 return [np.asarray(res[o]) for o in outputs]
 
             return run
-        queue = self.runtime().AsyncInferQueue(compiled, n)
-        parts: list[list[np.ndarray]] = []
-        queue.set_callback(lambda req, i: parts.__setitem__(i, [req.get_tensor(o).data.copy() for o in outputs]))
+        # n requests started at once and waited for in order: no Python callback runs on
+        # OpenVINO's threads (a callback taking the GIL there aborted the process now and then).
+        requests = [compiled.create_infer_request() for _ in range(n)]
 
         def run_split(x: np.ndarray) -> list[np.ndarray]:
-            # One micro-batch split between the streams, run at once: (N, ...) -> n parts.
+            # One micro-batch split between the streams: (N, ...) -> up to n parts, run at once.
             pieces = [p for p in np.array_split(x, min(n, len(x))) if len(p)]
-            parts[:] = [[] for _ in pieces]
-            for i, piece in enumerate(pieces):
-                queue.start_async({0: np.ascontiguousarray(piece)}, i)
-            queue.wait_all()
+            for request, piece in zip(requests, pieces):
+                request.start_async({0: np.ascontiguousarray(piece)}, share_inputs=False)
+            parts = []
+            for request in requests[:len(pieces)]:
+                request.wait()
+                parts.append([request.get_tensor(o).data.copy() for o in outputs])
             return [np.concatenate([p[k] for p in parts]) for k in range(len(outputs))]
 
         return run_split
