@@ -54,14 +54,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
         res = evaluate(lm, data, policies, args.merge, args.out, cfg, options, dev, progress=bar, backend=backend,
                        extras=conformal_extras(args))
+    against_fp32: dict[str, Any] = {}
+    if backend.precision != "fp32":  # its plain top-1 against fp32 on the same images, paired (every rank runs)
+        with progress_bar(len(data.head(options.limit)), "fp32 plain", options.quiet) as bar:
+            against_fp32 = evaluate_precision(lm, data, args.out, backend, options, dev, progress=bar)
     if not res:  # not rank 0
         return 0
     print(format_table(res["results"], res["per_view"]))
     for line in conformal_lines(res["results"]):  # none without --conformal
         print(line)
-    if backend.precision != "fp32":  # the precision's plain top-1 against fp32 on the same images, paired
-        with progress_bar(len(data.head(options.limit)), "fp32 plain", options.quiet) as bar:
-            print(evaluate_precision(lm, data, args.out, backend, options, dev, progress=bar)["verdict"])
+    if against_fp32:
+        print(against_fp32["verdict"])
     print_written(res, args.out)
     return 0
 

@@ -76,10 +76,12 @@ def evaluate_precision(
 ) -> dict[str, Any]:
     """The plain top-1 of ``backend``'s precision (a finished run in ``out_dir``) against fp32
     torch on the same images; the fp32 plain view is evaluated into ``out_dir/fp32`` and the
-    comparison written to ``out_dir/precision.json``."""
+    comparison written to ``out_dir/precision.json``. Under torchrun every rank calls it (the
+    fp32 run is shared out like any); the other ranks return ``{}``."""
     out = Path(out_dir)
-    evaluate(lm, data, [create_policy("none")], None, out / "fp32", default_run_config(device), options, device,
-             progress=progress)
+    if not evaluate(lm, data, [create_policy("none")], None, out / "fp32", default_run_config(device), options, device,
+                    progress=progress):
+        return {}  # not rank 0 under torchrun: rank 0 compares and writes
     fp32, labels, idx = _plain(out / "fp32")
     reduced, labels_r, idx_r = _plain(out)
     if not torch.equal(idx, idx_r):
