@@ -218,8 +218,8 @@ def load_mask(path: str | Path) -> np.ndarray:
 
 class ImageList(Dataset):
     """Decodes ``paths[i]`` and applies ``transform`` (to a tensor, or to a dict of tensors such
-    as every input stage :class:`~ttakit.data.InputRenderer` renders); failures become skip
-    records."""
+    as every input stage :class:`~ttakit.data.InputRenderer` renders); a file that cannot be
+    decoded becomes a skip record, and any other failure propagates."""
 
     def __init__(self, paths: Sequence[str], transform: Callable[[Any], Any]) -> None:
         self.paths = list(paths)
@@ -230,11 +230,11 @@ class ImageList(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
         try:
-            return i, self.transform(load_image(self.paths[i])), None
-        except ImageLoadError as e:
+            photo = load_image(self.paths[i])
+        except ImageLoadError as e:  # only a file that cannot be decoded is a skip
             return i, None, str(e).removeprefix(f"{self.paths[i]}: ")
-        except Exception as e:  # noqa: BLE001 - a transform failing on odd data is a skip too
-            return i, None, f"{type(e).__name__}: {e}"
+        # A transform that fails on a decoded photo is a bug: it crashes with its traceback.
+        return i, self.transform(photo), None
 
 
 def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:

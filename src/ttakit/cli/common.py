@@ -239,7 +239,7 @@ def classification_tta(lm: LoadedModel, cfg: RunConfig, args: argparse.Namespace
 def load_data(args: argparse.Namespace, lm: LoadedModel, data: str) -> LabelledImages:
     """Detect the dataset layout and say what was found (always, ``--quiet`` hides the bar only)."""
     ds = detect_dataset(data, lm.class_names)
-    if DistContext.from_env().is_main:
+    if DistContext.current().is_main:
         print(f"data: {ds.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
     return ds
 
@@ -293,7 +293,7 @@ def print_written(res: dict[str, Any], out: str) -> None:
 def progress_bar(total: int, label: str, quiet: bool) -> Iterator[Callable[[int], object]]:
     """A tqdm bar on stderr (images/s and ETA) on rank 0 of a terminal, else a no-op; yields
     its ``update(n)``. With several ranks, rank 0's share is extrapolated to the total."""
-    dist = DistContext.from_env()
+    dist = DistContext.current()
     if quiet or not dist.is_main or not sys.stderr.isatty():
         yield lambda n: None
         return

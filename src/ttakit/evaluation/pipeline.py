@@ -32,7 +32,7 @@ from ..errors import DatasetError
 from ..models import LoadedModel
 from ..policy import Policy, parse_view
 from ..runtime.backends import Backend
-from ..runtime.config import RunConfig, prepare_model, timed, torch_threads
+from ..runtime.config import RunConfig, prepared, timed, torch_threads
 from ..runtime.distributed import DistContext
 from ..runtime.loop import RenderedInputs, run_views
 from ..views import View
@@ -48,7 +48,6 @@ __all__ = [
     "run_evaluation",
     "single_view_runs",
     "stored_chunks",
-    "task_report",
     "view_columns",
 ]
 
@@ -173,7 +172,7 @@ def compute_outputs(
     for (start, stop), (idx, x, bad) in zip(todo, loader):
         if bad and options.strict:
             i, reason = bad[0]
-            raise DatasetError(f"{data.paths[i]}: {reason} (--strict)")
+            raise DatasetError(f"{data.paths[i]}: {reason} (`options.strict=True`: an unreadable file is an error)")
         payload = task.empty(views)
         seconds = torch.zeros(len(views), dtype=torch.float64)
         if x is not None:
@@ -256,17 +255,6 @@ def row_predictions(
     return [found[i] for i in indices]
 
 
-def task_report(out: Path, read_row: Callable[[Path, str, Sequence[int]], list[Any]] | None = None) -> list[str]:
-    """``report.html`` of a detection or segmentation folder; ``read_row`` is the task's
-    reader of a row's stored predictions, for the report's gallery."""
-    from .report import write_report
-
-    try:
-        return [str(write_report(out, read_row=read_row))]
-    except DatasetError:
-        return []
-
-
 # --------------------------------------------------------------------------- driver
 def run_evaluation(
     task: EvalTask,
@@ -285,17 +273,18 @@ def run_evaluation(
     ``results.json`` and ``per_view.json`` (and what the task adds: ``per_image.csv``, the
     report) into ``out_dir``, the per-view outputs under ``out_dir/<task.subdir>/``.
 
-    Under torchrun the chunks are dealt out to the ranks; rank 0 gathers them, scores and
-    writes; the other ranks return ``{}``. A backend other than torch is part of the stored
+    In a process group (under torchrun, after
+    :meth:`~ttakit.runtime.distributed.DistContext.init`, which the CLI calls; evaluation never
+    starts one) the chunks are dealt out to the ranks; rank 0 gathers them, scores and writes;
+    the other ranks return ``{}``. A backend other than torch is part of the stored
     outputs' fingerprint.
 
     Returns:
         The ``results.json`` document plus ``per_view`` and ``written`` (pages, as text). Each
         policy row also holds its paired comparison with plain and a one-line ``verdict``.
     """
-    dist = DistContext.from_env()
+    dist = DistContext.current()
     device = torch.device(device) if dist.world_size == 1 else dist.device(device)
-    prepare_model(lm.model.to(device), run_config)
     data = data.head(options.limit)
     if len(data) == 0:
         raise DatasetError(f"{data.source}: no images to evaluate")
@@ -311,8 +300,9 @@ def run_evaluation(
     views = [parse_view(n) for n in store.fingerprint["views"]]  # a reused run may hold more views
     mine = dist.shard(plan_chunks(len(data), options.batch_size))
     report = progress if dist.is_main else None
-    dist.run_checked(lambda: compute_outputs(task, lm, data, views, store, run_config, options, device, mine, report,
-                                             backend))
+    with prepared(lm.model.to(device), run_config):  # the caller's model is given back as it was given
+        dist.run_checked(lambda: compute_outputs(task, lm, data, views, store, run_config, options, device, mine,
+                                                 report, backend))
     dist.gather_chunks(store, mine)
     if not dist.is_main:
         dist.barrier()
@@ -330,6 +320,7 @@ def run_evaluation(
         "data": data.source,
         "n_images": len(data),
         **scored.doc,
+        "n_skipped": len(scored.skipped),
         "skipped": scored.skipped,
         "results": scored.results,
     }

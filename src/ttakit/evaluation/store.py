@@ -65,7 +65,7 @@ class LogitStore:
                               if k != "backend_check" and old.get(k) != fingerprint.get(k))
                 raise DatasetError(
                     f"{self.dir.parent} holds a different run (differs in: {', '.join(diff)}); "
-                    "use another --out folder, or delete it to start over"
+                    "use another `out_dir`, or delete this folder to start over"
                 )
         else:
             self.dir.mkdir(parents=True, exist_ok=True)

@@ -150,7 +150,10 @@ def _is_records(out: Any) -> bool:
 
 
 def tree_cat(parts: Sequence[Any]) -> Any:
-    """Join outputs (tensors, dicts or tuples of them, lists of per-image dicts) along the batch."""
+    """Join outputs (tensors, dicts or tuples of them, lists of per-image dicts) along the batch;
+    one part is returned as it is (whatever it holds)."""
+    if len(parts) == 1:
+        return parts[0]
     first = parts[0]
     if isinstance(first, Tensor):
         return torch.cat(list(parts), dim=0)

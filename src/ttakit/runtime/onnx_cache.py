@@ -40,6 +40,7 @@ from ..errors import BackendError
 from .config import cache_dir, model_device
 
 __all__ = [
+    "checking_runtime",
     "DEFAULT_OPSET",
     "CachedExport",
     "Runner",
@@ -71,6 +72,20 @@ def weights_digest(model: nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def checking_runtime() -> Any:
+    """onnxruntime, which checks an exported graph against torch.
+
+    Raises:
+        BackendError: onnxruntime is not installed (the check is never skipped in silence).
+    """
+    try:
+        import onnxruntime  # noqa: PLC0415 - an optional extra
+    except ImportError as e:
+        raise BackendError("checking the exported graph needs onnxruntime: pip install 'ttakit[onnx]', "
+                           "or export without the check (`check=False`)") from e
+    return onnxruntime
 
 
 def as_numpy(x: Tensor) -> np.ndarray:
@@ -254,6 +269,20 @@ class CachedExport:
         with torch.inference_mode(), eval_mode(self.model):
             return self.model(x.to(model_device(self.model)).contiguous())
 
+    def _check_other_size(self, size: Size, run: Runner) -> tuple[float, str]:
+        """Largest difference between torch and ``run`` at another ``size`` (``inf`` when
+        either refuses it), and why it was refused (empty when it was not)."""
+        x = self._example(size)
+        try:
+            ref = self.reference(x)
+        except RuntimeError as e:  # torch's own shape errors: the model takes one size only
+            return float("inf"), f"torch at {size[0]}x{size[1]}: {e}"
+        try:
+            got = run(as_numpy(x))
+        except Exception as e:  # noqa: BLE001 - each runtime raises its own types (onnxruntime's derive from Exception); the cause is recorded
+            return float("inf"), f"the ONNX graph at {size[0]}x{size[1]}: {type(e).__name__}: {e}"
+        return _close(ref, got), ""
+
     def path_for(self, size: Size, load: Callable[[Path], Runner]) -> tuple[Path, Runner | None]:
         """The ONNX file that runs images of ``size``, exported and checked if not cached.
 
@@ -300,12 +329,10 @@ class CachedExport:
             record = {**self.fields, "spatial": "fixed", "checked": {f"{size[0]}x{size[1]}": err}}
             if fixed is None:  # one more check at another, non-square size: are the spatial axes really free?
                 other = (max(16, size[0] * 7 // 8), max(16, size[1] * 9 // 8))
-                try:
-                    x2 = self._example(other)
-                    err2 = _close(self.reference(x2), run(as_numpy(x2)))
-                except Exception:  # noqa: BLE001 - a model that refuses other sizes is exported per size
-                    err2 = float("inf")
+                err2, refused = self._check_other_size(other, run)
                 record["checked"][f"{other[0]}x{other[1]}"] = err2 if np.isfinite(err2) else None
+                if refused:  # why this model is exported per size, kept with the cache entry
+                    record["refused"] = refused
                 record["spatial"] = "dynamic" if err2 <= self.tolerance else "fixed"
             else:
                 record["fixed_size"] = list(fixed)
