@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
-from ..datasets import LabelledImages, detect_dataset
+from ..data import preprocess
+from ..datasets import LabelledImages, calibration_photos, detect_dataset
 from ..callables import is_callable_spec, load_module_spec
 from ..errors import ConfigError
 from ..evaluation.evaluate import EvalOptions
@@ -94,7 +95,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="what runs the model: torch (default), or an ONNX export (cached) run by onnxruntime or "
                    "openvino (pip install 'ttakit[onnx]' / 'ttakit[openvino]')")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="bf16: torch autocast, or OpenVINO's inference precision where the CPU has bf16 (default: fp32)")
+                   help="bf16/fp16: torch autocast, or OpenVINO's inference precision where the CPU has it; int8: "
+                   "onnxruntime/openvino on a graph quantised on --calibration photos. Checked against fp32 (default: fp32)")
+    g.add_argument("--calibration", default=None, metavar="DIR",
+                   help="photos to calibrate --precision int8 on (default: 64 photos spread over DATA)")
 
 
 def add_policy_args(p: argparse.ArgumentParser, many: bool = False) -> None:
@@ -122,7 +126,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     g = p.add_argument_group("run")
     g.add_argument("--batch-size", type=positive_int, default=32, help="images per chunk (default: 32)")
-    g.add_argument("--workers", type=_non_negative_int, default=2, help="DataLoader decoding workers (default: 2)")
+    g.add_argument("--workers", type=_non_negative_int, default=2, help="photo decoding threads (default: 2)")
     g.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
     g.add_argument("--out", required=True, help="output folder (reused to resume an interrupted run)")
     g.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")
@@ -196,8 +200,12 @@ def prepare_run(lm: LoadedModel, args: argparse.Namespace, *, kind: str = "class
                           f"leave --backend out for a {kind}")
     if name != "torch" and (args.amp or getattr(args, "compile", False)):
         raise ConfigError(f"--amp and --compile are for the torch backend; with --backend {name} use --precision")
+    if name == "torch":
+        TorchBackend.accept(precision)  # int8 is refused in one line
+    calibration = _calibration(args, lm) if precision == "int8" and name != "torch" else None
     backend = None if name == "torch" else create_backend(
-        name, lm.model, input_size=lm.input_size, key=lm.name, precision=precision, device=dev)
+        name, lm.model, input_size=lm.input_size, key=lm.name, precision=precision, device=dev,
+        calibration=calibration, verbose=not getattr(args, "quiet", False))
     if args.micro_batch == "auto":
         if not tunable:
             raise ConfigError(f"--micro-batch auto measures a classifier; give a number for a {kind}")
@@ -206,11 +214,19 @@ def prepare_run(lm: LoadedModel, args: argparse.Namespace, *, kind: str = "class
         cfg = default_run_config(dev) if backend is None else backend.run_config(dev)
         if args.micro_batch:
             cfg = replace(cfg, micro_batch=args.micro_batch)
-    if args.amp or (backend is None and precision == "bf16"):
-        cfg = replace(cfg, amp_dtype=AMP[args.amp or "bf16"])
+    if args.amp or (backend is None and precision in ("bf16", "fp16")):
+        cfg = replace(cfg, amp_dtype=AMP[args.amp or precision])
     if getattr(args, "compile", False):
         lm = replace(lm, model=torch.compile(lm.model))
     return Loaded(lm, dev, cfg, backend or TorchBackend(lm.model))
+
+
+def _calibration(args: argparse.Namespace, lm: LoadedModel) -> torch.Tensor:
+    """Model inputs made from ``--calibration`` photos (default: spread over DATA), for int8."""
+    folder = getattr(args, "calibration", None) or getattr(args, "data", None)
+    if folder is None:
+        raise ConfigError("--precision int8 needs your photos to calibrate on: add --calibration DIR")
+    return preprocess(calibration_photos(folder), lm.transform())
 
 
 def classification_tta(lm: LoadedModel, cfg: RunConfig, args: argparse.Namespace,

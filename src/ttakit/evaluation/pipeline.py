@@ -1,7 +1,7 @@
 """The one evaluation pipeline every task runs: decode once, run each distinct view once, store, score.
 
 A labelled evaluation flows the same way for classification, detection and segmentation:
-the photos of a chunk are decoded once in DataLoader workers, which also render every input
+the photos of a chunk are decoded once in decoding threads, which also render every input
 stage the views need; all distinct views of all policies run in one
 :func:`~ttakit.runtime.loop.run_views` call; the task de-augments and packs each view's
 output and the :class:`~ttakit.evaluation.store.LogitStore` writes the chunk at once (so a
@@ -121,7 +121,7 @@ class EvalTask(Protocol):
 # --------------------------------------------------------------------------- compute
 class _SizedRenderer:
     """Every input stage of a photo plus its ``(H, W)`` (outputs are mapped back to photo
-    pixels); pickles, for DataLoader workers."""
+    pixels)."""
 
     def __init__(self, renderer: InputRenderer) -> None:
         self.renderer = renderer
@@ -146,7 +146,7 @@ def compute_outputs(
     """Compute and store the per-view outputs of every missing chunk (of ``chunks``: all by
     default).
 
-    Each photo is decoded once, in the DataLoader workers, which also render every input stage
+    Each photo is decoded once, in the decoding threads, which also render every input stage
     the views need; all views of a chunk then run in one :func:`run_views` call (views of one
     size share forwards). The chunk's model time is shared between the views in proportion to
     their pixels, so every row's cost can be reported. ``progress(n)`` is called with the
@@ -294,6 +294,8 @@ def run_evaluation(
     fp = fingerprint(lm, data, union_views(policies), options.batch_size, task.fingerprint(data))
     if backend is not None and backend.label != "torch":  # torch runs keep the fingerprint they always had
         fp["backend"] = backend.label
+        if getattr(backend, "check", None):  # the precision check's figures, for the record (not compared)
+            fp["backend_check"] = backend.check
     store = dist.run_once(lambda: LogitStore(out, fp, task.subdir))
     views = [parse_view(n) for n in store.fingerprint["views"]]  # a reused run may hold more views
     mine = dist.shard(plan_chunks(len(data), options.batch_size))

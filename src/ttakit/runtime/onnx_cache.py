@@ -1,7 +1,7 @@
 """A torch model exported to ONNX once, checked against torch, and cached on disk.
 
 :class:`CachedExport` is what the ONNX backends (:mod:`ttakit.runtime.backends`) run: one file
-per model key, weights digest, input size, opset, runtime and its version, and precision, in
+per model key, weights digest, input size, opset, runtime and its version, in
 ``cache_dir() / "backends"``; another process with the same model finds the file and skips the
 export. The file has a dynamic batch axis and dynamic spatial axes, and is checked against the
 torch model at the input size and at a second, non-square size. A model whose trace bakes in
@@ -203,15 +203,17 @@ class CachedExport:
         key: names the model (timm architecture or class name); part of the cache key.
         input_size: ``(H, W)`` of the export example and of the first check.
         tag: the runtime and its version (``"onnxruntime 1.31.1"``): part of the cache key.
-        precision: ``fp32`` or ``bf16`` (part of the cache key).
         opset: ONNX opset.
         cache: reuse and write files in ``cache_dir() / "backends"``; otherwise a private
             temporary folder, deleted with this object.
         tolerance: largest relative difference accepted by the checks.
 
-    The cache key also holds the weights digest and the torch version. A file is written next
-    to a ``.json`` record (what was exported, whether its spatial axes are dynamic) by an
-    atomic rename, so processes exporting at the same time never see half a file.
+    The graph is fp32 whatever precision a backend then runs it at: ``load`` (see
+    :meth:`path_for`) opens it at fp32, and the backend checks its own precision
+    (:mod:`ttakit.runtime.precision`). The cache key also holds the weights digest and the
+    torch version. A file is written next to a ``.json`` record (what was exported, whether
+    its spatial axes are dynamic) by an atomic rename, so processes exporting at the same time
+    never see half a file.
     """
 
     def __init__(
@@ -221,7 +223,6 @@ class CachedExport:
         key: str,
         input_size: Size,
         tag: str,
-        precision: str = "fp32",
         opset: int = DEFAULT_OPSET,
         cache: bool = True,
         tolerance: float = 1e-3,
@@ -231,7 +232,7 @@ class CachedExport:
         self.digest = weights_digest(model)
         self.fields = {
             "key": key, "class": type(model).__qualname__, "weights": self.digest, "input_size": list(self.input_size),
-            "opset": opset, "backend": tag, "precision": precision, "torch": torch.__version__, "exporter": "torchscript",
+            "opset": opset, "backend": tag, "torch": torch.__version__, "exporter": "torchscript",
         }
         self.opset = opset
         self.tolerance = tolerance
@@ -243,7 +244,7 @@ class CachedExport:
 
     @property
     def cache_key(self) -> str:
-        return f"{self.fields['key']}|{self.fields['backend']}|{self.fields['precision']}|{self.digest[:16]}"
+        return f"{self.fields['key']}|{self.fields['backend']}|{self.digest[:16]}"
 
     def _path(self, size: Size | None) -> Path:
         if size in self._paths:
@@ -255,20 +256,25 @@ class CachedExport:
         self._paths[size] = path
         return path
 
+    def fixed_size(self, path: Path) -> bool:
+        """Whether ``path`` (from :meth:`path_for`) was exported for one input size only."""
+        return path != self._path(None)
+
     def _example(self, size: Size) -> Tensor:
         g = torch.Generator().manual_seed(0)
         return torch.randn(2, 3, *size, generator=g).to(model_device(self.model))
 
-    def _reference(self, x: Tensor) -> Any:
+    def reference(self, x: Tensor) -> Any:
+        """The torch model's output for ``x`` (eval mode, on the model's device)."""
         with torch.inference_mode(), eval_mode(self.model):
-            return self.model(x.contiguous())
+            return self.model(x.to(model_device(self.model)).contiguous())
 
     def _check_other_size(self, size: Size, run: Runner) -> tuple[float, str]:
         """Largest difference between torch and ``run`` at another ``size`` (``inf`` when
         either refuses it), and why it was refused (empty when it was not)."""
         x = self._example(size)
         try:
-            ref = self._reference(x)
+            ref = self.reference(x)
         except RuntimeError as e:  # torch's own shape errors: the model takes one size only
             return float("inf"), f"torch at {size[0]}x{size[1]}: {e}"
         try:
@@ -282,7 +288,7 @@ class CachedExport:
 
         Args:
             size: ``(h, w)`` of the images to run.
-            load: opens a file in the backend's runtime (used for the checks).
+            load: opens a file in the backend's runtime at fp32 (used for the checks).
 
         Returns:
             ``(path, runner)``: ``runner`` is the checked, loaded graph when it was exported
@@ -306,7 +312,7 @@ class CachedExport:
     def _export(self, path: Path, fixed: Size | None, load: Callable[[Path], Runner]) -> Runner:
         size = fixed or self.input_size
         example = self._example(size)
-        ref = self._reference(example)
+        ref = self.reference(example)
         names = _output_names(ref)
         self.folder.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=self.folder)
