@@ -213,7 +213,7 @@ def tiny_run(tmp_path):
 
 def test_calibrate_cli_writes_the_policy_with_its_calibration(tiny_run, capsys):
     from ttakit.cli import main
-    from ttakit.evaluation.store import load_logits
+    from ttakit.evaluation.classify_logits import load_logits
     from ttakit.merge import merge_logits
     from ttakit.policy import create_policy
 

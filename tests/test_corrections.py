@@ -161,7 +161,7 @@ def test_views_differing_only_in_corrections_render_and_score_apart(default_lm, 
 def test_evaluate_stores_each_corrected_view_under_its_own_name(real_photos, tmp_path):
     from ttakit.datasets import detect_dataset
     from ttakit.evaluation.evaluate import EvalOptions, evaluate
-    from ttakit.evaluation.store import load_logits
+    from ttakit.evaluation.classify_logits import load_logits
 
     classes = ["a", "b", "c"]
     (tmp_path / "labels.txt").write_text("\n".join(classes))

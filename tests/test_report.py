@@ -23,7 +23,7 @@ from ttakit.datasets import detect_dataset
 from ttakit.evaluation.evaluate import EvalOptions, evaluate
 from ttakit.evaluation.report import write_report
 from ttakit.evaluation.search import SearchOptions, search_policy
-from ttakit.evaluation.store import load_logits
+from ttakit.evaluation.classify_logits import load_logits
 from ttakit.policy import Policy, parse_view, save_policy
 
 CLASSES = ["cat", "dog", "fox"]

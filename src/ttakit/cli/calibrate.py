@@ -12,8 +12,8 @@ from ..conformal import SCORES, Calibration, calibrate, prediction_sets
 from ..errors import ConfigError
 from ..evaluation.conformal import ConformalOptions, ConformalScorer
 from ..evaluation.evaluate import evaluate
-from ..evaluation.scoring import classify_stored, policy_runs
-from ..evaluation.store import load_logits
+from ..evaluation.classify_logits import classify_stored, load_logits
+from ..evaluation.scoring import policy_runs
 from ..policy import Policy, create_policy, save_policy
 from .common import add_data_args, add_policy_args, eval_options, load, load_data, progress_bar
 

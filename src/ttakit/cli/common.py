@@ -21,7 +21,7 @@ from ..data import preprocess
 from ..datasets import LabelledImages, calibration_photos, detect_dataset
 from ..callables import is_callable_spec, load_module_spec
 from ..errors import ConfigError
-from ..evaluation.evaluate import EvalOptions
+from ..evaluation.scoring import EvalOptions
 from ..merge import list_merges
 from ..models import DEFAULT_MODEL, LoadedModel, load_class_names, load_model
 from ..policy import list_presets

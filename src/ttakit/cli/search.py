@@ -9,7 +9,7 @@ from typing import Any
 from ..evaluation.evaluate import evaluate
 from ..evaluation.report import write_report
 from ..evaluation.search import SearchOptions, search_policy
-from ..evaluation.store import load_logits
+from ..evaluation.classify_logits import load_logits
 from ..models import LoadedModel
 from ..policy import Policy, create_policy, save_policy
 from ..runtime.backends import Backend

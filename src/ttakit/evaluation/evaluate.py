@@ -3,7 +3,7 @@
 The pipeline (:mod:`~ttakit.evaluation.pipeline`) decodes each image once, runs every distinct
 view of all the policies once and stores the per-view logits chunk by chunk; this module says
 what classification adds: the logits are stored as they are, every row is merged through the
-one classification path (:func:`~ttakit.evaluation.scoring.classify_stored`) and scored
+one classification path (:func:`~ttakit.evaluation.classify_logits.classify_stored`) and scored
 (top-1, top-5, NLL, calibrated NLL, ECE, fixed/broken), and each policy is compared with plain
 by McNemar's test and paired bootstrap intervals (:func:`~ttakit.evaluation.stats.compare`).
 """
@@ -31,9 +31,10 @@ from .metrics import TEMPERATURES, MetricAccumulator
 from .pipeline import Scored, run_evaluation, stored_chunks, view_columns
 from .report import write_report
 from .rows import PerImageCsv, row_header, timing
-from .scoring import EvalOptions, PolicyRun, classify_stored, policy_runs, union_views
+from .classify_logits import classify_stored, data_hash
+from .scoring import EvalOptions, PolicyRun, policy_runs, union_views
 from .stats import compare
-from .store import LogitStore, data_hash
+from .store import LogitStore
 
 __all__ = [
     "ClassifyTask",

@@ -31,7 +31,7 @@ from ..runtime.config import default_run_config
 from .evaluate import evaluate
 from .scoring import EvalOptions
 from .stats import compare
-from .store import load_logits
+from .classify_logits import load_logits
 
 __all__ = ["compare_plain", "evaluate_precision"]
 
