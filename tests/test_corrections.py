@@ -172,7 +172,8 @@ def test_evaluate_stores_each_corrected_view_under_its_own_name(real_photos, tmp
     lm = ttakit.load_model("test_resnet", num_classes=3, labels=tmp_path / "labels.txt")
     data = detect_dataset(tmp_path / "data", classes)
     policies = [create_policy("autocontrast=1 + equalize"), create_policy("identity + gamma=0.7|hflip")]
-    evaluate(lm, data, policies, None, tmp_path / "out", RC, EvalOptions(batch_size=3, workers=1, quiet=True))
+    evaluate(lm, data, policies, out_dir=tmp_path / "out", run_config=RC,
+             options=EvalOptions(batch_size=3, workers=1, quiet=True))
     logits, labels, names, _ = load_logits(tmp_path / "out")
     assert names == ["identity", "autocontrast=1", "equalize", "gamma=0.7|hflip"]
     # Rendered in the DataLoader worker exactly as in process, each view apart from the others.

@@ -86,8 +86,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     data = load_data(args, lm, args.data)
     work = Path(args.work) if args.work else out.with_suffix(".logits")
     with progress_bar(len(data.head(options.limit)), "calibrate", options.quiet) as bar:
-        done = evaluate(lm, data, [policy], [args.merge] if args.merge else None, work, cfg, options, dev,
-                        progress=bar, backend=backend)
+        done = evaluate(lm, data, [policy], out_dir=work, merges=[args.merge] if args.merge else None, run_config=cfg,
+                        options=options, device=dev, progress=bar, backend=backend)
     if not done:  # not rank 0
         return 0
     # The policy's probabilities from the stored logits, through the one classification path.

@@ -221,7 +221,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     policies = [dataclasses.replace(create_policy(t, det.data_config), name=t) for t in (args.tta or ["hflip"])]
     scoring = DetectScoring(parse_box_options(args.box_option), args.label_map)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
-        res = evaluate_detection(det, data, policies, args.box_merge, args.out, cfg, options, scoring, dev, bar)
+        res = evaluate_detection(det, data, policies, out_dir=args.out, merges=args.box_merge, run_config=cfg,
+                                 scoring=scoring, options=options, device=dev, progress=bar)
     if not res:  # not rank 0
         return 0
     print(format_detection_table(res["results"], res["per_view"]))

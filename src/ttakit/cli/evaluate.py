@@ -53,8 +53,8 @@ def _cmd_evaluate_classify(args: argparse.Namespace) -> int:
     policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
     data = load_data(args, lm, args.data)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
-        res = evaluate(lm, data, policies, args.merge, args.out, cfg, options, dev, progress=bar, backend=backend,
-                       extras=conformal_extras(args))
+        res = evaluate(lm, data, policies, out_dir=args.out, merges=args.merge, run_config=cfg, options=options,
+                       device=dev, progress=bar, backend=backend, extras=conformal_extras(args))
     against_fp32: dict[str, Any] = {}
     if backend.precision != "fp32":  # its plain top-1 against fp32 on the same images, paired (every rank runs)
         with progress_bar(len(data.head(options.limit)), "fp32 plain", options.quiet) as bar:

@@ -28,7 +28,8 @@ def _pool_logits(args: argparse.Namespace, lm: LoadedModel, cfg: RunConfig, dev:
     data = load_data(args, lm, data_arg)
     out = Path(args.out) / sub
     with progress_bar(len(data.head(options.limit)), f"pool ({sub})", options.quiet) as bar:
-        done = evaluate(lm, data, [pool], None, out, cfg, options, dev, progress=bar, backend=backend)
+        done = evaluate(lm, data, [pool], out_dir=out, run_config=cfg, options=options, device=dev, progress=bar,
+                        backend=backend)
     return load_logits(out) if done else None
 
 

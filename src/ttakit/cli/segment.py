@@ -65,8 +65,9 @@ def cmd_evaluate_segment(args: argparse.Namespace) -> int:
     scoring = SegmentScoring(args.num_classes, args.ignore_index, args.store_size)
     backend = None if loaded.backend.label == "torch" else loaded.backend
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
-        res = evaluate_segmentation(lm, data, policies, args.merge, args.out, loaded.run_config, scoring, options,
-                                    loaded.device, bar, backend)
+        res = evaluate_segmentation(lm, data, policies, out_dir=args.out, merges=args.merge,
+                                    run_config=loaded.run_config, scoring=scoring, options=options,
+                                    device=loaded.device, progress=bar, backend=backend)
     if not res:  # not rank 0
         return 0
     print(format_segment_table(res["results"], res["per_view"]))

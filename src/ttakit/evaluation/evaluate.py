@@ -244,8 +244,9 @@ def evaluate(
     lm: LoadedModel,
     data: LabelledImages,
     policies: Sequence[Policy],
-    merges: Sequence[str] | None,
+    *,
     out_dir: str | Path,
+    merges: Sequence[str] | None = None,
     run_config: RunConfig,
     options: EvalOptions = EvalOptions(),
     device: torch.device | str = "cpu",
@@ -258,8 +259,8 @@ def evaluate(
     :func:`~ttakit.evaluation.report.write_report`) and the logits into ``out_dir``.
 
     In a process group (torchrun, after ``DistContext.init()``) the chunks are dealt out to the
-    ranks; rank 0 gathers them, scores and writes; the other ranks return ``{}``. ``backend`` runs the model (default: ``lm.model``);
-    a backend other than torch is part of the stored logits' fingerprint. ``extras`` add
+    ranks; rank 0 gathers them, scores and writes; the other ranks return ``{}``. ``backend``
+    runs the model (default: ``lm.model``); a backend other than torch is part of the stored logits' fingerprint. ``extras`` add
     per-row scores from every row's merged probabilities (see :class:`ClassifyTask`).
 
     Returns:
@@ -270,9 +271,10 @@ def evaluate(
 
     Example:
         >>> data = detect_dataset("../shared/imagenet-sample", lm.class_names)  # doctest: +SKIP
-        >>> res = evaluate(lm, data, [create_policy("hflip")], None, "runs/x", RunConfig())  # doctest: +SKIP
+        >>> res = evaluate(lm, data, [create_policy("hflip")], out_dir="runs/x", run_config=RunConfig())  # doctest: +SKIP
         >>> res["results"]["hflip"]["top1"]  # doctest: +SKIP
         0.898
     """
     task = ClassifyTask(lm.class_names, torch.tensor(data.labels, dtype=torch.long), options, tuple(extras))
-    return run_evaluation(task, lm, data, policies, merges, out_dir, run_config, options, device, progress, backend)
+    return run_evaluation(task, lm, data, policies, out_dir=out_dir, merges=merges, run_config=run_config,
+                          options=options, device=device, progress=progress, backend=backend)
