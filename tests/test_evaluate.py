@@ -133,7 +133,8 @@ def test_evaluate_outputs_and_skips(tiny_lm, folder, tmp_path):
     res = _run(tiny_lm, folder, tmp_path / "run")
     out = tmp_path / "run"
     doc = json.loads((out / "results.json").read_text())
-    assert list(doc) == ["task", "model", "weights", "data", "n_images", "skipped", "results"]
+    assert list(doc) == ["task", "model", "weights", "data", "n_images", "n_skipped", "skipped", "results"]
+    assert doc["n_skipped"] == 1
     assert doc["task"] == "classify"
     assert doc["n_images"] == 13
     assert doc["skipped"] == [{"path": str(folder / "dog" / "broken.png"), "reason": doc["skipped"][0]["reason"]}]
@@ -159,10 +160,16 @@ def test_evaluate_outputs_and_skips(tiny_lm, folder, tmp_path):
     assert row["fixed"] == int((right & ~plain_right).sum()) and row["broken"] == int((~right & plain_right).sum())
     with (out / "per_image.csv").open() as f:
         rows = list(csv.reader(f))
-    assert rows[0][:4] == ["path", "label", "plain", "plain_prob"] and len(rows) == 13
+    assert rows[0][:5] == ["index", "path", "label", "plain", "plain_prob"] and len(rows) == 13
+    # one row schema for every task: the dataset index of each scored image (the broken file has none)
+    assert [int(r[0]) for r in rows[1:]] == sorted(set(range(13)) - {_broken_index(folder)})
     assert not (out / "accuracy.png").exists()  # the cost charts are drawn once, in report.html
     assert set(json.loads((out / "per_view.json").read_text())) == set(names)
     assert res["per_view"]["identity"] == doc["results"]["plain"]["top1"]
+
+
+def _broken_index(folder) -> int:
+    return detect_dataset(str(folder), CLASSES).paths.index(str(folder / "dog" / "broken.png"))
 
 
 def test_evaluate_adaptive_equals_classification_tta_predict(tiny_lm, folder, tmp_path):
@@ -192,7 +199,7 @@ def test_evaluate_adaptive_equals_classification_tta_predict(tiny_lm, folder, tm
 def test_strict_stops_at_a_bad_file(tiny_lm, folder, tmp_path):
     from ttakit import TTAKitError
 
-    with pytest.raises(TTAKitError, match="broken.png.*--strict"):
+    with pytest.raises(TTAKitError, match=r"broken.png.*`options.strict=True`"):
         _run(tiny_lm, folder, tmp_path / "strict", strict=True)
 
 
@@ -379,3 +386,29 @@ def test_extra_row_scores_see_every_rows_merged_probabilities(tiny_lm, folder, t
     assert set(seen) == {"plain", "hflip"} and seen["plain"].shape == (len(data) - 1, len(CLASSES))  # one broken file
     for row in res["results"].values():
         assert row["top1_again"] == pytest.approx(row["top1"])
+
+
+def test_classification_rows_keep_the_policy_weights(tiny_lm, folder, tmp_path):
+    """Every task's rows open the same way: a weighted policy's row records its weights."""
+    import dataclasses
+
+    data = detect_dataset(folder, CLASSES)
+    weighted = dataclasses.replace(create_policy("hflip"), weights=(0.75, 0.25), name="hflip-w")
+    opts = EvalOptions(batch_size=8, workers=0, quiet=True, limit=6)
+    rows = evaluate(tiny_lm, data, [weighted], None, tmp_path / "w", RunConfig(8, False), opts)["results"]
+    assert rows["hflip-w"]["weights"] == [0.75, 0.25] and "weights" not in rows["plain"]
+    assert list(rows["hflip-w"])[:4] == ["merge", "views", "view_names", "weights"]
+
+
+def test_evaluate_gives_the_model_back_as_given(tiny_lm, folder, tmp_path):
+    """The caller's model keeps its train/eval mode, requires_grad and memory format."""
+    model = tiny_lm.model.train().requires_grad_(True)
+    formats = [p.is_contiguous() for p in model.parameters() if p.ndim == 4]
+    data = detect_dataset(folder, CLASSES)
+    opts = EvalOptions(batch_size=8, workers=0, quiet=True, limit=4)
+    try:
+        evaluate(tiny_lm, data, [create_policy("hflip")], None, tmp_path / "m", RunConfig(8, True), opts)
+        assert model.training and all(p.requires_grad for p in model.parameters())
+        assert [p.is_contiguous() for p in model.parameters() if p.ndim == 4] == formats and all(formats)
+    finally:
+        model.eval().requires_grad_(False)

@@ -216,7 +216,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = eval_options(args)
     data = load_coco_images(args.data, args.annotations)
     det, dev, cfg = _load(args)
-    if DistContext.from_env().is_main:
+    if DistContext.current().is_main:
         print(f"data: {data.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
     policies = [dataclasses.replace(create_policy(t, det.data_config), name=t) for t in (args.tta or ["hflip"])]
     scoring = DetectScoring(parse_box_options(args.box_option), args.label_map)

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from ..evaluation.evaluate import evaluate
+from ..evaluation.precision import evaluate_precision
 from ..policy import create_policy
 from ..errors import ConfigError
 from .calibrate import add_conformal_args, conformal_extras, conformal_lines
@@ -53,11 +54,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
         res = evaluate(lm, data, policies, args.merge, args.out, cfg, options, dev, progress=bar, backend=backend,
                        extras=conformal_extras(args))
+    against_fp32: dict[str, Any] = {}
+    if backend.precision != "fp32":  # its plain top-1 against fp32 on the same images, paired (every rank runs)
+        with progress_bar(len(data.head(options.limit)), "fp32 plain", options.quiet) as bar:
+            against_fp32 = evaluate_precision(lm, data, args.out, backend, options, dev, progress=bar)
     if not res:  # not rank 0
         return 0
     print(format_table(res["results"], res["per_view"]))
     for line in conformal_lines(res["results"]):  # none without --conformal
         print(line)
+    if against_fp32:
+        print(against_fp32["verdict"])
     print_written(res, args.out)
     return 0
 

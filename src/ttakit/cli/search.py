@@ -67,7 +67,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     pool = create_policy(args.pool or "search_pool", lm.data_config)
     on_data = _pool_logits(args, lm, cfg, dev, pool, args.data, "data", backend)
     on_val = _pool_logits(args, lm, cfg, dev, pool, args.val, "val", backend) if args.val else None
-    if not DistContext.from_env().is_main:
+    if not DistContext.current().is_main:
         return 0
     logits, labels, _, _ = on_data
     selection = (on_val[0], on_val[1]) if on_val is not None else None

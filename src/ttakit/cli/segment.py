@@ -58,7 +58,7 @@ def cmd_evaluate_segment(args: argparse.Namespace) -> int:
     data = find_masked_images(args.data, args.masks)
     names = load_class_names(args.labels) if args.labels else None
     loaded = prepare_run(load_segmenter(args.model, args.num_classes, args.weights, names), args, task="segment")
-    if DistContext.from_env().is_main:
+    if DistContext.current().is_main:
         print(f"data: {data.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
     lm = loaded.lm
     policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]

@@ -10,7 +10,6 @@ by McNemar's test and paired bootstrap intervals (:func:`~ttakit.evaluation.stat
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from ..views import View
 from .metrics import TEMPERATURES, MetricAccumulator
 from .pipeline import Scored, run_evaluation, stored_chunks, view_columns
 from .report import write_report
+from .rows import PerImageCsv, row_header, timing
 from .scoring import EvalOptions, PolicyRun, classify_stored, policy_runs, union_views
 from .stats import compare
 from .store import LogitStore, data_hash
@@ -99,16 +99,12 @@ class RowScores:
         return res.probs
 
     def result(self, adaptive: bool) -> dict[str, Any]:
-        m = self.acc.compute()
         entry: dict[str, Any] = {
-            "merge": "none" if self.run.is_plain else self.run.merge,
-            "views": len(self.cols),
-            "view_names": self.run.policy.view_names,
-            **m,
+            **row_header(self.run),
+            **self.acc.compute(),
             "nll_calibrated": float(self.calib_nll.min() / max(self.acc.n, 1)),
             "temperature_calibrated": TEMPERATURES[int(self.calib_nll.argmin())],
-            "seconds": round(self.seconds, 4),
-            "images_per_s": round(self.acc.n / self.seconds, 2) if self.seconds > 0 else None,
+            **timing(self.seconds, self.acc.n),
         }
         if adaptive:
             entry["forwards_fraction"] = self.forwards / max(self.acc.n * len(self.cols), 1)
@@ -162,7 +158,7 @@ def score(
     indices: list[Tensor] = []
     labels_seen: list[Tensor] = []
     probs: dict[str, list[Tensor]] = {r.key: [] for r in runs} if keep_probs else {}
-    with _CsvRows(per_image_csv, ["path", "label"] + [c for r in runs for c in (r.key, f"{r.key}_prob")]) as writer:
+    with PerImageCsv(per_image_csv, ["label"], [r.key for r in runs], ["", "prob"]) as table:
         for payload in stored_chunks(store, data, skipped):
             logits, labels = payload["logits"], payload["labels"]  # (n, U, C), (n,)
             indices.append(payload["indices"])
@@ -178,10 +174,8 @@ def score(
                     probs[row.run.key].append(merged.float())
                 preds.append(merged.max(-1))
             for j, i in enumerate(payload["indices"].tolist()):
-                line = [data.paths[i], class_names[int(labels[j])]]
-                for p in preds:
-                    line += [class_names[int(p.indices[j])], f"{float(p.values[j]):.6f}"]
-                writer(line)
+                values = [v for p in preds for v in (class_names[int(p.indices[j])], float(p.values[j]))]
+                table.write(i, data.paths[i], [class_names[int(labels[j])]], values)
     return Scores(
         results={r.run.key: r.result(adaptive) for r in rows},
         per_view={n: acc.compute()["top1"] for n, acc in zip(names, single)},
@@ -192,25 +186,6 @@ def score(
         labels=torch.cat(labels_seen) if labels_seen else torch.zeros(0, dtype=torch.long),
         probs={k: torch.cat(v) for k, v in probs.items() if v},
     )
-
-
-class _CsvRows:
-    """Context manager giving a row writer for ``path`` (a no-op writer when ``path`` is None)."""
-
-    def __init__(self, path: Path | None, header: list[str]) -> None:
-        self.path, self.header, self.handle = path, header, None
-
-    def __enter__(self) -> Callable[[list[str]], Any]:
-        if self.path is None:
-            return lambda line: None
-        self.handle = self.path.open("w", newline="", encoding="utf-8")
-        writer = csv.writer(self.handle)
-        writer.writerow(self.header)
-        return writer.writerow
-
-    def __exit__(self, *exc: object) -> None:
-        if self.handle is not None:
-            self.handle.close()
 
 
 # --------------------------------------------------------------------------- the task
@@ -281,8 +256,8 @@ def evaluate(
     ``per_image.csv``, ``per_view.json``, ``report.html`` (see
     :func:`~ttakit.evaluation.report.write_report`) and the logits into ``out_dir``.
 
-    Under torchrun the chunks are dealt out to the ranks; rank 0 gathers them, scores and
-    writes; the other ranks return ``{}``. ``backend`` runs the model (default: ``lm.model``);
+    In a process group (torchrun, after ``DistContext.init()``) the chunks are dealt out to the
+    ranks; rank 0 gathers them, scores and writes; the other ranks return ``{}``. ``backend`` runs the model (default: ``lm.model``);
     a backend other than torch is part of the stored logits' fingerprint. ``extras`` add
     per-row scores from every row's merged probabilities (see :class:`ClassifyTask`).
 

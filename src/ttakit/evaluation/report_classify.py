@@ -31,6 +31,7 @@ from .run_folder import (RowData, find_policy, read_csv, resolve_class_names, re
                          score_rows)
 from .scoring import EvalOptions
 from .store import LogitStore
+from .task_registry import EVAL_TASKS, ReportSettings, ReportSpec
 from .thumbnails import Thumbnails
 
 __all__ = ["COLUMNS", "classification_page"]
@@ -221,3 +222,11 @@ def classification_page(
         "single_metric": "top-1", "search": None if search is None else _search_part(search),
         "sources": "results.json, per_view.json, per_image.csv, logits/",
     }
+
+
+def _page(out: Path, doc: Mapping[str, Any], per_view: Mapping[str, Any], s: ReportSettings) -> dict[str, Any]:
+    return classification_page(out, doc, per_view, s.search_policy_path, s.class_names, s.data_config, s.max_gallery,
+                               s.options)
+
+
+EVAL_TASKS.add("classify", ReportSpec(_page, template="_classify.html.j2"))

@@ -49,7 +49,7 @@ class EvalOptions:
 
     Attributes:
         batch_size: images per chunk (and per DataLoader batch), >= 1.
-        workers: DataLoader worker processes decoding images, >= 0.
+        workers: threads decoding images (:class:`~ttakit.datasets.DecodeLoader`), >= 0.
         limit: evaluate only the first N images (>= 1), or all.
         strict: any unreadable file is an error instead of a skip.
         quiet: no progress bar.

@@ -37,6 +37,11 @@ def plan_chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
+# run.json fields that describe a run without identifying it: the views (a later run may ask
+# for fewer) and the backend's precision-check figures (measured once, kept for the record).
+_NOT_COMPARED = ("views", "backend_check")
+
+
 class LogitStore:
     """``DIR/logits/``: one safetensors file per chunk plus ``run.json``, the fingerprint of
     what was asked. A later run on the same folder must ask the same model, data and chunking,
@@ -50,16 +55,17 @@ class LogitStore:
         meta = self.dir / "run.json"
         if meta.exists():
             old = json.loads(meta.read_text())
-            same_but_views = {k: v for k, v in old.items() if k != "views"} == {
-                k: v for k, v in fingerprint.items() if k != "views"}
+            same_but_views = {k: v for k, v in old.items() if k not in _NOT_COMPARED} == {
+                k: v for k, v in fingerprint.items() if k not in _NOT_COMPARED}
             if same_but_views and set(fingerprint["views"]) <= set(old["views"]):
                 # Every view asked for is stored: reuse the run (its views, its order).
                 self.fingerprint = old
             elif old != fingerprint:
-                diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+                diff = sorted(k for k in set(old) | set(fingerprint)
+                              if k != "backend_check" and old.get(k) != fingerprint.get(k))
                 raise DatasetError(
                     f"{self.dir.parent} holds a different run (differs in: {', '.join(diff)}); "
-                    "use another --out folder, or delete it to start over"
+                    "use another `out_dir`, or delete this folder to start over"
                 )
         else:
             self.dir.mkdir(parents=True, exist_ok=True)
