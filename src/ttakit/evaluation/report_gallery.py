@@ -11,6 +11,10 @@ and the TTA predictions side by side.
 The gallery page knows no task by name: a task's :class:`~ttakit.evaluation.task_registry.TaskColumns`
 say what its table shows and how its legend reads, and its gallery builder (passed to
 :func:`load_gallery`) makes its pictures.
+
+Example:
+    >>> image_scores([{"plain_iou": "0.5", "hflip_iou": ""}], ["plain", "hflip"], "iou")
+    {'plain': [0.5], 'hflip': [nan]}
 """
 
 from __future__ import annotations
