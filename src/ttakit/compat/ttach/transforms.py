@@ -102,28 +102,29 @@ class Pixelwise(Transform):
         return x + self.value if self.op == "add" else x * self.value
 
 
-class HorizontalFlip(DualTransform):
+class _Flip(DualTransform):
+    """Off or on: ``apply`` is ``False`` or ``True``."""
+
+    identity_param = False
+    flip: type[Transform]
+
+    def __init__(self) -> None:
+        super().__init__("apply", [False, True])
+
+    def ttakit_transform(self, value: Any) -> Transform | None:
+        return self.flip() if value else None
+
+
+class HorizontalFlip(_Flip):
     """Flip images left-right (ttakit's ``hflip``)."""
 
-    identity_param = False
-
-    def __init__(self) -> None:
-        super().__init__("apply", [False, True])
-
-    def ttakit_transform(self, value: Any) -> Transform | None:
-        return HFlip() if value else None
+    flip = HFlip
 
 
-class VerticalFlip(DualTransform):
+class VerticalFlip(_Flip):
     """Flip images top-bottom (ttakit's ``vflip``)."""
 
-    identity_param = False
-
-    def __init__(self) -> None:
-        super().__init__("apply", [False, True])
-
-    def ttakit_transform(self, value: Any) -> Transform | None:
-        return VFlip() if value else None
+    flip = VFlip
 
 
 class Rotate90(DualTransform):
@@ -198,32 +199,36 @@ class Resize(DualTransform):
         return tuple(self.original_size)  # type: ignore[arg-type, return-value]
 
 
-class Add(ImageOnlyTransform):
-    """Add each value in ``values`` to every pixel (the identity 0 is added)."""
+class _PixelValues(ImageOnlyTransform):
+    """A raw pixel change by each of ``values`` (the identity value is added)."""
 
-    identity_param = 0
+    op: str
 
-    def __init__(self, values: Sequence[float]) -> None:
+    def __init__(self, name: str, values: Sequence[float]) -> None:
         if self.identity_param not in values:
             values = [self.identity_param, *values]
-        super().__init__("value", list(values))
+        super().__init__(name, list(values))
 
     def ttakit_transform(self, value: Any) -> Transform | None:
-        return None if value == self.identity_param else Pixelwise("add", float(value))
+        return None if value == self.identity_param else Pixelwise(self.op, float(value))
 
 
-class Multiply(ImageOnlyTransform):
+class Add(_PixelValues):
+    """Add each value in ``values`` to every pixel (the identity 0 is added)."""
+
+    identity_param, op = 0, "add"
+
+    def __init__(self, values: Sequence[float]) -> None:
+        super().__init__("value", values)
+
+
+class Multiply(_PixelValues):
     """Multiply every pixel by each factor in ``factors`` (the identity 1 is added)."""
 
-    identity_param = 1
+    identity_param, op = 1, "multiply"
 
     def __init__(self, factors: Sequence[float]) -> None:
-        if self.identity_param not in factors:
-            factors = [self.identity_param, *factors]
-        super().__init__("factor", list(factors))
-
-    def ttakit_transform(self, value: Any) -> Transform | None:
-        return None if value == self.identity_param else Pixelwise("multiply", float(value))
+        super().__init__("factor", factors)
 
 
 class FiveCrops(ImageOnlyTransform):

@@ -46,32 +46,43 @@ def _merged(merge_mode: str, outs: list[Tensor], key: str | None) -> Tensor | di
     return merger.result if key is None else {key: merger.result}
 
 
-class SegmentationTTAWrapper(nn.Module):
+class _Wrapper(nn.Module):
+    """Run every view, undo each output with :meth:`_undo`, merge with ttach's Merger."""
+
+    def __init__(self, model: nn.Module, transforms: Compose, merge_mode: str, output_key: str | None) -> None:
+        super().__init__()
+        self.model, self.transforms, self.merge_mode, self.output_key = model, transforms, merge_mode, output_key
+
+    def _undo(self, t: Transformer, out: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, image: Tensor, *args: Any) -> Tensor | Mapping[str, Tensor]:
+        steps, outs = _run(self.model, self.transforms, image, args, self.output_key)
+        return _merged(self.merge_mode, [self._undo(t, o) for t, o in zip(steps, outs)], self.output_key)
+
+
+class SegmentationTTAWrapper(_Wrapper):
     """A segmentation model (``(B, C, H, W)`` -> ``(B, K, h, w)``, or a dict holding it under
     ``output_mask_key``) with every view of ``transforms`` undone and merged by ``merge_mode``."""
 
     def __init__(self, model: nn.Module, transforms: Compose, merge_mode: str = "mean",
                  output_mask_key: str | None = None) -> None:
-        super().__init__()
-        self.model, self.transforms, self.merge_mode, self.output_key = model, transforms, merge_mode, output_mask_key
+        super().__init__(model, transforms, merge_mode, output_mask_key)
 
-    def forward(self, image: Tensor, *args: Any) -> Tensor | Mapping[str, Tensor]:
-        steps, outs = _run(self.model, self.transforms, image, args, self.output_key)
-        return _merged(self.merge_mode, [t.deaugment_mask(o) for t, o in zip(steps, outs)], self.output_key)
+    def _undo(self, t: Transformer, out: Tensor) -> Tensor:
+        return t.deaugment_mask(out)
 
 
-class ClassificationTTAWrapper(nn.Module):
+class ClassificationTTAWrapper(_Wrapper):
     """A classifier with every view of ``transforms`` merged by ``merge_mode`` (labels need no
     undoing; ``output_label_key`` picks them from dict outputs)."""
 
     def __init__(self, model: nn.Module, transforms: Compose, merge_mode: str = "mean",
                  output_label_key: str | None = None) -> None:
-        super().__init__()
-        self.model, self.transforms, self.merge_mode, self.output_key = model, transforms, merge_mode, output_label_key
+        super().__init__(model, transforms, merge_mode, output_label_key)
 
-    def forward(self, image: Tensor, *args: Any) -> Tensor | Mapping[str, Tensor]:
-        steps, outs = _run(self.model, self.transforms, image, args, self.output_key)
-        return _merged(self.merge_mode, [t.deaugment_label(o) for t, o in zip(steps, outs)], self.output_key)
+    def _undo(self, t: Transformer, out: Tensor) -> Tensor:
+        return t.deaugment_label(out)
 
 
 class KeypointsTTAWrapper(nn.Module):
