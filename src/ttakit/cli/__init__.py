@@ -15,7 +15,9 @@ import torch
 
 from .. import __version__
 from ..errors import TTAKitError
+from ..runtime.distributed import DistContext
 from . import calibrate, evaluate, export, predict, report, search, soup
+from .flags import translate
 
 __all__ = ["build_parser", "main"]
 
@@ -50,9 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ttakit`` console script."""
     args = build_parser().parse_args(argv)
     try:
+        DistContext.init()  # under torchrun: join its process group (nothing is started otherwise)
         return int(args.func(args) or 0)
     except TTAKitError as e:
-        print(f"ttakit: error: {e}", file=sys.stderr)
+        print(f"ttakit: error: {translate(str(e))}", file=sys.stderr)  # parameters named as flags
         return 2
     except KeyboardInterrupt:
         print("ttakit: interrupted", file=sys.stderr)

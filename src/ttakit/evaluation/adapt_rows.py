@@ -5,7 +5,7 @@ cannot come from the per-view logit store: the dataset is read once more as one 
 own order (folder or CSV rows), cut into batches of ``AdaptOptions.batch``. Per batch, each
 method's adapter learns from the plain inputs, the union of the policies' views runs through
 the adapted copy, and every row is merged and scored by the same code as the stored rows
-(:func:`~ttakit.evaluation.scoring.classify_stored`, :class:`~ttakit.evaluation.evaluate.RowScores`).
+(:func:`~ttakit.evaluation.classify_logits.classify_stored`, :class:`~ttakit.evaluation.evaluate.RowScores`).
 Each row is compared with the unadapted plain model on the same photos.
 """
 
@@ -29,8 +29,9 @@ from ..runtime.config import RunConfig
 from ..runtime.loop import RenderedInputs, run_views
 from ..tasks.classify import ClassificationTTA
 from ..views import View
+from .classify_logits import classify_stored
 from .evaluate import RowScores
-from .scoring import EvalOptions, classify_stored, policy_runs, union_views
+from .scoring import EvalOptions, policy_runs, union_views
 from .stats import compare
 
 __all__ = ["adapted_key", "add_rows", "evaluate_adapted"]

@@ -2,7 +2,7 @@
 
 The pipeline (:mod:`~ttakit.evaluation.pipeline`) decodes each photo once and runs every
 distinct view once; :class:`SegmentTask` de-augments each view's map with
-:meth:`~ttakit.tasks.dense.SegmentationTTA.deaugment_maps` (softmax, the view's geometry
+:func:`~ttakit.tasks.deaugment.deaugment_maps` (no model: softmax, the view's geometry
 undone onto the plain output grid, with the mask of the pixels the view saw) and stores the
 class probabilities as float16 at a grid of at most ``store_size`` pixels on the long side
 (``N x U x K x h x w x 2`` bytes in all), with the masks, under ``DIR/segmentation/``.
@@ -17,7 +17,6 @@ bootstrap of mIoU over images.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -38,9 +37,15 @@ from ..runtime.backends import Backend
 from ..runtime.config import RunConfig
 from ..runtime.loop import RenderedInputs
 from ..stages import Input
-from ..tasks.dense import DENSE_MERGES, SegmentationTTA
+from ..tasks.deaugment import deaugment_maps
+from ..tasks.dense import DENSE_MERGES
+from ..tasks.geometry import Geometry
 from ..views import View
-from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, task_report, view_columns
+from .rows import PerImageCsv, row_header, timing
+from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, view_columns
+from .report import write_report
+from .report_gallery import segmentation_from_folder, gallery_page
+from .task_registry import EVAL_TASKS, ReportSettings, ReportSpec, TaskColumns
 from .scoring import EvalOptions, PolicyRun, policy_runs
 from .seg_metrics import band_counts, boundary_iou, class_bands, confusion, dice, iou_per_class, miou, pixel_accuracy
 from .stats import compare_statistic
@@ -105,17 +110,13 @@ class _Counts:
     def result(self, n: int) -> dict[str, Any]:
         c, b = torch.stack(self.conf).sum(0).numpy(), torch.stack(self.edges).sum(0).numpy()
         return {
-            "merge": "none" if self.run.is_plain else self.run.merge,
-            "views": len(self.cols),
-            "view_names": self.run.policy.view_names,
-            **({} if self.run.policy.weights is None else {"weights": list(self.run.policy.weights)}),
+            **row_header(self.run),
             "miou": float(miou(c)),
             "pixel_acc": float(pixel_accuracy(c)),
             "mean_dice": float(dice(c)),
             "boundary_iou": float(boundary_iou(b)),
             "per_class_iou": [None if np.isnan(v) else float(v) for v in iou_per_class(c)],
-            "seconds": round(self.seconds, 4),
-            "images_per_s": round(n / self.seconds, 2) if self.seconds > 0 else None,
+            **timing(self.seconds, n),
         }
 
 
@@ -161,7 +162,6 @@ class SegmentTask:
     run_config: RunConfig
     name: str = "segment"
     subdir: str = "segmentation"
-    _tta: dict[tuple[str, ...], SegmentationTTA] = field(default_factory=dict, repr=False)
 
     def runs(self, policies: Sequence[Policy], merges: Sequence[str] | None) -> list[PolicyRun]:
         return policy_runs(policies, merges, resolve=DENSE_MERGES.get, default=_default_dense_merge)
@@ -171,14 +171,10 @@ class SegmentTask:
         return {"task": "segment", "data_hash": h, "store_size": self.scoring.store_size}
 
     def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int]) -> dict[str, Tensor]:
-        key = tuple(v.name for v in views)
-        if key not in self._tta:  # the de-augmenter of these views (built once)
-            self._tta[key] = SegmentationTTA(self.lm.model, Policy(tuple(views)), activation="softmax",
-                                             norm=self.lm.normalization, run_config=self.run_config,
-                                             data_config=self.lm.data_config)
-        y, m = self._tta[key].deaugment_maps(outs, inputs)  # (U, n, K, H', W'), (U, 1|n, 1, H', W')
+        # No model needed: the views are undone from their outputs and the photos' geometry.
+        y, m = deaugment_maps(views, outs, Geometry.of(inputs, self.lm.data_config))  # (U, n, K, H', W'), (U, 1|n, 1, H', W')
         if y.shape[2] != self.scoring.num_classes:
-            raise ShapeError("segmenter output", f"(B, {self.scoring.num_classes}, h, w) (--num-classes)", tuple(outs[0].shape))
+            raise ShapeError("segmenter output", f"(B, {self.scoring.num_classes}, h, w) (`scoring.num_classes`)", tuple(outs[0].shape))
         u, n = y.shape[:2]
         size = _store_grid(tuple(y.shape[-2:]), self.scoring.store_size)
         y = F.interpolate(y.flatten(0, 1).float(), size=size, mode="area").view(u, n, -1, *size)
@@ -236,17 +232,13 @@ class SegmentTask:
 
     @staticmethod
     def _write_per_image(path: Path, data: MaskedImages, indices: Sequence[int], rows: Sequence[_Counts]) -> None:
-        """``per_image.csv``: dataset index, path, mask, then per row the image's own mIoU
-        (``<key>_iou``, over the classes in its mask or prediction) and pixel accuracy (``<key>_acc``)."""
-        with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["index", "path", "mask"] + [c for r in rows for c in (f"{r.run.key}_iou", f"{r.run.key}_acc")])
+        """``per_image.csv`` (:class:`~ttakit.evaluation.rows.PerImageCsv`): index, path, mask,
+        then per row the image's own mIoU (``<key>_iou``, over the classes in its mask or
+        prediction) and pixel accuracy (``<key>_acc``)."""
+        with PerImageCsv(path, ["mask"], [r.run.key for r in rows], ["iou", "acc"]) as table:
             for j, i in enumerate(indices):
-                line: list[Any] = [i, data.paths[i], data.masks[i]]
-                for r in rows:
-                    v, a = float(miou(r.conf[j].numpy())), float(pixel_accuracy(r.conf[j].numpy()))
-                    line += ["" if np.isnan(v) else f"{v:.6f}", "" if np.isnan(a) else f"{a:.6f}"]
-                writer.writerow(line)
+                values = [float(f(r.conf[j].numpy())) for r in rows for f in (miou, pixel_accuracy)]
+                table.write(i, data.paths[i], [data.masks[i]], values)
 
     def compare(self, scored: Scored, key: str) -> tuple[dict[str, Any], str]:
         plain, tta = scored.state["plain"], scored.state[key]  # (N, K*K) per-image confusion counts
@@ -262,15 +254,16 @@ class SegmentTask:
         return fields, cmp.verdict(key, "mIoU")
 
     def finish(self, out: Path, lm: LoadedModel, options: EvalOptions) -> list[str]:
-        return task_report(out, row_masks)
+        return [str(write_report(out))]
 
 
 def evaluate_segmentation(
     lm: LoadedModel,
     data: MaskedImages,
     policies: Sequence[Policy],
-    merges: Sequence[str] | None,
+    *,
     out_dir: str | Path,
+    merges: Sequence[str] | None = None,
     run_config: RunConfig,
     scoring: SegmentScoring,
     options: EvalOptions = EvalOptions(),
@@ -292,15 +285,16 @@ def evaluate_segmentation(
     Example:
         >>> seg = load_segmenter("examples/segmentation_demo.py:load", 2)  # doctest: +SKIP
         >>> data = find_masked_images("runs/seg/test/images", "runs/seg/test/masks")  # doctest: +SKIP
-        >>> res = evaluate_segmentation(seg, data, [create_policy("hflip")], None, "runs/s", RunConfig(),
-        ...                             SegmentScoring(2))  # doctest: +SKIP
+        >>> res = evaluate_segmentation(seg, data, [create_policy("hflip")], out_dir="runs/s", run_config=RunConfig(),
+        ...                             scoring=SegmentScoring(2))  # doctest: +SKIP
         >>> res["results"]["hflip"]["delta_miou"]  # doctest: +SKIP
         0.004
     """
     if options.adaptive is not None:
-        raise ConfigError("adaptive TTA is for classification; leave --adaptive out with --task segment")
+        raise ConfigError("adaptive TTA is for classification; leave `options.adaptive` out for segmentation")
     task = SegmentTask(lm, scoring, run_config)
-    return run_evaluation(task, lm, data, policies, merges, out_dir, run_config, options, device, progress, backend)
+    return run_evaluation(task, lm, data, policies, out_dir=out_dir, merges=merges, run_config=run_config,
+                          options=options, device=device, progress=progress, backend=backend)
 
 
 def row_masks(out_dir: str | Path, key: str, indices: Sequence[int]) -> list[np.ndarray]:
@@ -323,3 +317,16 @@ def row_masks(out_dir: str | Path, key: str, indices: Sequence[int]) -> list[np.
         return maps
 
     return row_predictions(out_dir, key, "segmentation", indices, predict)
+
+
+SEGMENT_COLUMNS = TaskColumns("miou", "mIoU", (("miou", "mIoU"), ("pixel_acc", "pixel acc."), ("mean_dice", "mean Dice"),
+                                               ("boundary", "boundary F1"), ("boundary_iou", "boundary IoU")), "IoU",
+                              background=0, changes=True)
+
+
+def _page(out: Path, doc: Mapping[str, Any], per_view: Mapping[str, Any], s: ReportSettings) -> dict[str, Any]:
+    return gallery_page(out, doc, per_view, s.class_names, s.max_gallery, read_row=row_masks, columns=SEGMENT_COLUMNS,
+                        build=segmentation_from_folder)
+
+
+EVAL_TASKS.add("segment", ReportSpec(_page, SEGMENT_COLUMNS))
