@@ -175,14 +175,14 @@ def main() -> None:
     print(transfer(out.parent))
 
 
-POOL = ["crop-plain", "whole-plain", "crop-shuffled-bn", "crop-shuffled-auto", "whole-shuffled-auto"]
+POOL = ["crop-plain", "crop-shuffled-bn", "crop-shuffled-auto"]  # stored for every family
 
 
 def transfer(folder: Path) -> str:
     """Conformal set-size policy chosen across corruption families, measured on the one left out.
 
-    Candidate columns per photo: the plain model on the model's crop (column 0: plain) and on
-    the whole photo (input=224:1), and the shuffled bn / auto streams' logits; the choice
+    Candidate columns per photo: the plain model (column 0) and the shuffled bn and auto
+    streams' logits, each at a temperature; the choice
     (views, temperature) minimises the mean over the other families of the THR set size
     relative to plain at alpha 0.1, and the left-out family's sets are compared with plain's,
     both calibrated on that family's photos (cross-fitted halves, so both cover 90%).
