@@ -213,7 +213,7 @@ def tiny_run(tmp_path):
 
 def test_calibrate_cli_writes_the_policy_with_its_calibration(tiny_run, capsys):
     from ttakit.cli import main
-    from ttakit.evaluation.store import load_logits
+    from ttakit.evaluation.classify_logits import load_logits
     from ttakit.merge import merge_logits
     from ttakit.policy import create_policy
 
@@ -253,8 +253,8 @@ def test_evaluate_adds_conformal_columns_from_the_stored_logits(tiny_run):
     root, _ = tiny_run
     lm = load_model("test_resnet", weights=str(root / "w.pth"), labels=root / "labels.txt", num_classes=3)
     data = detect_dataset(root / "data", CLASSES)
-    res = evaluate(lm, data, [create_policy("hflip")], None, root / "ev", RunConfig(8, False),
-                   EvalOptions(batch_size=5, workers=0, quiet=True),
+    res = evaluate(lm, data, [create_policy("hflip")], out_dir=root / "ev", run_config=RunConfig(8, False),
+                   options=EvalOptions(batch_size=5, workers=0, quiet=True),
                    extras=[ConformalScorer(ConformalOptions(0.2, "aps", splits=20, bootstrap=50))])
     doc = json.loads((root / "ev" / "results.json").read_text())
     for key in ("plain", "hflip"):
@@ -276,8 +276,8 @@ def test_evaluate_report_shows_the_conformal_sets_with_a_histogram_per_row(tiny_
 
     root, _ = tiny_run
     lm = load_model("test_resnet", weights=str(root / "w.pth"), labels=root / "labels.txt", num_classes=3)
-    res = evaluate(lm, detect_dataset(root / "data", CLASSES), [create_policy("hflip")], None, root / "ev",
-                   RunConfig(8, False), EvalOptions(batch_size=5, workers=0, quiet=True),
+    res = evaluate(lm, detect_dataset(root / "data", CLASSES), [create_policy("hflip")], out_dir=root / "ev",
+                   run_config=RunConfig(8, False), options=EvalOptions(batch_size=5, workers=0, quiet=True),
                    extras=[ConformalScorer(ConformalOptions(0.2, "aps", splits=20, bootstrap=50))])
     text = (root / "ev" / "report.html").read_text(encoding="utf-8")
     doc = json.loads((root / "ev" / "results.json").read_text())

@@ -161,7 +161,7 @@ def test_views_differing_only_in_corrections_render_and_score_apart(default_lm, 
 def test_evaluate_stores_each_corrected_view_under_its_own_name(real_photos, tmp_path):
     from ttakit.datasets import detect_dataset
     from ttakit.evaluation.evaluate import EvalOptions, evaluate
-    from ttakit.evaluation.store import load_logits
+    from ttakit.evaluation.classify_logits import load_logits
 
     classes = ["a", "b", "c"]
     (tmp_path / "labels.txt").write_text("\n".join(classes))
@@ -172,7 +172,8 @@ def test_evaluate_stores_each_corrected_view_under_its_own_name(real_photos, tmp
     lm = ttakit.load_model("test_resnet", num_classes=3, labels=tmp_path / "labels.txt")
     data = detect_dataset(tmp_path / "data", classes)
     policies = [create_policy("autocontrast=1 + equalize"), create_policy("identity + gamma=0.7|hflip")]
-    evaluate(lm, data, policies, None, tmp_path / "out", RC, EvalOptions(batch_size=3, workers=1, quiet=True))
+    evaluate(lm, data, policies, out_dir=tmp_path / "out", run_config=RC,
+             options=EvalOptions(batch_size=3, workers=1, quiet=True))
     logits, labels, names, _ = load_logits(tmp_path / "out")
     assert names == ["identity", "autocontrast=1", "equalize", "gamma=0.7|hflip"]
     # Rendered in the DataLoader worker exactly as in process, each view apart from the others.

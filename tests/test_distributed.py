@@ -63,7 +63,7 @@ def test_two_ranks_match_one_process(setup):
     assert multi == single
     assert multi["n_images"] == 16 and len(multi["skipped"]) == 1
     assert (root / "multi" / "per_image.csv").read_text() == (root / "single" / "per_image.csv").read_text()
-    from ttakit.evaluation.store import load_logits
+    from ttakit.evaluation.classify_logits import load_logits
 
     a, b = load_logits(root / "single"), load_logits(root / "multi")
     assert a[2] == b[2] and torch.equal(a[1], b[1]) and torch.equal(a[3], b[3])

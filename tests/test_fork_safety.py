@@ -45,8 +45,8 @@ SCENARIO = textwrap.dedent("""
     data = detect_dataset(root / "data", classes)
     policy = create_policy("hflip*input(72:1.0,80:0.875)")
     for i in range(3):
-        res = evaluate(lm, data, [policy], None, root / f"run{i}", RunConfig(4, False),
-                       EvalOptions(batch_size=2, workers=2, quiet=True), backend=backends[i % 2])
+        res = evaluate(lm, data, [policy], out_dir=root / f"run{i}", run_config=RunConfig(4, False),
+                       options=EvalOptions(batch_size=2, workers=2, quiet=True), backend=backends[i % 2])
         assert res["results"][policy.name]["views"] == 4, res["results"]
     after = (signal.getsignal(signal.SIGCHLD), torch.get_num_threads(), threading.active_count())
     assert after == before, (before, after)

@@ -134,7 +134,8 @@ def test_segment_evaluate_matches_numpy_resumes_and_reuses(masked, tmp_path):
     policies = [ttakit.create_policy("hflip"), ttakit.create_policy("scale(1,1.25)")]
     out = tmp_path / "run"
     ColourSegmenter.calls = 0
-    res = evaluate_segmentation(lm, data, policies, ["mean", "max"], out, RC, SCORING, OPTIONS)
+    res = evaluate_segmentation(lm, data, policies, out_dir=out, merges=["mean", "max"], run_config=RC,
+                                scoring=SCORING, options=OPTIONS)
     assert ColourSegmenter.calls == 7 * 3  # 7 readable photos x 3 distinct views
     rows = res["results"]
     assert list(rows) == ["plain", "hflip@mean", "hflip@max", "scale(1,1.25)@mean", "scale(1,1.25)@max"]
@@ -170,11 +171,13 @@ def test_segment_evaluate_matches_numpy_resumes_and_reuses(masked, tmp_path):
     assert len(chunks) == 3
     chunks[1].unlink()
     ColourSegmenter.calls = 0
-    again = evaluate_segmentation(lm, data, policies, ["mean", "max"], out, RC, SCORING, OPTIONS)
+    again = evaluate_segmentation(lm, data, policies, out_dir=out, merges=["mean", "max"], run_config=RC,
+                                  scoring=SCORING, options=OPTIONS)
     assert ColourSegmenter.calls == 3 * 3
     assert {k: r["miou"] for k, r in again["results"].items()} == {k: r["miou"] for k, r in rows.items()}
     ColourSegmenter.calls = 0
-    only = evaluate_segmentation(lm, data, [ttakit.create_policy("hflip")], None, out, RC, SCORING, OPTIONS)
+    only = evaluate_segmentation(lm, data, [ttakit.create_policy("hflip")], out_dir=out, run_config=RC,
+                                 scoring=SCORING, options=OPTIONS)
     assert ColourSegmenter.calls == 0 and only["results"]["hflip"]["miou"] == rows["hflip@mean"]["miou"]
 
 

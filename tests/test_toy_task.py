@@ -156,8 +156,8 @@ def loaded() -> ttakit.LoadedModel:
 
 def evaluate_toy(data: Photos, out: Path, batch_size: int = 3) -> dict[str, Any]:
     policies = [ttakit.create_policy("hflip")]
-    return run_evaluation(ToyTask(), loaded(), data, policies, None, out, RC,
-                          EvalOptions(batch_size=batch_size, workers=0, quiet=True))
+    return run_evaluation(ToyTask(), loaded(), data, policies, out_dir=out, run_config=RC,
+                          options=EvalOptions(batch_size=batch_size, workers=0, quiet=True))
 
 
 def make_photos(root: Path) -> Photos:

@@ -21,7 +21,7 @@ from ..data import preprocess
 from ..datasets import LabelledImages, calibration_photos, detect_dataset
 from ..callables import is_callable_spec, load_module_spec
 from ..errors import ConfigError
-from ..evaluation.evaluate import EvalOptions
+from ..evaluation.scoring import EvalOptions
 from ..merge import list_merges
 from ..models import DEFAULT_MODEL, LoadedModel, load_class_names, load_model
 from ..policy import list_presets
@@ -180,21 +180,24 @@ def load(args: argparse.Namespace) -> Loaded:
     return prepare_run(load_classifier(args.model, args.weights, args.labels), args)
 
 
-def prepare_run(lm: LoadedModel, args: argparse.Namespace, task: str = "classify") -> Loaded:
+def prepare_run(lm: LoadedModel, args: argparse.Namespace, *, kind: str = "classifier", exportable: bool = True,
+                tunable: bool = True) -> Loaded:
     """Device, run config and backend of any task's model, from the shared run flags
     (``--device``, ``--backend``, ``--precision``, ``--amp``, ``--micro-batch``, ``--compile``):
-    each is honoured or refused with one error.
+    each is honoured or refused with one error. ``kind`` names the model in errors;
+    ``exportable``: its output exports to ONNX (a detector's per-image box lists do not);
+    ``tunable``: ``--micro-batch auto`` can time it on one tensor batch.
 
     Raises:
-        ConfigError: a flag this task cannot honour (an ONNX backend for detection, whose
-            per-image box lists do not export; ``--amp``/``--compile`` with an ONNX backend).
+        ConfigError: a flag this model cannot honour (an ONNX backend for a model that does not
+            export; ``--amp``/``--compile`` with an ONNX backend; ``--micro-batch auto`` untimed).
     """
     dev = resolve_device(args.device)
     lm.model.to(dev)
     name, precision = getattr(args, "backend", "torch"), getattr(args, "precision", "fp32")
-    if name != "torch" and task == "detect":
-        raise ConfigError(f"--backend {name} cannot run a detector (its per-image box lists do not export to ONNX); "
-                          "leave --backend out with --task detect")
+    if name != "torch" and not exportable:
+        raise ConfigError(f"--backend {name} cannot run a {kind} (its outputs do not export to ONNX); "
+                          f"leave --backend out for a {kind}")
     if name != "torch" and (args.amp or getattr(args, "compile", False)):
         raise ConfigError(f"--amp and --compile are for the torch backend; with --backend {name} use --precision")
     if name == "torch":
@@ -204,8 +207,8 @@ def prepare_run(lm: LoadedModel, args: argparse.Namespace, task: str = "classify
         name, lm.model, input_size=lm.input_size, key=lm.name, precision=precision, device=dev,
         calibration=calibration, verbose=not getattr(args, "quiet", False))
     if args.micro_batch == "auto":
-        if task == "detect":
-            raise ConfigError("--micro-batch auto measures a classifier; give a number with --task detect")
+        if not tunable:
+            raise ConfigError(f"--micro-batch auto measures a classifier; give a number for a {kind}")
         cfg = tune_run_config(lm.model if backend is None else backend, lm.input_size, dev)
     else:
         cfg = default_run_config(dev) if backend is None else backend.run_config(dev)

@@ -15,7 +15,7 @@ from .common import add_data_args, add_policy_args, eval_options, load, load_dat
 from .detect import add_detect_args, cmd_evaluate as _cmd_evaluate_detect
 from .segment import add_segment_args, cmd_evaluate_segment
 
-__all__ = ["format_table", "register"]
+__all__ = ["EVALUATE", "format_table", "register"]
 
 
 def format_table(results: dict[str, Any], per_view: dict[str, float] | None = None) -> str:
@@ -39,21 +39,22 @@ def format_table(results: dict[str, Any], per_view: dict[str, float] | None = No
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.task == "detect":
-        return _cmd_evaluate_detect(args)
-    if args.task == "segment":
-        return cmd_evaluate_segment(args)
-    if args.masks or args.annotations:
-        raise ConfigError(f"--{'masks' if args.masks else 'annotations'} is for --task "
-                          f"{'segment' if args.masks else 'detect'}; add that --task")
+    return EVALUATE[args.task](args)  # the task, looked up once
+
+
+def _cmd_evaluate_classify(args: argparse.Namespace) -> int:
+    if args.masks:
+        raise ConfigError("--masks is for --task segment; add that --task")
+    if args.annotations:
+        raise ConfigError("--annotations is for --task detect; add that --task")
     options = eval_options(args)
     lm, dev, cfg, backend = load(args)
     # Rows are named by the policy exactly as written (a preset, text or a JSON path).
     policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
     data = load_data(args, lm, args.data)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
-        res = evaluate(lm, data, policies, args.merge, args.out, cfg, options, dev, progress=bar, backend=backend,
-                       extras=conformal_extras(args))
+        res = evaluate(lm, data, policies, out_dir=args.out, merges=args.merge, run_config=cfg, options=options,
+                       device=dev, progress=bar, backend=backend, extras=conformal_extras(args))
     against_fp32: dict[str, Any] = {}
     if backend.precision != "fp32":  # its plain top-1 against fp32 on the same images, paired (every rank runs)
         with progress_bar(len(data.head(options.limit)), "fp32 plain", options.quiet) as bar:
@@ -69,12 +70,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# Each task's evaluate command, by the --task name (the first is the default).
+EVALUATE = {"classify": _cmd_evaluate_classify, "detect": _cmd_evaluate_detect, "segment": cmd_evaluate_segment}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``evaluate`` to the command parser."""
     p = sub.add_parser("evaluate", help="score plain and TTA policies on a labelled dataset")
     add_data_args(p)
     add_policy_args(p, many=True)
-    add_detect_args(p, evaluate=True)
+    add_detect_args(p, list(EVALUATE), evaluate=True)
     add_segment_args(p)
     add_conformal_args(p)
     p.set_defaults(func=_cmd_evaluate)

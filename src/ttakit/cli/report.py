@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..evaluation.evaluate import EvalOptions
+from ..evaluation.scoring import EvalOptions
 from ..evaluation.report import write_report
 from ..models import load_class_names
 from ..tasks.classify import CONFIDENCE

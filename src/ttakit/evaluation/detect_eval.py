@@ -317,11 +317,12 @@ def evaluate_detection(
     det: LoadedDetector,
     data: CocoImages,
     policies: Sequence[Policy],
-    merges: Sequence[str] | None,
+    *,
     out_dir: str | Path,
+    merges: Sequence[str] | None = None,
     run_config: RunConfig,
-    options: EvalOptions = EvalOptions(),
     scoring: DetectScoring = DetectScoring(),
+    options: EvalOptions = EvalOptions(),
     device: torch.device | str = "cpu",
     progress: Callable[[int], Any] | None = None,
 ) -> dict[str, Any]:
@@ -337,14 +338,16 @@ def evaluate_detection(
 
     Example:
         >>> data = load_coco_images("runs/detection_demo/test", "runs/detection_demo/test.json")  # doctest: +SKIP
-        >>> res = evaluate_detection(det, data, [create_policy("hflip")], ["nms", "wbf"], "runs/x", RunConfig())  # doctest: +SKIP
+        >>> res = evaluate_detection(det, data, [create_policy("hflip")], out_dir="runs/x", merges=["nms", "wbf"],
+        ...                          run_config=RunConfig())  # doctest: +SKIP
         >>> res["results"]["hflip@wbf"]["map"]  # doctest: +SKIP
         0.61
     """
     if options.adaptive is not None:
         raise ConfigError("adaptive TTA is for classification; leave `options.adaptive` out for detection")
     task = DetectTask(det, data, scoring, run_config)
-    return run_evaluation(task, det, data, policies, merges, out_dir, run_config, options, device, progress)
+    return run_evaluation(task, det, data, policies, out_dir=out_dir, merges=merges, run_config=run_config,
+                          options=options, device=device, progress=progress)
 
 
 def row_detections(out_dir: str | Path, key: str, indices: Sequence[int]) -> list[Detections]:

@@ -3,7 +3,7 @@
 The pipeline (:mod:`~ttakit.evaluation.pipeline`) decodes each image once, runs every distinct
 view of all the policies once and stores the per-view logits chunk by chunk; this module says
 what classification adds: the logits are stored as they are, every row is merged through the
-one classification path (:func:`~ttakit.evaluation.scoring.classify_stored`) and scored
+one classification path (:func:`~ttakit.evaluation.classify_logits.classify_stored`) and scored
 (top-1, top-5, NLL, calibrated NLL, ECE, fixed/broken), and each policy is compared with plain
 by McNemar's test and paired bootstrap intervals (:func:`~ttakit.evaluation.stats.compare`).
 """
@@ -31,9 +31,10 @@ from .metrics import TEMPERATURES, MetricAccumulator
 from .pipeline import Scored, run_evaluation, stored_chunks, view_columns
 from .report import write_report
 from .rows import PerImageCsv, row_header, timing
-from .scoring import EvalOptions, PolicyRun, classify_stored, policy_runs, union_views
+from .classify_logits import classify_stored, data_hash
+from .scoring import EvalOptions, PolicyRun, policy_runs, union_views
 from .stats import compare
-from .store import LogitStore, data_hash
+from .store import LogitStore
 
 __all__ = [
     "ClassifyTask",
@@ -243,8 +244,9 @@ def evaluate(
     lm: LoadedModel,
     data: LabelledImages,
     policies: Sequence[Policy],
-    merges: Sequence[str] | None,
+    *,
     out_dir: str | Path,
+    merges: Sequence[str] | None = None,
     run_config: RunConfig,
     options: EvalOptions = EvalOptions(),
     device: torch.device | str = "cpu",
@@ -257,8 +259,8 @@ def evaluate(
     :func:`~ttakit.evaluation.report.write_report`) and the logits into ``out_dir``.
 
     In a process group (torchrun, after ``DistContext.init()``) the chunks are dealt out to the
-    ranks; rank 0 gathers them, scores and writes; the other ranks return ``{}``. ``backend`` runs the model (default: ``lm.model``);
-    a backend other than torch is part of the stored logits' fingerprint. ``extras`` add
+    ranks; rank 0 gathers them, scores and writes; the other ranks return ``{}``. ``backend``
+    runs the model (default: ``lm.model``); a backend other than torch is part of the stored logits' fingerprint. ``extras`` add
     per-row scores from every row's merged probabilities (see :class:`ClassifyTask`).
 
     Returns:
@@ -269,9 +271,10 @@ def evaluate(
 
     Example:
         >>> data = detect_dataset("../shared/imagenet-sample", lm.class_names)  # doctest: +SKIP
-        >>> res = evaluate(lm, data, [create_policy("hflip")], None, "runs/x", RunConfig())  # doctest: +SKIP
+        >>> res = evaluate(lm, data, [create_policy("hflip")], out_dir="runs/x", run_config=RunConfig())  # doctest: +SKIP
         >>> res["results"]["hflip"]["top1"]  # doctest: +SKIP
         0.898
     """
     task = ClassifyTask(lm.class_names, torch.tensor(data.labels, dtype=torch.long), options, tuple(extras))
-    return run_evaluation(task, lm, data, policies, merges, out_dir, run_config, options, device, progress, backend)
+    return run_evaluation(task, lm, data, policies, out_dir=out_dir, merges=merges, run_config=run_config,
+                          options=options, device=device, progress=progress, backend=backend)

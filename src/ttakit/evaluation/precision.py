@@ -31,7 +31,7 @@ from ..runtime.config import default_run_config
 from .evaluate import evaluate
 from .scoring import EvalOptions
 from .stats import compare
-from .store import load_logits
+from .classify_logits import load_logits
 
 __all__ = ["compare_plain", "evaluate_precision"]
 
@@ -79,8 +79,8 @@ def evaluate_precision(
     comparison written to ``out_dir/precision.json``. Under torchrun every rank calls it (the
     fp32 run is shared out like any); the other ranks return ``{}``."""
     out = Path(out_dir)
-    if not evaluate(lm, data, [create_policy("none")], None, out / "fp32", default_run_config(device), options, device,
-                    progress=progress):
+    if not evaluate(lm, data, [create_policy("none")], out_dir=out / "fp32", run_config=default_run_config(device),
+                    options=options, device=device, progress=progress):
         return {}  # not rank 0 under torchrun: rank 0 compares and writes
     fp32, labels, idx = _plain(out / "fp32")
     reduced, labels_r, idx_r = _plain(out)

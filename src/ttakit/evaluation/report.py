@@ -96,7 +96,7 @@ def render_page(doc: Mapping[str, Any], context: Mapping[str, Any], sections: st
     """The page's HTML: ``results.json``'s ``doc``, a task's page context and the template of
     its own sections (see :class:`~ttakit.evaluation.task_registry.ReportSpec`)."""
     return _environment().get_template("report.html.j2").render(
-        doc=doc, task=doc.get("task", "classify"), version=__version__, sections=sections, **context)
+        doc=doc, version=__version__, sections=sections, **context)
 
 
 def _environment() -> jinja2.Environment:

@@ -11,6 +11,10 @@ and the TTA predictions side by side.
 The gallery page knows no task by name: a task's :class:`~ttakit.evaluation.task_registry.TaskColumns`
 say what its table shows and how its legend reads, and its gallery builder (passed to
 :func:`load_gallery`) makes its pictures.
+
+Example:
+    >>> image_scores([{"plain_iou": "0.5", "hflip_iou": ""}], ["plain", "hflip"], "iou")
+    {'plain': [0.5], 'hflip': [nan]}
 """
 
 from __future__ import annotations
@@ -271,7 +275,10 @@ def gallery_page(
         "cost_title": f"{spec.label} against cost", "cost_charts": _cost_charts(results, spec, n),
         "single": [{"name": k, "value": _pct(v, spec.percent), "width": round(100 * (v or 0.0) / best, 1), "plain": k == "identity"}
                    for k, v in sorted(per_view.items(), key=lambda t: -(t[1] or 0.0))],
-        "single_metric": spec.label, "image_score": spec.image_score,
+        "single_metric": spec.label, "image_score": spec.image_score, "nav_before": [], "nav_after": [],
+        "paired_note": f"Paired against plain on the same images: Δ {spec.label} with a 95% bootstrap interval over "
+                       "images (the statistic recomputed on each resample of images); significant when the interval "
+                       "excludes 0.",
         "sources": "results.json, per_view.json and the stored per-view outputs",
     }
 

@@ -2,7 +2,7 @@
 
 Nothing here runs a model: each ``results.json`` row is rebuilt as a :class:`PolicyRun`, and its
 merged probabilities are recomputed chunk by chunk from ``logits/`` through the one
-classification path (:func:`~ttakit.evaluation.scoring.classify_stored`), reduced to what the
+classification path (:func:`~ttakit.evaluation.classify_logits.classify_stored`), reduced to what the
 page shows. Class names, the model's data config and a search's ``policy.json`` are recovered
 from the folder when they are not given.
 
@@ -29,7 +29,8 @@ from ..policy import Policy, create_policy, parse_view
 from ..views import View
 from .charts import colour
 from .metrics import MetricAccumulator
-from .scoring import EvalOptions, PolicyRun, classify_stored
+from .classify_logits import classify_stored
+from .scoring import EvalOptions, PolicyRun
 from .store import LogitStore
 
 __all__ = ["RowData", "find_policy", "read_csv", "rebuild_run", "resolve_class_names", "resolve_data_config",

@@ -261,8 +261,9 @@ def evaluate_segmentation(
     lm: LoadedModel,
     data: MaskedImages,
     policies: Sequence[Policy],
-    merges: Sequence[str] | None,
+    *,
     out_dir: str | Path,
+    merges: Sequence[str] | None = None,
     run_config: RunConfig,
     scoring: SegmentScoring,
     options: EvalOptions = EvalOptions(),
@@ -284,15 +285,16 @@ def evaluate_segmentation(
     Example:
         >>> seg = load_segmenter("examples/segmentation_demo.py:load", 2)  # doctest: +SKIP
         >>> data = find_masked_images("runs/seg/test/images", "runs/seg/test/masks")  # doctest: +SKIP
-        >>> res = evaluate_segmentation(seg, data, [create_policy("hflip")], None, "runs/s", RunConfig(),
-        ...                             SegmentScoring(2))  # doctest: +SKIP
+        >>> res = evaluate_segmentation(seg, data, [create_policy("hflip")], out_dir="runs/s", run_config=RunConfig(),
+        ...                             scoring=SegmentScoring(2))  # doctest: +SKIP
         >>> res["results"]["hflip"]["delta_miou"]  # doctest: +SKIP
         0.004
     """
     if options.adaptive is not None:
         raise ConfigError("adaptive TTA is for classification; leave `options.adaptive` out for segmentation")
     task = SegmentTask(lm, scoring, run_config)
-    return run_evaluation(task, lm, data, policies, merges, out_dir, run_config, options, device, progress, backend)
+    return run_evaluation(task, lm, data, policies, out_dir=out_dir, merges=merges, run_config=run_config,
+                          options=options, device=device, progress=progress, backend=backend)
 
 
 def row_masks(out_dir: str | Path, key: str, indices: Sequence[int]) -> list[np.ndarray]:

@@ -8,7 +8,6 @@ first missing chunk, and a later run that asks only for views the folder holds r
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,12 +18,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..datasets import LabelledImages
 from ..errors import DatasetError
 from ..models import LoadedModel
 from ..views import View
 
-__all__ = ["LogitStore", "data_hash", "fingerprint", "load_logits", "plan_chunks"]
+__all__ = ["LogitStore", "fingerprint", "plan_chunks"]
 
 
 def plan_chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -92,44 +90,22 @@ class LogitStore:
             yield self.read(start)
 
 
-def data_hash(data: LabelledImages) -> str:
-    """sha256 prefix of a labelled set's ``path<TAB>label`` lines (its identity in a fingerprint)."""
-    return hashlib.sha256("\n".join(f"{p}\t{y}" for p, y in zip(data.paths, data.labels)).encode()).hexdigest()[:16]
-
-
 def fingerprint(
     lm: LoadedModel,
     data: Any,
     views: Sequence[View],
     batch_size: int,
-    fields: Mapping[str, Any] | None = None,
+    fields: Mapping[str, Any],
 ) -> dict[str, Any]:
     """What identifies a run's stored outputs: model, weights, data, views, chunking and the
-    task's ``fields`` (default, for a :class:`~ttakit.datasets.LabelledImages`: the hash of its
-    paths and labels)."""
+    task's ``fields`` (what identifies its data and labels, e.g. a hash of them)."""
     return {
         "model": lm.name,
         "weights": lm.weights,
         "data": data.source,
         "n_images": len(data),
-        **({"data_hash": data_hash(data)} if fields is None else dict(fields)),
+        **dict(fields),
         "views": [v.name for v in views],
         "batch_size": batch_size,
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in lm.data_config.items()},
     }
-
-
-def load_logits(out_dir: str | Path) -> tuple[Tensor, Tensor, list[str], Tensor]:
-    """Read a run's saved logits back: ``(logits (N, U, C), labels (N,), view names,
-    image indices (N,))`` for the images that decoded."""
-    meta = Path(out_dir) / "logits" / "run.json"
-    if not meta.exists():
-        raise DatasetError(f"{out_dir}: no saved logits (run 'ttakit evaluate ... --out {out_dir}' first)")
-    store = LogitStore(out_dir, json.loads(meta.read_text()))
-    parts = [p for p, _ in store.chunks()]
-    return (
-        torch.cat([p["logits"] for p in parts]),
-        torch.cat([p["labels"] for p in parts]),
-        list(store.fingerprint["views"]),
-        torch.cat([p["indices"] for p in parts]),
-    )
