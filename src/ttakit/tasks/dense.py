@@ -11,24 +11,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
 from torch import Tensor, nn
 
 from .. import functional as Fn
 from ..corrections import Corrected
-from ..errors import ShapeError, check_shape
+from ..data import to_photo
+from ..errors import ConfigError, ShapeError, check_shape
 from ..policy import PolicyLike
 from ..registry import Registry
 from ..runtime.backends import Backend
-from ..runtime.config import RunConfig
+from ..runtime.config import RunConfig, model_device
 from ..runtime.loop import ViewInputs, as_view_inputs
 from ..stages import Input
 from ..transforms import Normalization
 from .base import Images, TTABase
+from .window import WindowConfig, sliding_window_tta
 
-__all__ = ["ACTIVATIONS", "DENSE_MERGES", "DenseResult", "KeypointsTTA", "SegmentationTTA", "UNCERTAINTIES"]
+__all__ = ["ACTIVATIONS", "DENSE_MERGES", "DenseResult", "KeypointsTTA", "SegmentationTTA", "UNCERTAINTIES",
+           "window_images"]
 
 ACTIVATIONS = Registry[Callable[[Tensor], Tensor]]("activation", sort=False)  # each view's map, before merging
 ACTIVATIONS.add("softmax", lambda y: torch.softmax(y, dim=1))
@@ -111,6 +117,11 @@ class SegmentationTTA(TTABase):
         output_size: the plain output grid ``(H', W')``; inferred from the views otherwise.
         data_config: timm data config turning photos into inputs (from the model if ``None``).
         backend: ``"torch"`` (default), ``"onnxruntime"``, ``"openvino"`` or a backend object.
+        window: sliding-window inference (:class:`~ttakit.tasks.window.WindowConfig`): the
+            photo is kept at its own size (photos are only normalised) and cut into tiles;
+            each view is tiled, undone and merged, and the tiles stitched with their weights
+            (tensor views only; ``uncertainty="variance"`` needs every view's whole map, so it
+            is refused).
 
     Calls take ``(B, C, H, W)`` images, or photos for policies with input stages (multi-scale
     inference from the source photo, ``input(224:0.875,320:0.875)``): each stage's prediction
@@ -142,10 +153,14 @@ class SegmentationTTA(TTABase):
         run_config: RunConfig | None = None,
         data_config: Mapping[str, Any] | None = None,
         backend: str | Backend | None = None,
+        window: WindowConfig | None = None,
     ) -> None:
         super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config, backend=backend)
         # Names resolved once, here; an unknown one raises UnknownNameError listing the known.
         self._merge = DENSE_MERGES.get(merge)
+        self.merge_name, self.window = merge, window
+        if window is not None and uncertainty == "variance":
+            raise ConfigError("uncertainty='variance' needs every view's whole map; with a window use 'entropy'")
         self._activation = ACTIVATIONS.get("none" if activation is None else activation)
         self._uncertainty = None if uncertainty is None else UNCERTAINTIES.get(uncertainty)
         self.dense_keys = None if dense_keys is None else tuple(dense_keys)
@@ -196,6 +211,8 @@ class SegmentationTTA(TTABase):
     def predict(self, x: Images) -> DenseResult:
         """Merged maps with per-pixel uncertainty (if asked) and view coverage, on the plain
         input's output grid."""
+        if self.window is not None:
+            return self._predict_windows(x)
         inputs = self.inputs(x)
         outs = self.run(inputs)
         if isinstance(outs[0], Tensor):
@@ -221,9 +238,36 @@ class SegmentationTTA(TTABase):
                 merged_d[k] = (stack * w.view(-1, *([1] * (stack.ndim - 1)))).sum(0) / w.sum()
         return DenseResult(merged_d, unc_d or None, coverage[0])  # the first map's grid
 
+    def _predict_windows(self, x: Images) -> DenseResult:
+        """Sliding-window prediction (see :mod:`~ttakit.tasks.window`): photos at their own size."""
+        images = x if isinstance(x, Tensor) and x.is_floating_point() else window_images(x, self.norm)
+        if not isinstance(images, Tensor):
+            raise ShapeError("sliding-window input", "(B, C, H, W) images or photos", ())
+        w = None if self.view_weights is None else self.view_weights
+        merged, seen = sliding_window_tta(self.backend, images.to(model_device(self.model)), self.views, self.window,
+                                          weights=w, activation=self._activation, merge=self.merge_name,
+                                          norm=self.norm, run_config=self.run_config)
+        unc = self._uncertainty(merged[None], seen[None], merged) if self._uncertainty else None
+        return DenseResult(merged, unc, seen)
+
     def forward(self, x: Images) -> Tensor | dict[str, Tensor]:
         """The merged output (same structure as the model's)."""
         return self.predict(x).output
+
+
+def window_images(x: Images, norm: Normalization) -> Tensor:
+    """Photos as one ``(B, C, H, W)`` batch at their own size, normalised (what is tiled).
+
+    Raises:
+        ShapeError: the photos differ in size (tile them one at a time).
+    """
+    single = isinstance(x, (str, Path, Image.Image)) or isinstance(x, Tensor) and x.ndim == 3
+    photos = [to_photo(p) for p in ([x] if single else list(x))]  # type: ignore[union-attr, arg-type]
+    if len({p.size for p in photos}) > 1:
+        raise ShapeError("photos for sliding-window inference", "one size per call", tuple(p.size for p in photos))
+    batch = torch.stack([TF.pil_to_tensor(p) for p in photos]).float() / 255  # (B, 3, H, W)
+    mean, std = torch.tensor(norm.mean).view(1, -1, 1, 1), torch.tensor(norm.std).view(1, -1, 1, 1)
+    return (batch - mean) / std
 
 
 class KeypointsTTA(TTABase):
