@@ -23,7 +23,7 @@ from ttakit.tasks.segment import load_segmenter
 K = 3
 RC = RunConfig(16, False)
 OPTIONS = EvalOptions(batch_size=3, workers=0, quiet=True)
-SCORING = SegmentScoring(K, store_size=32)  # the model's own 32 x 32 grid: stored as it is
+SCORING = SegmentScoring(K, store_size=32)  # reduced maps (for reuse) at the model's own 32 x 32 grid
 
 
 class ColourSegmenter(torch.nn.Module):
@@ -103,7 +103,6 @@ def _reference_miou(lm, data) -> float:
             continue
         with torch.inference_mode():
             probs = torch.softmax(lm.model(transform(photo)[None]), 1)
-        probs = probs.half().float()  # stored as float16
         pred = F.interpolate(probs, size=(photo.height, photo.width), mode="bilinear", align_corners=False)[0].argmax(0)
         pred, truth = pred.numpy(), np.asarray(Image.open(mpath)).astype(np.int64)
         ok = truth != 255
