@@ -153,3 +153,37 @@ def test_stats_metric_and_chunked_argmax():
     np.add.at(cm, (t.numpy().ravel(), p.numpy().ravel()), 1)
     iou = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
     assert m.compute()["miou"] == pytest.approx(iou.mean()) and m.compute()["pixel_acc"] == pytest.approx(np.trace(cm) / 400)
+
+
+def test_windowed_evaluate_equals_monai_scored_in_numpy(noisy, tmp_path, capsys):
+    """--tile: each photo segmented at its own size by tiles; plain and hflip rows equal MONAI's
+    sliding_window_inference (on the photo, and on the flipped photo flipped back), scored in numpy."""
+    inferers = pytest.importorskip("monai.inferers")
+    out = tmp_path / "tiles"
+    argv = ["evaluate", str(noisy.paths[0].rsplit("/", 1)[0]), "--task", "segment", "--masks", noisy.mask_source,
+            "--model", f"{__file__}:make_segmenter", "--num-classes", str(K), "--tta", "hflip", "--out", str(out),
+            "--workers", "0", "--quiet", "--tile", "64", "--overlap", "0.25", "--blend", "gaussian",
+            "--stitch-device", "cpu", "--limit", "4"]
+    assert main(argv) == 0
+    doc = json.loads((out / "results.json").read_text())
+    lm = make_segmenter()
+
+    def monai(x):
+        return inferers.sliding_window_inference(x, [64, 64], 4, lambda t: torch.softmax(lm.model(t), 1),
+                                                 overlap=0.25, mode="gaussian")
+
+    for key in ("plain", "hflip"):
+        inter, union = np.zeros(K), np.zeros(K)
+        for path, mpath in zip(noisy.paths[:4], noisy.masks[:4]):
+            x = torch.from_numpy(np.array(ttakit.data.load_image(path))).permute(2, 0, 1)[None].float() / 255
+            with torch.inference_mode():
+                probs = monai(x) if key == "plain" else (monai(x) + monai(x.flip(-1)).flip(-1)) / 2
+            pred, truth = probs[0].argmax(0).numpy(), np.asarray(Image.open(mpath)).astype(np.int64)
+            ok = truth != 255
+            for c in range(K):
+                inter[c] += np.sum((pred == c) & (truth == c) & ok)
+                union[c] += np.sum(((pred == c) | (truth == c)) & ok)
+        assert doc["results"][key]["miou"] == pytest.approx(float(np.mean(inter / union)), abs=1e-9), key
+        assert doc["results"][key]["exact"] is True
+    assert json.loads((out / "segmentation" / "run.json").read_text())["window"]["tile"] == [64, 64]
+    assert row_masks(out, "hflip", [1])[0].shape == (160, 160)

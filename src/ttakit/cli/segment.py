@@ -21,6 +21,7 @@ from ..policy import create_policy
 from ..runtime.distributed import DistContext
 from ..tasks.dense import DENSE_MERGES
 from ..tasks.segment import load_segmenter
+from ..tasks.window import WindowConfig
 from .common import eval_options, metric_table, positive_int, prepare_run, print_written, progress_bar
 
 __all__ = ["add_segment_args", "byte_size", "cmd_evaluate_segment", "format_segment_table", "store_line"]
@@ -36,6 +37,16 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
                    help="disk for reduced per-view maps, kept only for reuse (the report's gallery, a policy added "
                    "on a resumed run; rows from them are marked not exact); e.g. 2GB, 300MB, 0 for none "
                    "(default: 512MB). Every row asked for is scored exactly, at full resolution, in the one pass")
+    w = p.add_argument_group("sliding windows (--task segment): segment each photo at its own size, in tiles")
+    w.add_argument("--tile", type=positive_int, default=None, metavar="PX",
+                   help="tile side in photo pixels; each view of the photo is tiled and stitched (default: no tiles, "
+                   "the whole photo resized to the model's input)")
+    w.add_argument("--overlap", type=float, default=0.25, help="share of a tile overlapping the next (default: 0.25)")
+    w.add_argument("--blend", default="constant", help="tile weights: constant or gaussian (default: constant)")
+    w.add_argument("--stitch-device", default=None, metavar="DEVICE",
+                   help="where stitched maps are kept, e.g. cpu (default: the model's device)")
+    w.add_argument("--window-batch", type=positive_int, default=4, metavar="N",
+                   help="tiles per step; forwards mix tiles and views (default: 4)")
     g.add_argument("--store-size", type=positive_int, default=None,
                    help="a cap on the long side of the stored maps (default: what the budget allows)")
 
@@ -102,9 +113,11 @@ def cmd_evaluate_segment(args: argparse.Namespace) -> int:
     policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
     scoring = SegmentScoring(args.num_classes, args.ignore_index, args.store_budget, args.store_size)
     backend = None if loaded.backend.label == "torch" else loaded.backend
+    window = None if args.tile is None else WindowConfig(args.tile, args.overlap, args.blend, batch=args.window_batch,
+                                                         stitch_device=args.stitch_device)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
         res = evaluate_segmentation(lm, data, policies, args.merge, args.out, loaded.run_config, scoring, options,
-                                    loaded.device, bar, backend)
+                                    loaded.device, bar, backend, window=window)
     if not res:  # not rank 0
         return 0
     print(format_segment_table(res["results"], res["per_view"]))

@@ -24,7 +24,7 @@ import csv
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..datasets import MaskedImages, load_mask
-from ..errors import ConfigError, DatasetError, ShapeError
+from ..errors import ConfigError, DatasetError, PolicyError, ShapeError
 from ..models import LoadedModel
 from ..policy import Policy
 from ..runtime.backends import Backend
@@ -42,11 +42,13 @@ from ..runtime.config import RunConfig
 from ..runtime.loop import RenderedInputs
 from ..stages import Input
 from ..tasks.dense import DENSE_MERGES, SegmentationTTA
+from ..tasks.window import WindowConfig
 from ..views import View
 from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, task_report, view_columns
 from .scoring import EvalOptions, PolicyRun, policy_runs
 from .seg_metrics import class_bands
 from .seg_stats import SegmentationStats, budget_side, image_stats, photo_argmax, stats_miou
+from .segment_windows import RowPlan, window_chunk
 from .stats import compare_statistic
 from .store import LogitStore
 
@@ -173,6 +175,7 @@ class SegmentTask:
     run_config: RunConfig
     name: str = "segment"
     subdir: str = "segmentation"
+    window: WindowConfig | None = None  # sliding-window inference at each photo's own size
     _tta: dict[tuple[str, ...], SegmentationTTA] = field(default_factory=dict, repr=False)
     _runs: list[PolicyRun] = field(default_factory=list, repr=False)  # the rows asked for (scored in pack)
     _data: MaskedImages | None = field(default=None, repr=False)
@@ -184,8 +187,11 @@ class SegmentTask:
     def fingerprint(self, data: MaskedImages) -> dict[str, Any]:
         self._data = data
         h = hashlib.sha256("\n".join(f"{p}\t{m}" for p, m in zip(data.paths, data.masks)).encode()).hexdigest()[:16]
-        return {"task": "segment", "data_hash": h, "store_budget": self.scoring.store_budget,
-                "store_size": self.scoring.store_size}
+        fp = {"task": "segment", "data_hash": h, "store_budget": self.scoring.store_budget,
+              "store_size": self.scoring.store_size}
+        if self.window is not None:  # only then: runs without a window keep the fingerprint they had
+            fp["window"] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.window).items()}
+        return fp
 
     def _stats_key(self, signature: str) -> str:
         """The stored tensor of a row's counts: its signature and what the counts depend on."""
@@ -210,7 +216,7 @@ class SegmentTask:
         k, out = self.scoring.num_classes, []
         for i, size in zip(indices, sizes):
             t = self._truth(data, i, tuple(size))
-            win = photo_window(self.lm.data_config, tuple(size))
+            win = (0, 0, *size) if self.window is not None else photo_window(self.lm.data_config, tuple(size))
             seen = photo_argmax(torch.ones(1, 1, 1), tuple(size), win) >= 0
             valid = seen & (t != self.scoring.ignore_index)
             out.append((t, valid, class_bands(t, valid, k, self.scoring.boundary_ratio), win))
@@ -237,26 +243,62 @@ class SegmentTask:
             rows.setdefault(_signature("single", [n], None), ([col[n]], "mean", None))
         return [(sig, *v) for sig, v in rows.items()]
 
-    def _reduced(self, y: Tensor, m: Tensor, views: int) -> dict[str, Tensor]:
-        """The per-view maps kept for reuse, at the grid and precision the budget allows."""
-        u, n = y.shape[:2]
-        k, grid = self.scoring.num_classes, tuple(y.shape[-2:])
-        n_images = len(self._data) if self._data is not None else n
+    def _store_plan(self, grid: tuple[int, int], views: int) -> tuple[tuple[int, int] | None, torch.dtype]:
+        """The grid and precision of the stored maps that fit the budget (``None``: nothing fits)."""
+        k = self.scoring.num_classes
+        n_images = len(self._data) if self._data is not None else 1
         side, dtype = budget_side(self.scoring.store_budget, n_images, views, k, grid, 2), torch.float16
         if side < min(64, max(grid)):
             side, dtype = budget_side(self.scoring.store_budget, n_images, views, k, grid, 1), torch.uint8
         if self.scoring.store_size is not None:
             side = min(side, self.scoring.store_size)
-        if side < 1:
-            return {"probs": torch.zeros(n, u, k, 0, 0, dtype=torch.float16),
-                    "masks": torch.zeros(n, u, 1, 0, 0, dtype=torch.float16)}
-        size = _store_grid(grid, side)
-        y = F.interpolate(y.flatten(0, 1).float(), size=size, mode="area").view(u, n, -1, *size)
-        m = F.interpolate(m.expand(-1, n, -1, -1, -1).flatten(0, 1).float(), size=size, mode="area").view(u, n, 1, *size)
-        y, m = y.transpose(0, 1).cpu(), m.transpose(0, 1).cpu()
+        return (_store_grid(grid, side) if side >= 1 else None), dtype
+
+    @staticmethod
+    def _encode(y: Tensor, m: Tensor, dtype: torch.dtype) -> dict[str, Tensor]:
+        """Stored maps ``(n, U, K|1, h, w)``: float16, or uint8 holding ``round(255 p)``."""
         if dtype == torch.uint8:
             return {"probs": (y * 255).round().to(torch.uint8), "masks": (m * 255).round().to(torch.uint8)}
         return {"probs": y.half(), "masks": m.half()}
+
+    def _reduced(self, y: Tensor, m: Tensor, views: int) -> dict[str, Tensor]:
+        """The per-view maps kept for reuse, at the grid and precision the budget allows."""
+        u, n, k = y.shape[0], y.shape[1], self.scoring.num_classes
+        size, dtype = self._store_plan(tuple(y.shape[-2:]), views)  # type: ignore[arg-type]
+        if size is None:
+            return {"probs": torch.zeros(n, u, k, 0, 0, dtype=torch.float16),
+                    "masks": torch.zeros(n, u, 1, 0, 0, dtype=torch.float16)}
+        y = F.interpolate(y.flatten(0, 1).float(), size=size, mode="area").view(u, n, -1, *size)
+        m = F.interpolate(m.expand(-1, n, -1, -1, -1).flatten(0, 1).float(), size=size, mode="area").view(u, n, 1, *size)
+        return self._encode(y.transpose(0, 1).cpu(), m.transpose(0, 1).cpu(), dtype)
+
+    def run_chunk(self, model: Callable[[Tensor], Any], inputs: RenderedInputs, views: Sequence[View],
+                  indices: Sequence[int]) -> dict[str, Tensor] | None:
+        """With a window, the chunk's views run here, tiled at each photo's own size, and every row
+        is counted as the views arrive (:mod:`~ttakit.evaluation.segment_windows`); ``None``
+        without one (the pipeline runs the views on the model's input)."""
+        if self.window is None:
+            return None
+        if self._data is None:
+            raise DatasetError("SegmentTask.run_chunk: fingerprint(data) was not called first (it names the masks)")
+        for v in views:
+            if v.stage is not None:
+                raise PolicyError(f"view {v.name!r} re-renders the photo at the model's input size; with --tile the "
+                                  "photo is tiled at its own size: use tensor views (flips, turns, scale, ...)")
+        sizes = [tuple(s) for s in inputs.photo_sizes]  # type: ignore[union-attr]
+        truths = self._truths(self._data, indices, sizes)
+        rows = [RowPlan(self._stats_key(sig), cols, merge, w) for sig, cols, merge, w in
+                self._rows_to_count([v.name for v in views])]
+        grid, dtype = self._store_plan(self.window.size, len(views))
+        device = next(iter(inputs.batches.values())).device
+        counts, y, m = window_chunk(model, [self._data.paths[i] for i in indices], truths, views, rows, self.window,
+                                    self.lm.normalization, self.run_config, device, self.scoring.num_classes,
+                                    self.scoring.boundary_ratio, grid)
+        n, u, k = len(indices), len(views), self.scoring.num_classes
+        stored = (self._encode(y, m, dtype) if y is not None and m is not None else
+                  {"probs": torch.zeros(n, u, k, 0, 0, dtype=torch.float16),
+                   "masks": torch.zeros(n, u, 1, 0, 0, dtype=torch.float16)})
+        return {**counts, **stored, "photo_size": torch.tensor(sizes, dtype=torch.long)}
 
     def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int]) -> dict[str, Tensor]:
         key = tuple(v.name for v in views)
@@ -287,7 +329,7 @@ class SegmentTask:
         sizes = [tuple(s) for s in payload["photo_size"].tolist()]
         truths = self._truths(data, payload["indices"].tolist(), sizes)
         probs = merged_probs(payload, row.run, row.cols)
-        k, ratio = self.scoring.num_classes, self.scoring.boundary_ratio
+        k, ratio = self.scoring.num_classes, self.scoring.boundary_ratio  # (a window's maps: squashed, whole photo)
         return torch.stack([image_stats(t, photo_argmax(probs[j], tuple(t.shape), win), valid, k, ratio, bands)
                             for j, (t, valid, bands, win) in enumerate(truths)])
 
@@ -371,10 +413,13 @@ def evaluate_segmentation(
     device: torch.device | str = "cpu",
     progress: Callable[[int], Any] | None = None,
     backend: Backend | None = None,
+    window: WindowConfig | None = None,
 ) -> dict[str, Any]:
     """Evaluate the plain segmenter and every policy x dense merge (``mean``, ``max``) on
     ``data``; write ``results.json``, ``per_view.json`` and ``per_image.csv`` and keep the
-    per-view probabilities in ``out_dir/segmentation/``. Runs under torchrun as one process.
+    reduced per-view probabilities in ``out_dir/segmentation/``. Runs under torchrun as one
+    process. With ``window``, each photo is segmented at its own size by sliding-window
+    inference (tiles and views share forwards) instead of being resized to the model's input.
 
     Returns:
         The ``results.json`` document (task, model, weights, data, n_images, masks, scoring,
@@ -393,7 +438,7 @@ def evaluate_segmentation(
     """
     if options.adaptive is not None:
         raise ConfigError("adaptive TTA is for classification; leave --adaptive out with --task segment")
-    task = SegmentTask(lm, scoring, run_config)
+    task = SegmentTask(lm, scoring, run_config, window=window)
     return run_evaluation(task, lm, data, policies, merges, out_dir, run_config, options, device, progress, backend)
 
 
@@ -411,11 +456,12 @@ def row_masks(out_dir: str | Path, key: str, indices: Sequence[int]) -> list[np.
         if payload["probs"].shape[-1] == 0:
             raise DatasetError(f"{out_dir}: no maps stored (store budget 0)")
         probs = merged_probs(payload, run, cols)
-        config = json.loads((Path(out_dir) / "segmentation" / "run.json").read_text())["data_config"]
+        run = json.loads((Path(out_dir) / "segmentation" / "run.json").read_text())
         maps = []
         for j in positions:
             size = tuple(payload["photo_size"][j].tolist())
-            maps.append(photo_argmax(probs[j], size, photo_window(config, size)).numpy())
+            win = None if run.get("window") else photo_window(run["data_config"], size)  # tiled: the whole photo
+            maps.append(photo_argmax(probs[j], size, win).numpy())
         return maps
 
     return row_predictions(out_dir, key, "segmentation", indices, predict)

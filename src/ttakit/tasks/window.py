@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ from ..transforms import Normalization
 from ..views import View
 
 __all__ = ["BLENDS", "WindowConfig", "WindowPlan", "exact_on_tiles", "importance_map", "plan_windows",
-           "sliding_window_tta", "tile_starts"]
+           "sliding_window_tta", "stitch_views", "tile_starts"]
 
 Size = tuple[int, int]
 
@@ -243,16 +244,16 @@ class _Stitcher:
     """The merged map of one batch of photos, filled view by view, tile by tile."""
 
     def __init__(self, size: Size, views: Sequence[View], weights: Tensor, config: WindowConfig, merge: str,
-                 device: torch.device) -> None:
+                 device: torch.device, sink: Callable[[int, Tensor, Tensor], None] | None = None) -> None:
         if merge not in ("mean", "max"):
             raise ConfigError(f"sliding-window TTA merges by mean or max, got {merge!r}")
-        self.size, self.config, self.merge, self.device = size, config, merge, device
+        self.size, self.config, self.merge, self.device, self.sink = size, config, merge, device, sink
         self.weights = weights.double() / weights.double().sum()  # (V,) shares of the mean
         self.tilings = []
         for i, v in enumerate(views):
             vsize = v.output_size(size)
             self.tilings.append(_ViewTiling(i, v, plan_windows(vsize, config.size, config.overlap),
-                                            exact_on_tiles(v) and merge == "mean"))
+                                            exact_on_tiles(v) and merge == "mean" and sink is None))
             self.tilings[-1].left = len(self.tilings[-1].plan.windows)
         self.z: tuple[float, float] | None = None
         self.out: Tensor | None = None  # (B, K, H', W') merged
@@ -345,7 +346,10 @@ class _Stitcher:
         else:
             vmap = (t.num / t.count)[..., crop[0], crop[1]]  # type: ignore[operator]
             y, m = t.view.invert_dense(vmap, self.size, self.out_size)
-            self.merge_view(y, m, w)
+            if self.sink is not None:  # each view's own map, handed on as soon as it is whole
+                self.sink(t.index, y, m)
+            else:
+                self.merge_view(y, m, w)
         t.count = t.num = None
 
     def merge_view(self, y: Tensor, m: Tensor, w: float) -> None:
@@ -373,6 +377,62 @@ def _pairs(tilings: Sequence[_ViewTiling]) -> Iterator[tuple[_ViewTiling, int, i
     for t in tilings:
         for y0, x0 in t.plan.windows:
             yield t, y0, x0
+
+
+def _run_tiles(model: Callable[[Tensor], Any], images: Tensor, stitcher: _Stitcher, config: WindowConfig,
+               activation: Callable[[Tensor], Tensor], norm: Normalization, run_config: RunConfig) -> None:
+    """Stream every (view, tile) pair through the model in steps of ``config.batch`` tiles."""
+    B, th, tw = images.shape[0], *config.size
+    rendered: dict[int, Tensor] = {}  # view index -> its padded photo (at most the views of one step)
+
+    def view_photo(t: _ViewTiling) -> Tensor:
+        if t.index not in rendered:
+            x = t.view.apply(images, norm)
+            p = t.plan.pad
+            if any(p):  # F.pad takes the last dimension first
+                x = F.pad(x, (p[2], p[3], p[0], p[1]), mode=config.padding_mode,
+                          **({"value": config.padding_value} if config.padding_mode == "constant" else {}))
+            rendered[t.index] = x
+        return rendered[t.index]
+
+    identity = [View()]
+    step: list[tuple[_ViewTiling, int, int]] = []
+    pairs = list(_pairs(stitcher.tilings))
+    for i, pair in enumerate(pairs):
+        step.append(pair)
+        if len(step) < config.batch and i + 1 < len(pairs):
+            continue
+        tiles = torch.cat([view_photo(t)[..., y0:y0 + th, x0:x0 + tw] for t, y0, x0 in step])  # (n B, C, th, tw)
+        out = run_views(model, tiles, identity, norm, run_config)[0]
+        check_shape("segmentation output", out.shape, "(N, K, h, w)")
+        out = activation(out.float())
+        for j, (t, y0, x0) in enumerate(step):
+            stitcher.add(t, y0, x0, out[j * B:(j + 1) * B])
+            if t.left == 0:
+                rendered.pop(t.index, None)
+        step = []
+
+
+def stitch_views(
+    model: Callable[[Tensor], Any],
+    images: Tensor,
+    views: Sequence[View],
+    config: WindowConfig,
+    sink: Callable[[int, Tensor, Tensor], None],
+    *,
+    activation: Callable[[Tensor], Tensor] = lambda y: y,
+    norm: Normalization = Normalization(),
+    run_config: RunConfig | None = None,
+) -> None:
+    """Sliding-window inference of every view, unmerged: ``sink(view_index, map (B, K, H', W'),
+    mask (1, 1, H', W'))`` gets each view's stitched map, undone onto the photo's output grid,
+    as soon as its last tile is in (views in order; the tiles of consecutive views share
+    forwards, so at most a step's worth of views is held). What an evaluation needs to merge
+    the views of several policies in several ways."""
+    check_shape("images", images.shape, "(B, C, H, W)")
+    device = torch.device(config.stitch_device) if config.stitch_device else images.device
+    stitcher = _Stitcher(tuple(images.shape[-2:]), views, torch.ones(len(views)), config, "mean", device, sink)  # type: ignore[arg-type]
+    _run_tiles(model, images, stitcher, config, activation, norm, run_config or RunConfig())
 
 
 def sliding_window_tta(
@@ -423,38 +483,10 @@ def sliding_window_tta(
     device = torch.device(config.stitch_device) if config.stitch_device else images.device
     size: Size = tuple(images.shape[-2:])  # type: ignore[assignment]
     stitcher = _Stitcher(size, views, w, config, merge, device)
-    B, th, tw = images.shape[0], *config.size
-    rendered: dict[int, Tensor] = {}  # view index -> its padded photo (at most the views of one step)
-
-    def view_photo(t: _ViewTiling) -> Tensor:
-        if t.index not in rendered:
-            x = t.view.apply(images, norm)
-            p = t.plan.pad
-            if any(p):  # F.pad takes the last dimension first
-                x = F.pad(x, (p[2], p[3], p[0], p[1]), mode=config.padding_mode,
-                          **({"value": config.padding_value} if config.padding_mode == "constant" else {}))
-            rendered[t.index] = x
-        return rendered[t.index]
-
-    identity = [View()]
-    step: list[tuple[_ViewTiling, int, int]] = []
-    pairs = list(_pairs(stitcher.tilings))
-    for i, pair in enumerate(pairs):
-        step.append(pair)
-        if len(step) < config.batch and i + 1 < len(pairs):
-            continue
-        tiles = torch.cat([view_photo(t)[..., y0:y0 + th, x0:x0 + tw] for t, y0, x0 in step])  # (n B, C, th, tw)
-        out = run_views(model, tiles, identity, norm, run_config)[0]
-        check_shape("segmentation output", out.shape, "(N, K, h, w)")
-        out = activation(out.float())
-        for j, (t, y0, x0) in enumerate(step):
-            stitcher.add(t, y0, x0, out[j * B:(j + 1) * B])
-            if t.left == 0:
-                rendered.pop(t.index, None)
-        step = []
+    _run_tiles(model, images, stitcher, config, activation, norm, run_config)
     if extra:  # the whole photo at one tile's size, its map brought back onto the photo's grid
         small = Fn.resize(images, config.size)
-        y = activation(run_views(model, small, identity, norm, run_config)[0].float())
+        y = activation(run_views(model, small, [View()], norm, run_config)[0].float())
         y = F.interpolate(y, size=stitcher.out_size, mode="bilinear", align_corners=False)
         stitcher.merge_view(y, torch.ones(1, 1, *stitcher.out_size), float(stitcher.weights[-1]))
     return stitcher.result()
