@@ -187,3 +187,19 @@ def test_windowed_evaluate_equals_monai_scored_in_numpy(noisy, tmp_path, capsys)
         assert doc["results"][key]["exact"] is True
     assert json.loads((out / "segmentation" / "run.json").read_text())["window"]["tile"] == [64, 64]
     assert row_masks(out, "hflip", [1])[0].shape == (160, 160)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_boundary_counts_equal_the_per_class_erosion(seed):
+    """image_stats' one-band boundary counts equal seg_metrics' per-class erosion bands (checked against scipy)."""
+    from ttakit.evaluation.seg_metrics import boundary_counts
+
+    g = torch.Generator().manual_seed(seed)
+    k = 5
+    target = F.interpolate(torch.randint(0, k, (1, 1, 6, 7), generator=g).float(), size=(45, 61), mode="nearest")[0, 0].long()
+    pred = torch.where(torch.rand(45, 61, generator=g) < 0.1, torch.randint(0, k, (45, 61), generator=g), target)
+    pred = torch.roll(pred, (1, 2), (0, 1))
+    target[:2] = 255  # ignored pixels form a region of their own
+    valid = target != 255
+    ours = image_stats(target, pred, valid, k, 0.03)[3:].T
+    assert torch.equal(ours, boundary_counts(target, pred, valid, k, 0.03))

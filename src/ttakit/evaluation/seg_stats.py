@@ -34,23 +34,43 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .seg_metrics import band_counts, class_bands
 
-__all__ = ["SegmentationStats", "budget_side", "image_stats", "photo_argmax", "stats_miou", "stats_scores"]
+__all__ = ["SegmentationStats", "budget_side", "edge_band", "image_stats", "photo_argmax", "stats_miou", "stats_scores"]
 
-_GROUP_ELEMENTS = 1 << 22  # floats of one channel group of a full-resolution map (16 MB)
+_GROUP_ELEMENTS = 1 << 24  # floats of one channel group of a full-resolution map (64 MB)
+
+
+def edge_band(labels: Tensor, ratio: float = 0.02) -> Tensor:
+    """``(H, W)`` bool: the pixels within ``d = max(1, round(ratio x diagonal))`` of a contour of
+    their own class region (the outside counting as another class), i.e. whose ``(2d+1)^2``
+    window leaves the photo or holds another label. Class ``c``'s Boundary-IoU band
+    (:func:`~ttakit.evaluation.seg_metrics.class_bands`) is this band where the label is ``c``;
+    found here with two separable min/max filters, whatever the number of classes."""
+    h, w = labels.shape
+    d = max(1, round(ratio * math.hypot(h, w)))
+    x = labels.float()[None, None]
+    hi = F.max_pool2d(F.max_pool2d(x, (1, 2 * d + 1), 1, (0, d)), (2 * d + 1, 1), 1, (d, 0))
+    lo = -F.max_pool2d(F.max_pool2d(-x, (1, 2 * d + 1), 1, (0, d)), (2 * d + 1, 1), 1, (d, 0))
+    band = (hi != lo)[0, 0]
+    band[:d], band[h - d:], band[:, :d], band[:, w - d:] = True, True, True, True  # the window leaves the photo
+    return band
 
 
 def image_stats(target: Tensor, pred: Tensor, valid: Tensor, k: int, ratio: float = 0.02,
-                target_bands: Tensor | None = None) -> Tensor:
-    """``(5, K)`` int64 counts of one image (see the module docstring); ``target_bands`` are the
-    truth's boundary bands when already computed (they do not depend on the row)."""
+                target_band: Tensor | None = None, boundary: bool = True) -> Tensor:
+    """``(5, K)`` int64 counts of one image (see the module docstring); ``target_band`` is the
+    truth's :func:`edge_band` when already computed (it does not depend on the row); without
+    ``boundary`` the two boundary rows are left at 0 (a row whose mIoU alone is reported)."""
     t, p = target[valid].long(), pred[valid].long()
     inter = torch.bincount(t[t == p], minlength=k)[:k]
     pred_area, true_area = torch.bincount(p, minlength=k)[:k], torch.bincount(t, minlength=k)[:k]
-    bands = class_bands(target, valid, k, ratio) if target_bands is None else target_bands
-    edges = band_counts(bands, class_bands(pred, valid, k, ratio))  # (K, 2)
-    return torch.stack([inter, pred_area, true_area, edges[:, 0], edges[:, 1]])
+    if not boundary:
+        return torch.stack([inter, pred_area, true_area, torch.zeros_like(inter), torch.zeros_like(inter)])
+    tb = (edge_band(target, ratio) if target_band is None else target_band)[valid]
+    pb = edge_band(pred, ratio)[valid]
+    b_inter = torch.bincount(t[tb & pb & (t == p)], minlength=k)[:k]
+    b_union = torch.bincount(t[tb], minlength=k)[:k] + torch.bincount(p[pb], minlength=k)[:k] - b_inter
+    return torch.stack([inter, pred_area, true_area, b_inter, b_union])
 
 
 def photo_argmax(probs: Tensor, size: tuple[int, int], window: tuple[int, int, int, int] | None = None) -> Tensor:
@@ -69,6 +89,8 @@ def photo_argmax(probs: Tensor, size: tuple[int, int], window: tuple[int, int, i
     k = probs.shape[0]
     if (h, w) == tuple(probs.shape[-2:]):
         inner = probs.argmax(0)
+    elif k * h * w <= _GROUP_ELEMENTS:  # all classes at once
+        inner = F.interpolate(probs[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0].argmax(0)
     else:
         group = max(1, _GROUP_ELEMENTS // max(1, h * w))
         best = torch.full((h, w), -torch.inf)
@@ -77,8 +99,8 @@ def photo_argmax(probs: Tensor, size: tuple[int, int], window: tuple[int, int, i
             up = F.interpolate(probs[None, c0:c0 + group].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
             value, index = up.max(0)
             better = value > best  # strictly: an earlier class keeps a tie, as argmax does
-            best = torch.where(better, value, best)
-            inner = torch.where(better, index + c0, inner)
+            torch.maximum(best, value, out=best)
+            inner.masked_scatter_(better, index[better] + c0)
     if (top, left, h, w) == (0, 0, H, W):
         return inner
     out = torch.full((H, W), -1, dtype=torch.long)

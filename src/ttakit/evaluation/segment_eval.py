@@ -46,8 +46,7 @@ from ..tasks.window import WindowConfig
 from ..views import View
 from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, task_report, view_columns
 from .scoring import EvalOptions, PolicyRun, policy_runs
-from .seg_metrics import class_bands
-from .seg_stats import SegmentationStats, budget_side, image_stats, photo_argmax, stats_miou
+from .seg_stats import SegmentationStats, budget_side, edge_band, image_stats, photo_argmax, stats_miou
 from .segment_windows import RowPlan, window_chunk
 from .stats import compare_statistic
 from .store import LogitStore
@@ -193,10 +192,11 @@ class SegmentTask:
             fp["window"] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.window).items()}
         return fp
 
-    def _stats_key(self, signature: str) -> str:
-        """The stored tensor of a row's counts: its signature and what the counts depend on."""
+    def _stats_key(self, signature: str, boundary: bool = True) -> str:
+        """The stored tensor of a row's counts: its signature and what the counts depend on
+        (without ``boundary``: a view counted for its mIoU alone)."""
         sc = self.scoring
-        text = json.dumps([signature, sc.num_classes, sc.ignore_index, sc.boundary_ratio])
+        text = json.dumps([signature, sc.num_classes, sc.ignore_index, sc.boundary_ratio] + ([] if boundary else [0]))
         return "stats." + hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def _truth(self, data: MaskedImages, i: int, photo_size: tuple[int, int]) -> Tensor:
@@ -212,24 +212,25 @@ class SegmentTask:
 
     def _truths(self, data: MaskedImages, indices: Sequence[int], sizes: Sequence[tuple[int, int]]
                 ) -> list[tuple[Tensor, Tensor, Tensor, tuple[int, int, int, int]]]:
-        """Per image: the mask, its valid pixels, the truth's boundary bands and the window the model saw."""
-        k, out = self.scoring.num_classes, []
+        """Per image: the mask, its valid pixels, the truth's boundary band and the window the model saw."""
+        out = []
         for i, size in zip(indices, sizes):
             t = self._truth(data, i, tuple(size))
             win = (0, 0, *size) if self.window is not None else photo_window(self.lm.data_config, tuple(size))
             seen = photo_argmax(torch.ones(1, 1, 1), tuple(size), win) >= 0
             valid = seen & (t != self.scoring.ignore_index)
-            out.append((t, valid, class_bands(t, valid, k, self.scoring.boundary_ratio), win))
+            out.append((t, valid, edge_band(t, self.scoring.boundary_ratio), win))
         return out
 
     def _score_rows(self, rows: Sequence[tuple[str, list[int], str, Sequence[float] | None]], y: Tensor, m: Tensor,
                     truths: Sequence[tuple[Tensor, Tensor, Tensor, tuple[int, int, int, int]]]) -> dict[str, Tensor]:
         """``(n, 5, K)`` counts of every row (signature, columns, merge, weights) on these images."""
         k, ratio, out = self.scoring.num_classes, self.scoring.boundary_ratio, {}
+        asked = {_row_signature(r) for r in self._runs}
         for sig, cols, merge, weights in rows:
             probs = _merge(y[cols], m[cols], merge, weights).cpu()  # (n, K, h, w)
-            out[self._stats_key(sig)] = torch.stack([
-                image_stats(t, photo_argmax(probs[j], tuple(t.shape), win), valid, k, ratio, bands)
+            out[self._stats_key(sig, sig in asked)] = torch.stack([  # a view only in per_view.json: no boundary
+                image_stats(t, photo_argmax(probs[j], tuple(t.shape), win), valid, k, ratio, bands, sig in asked)
                 for j, (t, valid, bands, win) in enumerate(truths)]).to(torch.int32)
         return out
 
@@ -287,7 +288,8 @@ class SegmentTask:
                                   "photo is tiled at its own size: use tensor views (flips, turns, scale, ...)")
         sizes = [tuple(s) for s in inputs.photo_sizes]  # type: ignore[union-attr]
         truths = self._truths(self._data, indices, sizes)
-        rows = [RowPlan(self._stats_key(sig), cols, merge, w) for sig, cols, merge, w in
+        asked = {_row_signature(r) for r in self._runs}
+        rows = [RowPlan(self._stats_key(sig, sig in asked), cols, merge, w, sig in asked) for sig, cols, merge, w in
                 self._rows_to_count([v.name for v in views])]
         grid, dtype = self._store_plan(self.window.size, len(views))
         device = next(iter(inputs.batches.values())).device
@@ -306,15 +308,19 @@ class SegmentTask:
             self._tta[key] = SegmentationTTA(self.lm.model, Policy(tuple(views)), activation="softmax",
                                              norm=self.lm.normalization, run_config=self.run_config,
                                              data_config=self.lm.data_config)
-        y, m = self._tta[key].deaugment_maps(outs, inputs)  # (U, n, K, H', W'), (U, 1|n, 1, H', W')
-        if y.shape[2] != self.scoring.num_classes:
+        if outs[0].shape[1] != self.scoring.num_classes:
             raise ShapeError("segmenter output", f"(B, {self.scoring.num_classes}, h, w) (--num-classes)", tuple(outs[0].shape))
         if self._data is None:
             raise DatasetError("SegmentTask.pack: fingerprint(data) was not called first (it names the masks)")
         sizes = [tuple(s) for s in inputs.photo_sizes]  # type: ignore[union-attr]
-        truths = self._truths(self._data, indices, sizes)
-        payload = self._score_rows(self._rows_to_count(key), y, m, truths)  # exact: the full-resolution counts
-        return {**payload, **self._reduced(y, m, len(views)), "photo_size": torch.tensor(sizes, dtype=torch.long)}
+        rows = self._rows_to_count(key)
+        parts: list[dict[str, Tensor]] = []
+        for j, i in enumerate(indices):  # one photo at a time: K full-resolution maps of one photo at most
+            y, m = self._tta[key].deaugment_maps([o[j:j + 1] for o in outs], inputs.take(torch.tensor([j])))
+            truths = self._truths(self._data, [i], [sizes[j]])  # (U, 1, K, H', W'), (U, 1, 1, H', W')
+            parts.append({**self._score_rows(rows, y, m, truths), **self._reduced(y, m, len(views))})
+        payload = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # exact counts and reduced maps
+        return {**payload, "photo_size": torch.tensor(sizes, dtype=torch.long)}
 
     def empty(self, views: Sequence[View]) -> dict[str, Tensor]:
         k, u = self.scoring.num_classes, len(views)
@@ -345,9 +351,12 @@ class SegmentTask:
             indices += payload["indices"].tolist()
             if not stored:
                 stored = {"side": list(payload["probs"].shape[-2:]), "dtype": str(payload["probs"].dtype).removeprefix("torch.")}
-            for row in rows:
-                key = self._stats_key(_row_signature(row.run))
-                if key in payload:
+            for r, row in enumerate(rows):
+                keys = [self._stats_key(_row_signature(row.run))]
+                if r >= len(runs):  # a view alone (per_view.json, mIoU only): counted with or without boundary
+                    keys.append(self._stats_key(_row_signature(row.run), False))
+                key = next((k_ for k_ in keys if k_ in payload), None)
+                if key is not None:
                     row.stats.update(payload[key])
                 else:  # a row added to a resumed run: from the reduced maps, and marked so
                     row.stats.update(self._from_maps(row, payload, data))

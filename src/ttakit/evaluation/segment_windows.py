@@ -38,6 +38,7 @@ class RowPlan:
     cols: list[int]
     merge: str
     weights: Sequence[float] | None
+    boundary: bool = True  # False: a view counted only for its mIoU alone
 
 
 class _Merging:
@@ -99,13 +100,13 @@ def window_chunk(
         small_y: list[Tensor] = [torch.zeros(0)] * len(views)
         small_m: list[Tensor] = [torch.zeros(0)] * len(views)
 
-        def count(key: str, probs: Tensor) -> None:
+        def count(row: RowPlan, probs: Tensor) -> None:
             pred = photo_argmax(probs[0].cpu(), size)  # type: ignore[arg-type]
-            counts[key].append(image_stats(t, pred, valid, k, ratio, bands))
+            counts[row.key].append(image_stats(t, pred, valid, k, ratio, bands, row.boundary))
 
         def sink(u: int, y: Tensor, m: Tensor) -> None:
             if u in singles:
-                count(singles[u].key, y)
+                count(singles[u], y)
             for mg in merging:
                 if u in mg.weight:
                     mg.add(u, y, m)
@@ -116,7 +117,7 @@ def window_chunk(
         stitch_views(model, images, views, config, sink, activation=lambda y: torch.softmax(y, 1), norm=norm,
                      run_config=run_config)
         for mg in merging:
-            count(mg.row.key, mg.result())
+            count(mg.row, mg.result())
         if store_grid is not None:
             maps.append(torch.cat(small_y))  # (U, K, h, w)
             masks.append(torch.cat(small_m))
