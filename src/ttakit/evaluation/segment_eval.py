@@ -367,6 +367,10 @@ class SegmentTask:
         per_view = {r.run.key: r.result(n)["miou"] for r in rows[len(runs):]}
         state = {r.run.key: r.stats.per_image[:, :3].flatten(1).numpy().astype(np.float64) for r in rows[:len(runs)]}
         self._write_per_image(out / "per_image.csv", data, indices, rows[:len(runs)])
+        # Each row's (N, 5, K) per-image counts: what pairs this run with another on the same images.
+        np.savez_compressed(out / "per_image_counts.npz", indices=np.asarray(indices, dtype=np.int64),
+                            **{f"row{j}": r.stats.per_image.numpy() for j, r in enumerate(rows[:len(runs)])})
+        (out / "per_image_counts.json").write_text(json.dumps({f"row{j}": r.run.key for j, r in enumerate(rows[:len(runs)])}))
         disk = sum(p.stat().st_size for p in store.dir.glob("chunk_*.safetensors"))
         doc = {"masks": data.mask_source,
                "scoring": {"num_classes": k, "ignore_index": self.scoring.ignore_index,
@@ -425,7 +429,9 @@ def evaluate_segmentation(
     window: WindowConfig | None = None,
 ) -> dict[str, Any]:
     """Evaluate the plain segmenter and every policy x dense merge (``mean``, ``max``) on
-    ``data``; write ``results.json``, ``per_view.json`` and ``per_image.csv`` and keep the
+    ``data``; write ``results.json``, ``per_view.json``, ``per_image.csv`` and
+    ``per_image_counts.npz`` (each row's ``(N, 5, K)`` counts, ``row<j>`` named in
+    ``per_image_counts.json``: what pairs two runs on the same images) and keep the
     reduced per-view probabilities in ``out_dir/segmentation/``. Runs under torchrun as one
     process. With ``window``, each photo is segmented at its own size by sliding-window
     inference (tiles and views share forwards) instead of being resized to the model's input.
