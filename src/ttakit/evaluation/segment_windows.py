@@ -42,7 +42,15 @@ class RowPlan:
 
 
 class _Merging:
-    """One row's running merge over the views of one photo."""
+    """One row's running merge over the views of one photo.
+
+    Example:
+        >>> m = _Merging(RowPlan("k", [0, 1], "mean", None))
+        >>> m.add(0, torch.ones(1, 2, 1, 2), torch.ones(1, 1, 1, 2))
+        >>> m.add(1, torch.zeros(1, 2, 1, 2), torch.tensor([[[[1.0, 0.0]]]]))   # view 1 saw one pixel
+        >>> m.result()[0, 0].tolist()
+        [[0.5, 1.0]]
+    """
 
     def __init__(self, row: RowPlan) -> None:
         self.row = row
