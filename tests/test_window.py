@@ -158,3 +158,36 @@ def test_plans():
     assert plan.pad == (3, 4, 0, 0) and plan.padded == (16, 40) and plan.starts == ((0,), (0, 8, 16, 24))
     with pytest.raises(ConfigError, match="blend"):
         WindowConfig(blend="cosine")
+
+
+def test_input_stages_and_corrections_resample_the_photo_then_tile():
+    """A view with an input stage re-renders the photo (48 px here), is tiled and stitched in that
+    frame, then mapped back onto the photo; corrections change the photo's pixels, then it is tiled."""
+    from PIL import Image
+
+    from ttakit.corrections import correct
+    from ttakit.data import input_transform
+    from ttakit.stages import Input
+
+    net, cfg = _net(seed=6), WindowConfig(TILE, 0.25, "gaussian")
+    norm = ttakit.Normalization((0.5,) * 3, (0.25,) * 3)
+    data_config = {"input_size": (3, TILE, TILE), "interpolation": "bilinear", "mean": norm.mean, "std": norm.std,
+                   "crop_pct": 1.0, "crop_mode": "squash"}
+    photo = Image.fromarray((torch.rand(40, 40, 3) * 255).to(torch.uint8).numpy())
+    stage = Input(48, 1.0)
+    auto = create_policy("autocontrast").views[-1]
+    assert auto.corrections and auto.source is None
+    policy = Policy((View(), View(source=stage), auto))
+    seg = SegmentationTTA(net, policy, window=cfg, norm=norm, data_config=data_config)
+
+    def normalised(img):
+        x = torch.from_numpy(__import__("numpy").array(img)).permute(2, 0, 1)[None].float() / 255
+        return (x - 0.5) / 0.25
+
+    with torch.inference_mode():
+        ours = seg.predict(photo).output
+        rendered = input_transform(stage, data_config)(photo)[None]  # (1, 3, 48, 48): the whole square photo
+        back = F.interpolate(_monai(net, rendered, cfg), size=(40, 40), mode="bilinear", align_corners=False)
+        fixed = _monai(net, normalised(correct(photo, auto.corrections)), cfg)
+        ref = (_monai(net, normalised(photo), cfg) + back + fixed) / 3
+    assert torch.allclose(ours, ref, atol=1e-5), float((ours - ref).abs().max())

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..datasets import MaskedImages, load_mask
-from ..errors import ConfigError, DatasetError, PolicyError, ShapeError
+from ..errors import ConfigError, DatasetError, ShapeError
 from ..models import LoadedModel
 from ..policy import Policy
 from ..runtime.backends import Backend
@@ -282,10 +282,6 @@ class SegmentTask:
             return None
         if self._data is None:
             raise DatasetError("SegmentTask.run_chunk: fingerprint(data) was not called first (it names the masks)")
-        for v in views:
-            if v.stage is not None:
-                raise PolicyError(f"view {v.name!r} re-renders the photo at the model's input size; with --tile the "
-                                  "photo is tiled at its own size: use tensor views (flips, turns, scale, ...)")
         sizes = [tuple(s) for s in inputs.photo_sizes]  # type: ignore[union-attr]
         truths = self._truths(self._data, indices, sizes)
         asked = {_row_signature(r) for r in self._runs}
@@ -294,7 +290,7 @@ class SegmentTask:
         grid, dtype = self._store_plan(self.window.size, len(views))
         device = next(iter(inputs.batches.values())).device
         counts, y, m = window_chunk(model, [self._data.paths[i] for i in indices], truths, views, rows, self.window,
-                                    self.lm.normalization, self.run_config, device, self.scoring.num_classes,
+                                    self.lm.normalization, self.lm.data_config, self.run_config, device, self.scoring.num_classes,
                                     self.scoring.boundary_ratio, grid)
         n, u, k = len(indices), len(views), self.scoring.num_classes
         stored = (self._encode(y, m, dtype) if y is not None and m is not None else

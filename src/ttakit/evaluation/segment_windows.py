@@ -12,7 +12,7 @@ row plus the views in flight, for one photo at a time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..tasks.dense import window_images
+from ..tasks.dense import window_inputs
 from ..tasks.window import WindowConfig, stitch_views
 from ..transforms import Normalization
 from ..runtime.config import RunConfig
@@ -88,6 +88,7 @@ def window_chunk(
     rows: Sequence[RowPlan],
     config: WindowConfig,
     norm: Normalization,
+    data_config: Mapping[str, Any],
     run_config: RunConfig,
     device: torch.device,
     k: int,
@@ -101,7 +102,8 @@ def window_chunk(
     counts: dict[str, list[Tensor]] = {r.key: [] for r in rows}
     maps, masks = [], []
     for path, (t, valid, bands, _) in zip(paths, truths):
-        images = window_images(path, norm).to(device)  # (1, 3, H, W) at the photo's own size
+        images, stages = window_inputs(path, views, norm, data_config)  # (1, 3, H, W) at the photo's own size
+        images = images.to(device)
         size = tuple(t.shape)
         singles = {r.cols[0]: r for r in rows if len(r.cols) == 1}
         merging = [_Merging(r) for r in rows if len(r.cols) > 1]
@@ -123,7 +125,7 @@ def window_chunk(
                 small_m[u] = F.interpolate(m.float(), size=store_grid, mode="area").cpu()
 
         stitch_views(model, images, views, config, sink, activation=lambda y: torch.softmax(y, 1), norm=norm,
-                     run_config=run_config)
+                     run_config=run_config, stages=stages)
         for mg in merging:
             count(mg.row, mg.result())
         if store_grid is not None:

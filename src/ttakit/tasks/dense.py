@@ -20,8 +20,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .. import functional as Fn
-from ..corrections import Corrected
-from ..data import to_photo
+from ..corrections import Corrected, correct
+from ..data import input_transform, to_photo
 from ..errors import ConfigError, ShapeError, check_shape
 from ..policy import PolicyLike
 from ..registry import Registry
@@ -30,11 +30,12 @@ from ..runtime.config import RunConfig, model_device
 from ..runtime.loop import ViewInputs, as_view_inputs
 from ..stages import Input
 from ..transforms import Normalization
+from ..views import View
 from .base import Images, TTABase
-from .window import WindowConfig, sliding_window_tta
+from .window import WindowConfig, frame_matrix, sliding_window_tta, stage_key
 
 __all__ = ["ACTIVATIONS", "DENSE_MERGES", "DenseResult", "KeypointsTTA", "SegmentationTTA", "UNCERTAINTIES",
-           "window_images"]
+           "window_inputs"]
 
 ACTIVATIONS = Registry[Callable[[Tensor], Tensor]]("activation", sort=False)  # each view's map, before merging
 ACTIVATIONS.add("softmax", lambda y: torch.softmax(y, dim=1))
@@ -120,8 +121,8 @@ class SegmentationTTA(TTABase):
         window: sliding-window inference (:class:`~ttakit.tasks.window.WindowConfig`): the
             photo is kept at its own size (photos are only normalised) and cut into tiles;
             each view is tiled, undone and merged, and the tiles stitched with their weights
-            (tensor views only; ``uncertainty="variance"`` needs every view's whole map, so it
-            is refused).
+            (input stages and corrections re-sample the photo, which is then tiled;
+            ``uncertainty="variance"`` needs every view's whole map, so it is refused).
 
     Calls take ``(B, C, H, W)`` images, or photos for policies with input stages (multi-scale
     inference from the source photo, ``input(224:0.875,320:0.875)``): each stage's prediction
@@ -240,13 +241,16 @@ class SegmentationTTA(TTABase):
 
     def _predict_windows(self, x: Images) -> DenseResult:
         """Sliding-window prediction (see :mod:`~ttakit.tasks.window`): photos at their own size."""
-        images = x if isinstance(x, Tensor) and x.is_floating_point() else window_images(x, self.norm)
+        if isinstance(x, Tensor) and x.is_floating_point():
+            images, stages = x, {}
+        else:
+            images, stages = window_inputs(x, self.views, self.norm, self.data_config)
         if not isinstance(images, Tensor):
             raise ShapeError("sliding-window input", "(B, C, H, W) images or photos", ())
         w = None if self.view_weights is None else self.view_weights
         merged, seen = sliding_window_tta(self.backend, images.to(model_device(self.model)), self.views, self.window,
                                           weights=w, activation=self._activation, merge=self.merge_name,
-                                          norm=self.norm, run_config=self.run_config)
+                                          norm=self.norm, run_config=self.run_config, stages=stages)
         unc = self._uncertainty(merged[None], seen[None], merged) if self._uncertainty else None
         return DenseResult(merged, unc, seen)
 
@@ -255,8 +259,18 @@ class SegmentationTTA(TTABase):
         return self.predict(x).output
 
 
-def window_images(x: Images, norm: Normalization) -> Tensor:
-    """Photos as one ``(B, C, H, W)`` batch at their own size, normalised (what is tiled).
+def _normalised(photos: Sequence[Image.Image], norm: Normalization) -> Tensor:
+    batch = torch.stack([TF.pil_to_tensor(p) for p in photos]).float() / 255  # (B, 3, H, W)
+    mean, std = torch.tensor(norm.mean).view(1, -1, 1, 1), torch.tensor(norm.std).view(1, -1, 1, 1)
+    return (batch - mean) / std
+
+
+def window_inputs(x: Images, views: Sequence[View], norm: Normalization, data_config: Mapping[str, Any]
+                  ) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor | None]]]:
+    """Photos as one ``(B, C, H, W)`` batch at their own size, normalised (what is tiled), and
+    the photo of every view with an input stage or corrections: the corrected photo at its own
+    size, or the stage's rendering (:func:`~ttakit.data.input_transform`) with the map back
+    onto the photo (:func:`~ttakit.tasks.window.frame_matrix`).
 
     Raises:
         ShapeError: the photos differ in size (tile them one at a time).
@@ -265,9 +279,19 @@ def window_images(x: Images, norm: Normalization) -> Tensor:
     photos = [to_photo(p) for p in ([x] if single else list(x))]  # type: ignore[union-attr, arg-type]
     if len({p.size for p in photos}) > 1:
         raise ShapeError("photos for sliding-window inference", "one size per call", tuple(p.size for p in photos))
-    batch = torch.stack([TF.pil_to_tensor(p) for p in photos]).float() / 255  # (B, 3, H, W)
-    mean, std = torch.tensor(norm.mean).view(1, -1, 1, 1), torch.tensor(norm.std).view(1, -1, 1, 1)
-    return (batch - mean) / std
+    size = (photos[0].height, photos[0].width)
+    stages: dict[str, tuple[Tensor, Tensor | None]] = {}
+    for v in views:
+        if v.stage is None or stage_key(v) in stages:
+            continue
+        shown = [correct(p, v.corrections) for p in photos] if v.corrections else photos
+        if v.source is None:  # corrections alone: the same frame
+            stages[stage_key(v)] = (_normalised(shown, norm), None)
+        else:
+            render = input_transform(v.source, {**data_config, "mean": norm.mean, "std": norm.std})
+            stages[stage_key(v)] = (torch.stack([render(p) for p in shown]),
+                                    frame_matrix(size, v.source.window(size), len(photos)))
+    return _normalised(photos, norm), stages
 
 
 class KeypointsTTA(TTABase):

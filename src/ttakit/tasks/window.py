@@ -36,7 +36,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,7 @@ from ..transforms import Normalization
 from ..views import View
 
 __all__ = ["BLENDS", "WindowConfig", "WindowPlan", "exact_on_tiles", "importance_map", "plan_windows",
-           "sliding_window_tta", "stitch_views", "tile_starts"]
+           "frame_matrix", "sliding_window_tta", "stage_key", "stitch_views", "tile_starts"]
 
 Size = tuple[int, int]
 
@@ -221,6 +221,26 @@ def exact_on_tiles(view: View) -> bool:
     return True
 
 
+def stage_key(view: View) -> str:
+    """The key of a view's rendered photo in ``stages`` (its input stage and corrections)."""
+    return "identity" if view.stage is None else view.stage.name
+
+
+def frame_matrix(photo: Size, window: tuple[float, float, float, float], batch: int = 1) -> Tensor:
+    """``(batch, 3, 3)`` map from the whole photo's normalised coordinates to those of its
+    ``(top, left, height, width)`` window (what an input stage shows), for
+    :func:`~ttakit.functional.warp` to bring the window's map back onto the photo.
+
+    Example:
+        >>> frame_matrix((10, 20), (0.0, 0.0, 10.0, 20.0))[0].diagonal().tolist()   # the whole photo
+        [1.0, 1.0, 1.0]
+    """
+    (H, W), (t, l_, h, w) = photo, window
+    # x_photo = (u0 + 1) / 2 * W = l + (u1 + 1) / 2 * w, solved for u1 (as stages.input_matrix).
+    m = Fn.affine_matrix([[W / w, 0.0, (W - w - 2 * l_) / w], [0.0, H / h, (H - h - 2 * t) / h]])
+    return m.expand(batch, 3, 3)
+
+
 # --------------------------------------------------------------------------- stitching
 def _scaled(a: int, b: int, z: float) -> slice:
     """MONAI's tile slice on an output grid of stride ``1 / z``."""
@@ -235,6 +255,7 @@ class _ViewTiling:
     view: View
     plan: WindowPlan
     exact: bool
+    frame: Size  # (h, w) of the photo the view's transforms start from (the stage's, or the photo's)
     count: Tensor | None = None  # (1, 1, Ph', Pw') summed tile weights on the padded output grid
     num: Tensor | None = None  # (B, K, Ph', Pw') weighted sum: views stitched whole only
     left: int = 0  # tiles not yet added
@@ -244,16 +265,18 @@ class _Stitcher:
     """The merged map of one batch of photos, filled view by view, tile by tile."""
 
     def __init__(self, size: Size, views: Sequence[View], weights: Tensor, config: WindowConfig, merge: str,
-                 device: torch.device, sink: Callable[[int, Tensor, Tensor], None] | None = None) -> None:
+                 device: torch.device, sink: Callable[[int, Tensor, Tensor], None] | None = None,
+                 stages: Mapping[str, tuple[Tensor, Tensor | None]] | None = None) -> None:
         if merge not in ("mean", "max"):
             raise ConfigError(f"sliding-window TTA merges by mean or max, got {merge!r}")
         self.size, self.config, self.merge, self.device, self.sink = size, config, merge, device, sink
         self.weights = weights.double() / weights.double().sum()  # (V,) shares of the mean
         self.tilings = []
+        self.stages = dict(stages or {})
         for i, v in enumerate(views):
-            vsize = v.output_size(size)
-            self.tilings.append(_ViewTiling(i, v, plan_windows(vsize, config.size, config.overlap),
-                                            exact_on_tiles(v) and merge == "mean" and sink is None))
+            frame = tuple(self.stages[stage_key(v)][0].shape[-2:]) if v.stage is not None else size
+            self.tilings.append(_ViewTiling(i, v, plan_windows(v.output_size(frame), config.size, config.overlap),
+                                            exact_on_tiles(v) and merge == "mean" and sink is None, frame))
             self.tilings[-1].left = len(self.tilings[-1].plan.windows)
         self.z: tuple[float, float] | None = None
         self.out: Tensor | None = None  # (B, K, H', W') merged
@@ -271,12 +294,16 @@ class _Stitcher:
                 slice(round(pad[2] * zx), round((pad[2] + size[1]) * zx)) if pad[2] + pad[3] else slice(0, full[1]))
         return full, crop
 
+    def frame_grid(self, size: Size) -> Size:
+        """The output grid of an un-augmented frame of ``size`` (the unpadded part of its padded grid)."""
+        plan = plan_windows(size, self.config.size, self.config.overlap)
+        _, (sy, sx) = self.grid(size, plan.pad)
+        return sy.stop - sy.start, sx.stop - sx.start
+
     @property
     def out_size(self) -> Size:
-        """The photo's output grid (the unpadded part of its padded output grid)."""
-        plan = plan_windows(self.size, self.config.size, self.config.overlap)
-        _, (sy, sx) = self.grid(self.size, plan.pad)
-        return sy.stop - sy.start, sx.stop - sx.start
+        """The photo's output grid."""
+        return self.frame_grid(self.size)
 
     def start(self, y: Tensor) -> None:
         """Set the output grid from the first tile output ``(B, K, h', w')``."""
@@ -345,7 +372,13 @@ class _Stitcher:
             self.seen += 1  # type: ignore[operator]
         else:
             vmap = (t.num / t.count)[..., crop[0], crop[1]]  # type: ignore[operator]
-            y, m = t.view.invert_dense(vmap, self.size, self.out_size)
+            y, m = t.view.invert_dense(vmap, t.frame, self.frame_grid(t.frame))
+            matrix = self.stages[stage_key(t.view)][1] if t.view.stage is not None else None
+            if matrix is not None:  # the stage's window of the photo, back onto the photo's grid
+                matrix = matrix.to(self.device)
+                m = Fn.warp(m.expand(y.shape[0], -1, -1, -1), matrix, self.out_size, mode="nearest")
+                m = (m * Fn.valid_mask(matrix, self.out_size, self.device)).amin(0, keepdim=True)
+                y = Fn.warp(y, matrix, self.out_size, padding_mode="border")
             if self.sink is not None:  # each view's own map, handed on as soon as it is whole
                 self.sink(t.index, y, m)
             else:
@@ -387,7 +420,8 @@ def _run_tiles(model: Callable[[Tensor], Any], images: Tensor, stitcher: _Stitch
 
     def view_photo(t: _ViewTiling) -> Tensor:
         if t.index not in rendered:
-            x = t.view.apply(images, norm)
+            source = stitcher.stages[stage_key(t.view)][0] if t.view.stage is not None else images
+            x = t.view.apply(source.to(images.device), norm)
             p = t.plan.pad
             if any(p):  # F.pad takes the last dimension first
                 x = F.pad(x, (p[2], p[3], p[0], p[1]), mode=config.padding_mode,
@@ -423,6 +457,7 @@ def stitch_views(
     activation: Callable[[Tensor], Tensor] = lambda y: y,
     norm: Normalization = Normalization(),
     run_config: RunConfig | None = None,
+    stages: Mapping[str, tuple[Tensor, Tensor | None]] | None = None,
 ) -> None:
     """Sliding-window inference of every view, unmerged: ``sink(view_index, map (B, K, H', W'),
     mask (1, 1, H', W'))`` gets each view's stitched map, undone onto the photo's output grid,
@@ -431,7 +466,8 @@ def stitch_views(
     the views of several policies in several ways."""
     check_shape("images", images.shape, "(B, C, H, W)")
     device = torch.device(config.stitch_device) if config.stitch_device else images.device
-    stitcher = _Stitcher(tuple(images.shape[-2:]), views, torch.ones(len(views)), config, "mean", device, sink)  # type: ignore[arg-type]
+    stitcher = _Stitcher(tuple(images.shape[-2:]), views, torch.ones(len(views)), config, "mean", device, sink,  # type: ignore[arg-type]
+                         stages)
     _run_tiles(model, images, stitcher, config, activation, norm, run_config or RunConfig())
 
 
@@ -446,6 +482,7 @@ def sliding_window_tta(
     merge: str = "mean",
     norm: Normalization = Normalization(),
     run_config: RunConfig | None = None,
+    stages: Mapping[str, tuple[Tensor, Tensor | None]] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sliding-window inference of ``model`` on ``images`` under every view, merged.
 
@@ -459,6 +496,11 @@ def sliding_window_tta(
         merge: ``mean`` (weighted, over the views that saw each pixel) or ``max``.
         norm: the model's input normalisation (photometric views need it).
         run_config: micro-batch, memory format and autocast of the view loop.
+        stages: the photos of views with an input stage or corrections, by :func:`stage_key`:
+            ``(rendered (B, C, h, w), matrix (B, 3, 3) or None)``, the matrix mapping the
+            photo's normalised coordinates to the rendering's (:func:`frame_matrix`; ``None``:
+            the same frame, e.g. corrections alone). Each such view re-samples the photo, is
+            tiled, stitched, undone and mapped back onto the photo with a validity mask.
 
     Returns:
         ``(merged (B, K, H', W'), coverage (1, 1, H', W'))``: the merged map on the photo's
@@ -472,7 +514,7 @@ def sliding_window_tta(
     """
     check_shape("images", images.shape, "(B, C, H, W)")
     for v in views:
-        if v.stage is not None:
+        if v.stage is not None and stage_key(v) not in (stages or {}):
             raise PolicyError(f"view {v.name!r} re-renders the source photo; sliding-window inference on a tensor "
                               "takes tensor views only (pass photos to SegmentationTTA instead)")
     run_config = run_config or RunConfig()
@@ -482,7 +524,7 @@ def sliding_window_tta(
         w = torch.cat([w, w.mean()[None]])
     device = torch.device(config.stitch_device) if config.stitch_device else images.device
     size: Size = tuple(images.shape[-2:])  # type: ignore[assignment]
-    stitcher = _Stitcher(size, views, w, config, merge, device)
+    stitcher = _Stitcher(size, views, w, config, merge, device, stages=stages)
     _run_tiles(model, images, stitcher, config, activation, norm, run_config)
     if extra:  # the whole photo at one tile's size, its map brought back onto the photo's grid
         small = Fn.resize(images, config.size)
