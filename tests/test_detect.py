@@ -18,7 +18,7 @@ from ttakit.cli import main
 from ttakit.errors import ConfigError, ModelLoadError, ShapeError
 from ttakit.evaluation.detect_eval import DetectScoring, evaluate_detection, load_coco_images
 from ttakit.evaluation.evaluate import EvalOptions
-from ttakit.runtime.loop import _tree_cat, _tree_slice
+from ttakit.runtime.loop import _tree_slice, tree_cat as _tree_cat
 from ttakit.tasks import detect
 from ttakit.tasks.boxes import NMSOptions, WBFOptions
 from ttakit.tasks.detect import (

@@ -27,6 +27,7 @@ from .stages import Input
 from .tasks.classify import ClassificationResult, ClassificationTTA
 from .tasks.dense import DenseResult, KeypointsTTA, SegmentationTTA
 from .tasks.detect import DetectionResult, DetectionTTA, load_detector
+from .tasks.plan import Plan
 from .transforms import (
     Brightness,
     Contrast,
@@ -84,6 +85,7 @@ __all__ = [
     "LoadedModel",
     "ModelLoadError",
     "Normalization",
+    "Plan",
     "Policy",
     "PolicyError",
     "Registry",

@@ -25,8 +25,10 @@ __all__ = [
     "RunConfig",
     "cache_dir",
     "default_run_config",
+    "kept_as_given",
     "model_device",
     "prepare_model",
+    "prepared",
     "timed",
     "torch_threads",
     "tune_run_config",
@@ -96,10 +98,52 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
 
 
 def prepare_model(model: nn.Module, config: RunConfig) -> nn.Module:
-    """Put the model's parameters in the memory format ``config`` feeds it (once, in place):
-    channels-last inputs on a contiguous model take a slow path."""
-    model.to(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+    """Put the model's parameters in the memory format ``config`` feeds it (in place):
+    channels-last inputs on a contiguous model take a slow path. Prefer :func:`prepared`,
+    which gives the model back as it was."""
+    # Outside inference mode even when called in it: the copies stay ordinary parameters.
+    with torch.inference_mode(False), torch.no_grad():
+        model.to(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
     return model
+
+
+@contextlib.contextmanager
+def kept_as_given(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the block, then give ``model`` back as it was given: each module's train/eval
+    mode, each parameter's ``requires_grad`` and each 4-D tensor's memory format.
+
+    Example:
+        >>> net = torch.nn.Conv2d(3, 4, 3).train()
+        >>> with kept_as_given(net):
+        ...     _ = net.eval().to(memory_format=torch.channels_last).requires_grad_(False)
+        >>> net.training, net.weight.requires_grad, net.weight.is_contiguous()
+        (True, True, True)
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.ndim == 4]
+    formats = [(t, t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()) for t in tensors]
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        with torch.inference_mode(False), torch.no_grad():
+            for p, flag in grads:
+                if p.requires_grad != flag:
+                    p.requires_grad_(flag)
+            for t, cl in formats:
+                fmt = torch.channels_last if cl else torch.contiguous_format
+                if not t.is_contiguous(memory_format=fmt):
+                    t.data = t.data.contiguous(memory_format=fmt)
+
+
+@contextlib.contextmanager
+def prepared(model: nn.Module, config: RunConfig) -> Iterator[nn.Module]:
+    """The model in the memory format ``config`` feeds it for the block (see
+    :func:`prepare_model`), then given back as it was given (:func:`kept_as_given`)."""
+    with kept_as_given(model):
+        yield prepare_model(model, config)
 
 
 def tune_run_config(

@@ -13,7 +13,7 @@ tensor-stage transforms of each view then run on that rendered batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -26,7 +26,18 @@ from ..transforms import Normalization
 from ..views import View
 from .config import RunConfig
 
-__all__ = ["RenderedInputs", "TensorInputs", "ViewInputs", "as_view_inputs", "run_views"]
+__all__ = [
+    "ChunkOutputs",
+    "RenderedInputs",
+    "TensorInputs",
+    "ViewInputs",
+    "as_view_inputs",
+    "model_runner",
+    "run_views",
+    "tree_cat",
+    "tree_take",
+    "view_chunks",
+]
 
 
 @runtime_checkable
@@ -138,17 +149,31 @@ def _is_records(out: Any) -> bool:
     return isinstance(out, list) and bool(out) and isinstance(out[0], dict)
 
 
-def _tree_cat(parts: Sequence[Any]) -> Any:
+def tree_cat(parts: Sequence[Any]) -> Any:
+    """Join outputs (tensors, dicts or tuples of them, lists of per-image dicts) along the batch."""
     first = parts[0]
     if isinstance(first, Tensor):
         return torch.cat(list(parts), dim=0)
     if _is_records(first):
         return [r for p in parts for r in p]
     if isinstance(first, dict):
-        return {k: _tree_cat([p[k] for p in parts]) for k in first}
+        return {k: tree_cat([p[k] for p in parts]) for k in first}
     if isinstance(first, (tuple, list)):
-        return type(first)(_tree_cat([p[i] for p in parts]) for i in range(len(first)))
+        return type(first)(tree_cat([p[i] for p in parts]) for i in range(len(first)))
     raise _not_a_tree(first)
+
+
+def tree_take(out: Any, index: Tensor) -> Any:
+    """The rows ``index`` (a 1-D index tensor) of an output tree, along the batch."""
+    if isinstance(out, Tensor):
+        return out[index.to(out.device)]
+    if _is_records(out):
+        return [out[i] for i in index.tolist()]
+    if isinstance(out, dict):
+        return {k: tree_take(v, index) for k, v in out.items()}
+    if isinstance(out, (tuple, list)):
+        return type(out)(tree_take(v, index) for v in out)
+    raise _not_a_tree(out)
 
 
 def _tree_slice(out: Any, start: int, stop: int) -> Any:
@@ -162,6 +187,77 @@ def _tree_slice(out: Any, start: int, stop: int) -> Any:
 
 
 # --------------------------------------------------------------------------- the loop
+# One chunk of the loop: (n, C, h, w) augmented images and, per slice of them, (view, b0, b1):
+# rows b0:b1 of the batch seen through that view.
+Chunk = tuple[Tensor, list[tuple[int, int, int]]]
+
+
+def view_chunks(inputs: Tensor | ViewInputs, views: Sequence[View], norm: Normalization,
+                micro_batch: int) -> Iterator[Chunk]:
+    """The ``B x V`` augmented images of a batch in chunks of at most ``micro_batch`` images of
+    one size, built on the fly (memory is bounded by the chunk, not by ``V``); what any runtime
+    (:func:`run_views`, :class:`ttakit.Plan`) feeds its model.
+
+    Example:
+        >>> chunks = list(view_chunks(torch.zeros(3, 3, 8, 8), [View(), View((HFlip(),))], Normalization(), 4))
+        >>> [(tuple(x.shape), runs) for x, runs in chunks]
+        [((4, 3, 8, 8), [(0, 0, 3), (1, 0, 1)]), ((2, 3, 8, 8), [(1, 1, 3)])]
+    """
+    src = as_view_inputs(inputs)
+    B, mb = src.batch_size, micro_batch
+    # Views sharing an input stage share its rendered batch; within it, views whose images
+    # have the same size can share a forward.
+    by_source: dict[Input | Corrected | None, dict[tuple[int, int], list[int]]] = {}
+    for i, view in enumerate(views):
+        groups = by_source.setdefault(view.stage, {})  # with its corrections: distinct renderings
+        groups.setdefault(view.output_size(src.size(view.stage)), []).append(i)
+    for source, groups in by_source.items():
+        x = src.render(source)  # (B, C, H, W): one input stage held at a time
+        for idx in groups.values():
+            # Walk the (view, image) pairs of this size group in chunks of `mb`; a chunk may
+            # span several views, so one image with many views still fills each forward.
+            total = len(idx) * B
+            for pos in range(0, total, mb):
+                end = min(pos + mb, total)
+                runs, batch, p = [], [], pos
+                while p < end:
+                    v, b0 = divmod(p, B)
+                    b1 = min(B, b0 + (end - p))
+                    batch.append(views[idx[v]].apply(x[b0:b1], norm))
+                    runs.append((idx[v], b0, b1))
+                    p += b1 - b0
+                yield (torch.cat(batch) if len(batch) > 1 else batch[0]), runs  # (n, C, h, w)
+        del x
+
+
+class ChunkOutputs:
+    """Collects a model's outputs of :func:`view_chunks` chunks back into one output per view."""
+
+    def __init__(self, n_views: int) -> None:
+        self.pieces: list[list[tuple[int, Any]]] = [[] for _ in range(n_views)]  # per view: (b0, output slice)
+
+    def add(self, runs: Sequence[tuple[int, int, int]], out: Any) -> None:
+        """File ``out`` (batch dimension first) of the chunk described by ``runs``."""
+        offset = 0
+        for vi, b0, b1 in runs:
+            self.pieces[vi].append((b0, _tree_slice(out, offset, offset + b1 - b0)))
+            offset += b1 - b0
+
+    def outputs(self) -> list[Any]:
+        """One output per view, each with the full batch dimension, in view order."""
+        return [tree_cat([o for _, o in sorted(p, key=lambda t: t[0])]) for p in self.pieces]
+
+
+def model_runner(model: Callable[[Tensor], Any], config: RunConfig) -> Callable[[Tensor], Any]:
+    """``model`` called as ``config`` says: channels-last inputs, under autocast."""
+    def run(x: Tensor) -> Any:
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=x.device.type, dtype=config.amp_dtype, enabled=config.amp_dtype is not None):
+            return model(x)
+    return run
+
+
 def run_views(
     model: Callable[[Tensor], Any],
     inputs: Tensor | ViewInputs,
@@ -189,39 +285,7 @@ def run_views(
         >>> [tuple(o.shape) for o in outs]
         [(2, 3), (2, 3)]
     """
-    src = as_view_inputs(inputs)
-    B, mb = src.batch_size, config.micro_batch
-    pieces: list[list[tuple[int, Any]]] = [[] for _ in views]  # per view: (b0, output slice)
-    # Views sharing an input stage share its rendered batch; within it, views whose images
-    # have the same size can share a forward.
-    by_source: dict[Input | Corrected | None, dict[tuple[int, int], list[int]]] = {}
-    for i, view in enumerate(views):
-        groups = by_source.setdefault(view.stage, {})  # with its corrections: distinct renderings
-        groups.setdefault(view.output_size(src.size(view.stage)), []).append(i)
-    for source, groups in by_source.items():
-        x = src.render(source)  # (B, C, H, W): one input stage held at a time
-        amp = torch.autocast(device_type=x.device.type, dtype=config.amp_dtype, enabled=config.amp_dtype is not None)
-        for idx in groups.values():
-            # Walk the (view, image) pairs of this size group in chunks of `mb`; a chunk may
-            # span several views, so one image with many views still fills each forward.
-            total = len(idx) * B
-            for pos in range(0, total, mb):
-                end = min(pos + mb, total)
-                runs, batch, p = [], [], pos
-                while p < end:
-                    v, b0 = divmod(p, B)
-                    b1 = min(B, b0 + (end - p))
-                    batch.append(views[idx[v]].apply(x[b0:b1], norm))
-                    runs.append((idx[v], b0, b1))
-                    p += b1 - b0
-                inp = torch.cat(batch) if len(batch) > 1 else batch[0]  # (n, C, h, w)
-                if config.channels_last:
-                    inp = inp.contiguous(memory_format=torch.channels_last)
-                with amp:
-                    out = model(inp)
-                offset = 0
-                for vi, b0, b1 in runs:
-                    pieces[vi].append((b0, _tree_slice(out, offset, offset + b1 - b0)))
-                    offset += b1 - b0
-        del x
-    return [_tree_cat([o for _, o in sorted(p, key=lambda t: t[0])]) for p in pieces]
+    run, collected = model_runner(model, config), ChunkOutputs(len(views))
+    for x, runs in view_chunks(inputs, views, norm, config.micro_batch):
+        collected.add(runs, run(x))
+    return collected.outputs()

@@ -1,35 +1,34 @@
-"""The base every task wrapper shares: model, policy, normalisation, run config, view weights."""
+"""The base every task wrapper shares: model, policy, normalisation, run config, view weights; a Plan with a model in front."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Union
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import timm
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
-from ..data import InputRenderer, PhotoLike, to_photo
 from ..policy import Policy, PolicyLike, create_policy
-from ..runtime.backends import Backend, resolve_backend
-from ..runtime.config import RunConfig, model_device, prepare_model
-from ..runtime.loop import RenderedInputs, ViewInputs, run_views
-from ..errors import PolicyError
-from ..stages import Input, input_matrix
+from ..runtime.backends import Backend, TorchBackend, resolve_backend
+from ..runtime.config import RunConfig, kept_as_given, model_device, prepared
+from ..runtime.loop import ViewInputs, model_runner
 from ..transforms import Normalization
 from ..views import View
+from .geometry import Geometry, stage_matrices
+from .plan import Images, OutputsHead, Plan, TaskHead, as_inputs
 
 __all__ = ["Images", "TTABase"]
 
-# What a wrapper accepts: preprocessed (B, C, H, W) float images, inputs already rendered per
-# input stage, or photos (one or a list of paths, PIL images, (C, H, W) uint8 tensors).
-Images = Union[Tensor, ViewInputs, PhotoLike, Sequence[PhotoLike]]
-
 
 class TTABase(nn.Module):
-    """A model wrapped with a policy; subclasses decide what to do with each view's output.
+    """A model wrapped with a policy: a :class:`~ttakit.tasks.plan.Plan` whose batches the
+    model (or its backend) runs; subclasses give the task's head.
+
+    The caller's model comes back as it was given after every call: its memory format (it is
+    converted to channels-last only for the duration of a call that feeds it channels-last
+    images), train/eval mode and ``requires_grad``.
 
     Args:
         model: the network (any callable ``nn.Module`` taking ``(N, C, H, W)`` images).
@@ -37,7 +36,6 @@ class TTABase(nn.Module):
         norm: the model's input normalisation (photometric views need it); taken from
             ``model.pretrained_cfg`` when not given.
         run_config: micro-batch size, memory format and autocast; device defaults if ``None``.
-            With ``channels_last`` the model's parameters are converted once, in place.
         data_config: timm data config (input size, interpolation, crop, mean, std) used to
             turn photos into model inputs; resolved from the model when not given.
         backend: what runs the model: ``"torch"`` (default), ``"onnxruntime"``, ``"openvino"``
@@ -60,10 +58,10 @@ class TTABase(nn.Module):
         self.policy: Policy = create_policy(policy, self.data_config)
         self.norm = norm or Normalization(tuple(self.data_config["mean"]), tuple(self.data_config["std"]))
         # A Backend is not an nn.Module, so this plain attribute is not registered as a submodule
-        # (state_dict, .to() and .eval() stay the model's).
-        self.backend: Backend = resolve_backend(backend, model, input_size=tuple(self.data_config["input_size"][-2:]))
+        # (state_dict, .to() and .eval() stay the model's). Exporting one leaves the model as given.
+        with kept_as_given(model):
+            self.backend: Backend = resolve_backend(backend, model, input_size=tuple(self.data_config["input_size"][-2:]))
         self.run_config = run_config or self.backend.run_config(model_device(model))
-        prepare_model(model, self.run_config)
         w = self.policy.weights
         # None means equal weights, which merges may treat more cheaply than explicit ones.
         self.register_buffer("view_weights", None if w is None else torch.tensor(w, dtype=torch.float32), persistent=False)
@@ -79,30 +77,38 @@ class TTABase(nn.Module):
     def inputs(self, x: Images) -> Tensor | ViewInputs:
         """Preprocessed tensors and rendered inputs as they are; photos decoded once and
         rendered for every input stage of the policy, on the model's device."""
-        if isinstance(x, Tensor) and x.is_floating_point() or isinstance(x, ViewInputs):
-            return x
-        single = isinstance(x, (str, Path, Image.Image)) or isinstance(x, Tensor) and x.ndim == 3
-        photos = [to_photo(p) for p in ([x] if single else list(x))]  # type: ignore[union-attr]
-        renderer = InputRenderer({v.stage for v in self.views}, self.data_config)
-        sizes = [(p.height, p.width) for p in photos]
-        return RenderedInputs(renderer.batch(photos), sizes).to(model_device(self.model))
+        return as_inputs(x, self.views, self.data_config, model_device(self.model))
+
+    def geometry(self, inputs: Tensor | ViewInputs) -> Geometry:
+        """What undoing views on ``inputs`` needs (sizes, photo windows), without the model."""
+        return Geometry.of(inputs, self.data_config)
 
     def stage_matrices(self, inputs: Tensor | ViewInputs, view: View) -> Tensor | None:
         """``(B, 3, 3)`` maps from the plain input's normalised coordinates to those of
-        ``view``'s input stage, one per photo (``None`` for a view without an input stage).
+        ``view``'s input stage, one per photo (see :func:`ttakit.tasks.geometry.stage_matrices`)."""
+        return stage_matrices(view, getattr(inputs, "photo_sizes", None), self.data_config)
 
-        Raises:
-            PolicyError: the photo sizes are unknown, or the model's preprocessing is not a
-                centre crop that other stages can be mapped back onto.
-        """
-        if view.source is None:
-            return None
-        sizes = getattr(inputs, "photo_sizes", None)
-        if sizes is None:
-            raise PolicyError(f"{view.name}: mapping an input stage back needs the photo sizes; pass photos")
-        plain = Input.of_model(self.data_config)
-        return torch.stack([input_matrix(view.source, plain, s) for s in sizes])  # (B, 3, 3)
+    def plan(self, head: TaskHead | None = None, views: Sequence[View] | None = None) -> Plan:
+        """The model-free plan this wrapper runs: its policy (or ``views``), data config,
+        normalisation and micro-batch, rendering on the model's device."""
+        policy = self.policy if views is None else Policy(tuple(views))
+        return Plan(policy, head or OutputsHead(), data_config=self.data_config, norm=self.norm,
+                    micro_batch=self.run_config.micro_batch, device=model_device(self.model))
+
+    @contextlib.contextmanager
+    def _model_ready(self) -> Iterator[None]:
+        """The model in the run config's memory format for the block, then as it was given."""
+        feeds_model = isinstance(self.backend, TorchBackend) and self.backend.module is self.model
+        with prepared(self.model, self.run_config) if feeds_model else kept_as_given(self.model):
+            yield
+
+    def execute(self, x: Images, head: TaskHead | None = None, views: Sequence[View] | None = None) -> Any:
+        """Run the plan of ``head`` (default: raw outputs) on ``x`` with this wrapper's model
+        or backend feeding every batch; the plan's result."""
+        plan = self.plan(head, views)
+        with self._model_ready():
+            return plan.run(model_runner(self.backend, self.run_config), self.inputs(x))
 
     def run(self, x: Tensor | ViewInputs, views: Sequence[View] | None = None) -> list[Any]:
-        """Each view's raw model output, batch dimension first (see :func:`run_views`)."""
-        return run_views(self.backend, x, self.views if views is None else views, self.norm, self.run_config)
+        """Each view's raw model output, batch dimension first, in ``views`` order."""
+        return self.execute(x, None, views)

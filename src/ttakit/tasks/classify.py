@@ -8,7 +8,7 @@ and its cost are computed by the same code everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,17 +21,20 @@ from ..policy import Policy, PolicyLike
 from ..registry import Registry
 from ..runtime.backends import Backend
 from ..runtime.config import RunConfig
-from ..runtime.loop import ViewInputs
 from ..transforms import Normalization
 from ..views import View
 from .base import Images, TTABase
+from .geometry import Geometry
+from .plan import TASKS, Fetch
 
 __all__ = [
     "CONFIDENCE",
     "ClassificationResult",
     "ClassificationTTA",
+    "ClassifyHead",
     "ClassifyRule",
     "adaptive_cost",
+    "classify_head",
     "classify_views",
     "get_confidence",
 ]
@@ -161,6 +164,49 @@ def classify_views(fetch: FetchLogits, n_inputs: int, views: Sequence[View], rul
     return ClassificationResult(probs, plain, logits, int(cost), uncertain.cpu())
 
 
+class ClassifyHead:
+    """Classification as a :class:`~ttakit.tasks.plan.Plan` task: every view (or, adaptively,
+    the plain view first and the others only for unsure inputs), merged by ``rule``; with a
+    ``conformal`` calibration, each input's prediction set too."""
+
+    def __init__(self, rule: ClassifyRule, conformal: Calibration | None = None) -> None:
+        self.rule, self.conformal = rule, conformal
+
+    def schedule(self, views: Sequence[View], n: int, fetch: Fetch) -> Iterator[tuple[Tensor | None, Sequence[View]]]:
+        if self.rule.threshold is None:
+            yield None, views
+            return
+        yield None, [View()]
+        plain = fetch(None, [View()])[0].float()  # (B, C)
+        rows = (self.rule.confidence(plain) < self.rule.threshold).nonzero().flatten()
+        others = [v for v in views if not v.is_identity]
+        if len(rows) and others:
+            yield rows, others
+
+    def finish(self, views: Sequence[View], n: int, fetch: Fetch, geometry: Geometry) -> ClassificationResult:
+        def logits(rows: Tensor | None, vs: Sequence[View]) -> Tensor:
+            return torch.stack([o.float() for o in fetch(rows, vs)], dim=1)  # (n, V, C)
+
+        res = classify_views(logits, n, views, self.rule)
+        return res if self.conformal is None else replace(res, sets=prediction_sets(res.probs, self.conformal))
+
+
+@TASKS.register("classify")
+def classify_head(policy: Policy, *, merge: str | None = None, adaptive: float | None = None,
+                  confidence: str = "max_prob", conformal: Calibration | None = None) -> ClassifyHead:
+    """The classification head of ``policy`` (see :class:`ClassifyRule`); ``conformal``
+    defaults to the policy's ``meta["conformal"]`` (as ``ttakit calibrate`` writes it).
+
+    Example:
+        >>> head = classify_head(create_policy("hflip"), merge="max")
+        >>> head.rule.merge is get_merge("max"), head.rule.threshold
+        (True, None)
+    """
+    if conformal is None and "conformal" in policy.meta:  # a calibrated policy (ttakit calibrate)
+        conformal = Calibration.from_dict(policy.meta["conformal"])
+    return ClassifyHead(ClassifyRule.from_policy(policy, merge, adaptive, confidence), conformal)
+
+
 class ClassificationTTA(TTABase):
     """Test-time augmentation around an image classifier.
 
@@ -213,10 +259,9 @@ class ClassificationTTA(TTABase):
         super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config, backend=backend)
         self.merge_name = merge or self.policy.merge or "mean"
         self.confidence_name = confidence
-        self.rule = ClassifyRule.from_policy(self.policy, self.merge_name, adaptive, confidence)
-        if conformal is None and "conformal" in self.policy.meta:  # a calibrated policy (ttakit calibrate)
-            conformal = Calibration.from_dict(self.policy.meta["conformal"])
-        self.conformal = conformal
+        self.head = classify_head(self.policy, merge=self.merge_name, adaptive=adaptive, confidence=confidence,
+                                  conformal=conformal)
+        self.rule, self.conformal = self.head.rule, self.head.conformal
 
     @property
     def adaptive(self) -> float | None:
@@ -234,7 +279,7 @@ class ClassificationTTA(TTABase):
     @torch.inference_mode()
     def forward_views(self, x: Images, views: Sequence[View] | None = None) -> Tensor:
         """Per-view logits ``(B, V, C)`` for ``(B, C, H, W)`` images or photos."""
-        return torch.stack([o.float() for o in self.run(self.inputs(x), views)], dim=1)  # (B, V, C)
+        return torch.stack([o.float() for o in self.run(x, views)], dim=1)  # (B, V, C)
 
     def merge_views(self, logits: Tensor) -> Tensor:
         """Merge ``(B, V, C)`` logits with this wrapper's merge, weights and temperature."""
@@ -243,19 +288,9 @@ class ClassificationTTA(TTABase):
     @torch.inference_mode()
     def predict(self, x: Images) -> ClassificationResult:
         """Merged probabilities, each view's logits and the cost in view-forwards."""
-        x = self.inputs(x)
-        n = x.shape[0] if isinstance(x, Tensor) else x.batch_size
-
-        def fetch(rows: Tensor | None, views: Sequence[View]) -> Tensor:
-            return self.forward_views(x if rows is None else _take(x, rows), views)
-
-        res = classify_views(fetch, n, self.views, self.rule)
-        return res if self.conformal is None else replace(res, sets=prediction_sets(res.probs, self.conformal))
+        return self.execute(x, self.head)
 
     def forward(self, x: Images) -> Tensor:
         """Merged class probabilities ``(B, C)``."""
         return self.predict(x).probs
 
-
-def _take(x: Tensor | ViewInputs, rows: Tensor) -> Tensor | ViewInputs:
-    return x[rows.to(x.device)] if isinstance(x, Tensor) else x.take(rows)

@@ -15,52 +15,21 @@ are. Free rotations are refused: a rotated box is no box.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ...errors import ConfigError, PolicyError
 from ...policy import PolicyLike
 from ...runtime.config import RunConfig
-from ...runtime.loop import ViewInputs, as_view_inputs
-from ...stages import Input
+from ...runtime.loop import ViewInputs
 from ...transforms import Normalization
-from ...views import View
 from ..base import Images, TTABase
 from ..boxes.options import BoxMergeOptions
-from ..boxes.registry import box_merge_options, get_box_merge
-from .format import Detections, ViewDetections, as_detections
+from .deaugment import DetectHead, DetectionResult, check_box_views, deaugment_detections
+from .format import Detections, ViewDetections
 
 __all__ = ["DetectionResult", "DetectionTTA"]
-
-
-@dataclass(frozen=True)
-class DetectionResult:
-    """What :meth:`DetectionTTA.predict` returns.
-
-    Attributes:
-        detections: per image, the merged ``{"boxes" (M, 4), "scores" (M,), "labels" (M,)}``,
-            boxes in the original image's pixels, by descending score.
-        views: with ``keep_views=True``, per image and view, that view's own detections mapped
-            back to the original image (``None`` otherwise).
-    """
-
-    detections: Detections
-    views: list[list[dict[str, Tensor]]] | None = None
-
-
-
-
-def _to_photo(boxes: Tensor, windows: Tensor, size: tuple[int, int]) -> Tensor:
-    """Boxes ``(M, 4)`` in the pixels of an input stage of ``size`` to photo pixels, through each
-    box's ``(top, left, height, width)`` photo window ``windows (M, 4)``."""
-    h, w = size
-    win = windows.to(boxes.device, torch.float64)
-    scale = torch.stack([win[:, 3] / w, win[:, 2] / h], 1).repeat(1, 2)  # (M, 4)
-    offset = torch.stack([win[:, 1], win[:, 0]], 1).repeat(1, 2)
-    return (boxes.double() * scale + offset).to(boxes.dtype)
 
 
 class DetectionTTA(TTABase):
@@ -116,22 +85,9 @@ class DetectionTTA(TTABase):
         data_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config)
-        self.merge_name = merge
-        self._merge = get_box_merge(merge)
-        self.merge_options = box_merge_options(merge, merge_options)  # checked once, here
-        if max_detections is not None and max_detections < 1:
-            raise ConfigError(f"max_detections must be a positive integer, got {max_detections}")
-        self.max_detections = max_detections
-        # Refuse views whose boxes cannot come back before any model time is spent: probe each
-        # on an empty box list at a size where any crop fits.
-        h, w = self.data_config["input_size"][-2:]
-        for view in self.views:
-            view.invert_boxes(torch.zeros(0, 4), (4 * h + 1, 4 * w + 3))
-
-    def _windows(self, view: View, photo_sizes: Sequence[tuple[int, int]]) -> Tensor:
-        """``(B, 4)`` ``(top, left, height, width)`` of each photo that ``view``'s input shows."""
-        stage = view.source or Input.of_model(self.data_config)
-        return torch.tensor([stage.window(s) for s in photo_sizes], dtype=torch.float64)
+        self.head = DetectHead(self.view_weights, merge=merge, merge_options=merge_options, max_detections=max_detections)
+        self.merge_name, self.merge_options, self.max_detections = merge, self.head.merge_options, max_detections
+        check_box_views(self.views, tuple(self.data_config["input_size"][-2:]))
 
     @torch.inference_mode()
     def detect_views(self, x: Images | ViewInputs) -> ViewDetections:
@@ -142,36 +98,17 @@ class DetectionTTA(TTABase):
 
     def deaugment(self, outs: Sequence[Any], inputs: Tensor | ViewInputs) -> ViewDetections:
         """Map each view's raw output (of :meth:`run`, in ``self.views`` order) back to the
-        original images, as one table, with no merging (the evaluation pipeline runs the
-        views itself and stores this table)."""
-        src = as_view_inputs(inputs)
-        photos = getattr(inputs, "photo_sizes", None)
-        cols: list[tuple[Tensor, ...]] = []
-        for v, (view, out) in enumerate(zip(self.views, outs)):
-            recs = as_detections(out, src.batch_size)
-            counts = torch.tensor([len(r["scores"]) for r in recs])
-            size = src.size(view.stage)
-            boxes = view.invert_boxes(torch.cat([r["boxes"] for r in recs]), size)  # (m, 4) input-stage pixels
-            images = torch.repeat_interleave(torch.arange(len(recs)), counts).to(boxes.device)
-            if photos is not None:  # the stage's window of each photo -> that photo's pixels
-                boxes = _to_photo(boxes, self._windows(view, photos)[images.cpu()], size)
-            elif view.source is not None:
-                raise PolicyError(f"{view.name}: mapping an input stage back needs the photo sizes; pass photos")
-            cols.append((boxes, torch.cat([r["scores"] for r in recs]), torch.cat([r["labels"] for r in recs]),
-                         images, torch.full_like(images, v)))
-        boxes, scores, labels, images, views = (torch.cat(c) for c in zip(*cols))
-        # A box wholly outside the original image (a zoomed-out view's padding) is clipped to a
-        # line: dropped.
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        return ViewDetections(boxes[keep], scores[keep], labels[keep], images[keep], views[keep],
-                              src.batch_size, tuple(v.name for v in self.views))
+        original images, as one table, with no merging (see
+        :func:`ttakit.tasks.detect.deaugment.deaugment_detections`, which needs no model)."""
+        return deaugment_detections(self.views, outs, self.geometry(inputs))
 
     def predict(self, x: Images, keep_views: bool = False) -> DetectionResult:
         """Merged detections per image (and, with ``keep_views``, each view's own)."""
-        det = self.detect_views(x)
-        merge = None if len(self.views) == 1 else self._merge
-        merged = det.merge(merge, self.view_weights, self.merge_options, self.max_detections)
-        return DetectionResult(merged, det.per_view() if keep_views else None)
+        head = self.head if not keep_views else DetectHead(
+            self.view_weights, merge=self.merge_name, merge_options=self.merge_options,
+            max_detections=self.max_detections, keep_views=True)
+        with torch.inference_mode():
+            return self.execute(x, head)
 
     def forward(self, x: Images) -> Detections:
         """The merged detections, one dict per image."""
