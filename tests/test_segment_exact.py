@@ -131,6 +131,7 @@ def test_budget_resume_and_rows_from_reduced_maps(noisy, tmp_path, capsys):
     assert "hflip *" in text and "not exact" in text and "uint8" in text
     doc = json.loads((out / "results.json").read_text())
     assert doc["results"]["hflip"]["exact"] is False and doc["scoring"]["exact"] is False
+    assert "not exact: scored from the reduced stored maps" in (out / "report.html").read_text()
 
 
 def test_stats_metric_and_chunked_argmax():
