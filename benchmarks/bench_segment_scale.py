@@ -7,7 +7,8 @@ stride 8, as DeepLab's), ``--photos`` photos of 512 x 512 px with random block m
 RSS <= 3 GB and disk <= 1 GB at 1,000 photos, and peak RSS that does not grow with photos.
 
 Part 2: one 4096 x 4096 photo segmented by ``SegmentationTTA(..., window=WindowConfig(512))``
-with ``hflip`` (8 classes: the merged map alone is 8 x 4096^2 floats). Goal: peak RSS < 2 GB.
+with ``hflip``, the model's logits upsampled to its input (8 classes: the merged map alone is
+8 x 4096^2 floats, 0.5 GB). Goal: peak RSS < 2 GB.
 
 Each part runs in its own process, so its peak RSS (``ru_maxrss``) is its own.
 
@@ -39,8 +40,9 @@ POLICY = "hflip*(identity+rot90=2+vflip)"  # 6 views, the identity among them
 class RandomSegmenter(torch.nn.Module):
     """A fixed random conv net: ``(B, 3, H, W)`` -> ``(B, 150, H/8, W/8)`` logits."""
 
-    def __init__(self, k: int = K) -> None:
+    def __init__(self, k: int = K, full: bool = False) -> None:
         super().__init__()
+        self.full = full  # logits upsampled to the input size (as the demo segmenter's)
         torch.manual_seed(0)
         self.net = torch.nn.Sequential(
             torch.nn.Conv2d(3, 24, 3, stride=2, padding=1), torch.nn.ReLU(),
@@ -49,13 +51,14 @@ class RandomSegmenter(torch.nn.Module):
             torch.nn.Conv2d(64, k, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x) * 4.0
+        y = self.net(x) * 4.0
+        return torch.nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear") if self.full else y
 
 
-def load(k: int = K) -> ttakit.LoadedModel:
+def load(k: int = K, full: bool = False) -> ttakit.LoadedModel:
     config = {"input_size": (3, SIDE, SIDE), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.25,) * 3,
               "crop_pct": 1.0, "crop_mode": "squash"}
-    return ttakit.LoadedModel(RandomSegmenter(k).eval(), "random150", "random", config, [str(i) for i in range(k)])
+    return ttakit.LoadedModel(RandomSegmenter(k, full).eval(), "random150", "random", config, [str(i) for i in range(k)])
 
 
 def make_data(root: Path, n: int) -> None:
@@ -97,7 +100,7 @@ def part_large() -> dict:
     from ttakit.tasks.window import WindowConfig
 
     torch.set_num_threads(2)
-    lm = load(8)
+    lm = load(8, full=True)  # an (8, 4096, 4096) stitched map
     g = torch.Generator().manual_seed(0)
     photo = torch.randint(0, 256, (3, 4096, 4096), dtype=torch.uint8, generator=g)
     seg = SegmentationTTA(lm.model, "hflip", window=WindowConfig(512, 0.25, "gaussian", batch=4, stitch_device="cpu"),

@@ -144,9 +144,9 @@ class SegmentationTTA(TTABase):
 
 
 def _normalised(photos: Sequence[Image.Image], norm: Normalization) -> Tensor:
-    batch = torch.stack([TF.pil_to_tensor(p) for p in photos]).float() / 255  # (B, 3, H, W)
+    batch = torch.stack([TF.pil_to_tensor(p) for p in photos]).float().div_(255)  # (B, 3, H, W), in place
     mean, std = torch.tensor(norm.mean).view(1, -1, 1, 1), torch.tensor(norm.std).view(1, -1, 1, 1)
-    return (batch - mean) / std
+    return batch.sub_(mean).div_(std)
 
 
 def window_inputs(x: Images, views: Sequence[View], norm: Normalization, data_config: Mapping[str, Any]

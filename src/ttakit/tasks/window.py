@@ -216,9 +216,11 @@ class _Stitcher:
     def result(self) -> tuple[Tensor, Tensor]:
         """The merged map and the number of views that saw each pixel."""
         assert self.out is not None and self.den is not None and self.seen is not None
-        seen = self.den > 0
-        out = self.out / self.den.clamp_min(1e-12) if self.merge == "mean" else self.out
-        return torch.where(seen, out, torch.zeros_like(out)), self.seen
+        out = self.out  # in place: the merged map is the largest tensor here, never copied
+        if self.merge == "mean":
+            out.div_(self.den.clamp_min(1e-12))
+        out.masked_fill_(self.den <= 0, 0.0)
+        return out, self.seen
 
 
 def _pairs(tilings: Sequence[_ViewTiling]) -> Iterator[tuple[_ViewTiling, int, int]]:
