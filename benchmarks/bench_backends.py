@@ -157,8 +157,8 @@ def bench_evaluate(lm, backends: dict[str, Backend], cfgs: dict[str, RunConfig],
     opts = EvalOptions(batch_size=32, workers=workers, quiet=True)
     rows = []
     for k, be in backends.items():  # warm-up: loader workers, kernels, sessions
-        evaluate(lm, data.head(32), [ttakit.create_policy("hflip")], None, tmp / f"warm-{k}", cfgs[k], opts, device,
-                 backend=be)
+        evaluate(lm, data.head(32), [ttakit.create_policy("hflip")], out_dir=tmp / f"warm-{k}", run_config=cfgs[k],
+                 options=opts, device=device, backend=be)
     for policy in policies:
         pol = [ttakit.create_policy(policy)]
         secs = {k: 0.0 for k in backends}
@@ -169,8 +169,8 @@ def bench_evaluate(lm, backends: dict[str, Backend], cfgs: dict[str, RunConfig],
                 out = tmp / f"{policy}-{k}-{r}"
                 prepare_model(lm.model, cfgs[k])
                 res: dict = {}
-                secs[k] += timed(lambda: res.update(evaluate(lm, part, pol, None, out, cfgs[k], opts, device,
-                                                             backend=be)), device)
+                secs[k] += timed(lambda: res.update(evaluate(lm, part, pol, out_dir=out, run_config=cfgs[k],
+                                                             options=opts, device=device, backend=be)), device)
                 right[k] += round(res["results"][policy]["top1"] * len(part))
                 logits[k].append(load_logits(out)[0])  # (n, U, C) every view of the policy
             log(f"evaluate {policy} round {r + 1}/{len(parts)}: "

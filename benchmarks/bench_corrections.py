@@ -42,8 +42,8 @@ def stored_logits(lm: ttakit.LoadedModel, data, views: Policy, out: Path, worker
     t0 = time.perf_counter()
     held = load_logits(out)[2] if (out / "logits").is_dir() else []
     if not set(views.view_names) <= set(held):
-        evaluate(lm, data, [views], None, out, ttakit.default_run_config("cpu"),
-                 EvalOptions(batch_size=25, workers=workers, quiet=True))
+        evaluate(lm, data, [views], out_dir=out, run_config=ttakit.default_run_config("cpu"),
+                 options=EvalOptions(batch_size=25, workers=workers, quiet=True))
     logits, labels, names, indices = load_logits(out)
     order = indices.argsort()  # photo order, whatever order the chunks were stored in
     cols = [names.index(v.name) for v in views.views]

@@ -86,8 +86,8 @@ def part_scale(data: Path, out: Path, n: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     ds = find_masked_images(data / "images", data / "masks").head(n)
     t0 = time.perf_counter()
-    res = evaluate_segmentation(load(), ds, [ttakit.create_policy(POLICY)], None, out, RunConfig(),
-                                SegmentScoring(K), EvalOptions(workers=0, quiet=True))
+    res = evaluate_segmentation(load(), ds, [ttakit.create_policy(POLICY)], out_dir=out, run_config=RunConfig(),
+                                scoring=SegmentScoring(K), options=EvalOptions(workers=0, quiet=True))
     dt = time.perf_counter() - t0
     disk = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"photos": n, "views": res["results"][POLICY]["views"], "seconds_per_photo": dt / n, "disk_bytes": disk,

@@ -33,7 +33,8 @@ def run_set(lm: ttakit.LoadedModel, name: str, folder: Path, out: Path, budget: 
     policies = [pool] + [ttakit.create_policy(p, lm.data_config) for p in PRESETS]
     cfg = ttakit.default_run_config("cpu")
     t0 = time.perf_counter()
-    res = evaluate(lm, data, policies, None, out / name, cfg, EvalOptions(batch_size=25, workers=workers, quiet=True))
+    res = evaluate(lm, data, policies, out_dir=out / name, run_config=cfg,
+                   options=EvalOptions(batch_size=25, workers=workers, quiet=True))
     t_eval = time.perf_counter() - t0
     logits, labels, names, _ = load_logits(out / name)
     t0 = time.perf_counter()

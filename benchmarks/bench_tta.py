@@ -209,9 +209,10 @@ def bench_evaluate(lm, device, cfg, log, n: int, workers: int, policy: str, repe
     tta(x[:8])
     e2e_t, fwd_t = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        evaluate(lm, data.head(32), pol, None, Path(tmp) / "warm", cfg, opts, device)  # warm-up
+        evaluate(lm, data.head(32), pol, out_dir=Path(tmp) / "warm", run_config=cfg, options=opts, device=device)  # warm-up
         for r in range(repeats):  # interleaved, as the machine's speed drifts
-            e2e_t.append(timed(lambda: evaluate(lm, data, pol, None, Path(tmp) / f"e2e{r}", cfg, opts, device), device))
+            e2e_t.append(timed(lambda: evaluate(lm, data, pol, out_dir=Path(tmp) / f"e2e{r}", run_config=cfg, options=opts,
+                                                device=device), device))
             fwd_t.append(timed(lambda: [tta(x[i : i + 32]) for i in range(0, len(x), 32)], device))
         _, peak_n = run_evaluate(n, Path(tmp) / "a", device.type, workers, policy)
         small = max(20, n // 5)

@@ -58,8 +58,9 @@ def run_mode(mode: str, out: Path, weights: Path) -> dict[str, Any]:
     policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in names]
     data = find_masked_images(out / "mosaics" / "images", out / "mosaics" / "masks")
     t0 = time.perf_counter()
-    res = evaluate_segmentation(lm, data, policies, None, out / mode, RunConfig(4, True), SegmentScoring(5),
-                                EvalOptions(batch_size=8, workers=0, quiet=True), window=window)
+    res = evaluate_segmentation(lm, data, policies, out_dir=out / mode, run_config=RunConfig(4, True),
+                                scoring=SegmentScoring(5), options=EvalOptions(batch_size=8, workers=0, quiet=True),
+                                window=window)
     return {"seconds": time.perf_counter() - t0, "n": res["n_images"],
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 

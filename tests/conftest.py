@@ -57,15 +57,3 @@ def smooth_images(b: int = 2, c: int = 3, h: int = 48, w: int = 70, seed: int = 
     g = torch.Generator().manual_seed(seed)
     coarse = torch.randn(b, c, 5, 6, generator=g)
     return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
-
-
-@pytest.fixture(autouse=True)
-def _default_sigchld():
-    """Restore the default SIGCHLD handler after each test. A DataLoader with workers installs
-    torch's handler once per process; with it installed, a later test that waits on a
-    subprocess's pipes crashed the interpreter (segfault in ``selectors.select``) on this
-    machine's torch 2.14.1, so no test inherits it from another."""
-    import signal
-
-    yield
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -19,6 +19,7 @@ from ttakit.errors import BackendError, ConfigError, UnknownNameError
 from ttakit.runtime.backends import BACKENDS, TorchBackend, create_backend
 from ttakit.runtime.onnx_cache import CachedExport, weights_digest
 from ttakit.runtime.config import tune_run_config
+from ttakit.runtime.precision import CPU_PRECISIONS_ENV, PRECISIONS, ParityFigures, cpu_precisions, parity, parity_inputs
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -157,10 +158,15 @@ def test_names_precisions_and_missing_packages_fail_with_what_to_do(tiny, monkey
     assert list(BACKENDS) == ["torch", "onnxruntime", "openvino"]
     with pytest.raises(UnknownNameError, match="unknown backend 'tensorflow'.*; choose one of torch, onnxruntime, openvino"):
         create_backend("tensorflow", tiny, input_size=SIZE, key="t")
-    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16"):
-        create_backend("onnxruntime", tiny, input_size=SIZE, key="t", precision="int8")
-    with pytest.raises(BackendError, match="onnxruntime backend runs fp32 only"):
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, fp16, int8"):
+        create_backend("onnxruntime", tiny, input_size=SIZE, key="t", precision="int4")
+    with pytest.raises(BackendError, match="onnxruntime backend cannot run bf16: ONNX Runtime's CPU provider has no bf16"):
         create_backend("onnxruntime", tiny, input_size=SIZE, key="t", precision="bf16")
+    with pytest.raises(BackendError, match="torch backend cannot run int8: use backend onnxruntime or openvino"):
+        create_backend("torch", tiny, input_size=SIZE, key="t", precision="int8")
+    if "int8" in cpu_precisions():
+        with pytest.raises(ConfigError, match="int8 needs calibration images"):
+            create_backend("openvino", tiny, input_size=SIZE, key="t", precision="int8")
     with pytest.raises(BackendError, match="no CUDAExecutionProvider"):
         create_backend("onnxruntime", tiny, input_size=SIZE, key="t", providers=("cuda",))
     with pytest.raises(BackendError, match="openvino backend runs on the CPU"):
@@ -177,18 +183,88 @@ def test_names_precisions_and_missing_packages_fail_with_what_to_do(tiny, monkey
         ttakit.ClassificationTTA(tiny, "hflip", backend="openvino")
 
 
-def test_openvino_bf16_where_the_cpu_has_it(tiny, cache):
-    import openvino as ov
+def _calibration(n: int = 16) -> torch.Tensor:
+    """Real-looking model inputs: the bundled photo's views, and the same flipped."""
+    x = parity_inputs(SIZE, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    return torch.cat([x, x.flip(-1)])[:n]
 
-    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    if not has_bf16:
-        with pytest.raises(BackendError, match="no bf16 support"):
-            create_backend("openvino", tiny, input_size=SIZE, key="test_resnet", precision="bf16")
+
+def _forced(monkeypatch, have: bool, precision: str) -> None:
+    """Tell ttakit which precisions this CPU has ($TTAKIT_CPU_PRECISIONS narrows the real answer:
+    it can take a precision away, never add one the CPU lacks)."""
+    if have:
+        monkeypatch.delenv(CPU_PRECISIONS_ENV, raising=False)
+        if precision not in cpu_precisions():
+            pytest.skip(f"this CPU has no {precision}: the absent side is checked by the other parameter")
+    else:
+        monkeypatch.setenv(CPU_PRECISIONS_ENV, "fp32")
+
+
+@pytest.mark.parametrize("have", [True, False], ids=["cpu-has-it", "cpu-lacks-it"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_openvino_reduced_precision_runs_and_agrees_or_is_refused(tiny, cache, monkeypatch, capsys, have, precision):
+    _forced(monkeypatch, have, precision)
+    if not have:
+        with pytest.raises(BackendError, match=f"this CPU has no native {precision} for openvino .*use precision fp32") as e:
+            create_backend("openvino", tiny, input_size=SIZE, key="test_resnet", precision=precision)
+        assert "\n" not in str(e.value)  # one line
         return
-    be = create_backend("openvino", tiny, input_size=SIZE, key="test_resnet", precision="bf16")
-    x = torch.randn(4, 3, *SIZE)
+    be = create_backend("openvino", tiny, input_size=SIZE, key="test_resnet", precision=precision, verbose=True)
+    assert be.label == f"openvino:{precision}" and be.config(precision)["INFERENCE_PRECISION_HINT"] in ("bf16", "f16")
+    # Checked against fp32 torch on the bundled photo's views; the figures are printed once and kept.
+    assert f"openvino:{precision} checked against fp32 torch: top-1 agreement" in capsys.readouterr().err
+    fig, limits = be.check["figures"], PRECISIONS.get(precision)
+    assert fig["n"] == 8 and fig["decided_agreement"] >= limits.min_top1_agreement
+    assert fig["max_prob_diff"] <= limits.max_prob_diff
+    again = create_backend("openvino", tiny, input_size=SIZE, key="test_resnet", precision=precision, verbose=True)
+    assert again.check == be.check and capsys.readouterr().err == ""  # the second time: read back, not printed
+    x = _calibration(8)
     with torch.inference_mode():
-        assert be.label == "openvino:bf16" and (be(x) - tiny(x)).abs().max() < 0.1
+        ref, out = tiny(x), be(x)
+    assert 0 < (ref - out).abs().max() < 0.05 * ref.abs().max()  # close to fp32, and really not fp32
+
+
+@pytest.mark.parametrize("have", [True, False], ids=["cpu-has-it", "cpu-lacks-it"])
+@pytest.mark.parametrize("name", RUNTIMES)
+def test_int8_calibrated_on_photos_agrees_or_is_refused(tiny, cache, monkeypatch, have, name):
+    _forced(monkeypatch, have, "int8")
+    calibration = _calibration()
+    if not have:
+        with pytest.raises(BackendError, match=f"this CPU has no native int8 for {name}"):
+            create_backend(name, tiny, input_size=SIZE, key="test_resnet", precision="int8", calibration=calibration)
+        return
+    be = create_backend(name, tiny, input_size=SIZE, key="test_resnet", precision="int8", calibration=calibration)
+    files = sorted((cache / "backends").glob(f"*{name}*-int8-*.onnx"))
+    assert be.label == f"{name}:int8" and len(files) == 1
+    assert be.check["figures"]["n"] == 8 + 8  # the bundled photo's views plus 8 calibration photos
+    x = _calibration(8).flip(-2)  # other inputs than the calibration's
+    with torch.inference_mode():
+        ref, out, out3 = tiny(x), be(x), be(x[:3])
+    assert (out[:3] - out3).abs().max() < 1e-4  # the batch does not change an image's answer
+    assert 0 < (ref - out).abs().max() < 0.1 * ref.abs().max()
+    y = torch.nn.functional.interpolate(x, size=(48, 80), mode="bilinear")  # another size
+    with torch.inference_mode():
+        assert (tiny(y) - be(y)).abs().max() < 0.15 * tiny(y).abs().max()
+    # The same photos again: the quantised file is reused, not made anew.
+    stamp = files[0].stat().st_mtime_ns
+    create_backend(name, tiny, input_size=SIZE, key="test_resnet", precision="int8", calibration=calibration)
+    assert sorted((cache / "backends").glob(f"*{name}*-int8-*.onnx")) == files and files[0].stat().st_mtime_ns == stamp
+
+
+def test_a_precision_that_misses_its_limits_is_refused_in_one_line_with_its_figures():
+    ref = torch.tensor([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]])
+    assert parity(ref, ref) == ParityFigures(4, 1.0, 3, 1.0, 0.0, 0.0)
+    swapped = ref[:, [1, 0, 2]]  # rows 0 and 1 change class; row 3 is a tie, left out
+    fig = parity(ref, swapped, tie=0.05)
+    assert (fig.top1_agreement, fig.decided, fig.decided_agreement) == (0.5, 3, pytest.approx(1 / 3))
+    with pytest.raises(BackendError) as e:
+        PRECISIONS.get("int8").check(fig, "openvino")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("openvino int8 fails its check against fp32 torch (top-1 agreement 33.3% < 80.0%")
+    assert "probability difference" in msg and msg.endswith("use precision fp32 for this model")
+    with pytest.raises(BackendError, match=r"fp32 fails.*output difference 0.01 > 0.001.*use backend='torch'"):
+        PRECISIONS.get("fp32").check(ParityFigures(2, 1.0, 2, 1.0, 0.0, 0.01), "onnxruntime")
+    PRECISIONS.get("fp32").check(ParityFigures(2, 1.0, 2, 1.0, 0.0, 0.01), "onnxruntime", tolerance=0.02)  # GPU
 
 
 def test_torch_backend_bf16_autocasts(tiny):
@@ -238,7 +314,9 @@ def test_cli_evaluate_with_a_backend_keeps_torch_fingerprints(sample_dir, cache,
         assert code == 0, capsys.readouterr().err
         runs[name] = json.loads((out / "logits" / "run.json").read_text())
     assert "backend" not in runs["torch"] and runs["onnxruntime"]["backend"] == "onnxruntime"
-    assert {k: v for k, v in runs["onnxruntime"].items() if k != "backend"} == runs["torch"]
+    assert {k: v for k, v in runs["onnxruntime"].items() if k not in ("backend", "backend_check")} == runs["torch"]
+    check = runs["onnxruntime"]["backend_check"]  # the precision check's figures, kept with the run
+    assert check["backend"] == "onnxruntime" and check["figures"]["max_logit_diff"] <= 1e-3
     code = main(["evaluate", str(sample_dir), "--limit", "4", "--batch-size", "4", "--workers", "0", "--quiet",
                  "--tta", "hflip", "--out", str(tmp_path / "onnxruntime")])  # torch on an onnxruntime run folder
     assert code == 2 and "differs in: backend" in capsys.readouterr().err

@@ -7,11 +7,9 @@ import io
 
 import numpy as np
 import pytest
+from pycocotools.coco import COCO  # a dependency of ttakit: never skipped
 
-pytest.importorskip("pycocotools")
-from pycocotools.coco import COCO  # noqa: E402
-
-from ttakit.evaluation.box_map import coco_map, match_table, per_image_map, weighted_map  # noqa: E402
+from ttakit.evaluation.box_map import coco_map, match_table, per_image_map, weighted_map
 
 
 def _random_set(n: int, n_cat: int, seed: int):

@@ -157,16 +157,22 @@ def _run_flags(*argv):
     return build_parser().parse_args(["evaluate", "data", "--out", "o", *argv])
 
 
-@pytest.mark.parametrize("task", ["classify", "detect", "segment"])
+# What each task's command tells prepare_run about its model.
+_MODEL_KINDS = {"classify": {}, "detect": {"kind": "detector", "exportable": False, "tunable": False},
+                "segment": {"kind": "segmenter"}}
+
+
+@pytest.mark.parametrize("task", list(_MODEL_KINDS))
 def test_shared_run_flags_are_honoured_for_every_task(task):
     from ttakit.cli.common import prepare_run
 
     lm = ttakit.LoadedModel(make_classifier(), "tiny", "none", {"input_size": (3, 32, 32), "mean": (0.5,) * 3,
                                                                "std": (0.5,) * 3}, ["a", "b", "c", "d"])
-    loaded = prepare_run(lm, _run_flags("--precision", "bf16", "--micro-batch", "3", "--device", "cpu"), task)
+    loaded = prepare_run(lm, _run_flags("--precision", "bf16", "--micro-batch", "3", "--device", "cpu"),
+                         **_MODEL_KINDS[task])
     assert loaded.run_config.amp_dtype == torch.bfloat16 and loaded.run_config.micro_batch == 3
     assert loaded.device == torch.device("cpu")
-    compiled = prepare_run(lm, _run_flags("--compile", "--amp", "fp16"), task)
+    compiled = prepare_run(lm, _run_flags("--compile", "--amp", "fp16"), **_MODEL_KINDS[task])
     assert compiled.lm.model is not lm.model and compiled.run_config.amp_dtype == torch.float16  # torch.compile'd
 
 

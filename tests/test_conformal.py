@@ -213,7 +213,7 @@ def tiny_run(tmp_path):
 
 def test_calibrate_cli_writes_the_policy_with_its_calibration(tiny_run, capsys):
     from ttakit.cli import main
-    from ttakit.evaluation.store import load_logits
+    from ttakit.evaluation.classify_logits import load_logits
     from ttakit.merge import merge_logits
     from ttakit.policy import create_policy
 
@@ -253,8 +253,8 @@ def test_evaluate_adds_conformal_columns_from_the_stored_logits(tiny_run):
     root, _ = tiny_run
     lm = load_model("test_resnet", weights=str(root / "w.pth"), labels=root / "labels.txt", num_classes=3)
     data = detect_dataset(root / "data", CLASSES)
-    res = evaluate(lm, data, [create_policy("hflip")], None, root / "ev", RunConfig(8, False),
-                   EvalOptions(batch_size=5, workers=0, quiet=True),
+    res = evaluate(lm, data, [create_policy("hflip")], out_dir=root / "ev", run_config=RunConfig(8, False),
+                   options=EvalOptions(batch_size=5, workers=0, quiet=True),
                    extras=[ConformalScorer(ConformalOptions(0.2, "aps", splits=20, bootstrap=50))])
     doc = json.loads((root / "ev" / "results.json").read_text())
     for key in ("plain", "hflip"):
@@ -276,8 +276,8 @@ def test_evaluate_report_shows_the_conformal_sets_with_a_histogram_per_row(tiny_
 
     root, _ = tiny_run
     lm = load_model("test_resnet", weights=str(root / "w.pth"), labels=root / "labels.txt", num_classes=3)
-    res = evaluate(lm, detect_dataset(root / "data", CLASSES), [create_policy("hflip")], None, root / "ev",
-                   RunConfig(8, False), EvalOptions(batch_size=5, workers=0, quiet=True),
+    res = evaluate(lm, detect_dataset(root / "data", CLASSES), [create_policy("hflip")], out_dir=root / "ev",
+                   run_config=RunConfig(8, False), options=EvalOptions(batch_size=5, workers=0, quiet=True),
                    extras=[ConformalScorer(ConformalOptions(0.2, "aps", splits=20, bootstrap=50))])
     text = (root / "ev" / "report.html").read_text(encoding="utf-8")
     doc = json.loads((root / "ev" / "results.json").read_text())
@@ -339,8 +339,13 @@ def test_calibrated_policy_predicts_sets(tiny_run, capsys):
     net = timm.create_model("test_resnet", num_classes=3)
     net.load_state_dict(torch.load(root / "w.pth"))
     tta = ClassificationTTA(net.eval(), str(out))
-    res = tta.predict(torch.randn(4, 3, 64, 64))
-    assert res.sets.shape == (4, 3) and torch.equal(res.sets, prediction_sets(res.probs, tta.conformal))
+    res = tta.predict(torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    saved = json.loads(out.read_text())["meta"]["conformal"]  # the threshold as calibrate wrote it
+    assert saved["score"] == "thr" and tta.conformal.threshold == saved["threshold"]
+    # LAC sets by their definition: the classes whose probability is at least 1 - threshold.
+    expected = res.probs.double().numpy() >= 1 - saved["threshold"] - 1e-12
+    assert res.sets.shape == (16, 3) and (res.sets.numpy() == expected).all()
+    assert 0 < res.sets.sum() < res.sets.numel()  # neither every class nor none: the check bites
     assert ClassificationTTA(net, "hflip").predict(torch.randn(1, 3, 64, 64)).sets is None
     capsys.readouterr()
     photo = str(root / "data" / "cat" / "0.png")
@@ -349,7 +354,12 @@ def test_calibrated_policy_predicts_sets(tiny_run, capsys):
     assert "  set: {" in printed and "} (80% coverage)" in printed
     assert main(["predict", photo, *flags[:6], "--tta", str(out), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["conformal"]["alpha"] == 0.2 and isinstance(doc["images"][0]["set"], list)
+    assert doc["conformal"] == saved | {"alpha": 0.2}
+    image = doc["images"][0]
+    # The printed set: the printed TTA classes whose probability is at least 1 - threshold.
+    assert len(image["tta"]) == 3
+    want = {c["label"] for c in image["tta"] if c["prob"] >= 1 - saved["threshold"]}
+    assert {c["label"] for c in image["set"]} == want and want
 
 
 @pytest.mark.parametrize("score", ["thr", "aps"])

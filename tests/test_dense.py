@@ -63,8 +63,14 @@ def test_identity_model_round_trip_under_every_scale_and_ttach_breaks():
     """ttach's Scale changes the grid at h=224, s=0.83 (224 -> 185 -> 222); ttakit does not."""
     x = smooth_images(1, 3, 224, 224)
     for policy in ("scale(0.83)", "resize(0.83)", "resize(1.37)", "scale(1.37)"):
-        out = SegmentationTTA(nn.Identity(), policy, activation=None, run_config=RC)(x)
-        assert out.shape == x.shape, policy
+        res = SegmentationTTA(nn.Identity(), policy, activation=None, run_config=RC).predict(x)
+        assert res.output.shape == x.shape, policy
+        # The identity model's map is the photo itself: undone, the view gives it back where it saw.
+        seen = (res.coverage > 0).expand_as(x)
+        err = (res.output - x).abs()
+        assert seen.float().mean() > 0.5 and err[seen].mean() < 0.003, policy
+        inner = seen[..., 1:-1, 1:-1]  # the outermost pixels of a zoom-out mix with its padding
+        assert err[..., 1:-1, 1:-1][inner].max() < 0.02, policy
     # ttach: the 0.83 view comes back 222 wide and cannot even be merged with the identity view.
     wrapper = ttach.SegmentationTTAWrapper(nn.Identity(), ttach.Compose([ttach.Scale([0.83])]))
     with pytest.raises(RuntimeError, match="224.*222"):
@@ -84,8 +90,15 @@ def test_output_stride_four(policy):
 
 def test_odd_sizes_with_stride_and_crops():
     x = smooth_images(1, 3, 45, 67)
-    out = SegmentationTTA(PerPixel(stride=2), "hflip+five_crop(0.75)", run_config=RC)(x)
-    assert out.shape == (1, 4, 22, 33)
+    model = PerPixel(stride=2)
+    plain = torch.softmax(model(x), 1).detach()
+    res = SegmentationTTA(model, "hflip+five_crop(0.75)", run_config=RC).predict(x)
+    assert res.output.shape == plain.shape == (1, 4, 22, 33)
+    # Every view undone onto the plain grid: the map of a per-pixel model, up to where the
+    # stride groups other pixels (an odd width flipped pools other pairs).
+    err = (res.output - plain).abs()
+    assert err.mean() < 0.01 and err.max() < 0.06
+    assert float(res.coverage.min()) >= 2  # the flips cover everything, the crops overlap
 
 
 def test_dict_outputs_and_uncertainty():
@@ -117,9 +130,16 @@ def test_dict_outputs_and_uncertainty():
 def test_max_merge_and_unseen_pixels():
     x = smooth_images(1, 3, 40, 40)
     model = PerPixel()
+    plain = torch.softmax(model(x), 1).detach()
     out = SegmentationTTA(model, "crop=tl:20", merge="max", run_config=RC).predict(x)
     assert out.output.shape == (1, 4, 40, 40)
     assert float(out.coverage[..., :20, :20].min()) == 1.0 and float(out.coverage[..., 25:, 25:].max()) == 0.0
+    # Where the crop saw, the per-pixel model's own map; where no view saw, nothing (zero).
+    torch.testing.assert_close(out.output[..., :20, :20], plain[..., :20, :20], atol=1e-6, rtol=0)
+    assert float(out.output[..., 25:, 25:].abs().max()) == 0.0
+    # With the identity view too, max over the views that saw each pixel is the plain map everywhere.
+    both = SegmentationTTA(model, "identity+crop=tl:20", merge="max", run_config=RC)(x)
+    torch.testing.assert_close(both, plain, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("make", [lambda: ttach.aliases.hflip_transform(), lambda: ttach.aliases.d4_transform(),

@@ -18,7 +18,7 @@ from ttakit.cli import main
 from ttakit.errors import ConfigError, ModelLoadError, ShapeError
 from ttakit.evaluation.detect_eval import DetectScoring, evaluate_detection, load_coco_images
 from ttakit.evaluation.evaluate import EvalOptions
-from ttakit.runtime.loop import _tree_slice, tree_cat as _tree_cat
+from ttakit.runtime.loop import tree_cat as _tree_cat, tree_slice as _tree_slice
 from ttakit.tasks import detect
 from ttakit.tasks.boxes import NMSOptions, WBFOptions
 from ttakit.tasks.detect import (
@@ -413,7 +413,8 @@ def test_evaluate_detect_perfect_detector_resume_and_reuse(tmp_path):
     out = tmp_path / "run"
     options = EvalOptions(batch_size=3, workers=0)
     Counting.calls = 0
-    res = evaluate_detection(_detector(), data, policies, ["nms", "wbf"], out, RC, options, DetectScoring())
+    res = evaluate_detection(_detector(), data, policies, out_dir=out, merges=["nms", "wbf"], run_config=RC,
+                             options=options, scoring=DetectScoring())
     assert Counting.calls == 6 * 3  # 6 readable images x 3 distinct views (identity, hflip, rot90=1)
     rows = res["results"]
     assert list(rows) == ["plain", "hflip@nms", "hflip@wbf", "rot90(0,1)@nms", "rot90(0,1)@wbf"]
@@ -428,12 +429,13 @@ def test_evaluate_detect_perfect_detector_resume_and_reuse(tmp_path):
     assert len(chunks) == 3
     chunks[1].unlink()
     Counting.calls = 0
-    again = evaluate_detection(_detector(), data, policies, ["nms", "wbf"], out, RC, options, DetectScoring())
+    again = evaluate_detection(_detector(), data, policies, out_dir=out, merges=["nms", "wbf"], run_config=RC,
+                               options=options, scoring=DetectScoring())
     assert Counting.calls == 3 * 3 and _scores(again["results"]) == _scores(rows)
     # a policy of stored views costs no model time; another label map is only scoring
     Counting.calls = 0
-    only = evaluate_detection(_detector(), data, [ttakit.create_policy("hflip")], ["soft_nms"], out, RC, options,
-                              DetectScoring({"sigma": 0.3}, label_map="id"))
+    only = evaluate_detection(_detector(), data, [ttakit.create_policy("hflip")], out_dir=out, merges=["soft_nms"],
+                              run_config=RC, options=options, scoring=DetectScoring({"sigma": 0.3}, label_map="id"))
     assert Counting.calls == 0
     assert only["results"]["plain"]["map"] < 0.6  # labels 0/1 read as ids: red boxes unscored, green called red
     typos = {"iou_treshold": "no box merge of this run \\(soft_nms, wbf\\) has an option 'iou_treshold'; accepted keys",
@@ -441,8 +443,8 @@ def test_evaluate_detect_perfect_detector_resume_and_reuse(tmp_path):
              "nms.iou_threshold": "is for 'nms', which this run does not use"}  # nms is not run
     for typo, message in typos.items():
         with pytest.raises(ConfigError, match=message):
-            evaluate_detection(_detector(), data, policies, ["soft_nms", "wbf"], out, RC, options,
-                               DetectScoring({typo: 0.5}))
+            evaluate_detection(_detector(), data, policies, out_dir=out, merges=["soft_nms", "wbf"], run_config=RC,
+                               options=options, scoring=DetectScoring({typo: 0.5}))
 
 
 def test_evaluate_detect_command_line(tmp_path, capsys):

@@ -63,7 +63,7 @@ def test_two_ranks_match_one_process(setup):
     assert multi == single
     assert multi["n_images"] == 16 and len(multi["skipped"]) == 1
     assert (root / "multi" / "per_image.csv").read_text() == (root / "single" / "per_image.csv").read_text()
-    from ttakit.evaluation.store import load_logits
+    from ttakit.evaluation.classify_logits import load_logits
 
     a, b = load_logits(root / "single"), load_logits(root / "multi")
     assert a[2] == b[2] and torch.equal(a[1], b[1]) and torch.equal(a[3], b[3])
@@ -79,6 +79,7 @@ def test_a_failing_rank_stops_the_job_with_its_name(setup):
     res = _torchrun(_args(root, root / "fail", "--strict", "--batch-size", "5"))
     assert res.returncode != 0
     assert "rank 1 of 2 failed" in res.stderr and "broken.png" in res.stderr
+    assert "Traceback (most recent call last)" in res.stderr and "in compute_outputs" in res.stderr  # its traceback
 
 
 def test_search_reuses_distributed_logits(setup):
@@ -140,5 +141,37 @@ def test_detection_two_ranks_match_one_process(coco):
     assert multi == single
     assert multi["n_images"] == 11 and len(multi["skipped"]) == 1
     assert 0 < single["results"]["plain"]["map"] < 1  # not a trivial detector: the intervals mean something
+    # The plain row against pycocotools on the detector's own boxes, computed here without ttakit.
+    assert single["results"]["plain"]["map"] == pytest.approx(_plain_map_by_cocoeval(coco), abs=1e-9)
     assert "ci_map" in single["results"]["hflip@wbf"]
     assert (coco / "multi" / "per_image.csv").read_text() == (coco / "single" / "per_image.csv").read_text()
+
+
+def _plain_map_by_cocoeval(root) -> float:
+    """COCOeval's mAP@[.5:.95] of the detector run on each photo as it is (48 x 48: its input),
+    label i reported as the i-th category id (1, 2; the blue channel's label 2 has none)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    det = make_detector().model
+    doc = json.loads((root / "coco.json").read_text())
+    rows = []
+    for im in doc["images"]:
+        try:
+            arr = np.asarray(Image.open(root / "img" / im["file_name"]).convert("RGB"), dtype=np.float32) / 255
+        except OSError:
+            continue  # broken.png
+        out = det(torch.from_numpy(arr).permute(2, 0, 1)[None])[0]
+        for (x1, y1, x2, y2), score, label in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist()):
+            if label < 2:
+                rows.append([im["id"], x1, y1, x2 - x1, y2 - y1, score, label + 1])
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(root / "coco.json"))
+        ev = COCOeval(gt, gt.loadRes(np.array(rows)), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[0])

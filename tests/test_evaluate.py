@@ -17,7 +17,8 @@ from ttakit.datasets import detect_dataset
 from ttakit.errors import DatasetError
 from ttakit.evaluation.evaluate import ClassifyTask, EvalOptions, evaluate, union_views
 from ttakit.evaluation.pipeline import compute_outputs
-from ttakit.evaluation.store import LogitStore, fingerprint, load_logits, plan_chunks
+from ttakit.evaluation.classify_logits import data_hash, load_logits
+from ttakit.evaluation.store import LogitStore, fingerprint, plan_chunks
 from ttakit.evaluation.metrics import MetricAccumulator, ece, nll, topk_accuracy
 from ttakit.evaluation.search import greedy_search, kfold_estimate, learn_weights, pick_adaptive_threshold
 
@@ -119,7 +120,8 @@ def _run(tiny_lm, folder, out, **kw):
     data = detect_dataset(folder, CLASSES)
     pols = [create_policy("hflip"), create_policy("d4")]
     opts = EvalOptions(batch_size=4, workers=0, quiet=True, **kw)
-    return evaluate(tiny_lm, data, pols, ["mean", "gmean"], out, RunConfig(8, False), opts)
+    return evaluate(tiny_lm, data, pols, out_dir=out, merges=["mean", "gmean"], run_config=RunConfig(8, False),
+                    options=opts)
 
 
 def _strip_timing(doc):
@@ -133,7 +135,8 @@ def test_evaluate_outputs_and_skips(tiny_lm, folder, tmp_path):
     res = _run(tiny_lm, folder, tmp_path / "run")
     out = tmp_path / "run"
     doc = json.loads((out / "results.json").read_text())
-    assert list(doc) == ["task", "model", "weights", "data", "n_images", "skipped", "results"]
+    assert list(doc) == ["task", "model", "weights", "data", "n_images", "n_skipped", "skipped", "results"]
+    assert doc["n_skipped"] == 1
     assert doc["task"] == "classify"
     assert doc["n_images"] == 13
     assert doc["skipped"] == [{"path": str(folder / "dog" / "broken.png"), "reason": doc["skipped"][0]["reason"]}]
@@ -159,10 +162,16 @@ def test_evaluate_outputs_and_skips(tiny_lm, folder, tmp_path):
     assert row["fixed"] == int((right & ~plain_right).sum()) and row["broken"] == int((~right & plain_right).sum())
     with (out / "per_image.csv").open() as f:
         rows = list(csv.reader(f))
-    assert rows[0][:4] == ["path", "label", "plain", "plain_prob"] and len(rows) == 13
+    assert rows[0][:5] == ["index", "path", "label", "plain", "plain_prob"] and len(rows) == 13
+    # one row schema for every task: the dataset index of each scored image (the broken file has none)
+    assert [int(r[0]) for r in rows[1:]] == sorted(set(range(13)) - {_broken_index(folder)})
     assert not (out / "accuracy.png").exists()  # the cost charts are drawn once, in report.html
     assert set(json.loads((out / "per_view.json").read_text())) == set(names)
     assert res["per_view"]["identity"] == doc["results"]["plain"]["top1"]
+
+
+def _broken_index(folder) -> int:
+    return detect_dataset(str(folder), CLASSES).paths.index(str(folder / "dog" / "broken.png"))
 
 
 def test_evaluate_adaptive_equals_classification_tta_predict(tiny_lm, folder, tmp_path):
@@ -179,7 +188,8 @@ def test_evaluate_adaptive_equals_classification_tta_predict(tiny_lm, folder, tm
                              adaptive=threshold, data_config=tiny_lm.data_config).predict(photos)
     assert 0 < int(live.augmented.sum()) < len(photos)
     opts = EvalOptions(batch_size=4, workers=0, quiet=True, adaptive=threshold)
-    doc = evaluate(tiny_lm, data, [create_policy("d4")], None, tmp_path / "ada", RunConfig(8, False), opts)
+    doc = evaluate(tiny_lm, data, [create_policy("d4")], out_dir=tmp_path / "ada", run_config=RunConfig(8, False),
+                   options=opts)
     row = doc["results"]["d4"]
     labels = torch.tensor([data.labels[i] for i in good])
     assert math.isclose(row["top1"], topk_accuracy(live.probs, labels), abs_tol=1e-6)
@@ -192,7 +202,7 @@ def test_evaluate_adaptive_equals_classification_tta_predict(tiny_lm, folder, tm
 def test_strict_stops_at_a_bad_file(tiny_lm, folder, tmp_path):
     from ttakit import TTAKitError
 
-    with pytest.raises(TTAKitError, match="broken.png.*--strict"):
+    with pytest.raises(TTAKitError, match=r"broken.png.*`options.strict=True`"):
         _run(tiny_lm, folder, tmp_path / "strict", strict=True)
 
 
@@ -201,7 +211,7 @@ def test_resume_gives_the_same_results(tiny_lm, folder, tmp_path):
     # An interrupted run: only the first two chunks were written before it stopped.
     data = detect_dataset(folder, CLASSES)
     views = union_views([create_policy("hflip"), create_policy("d4")])
-    store = LogitStore(tmp_path / "part", fingerprint(tiny_lm, data, views, 4))
+    store = LogitStore(tmp_path / "part", fingerprint(tiny_lm, data, views, 4, {"data_hash": data_hash(data)}))
     options = EvalOptions(batch_size=4, workers=0)
     task = ClassifyTask(tiny_lm.class_names, torch.tensor(data.labels), options)
     compute_outputs(task, tiny_lm, data, views, store, RunConfig(8, False), options, torch.device("cpu"),
@@ -215,8 +225,8 @@ def test_resume_gives_the_same_results(tiny_lm, folder, tmp_path):
     from ttakit import TTAKitError
 
     with pytest.raises(TTAKitError, match="holds a different run"):
-        evaluate(tiny_lm, data, [create_policy("vflip")], None, tmp_path / "part", RunConfig(8, False),
-                 EvalOptions(batch_size=4, workers=0, quiet=True))
+        evaluate(tiny_lm, data, [create_policy("vflip")], out_dir=tmp_path / "part", run_config=RunConfig(8, False),
+                 options=EvalOptions(batch_size=4, workers=0, quiet=True))
 
 
 def test_evaluate_with_input_stages_resumes_and_reuses(tiny_lm, folder, tmp_path, monkeypatch):
@@ -225,7 +235,7 @@ def test_evaluate_with_input_stages_resumes_and_reuses(tiny_lm, folder, tmp_path
     data = detect_dataset(folder, CLASSES)
     both = create_policy("hflip*input(160:1.0,192:0.875)+scale(1.1)")
     opts = EvalOptions(batch_size=4, workers=1, quiet=True)
-    first = evaluate(tiny_lm, data, [both], None, tmp_path / "run", RunConfig(8, False), opts)
+    first = evaluate(tiny_lm, data, [both], out_dir=tmp_path / "run", run_config=RunConfig(8, False), options=opts)
     assert first["results"][both.name]["views"] == 5
     names = load_logits(tmp_path / "run")[2]
     assert {"input=160:1", "input=192:0.875|hflip", "scale=1.1"} <= set(names)
@@ -242,7 +252,7 @@ def test_evaluate_with_input_stages_resumes_and_reuses(tiny_lm, folder, tmp_path
 
     monkeypatch.setattr(tiny_lm.model, "forward", no_model)
     subset = create_policy("input(160:1.0,192:0.875)")
-    again = evaluate(tiny_lm, data, [subset], None, tmp_path / "run", RunConfig(8, False), opts)
+    again = evaluate(tiny_lm, data, [subset], out_dir=tmp_path / "run", run_config=RunConfig(8, False), options=opts)
     assert again["results"]["plain"]["top1"] == first["results"]["plain"]["top1"]
     assert again["results"][subset.name]["views"] == 2
 
@@ -359,8 +369,8 @@ def test_a_subset_of_stored_views_reuses_the_logits(tiny_lm, folder, tmp_path):
     chunks = sorted((tmp_path / "big" / "logits").glob("chunk_*"))
     stamps = [c.stat().st_mtime_ns for c in chunks]
     data = detect_dataset(folder, CLASSES)
-    res = evaluate(tiny_lm, data, [create_policy("hflip"), create_policy("rot90(0,2)")], None, tmp_path / "big",
-                   RunConfig(8, False), EvalOptions(batch_size=4, workers=0, quiet=True))
+    res = evaluate(tiny_lm, data, [create_policy("hflip"), create_policy("rot90(0,2)")], out_dir=tmp_path / "big",
+                   run_config=RunConfig(8, False), options=EvalOptions(batch_size=4, workers=0, quiet=True))
     assert [c.stat().st_mtime_ns for c in chunks] == stamps  # nothing recomputed
     assert list(res["results"]) == ["plain", "hflip", "rot90(0,2)"]
     assert res["results"]["rot90(0,2)"]["views"] == 2
@@ -374,8 +384,36 @@ def test_extra_row_scores_see_every_rows_merged_probabilities(tiny_lm, folder, t
         seen.update(probs)
         return {k: {"top1_again": float((p.argmax(1) == labels).float().mean())} for k, p in probs.items()}
 
-    res = evaluate(tiny_lm, data, [create_policy("hflip")], None, tmp_path / "x", RunConfig(8, False),
-                   EvalOptions(batch_size=4, workers=0, quiet=True), extras=[top1_again])
+    res = evaluate(tiny_lm, data, [create_policy("hflip")], out_dir=tmp_path / "x", run_config=RunConfig(8, False),
+                   options=EvalOptions(batch_size=4, workers=0, quiet=True), extras=[top1_again])
     assert set(seen) == {"plain", "hflip"} and seen["plain"].shape == (len(data) - 1, len(CLASSES))  # one broken file
     for row in res["results"].values():
         assert row["top1_again"] == pytest.approx(row["top1"])
+
+
+def test_classification_rows_keep_the_policy_weights(tiny_lm, folder, tmp_path):
+    """Every task's rows open the same way: a weighted policy's row records its weights."""
+    import dataclasses
+
+    data = detect_dataset(folder, CLASSES)
+    weighted = dataclasses.replace(create_policy("hflip"), weights=(0.75, 0.25), name="hflip-w")
+    opts = EvalOptions(batch_size=8, workers=0, quiet=True, limit=6)
+    rows = evaluate(tiny_lm, data, [weighted], out_dir=tmp_path / "w", run_config=RunConfig(8, False),
+                    options=opts)["results"]
+    assert rows["hflip-w"]["weights"] == [0.75, 0.25] and "weights" not in rows["plain"]
+    assert list(rows["hflip-w"])[:4] == ["merge", "views", "view_names", "weights"]
+
+
+def test_evaluate_gives_the_model_back_as_given(tiny_lm, folder, tmp_path):
+    """The caller's model keeps its train/eval mode, requires_grad and memory format."""
+    model = tiny_lm.model.train().requires_grad_(True)
+    formats = [p.is_contiguous() for p in model.parameters() if p.ndim == 4]
+    data = detect_dataset(folder, CLASSES)
+    opts = EvalOptions(batch_size=8, workers=0, quiet=True, limit=4)
+    try:
+        evaluate(tiny_lm, data, [create_policy("hflip")], out_dir=tmp_path / "m", run_config=RunConfig(8, True),
+                 options=opts)
+        assert model.training and all(p.requires_grad for p in model.parameters())
+        assert [p.is_contiguous() for p in model.parameters() if p.ndim == 4] == formats and all(formats)
+    finally:
+        model.eval().requires_grad_(False)

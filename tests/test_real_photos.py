@@ -40,7 +40,7 @@ def test_evaluate_on_real_photos(sample_dir, default_lm, tmp_path):
 
     data = detect_dataset(sample_dir, default_lm.class_names)
     assert data.layout == "imagenet-flat" and len(data) == 500 and data.n_classes == 500
-    res = evaluate(default_lm, data, [create_policy("hflip")], None, tmp_path / "ev", RunConfig(8, True),
-                   EvalOptions(batch_size=16, workers=1, limit=48, quiet=True))
+    res = evaluate(default_lm, data, [create_policy("hflip")], out_dir=tmp_path / "ev", run_config=RunConfig(8, True),
+                   options=EvalOptions(batch_size=16, workers=1, limit=48, quiet=True))
     assert res["n_images"] == 48 and res["skipped"] == []
     assert res["results"]["plain"]["top1"] > 0.75 and res["results"]["hflip"]["views"] == 2

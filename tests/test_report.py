@@ -23,7 +23,7 @@ from ttakit.datasets import detect_dataset
 from ttakit.evaluation.evaluate import EvalOptions, evaluate
 from ttakit.evaluation.report import write_report
 from ttakit.evaluation.search import SearchOptions, search_policy
-from ttakit.evaluation.store import load_logits
+from ttakit.evaluation.classify_logits import load_logits
 from ttakit.policy import Policy, parse_view, save_policy
 
 CLASSES = ["cat", "dog", "fox"]
@@ -75,8 +75,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "run"
     policies = [create_policy(p) for p in ("hflip", "d4", INPUT_STAGE)]
     with one_thread():
-        res = evaluate(lm, detect_dataset(data, CLASSES), policies, None, out,
-                       RunConfig(16, False), EvalOptions(batch_size=4, workers=0, quiet=True))
+        res = evaluate(lm, detect_dataset(data, CLASSES), policies, out_dir=out,
+                       run_config=RunConfig(16, False), options=EvalOptions(batch_size=4, workers=0, quiet=True))
     assert res["written"] == [str(out / "report.html")]
     (out / "report.first.html").write_text((out / "report.html").read_text())
     logits, labels, names, _ = load_logits(out)

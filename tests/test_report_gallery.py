@@ -152,8 +152,8 @@ def test_segmentation_evaluation_writes_a_report_with_its_gallery(tmp_path):
     out = tmp_path / "run"
     with one_thread():
         res = evaluate_segmentation(lm, find_masked_images(tmp_path / "images", tmp_path / "masks"),
-                                    [create_policy("hflip")], None, out, RunConfig(16, False), SegmentScoring(2),
-                                    EvalOptions(batch_size=4, workers=0, quiet=True))
+                                    [create_policy("hflip")], out_dir=out, run_config=RunConfig(16, False),
+                                    scoring=SegmentScoring(2), options=EvalOptions(batch_size=4, workers=0, quiet=True))
     assert str(out / "report.html") in res["written"]
     with (out / "per_image.csv").open() as f:
         rows = list(csv.DictReader(f))

@@ -91,20 +91,34 @@ def _lm():
     return load_segmenter(f"{__file__}:make_segmenter", K)
 
 
-def _reference_miou(lm, data) -> float:
-    """mIoU computed independently: the model's own output on each whole photo resized to its
-    input, softmax, bilinear back to the mask, argmax, numpy intersection / union."""
-    inter, union = np.zeros(K), np.zeros(K)
+def _reference_maps(lm, data, merge: str | None = None) -> dict[int, np.ndarray]:
+    """Each readable photo's predicted class map, computed independently: the model's own output
+    on the whole photo resized to its input, softmax, stored as float16; with ``merge`` (``mean``
+    or ``max``) also on the mirrored input, mirrored back, and merged; bilinear back to the
+    photo, argmax."""
+    maps = {}
     transform = lm.transform()
-    for path, mpath in zip(data.paths, data.masks):
+    for i, path in enumerate(data.paths):
         try:
             photo = ttakit.data.load_image(path)
         except ttakit.TTAKitError:
             continue
+        x = transform(photo)[None]
         with torch.inference_mode():
-            probs = torch.softmax(lm.model(transform(photo)[None]), 1)
+            probs = torch.softmax(lm.model(x), 1)  # scored at full precision
+            if merge is not None:
+                flipped = torch.softmax(lm.model(x.flip(-1)), 1).flip(-1)
+                probs = (probs + flipped) / 2 if merge == "mean" else torch.maximum(probs, flipped)
         pred = F.interpolate(probs, size=(photo.height, photo.width), mode="bilinear", align_corners=False)[0].argmax(0)
-        pred, truth = pred.numpy(), np.asarray(Image.open(mpath)).astype(np.int64)
+        maps[i] = pred.numpy()
+    return maps
+
+
+def _reference_miou(lm, data, merge: str | None = None) -> float:
+    """mIoU of :func:`_reference_maps` over the dataset: numpy intersection / union."""
+    inter, union = np.zeros(K), np.zeros(K)
+    for i, pred in _reference_maps(lm, data, merge).items():
+        truth = np.asarray(Image.open(data.masks[i])).astype(np.int64)
         ok = truth != 255
         for c in range(K):
             inter[c] += np.sum((pred == c) & (truth == c) & ok)
@@ -120,12 +134,16 @@ def test_segment_evaluate_matches_numpy_resumes_and_reuses(masked, tmp_path):
     policies = [ttakit.create_policy("hflip"), ttakit.create_policy("scale(1,1.25)")]
     out = tmp_path / "run"
     ColourSegmenter.calls = 0
-    res = evaluate_segmentation(lm, data, policies, ["mean", "max"], out, RC, SCORING, OPTIONS)
+    res = evaluate_segmentation(lm, data, policies, out_dir=out, merges=["mean", "max"], run_config=RC,
+                                scoring=SCORING, options=OPTIONS)
     assert ColourSegmenter.calls == 7 * 3  # 7 readable photos x 3 distinct views
     rows = res["results"]
     assert list(rows) == ["plain", "hflip@mean", "hflip@max", "scale(1,1.25)@mean", "scale(1,1.25)@max"]
     assert rows["plain"]["miou"] == pytest.approx(_reference_miou(lm, data), abs=1e-6)
     assert rows["plain"]["miou"] > 0.5  # the colour detector works
+    for merge in ("mean", "max"):  # the TTA rows too, each against its own reference
+        assert rows[f"hflip@{merge}"]["miou"] == pytest.approx(_reference_miou(lm, data, merge), abs=1e-6), merge
+    assert rows["hflip@mean"]["miou"] != rows["plain"]["miou"]  # the flip changes the maps: the check bites
     for key, row in rows.items():
         assert {"miou", "pixel_acc", "mean_dice", "boundary_iou", "per_class_iou", "seconds"} <= set(row)
         assert len(row["per_class_iou"]) == K and row["miou"] == pytest.approx(np.mean(row["per_class_iou"]))
@@ -138,22 +156,28 @@ def test_segment_evaluate_matches_numpy_resumes_and_reuses(masked, tmp_path):
     assert doc["task"] == "segment" and doc["scoring"]["num_classes"] == K
     header = (out / "per_image.csv").read_text().splitlines()[0].split(",")
     assert header[:5] == ["index", "path", "mask", "plain_iou", "plain_acc"] and "hflip@mean_iou" in header
-    # the report's predictions: the stored maps merged again equal the scored ones
-    pred = row_masks(out, "plain", [1])[0]  # 0 is broken.png
-    truth = torch.from_numpy(load_mask(data.masks[1]))
-    conf = confusion(truth, torch.from_numpy(pred), truth != 255, K)
-    line = next(r for r in csv.DictReader((out / "per_image.csv").open()) if r["path"] == data.paths[1])
-    assert float(line["plain_iou"]) == pytest.approx(float(miou(conf.numpy())), abs=1e-6)
+    # the report's predictions: the stored maps merged again are the reference maps, and the
+    # per-image CSV scores them
+    lines = {r["path"]: r for r in csv.DictReader((out / "per_image.csv").open())}
+    for key, merge in (("plain", None), ("hflip@mean", "mean"), ("hflip@max", "max")):
+        want = _reference_maps(lm, data, merge)
+        for i, pred in zip((1, 4), row_masks(out, key, [1, 4])):  # 0 is broken.png
+            assert (pred == want[i]).mean() > 0.999, key  # float16 ties may flip a pixel
+            truth = torch.from_numpy(load_mask(data.masks[i]))
+            conf = confusion(truth, torch.from_numpy(pred), truth != 255, K)
+            assert float(lines[data.paths[i]][f"{key}_iou"]) == pytest.approx(float(miou(conf.numpy())), abs=1e-6)
     # resume after a lost chunk, then reuse: a policy of stored views costs no model time
     chunks = sorted((out / "segmentation").glob("chunk_*.safetensors"))
     assert len(chunks) == 3
     chunks[1].unlink()
     ColourSegmenter.calls = 0
-    again = evaluate_segmentation(lm, data, policies, ["mean", "max"], out, RC, SCORING, OPTIONS)
+    again = evaluate_segmentation(lm, data, policies, out_dir=out, merges=["mean", "max"], run_config=RC,
+                                  scoring=SCORING, options=OPTIONS)
     assert ColourSegmenter.calls == 3 * 3
     assert {k: r["miou"] for k, r in again["results"].items()} == {k: r["miou"] for k, r in rows.items()}
     ColourSegmenter.calls = 0
-    only = evaluate_segmentation(lm, data, [ttakit.create_policy("hflip")], None, out, RC, SCORING, OPTIONS)
+    only = evaluate_segmentation(lm, data, [ttakit.create_policy("hflip")], out_dir=out, run_config=RC,
+                                 scoring=SCORING, options=OPTIONS)
     assert ColourSegmenter.calls == 0 and only["results"]["hflip"]["miou"] == rows["hflip@mean"]["miou"]
 
 

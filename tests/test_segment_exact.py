@@ -26,6 +26,11 @@ CONFIG = {"input_size": (3, SIDE, SIDE), "interpolation": "bilinear", "mean": (0
           "crop_pct": 1.0, "crop_mode": "squash"}
 
 
+def _evaluate(lm, data, policies, merges, out, run_config, scoring, options):
+    return evaluate_segmentation(lm, data, policies, out_dir=out, merges=merges, run_config=run_config,
+                                 scoring=scoring, options=options)
+
+
 class NoisyRed(torch.nn.Module):
     """Class 1 where a pixel is red, plus fixed high-frequency noise tied to the input grid: any
     smoothing of its output (a reduced store, area means) changes its score."""
@@ -87,7 +92,7 @@ def _reference(lm, data, flips: list[tuple[int, ...]], merge: str) -> float:
 def test_default_evaluate_scores_the_models_own_output(noisy, tmp_path):
     lm = load_segmenter(f"{__file__}:make_segmenter", K)
     policies = [ttakit.create_policy("hflip"), ttakit.create_policy("vflip")]
-    res = evaluate_segmentation(lm, noisy, policies, ["mean", "max"], tmp_path / "run", RC, SegmentScoring(K), OPTIONS)
+    res = _evaluate(lm, noisy, policies, ["mean", "max"], tmp_path / "run", RC, SegmentScoring(K), OPTIONS)
     rows = res["results"]
     refs = {"plain": _reference(lm, noisy, [()], "mean")}
     for name, d in (("hflip", (-1,)), ("vflip", (-2,))):
@@ -98,7 +103,7 @@ def test_default_evaluate_scores_the_models_own_output(noisy, tmp_path):
         assert rows[key]["exact"] is True
     assert 0.3 < refs["plain"] < 0.9  # the noise costs the model: a smoothed copy would score higher
     # The old default (area means onto a 32 px store) scores a different, smoother model.
-    smooth = evaluate_segmentation(lm, noisy, [], None, tmp_path / "smooth", RC,
+    smooth = _evaluate(lm, noisy, [], None, tmp_path / "smooth", RC,
                                    SegmentScoring(K, store_size=32), OPTIONS)  # exact: unaffected by the store
     assert smooth["results"]["plain"]["miou"] == pytest.approx(refs["plain"], abs=1e-9)
 
@@ -107,21 +112,21 @@ def test_budget_resume_and_rows_from_reduced_maps(noisy, tmp_path, capsys):
     lm = load_segmenter(f"{__file__}:make_segmenter", K)
     out = tmp_path / "run"
     scoring = SegmentScoring(K, store_budget=60_000)  # 8 photos x 3 views x 3 maps: about 25 px uint8
-    first = evaluate_segmentation(lm, noisy, [ttakit.create_policy("flip")], None, out, RC, scoring, OPTIONS)
+    first = _evaluate(lm, noisy, [ttakit.create_policy("flip")], None, out, RC, scoring, OPTIONS)
     store = first["store"]
     assert store["dtype"] == "uint8" and max(store["map_grid"]) < 32 and store["disk_bytes"] < 200_000
     # hflip alone was not asked for: its views are stored, so it is scored, from the reduced maps
-    again = evaluate_segmentation(lm, noisy, [ttakit.create_policy("flip"), ttakit.create_policy("hflip")], None,
+    again = _evaluate(lm, noisy, [ttakit.create_policy("flip"), ttakit.create_policy("hflip")], None,
                                   out, RC, scoring, OPTIONS)
     assert again["results"]["flip"]["exact"] is True and again["results"]["hflip"]["exact"] is False
     assert again["results"]["flip"]["miou"] == first["results"]["flip"]["miou"]
     assert row_masks(out, "hflip", [2])[0].shape == (120, 150)  # the gallery's maps, from the store
     # no budget: nothing stored, still exact; a row added later is refused with what to do
     none = SegmentScoring(K, store_budget=0)
-    bare = evaluate_segmentation(lm, noisy, [ttakit.create_policy("flip")], None, tmp_path / "bare", RC, none, OPTIONS)
+    bare = _evaluate(lm, noisy, [ttakit.create_policy("flip")], None, tmp_path / "bare", RC, none, OPTIONS)
     assert bare["results"]["flip"]["miou"] == first["results"]["flip"]["miou"] and bare["store"]["map_grid"] == [0, 0]
     with pytest.raises(ttakit.TTAKitError, match="new --out"):
-        evaluate_segmentation(lm, noisy, [ttakit.create_policy("hflip")], None, tmp_path / "bare", RC, none, OPTIONS)
+        _evaluate(lm, noisy, [ttakit.create_policy("hflip")], None, tmp_path / "bare", RC, none, OPTIONS)
     # the command line marks the rows that are not exact
     argv = ["evaluate", str(noisy.paths[0].rsplit("/", 1)[0]), "--task", "segment", "--masks", noisy.mask_source,
             "--model", f"{__file__}:make_segmenter", "--num-classes", str(K), "--tta", "flip", "--tta", "hflip",

@@ -1,13 +1,16 @@
 """Labelled image sets: layout detection (ImageFolder, flat ImageNet files, CSV) and loading.
 
-Decoding happens in DataLoader workers; a file that cannot be decoded becomes a *skip*
+Decoding happens in a pool of threads (:class:`DecodeLoader`); a file that cannot be decoded becomes a *skip*
 record (path and reason) instead of an exception, so one bad file never stops a long run.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Sequence
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +19,15 @@ import numpy as np
 import timm
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .data import load_image
 from .errors import DatasetError, ImageLoadError
 
-__all__ = ["ImageList", "LabelledImages", "MaskedImages", "detect_dataset", "find_masked_images", "load_mask", "make_loader"]
+__all__ = [
+    "DecodeLoader", "ImageList", "LabelledImages", "MaskedImages", "calibration_photos", "detect_dataset",
+    "find_masked_images", "load_mask", "make_loader",
+]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -212,8 +218,8 @@ def load_mask(path: str | Path) -> np.ndarray:
 
 class ImageList(Dataset):
     """Decodes ``paths[i]`` and applies ``transform`` (to a tensor, or to a dict of tensors such
-    as every input stage :class:`~ttakit.data.InputRenderer` renders); failures become skip
-    records."""
+    as every input stage :class:`~ttakit.data.InputRenderer` renders); a file that cannot be
+    decoded becomes a skip record, and any other failure propagates."""
 
     def __init__(self, paths: Sequence[str], transform: Callable[[Any], Any]) -> None:
         self.paths = list(paths)
@@ -224,11 +230,11 @@ class ImageList(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
         try:
-            return i, self.transform(load_image(self.paths[i])), None
-        except ImageLoadError as e:
+            photo = load_image(self.paths[i])
+        except ImageLoadError as e:  # only a file that cannot be decoded is a skip
             return i, None, str(e).removeprefix(f"{self.paths[i]}: ")
-        except Exception as e:  # noqa: BLE001 - a transform failing on odd data is a skip too
-            return i, None, f"{type(e).__name__}: {e}"
+        # A transform that fails on a decoded photo is a bug: it crashes with its traceback.
+        return i, self.transform(photo), None
 
 
 def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
@@ -244,12 +250,84 @@ def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, 
     return [i for i, _ in ok], x, bad  # type: ignore[return-value]
 
 
+def calibration_photos(folder: str | Path, n: int = 64) -> list[Path]:
+    """Up to ``n`` image files under ``folder`` (recursively), spread evenly over its sorted
+    list, so that every class of an ImageFolder tree is seen (int8 calibration photos).
+
+    Raises:
+        DatasetError: ``folder`` holds no images.
+    """
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
+    if not files:
+        raise DatasetError(f"{root}: no images to calibrate int8 on; give a folder of your photos")
+    step = len(files) / min(n, len(files))
+    return [files[int(i * step)] for i in range(min(n, len(files)))]
+
+
+class DecodeLoader:
+    """Decodes batches of ``dataset`` in a pool of threads, in order, a few batches ahead.
+
+    Threads, not worker processes: JPEG/PNG decoding and PIL resampling release the GIL, so
+    threads decode about as fast as forked DataLoader workers (``benchmarks/bench_decode.py``),
+    and they need no fork. Forking a process that already holds OpenVINO,
+    ONNX Runtime or CUDA threads copies their locks in whatever state they are in (workers
+    crashed or hung), and torch's DataLoader installs a SIGCHLD handler that stays after it is
+    done (a later ``subprocess.run`` crashed). A thread pool changes no process state and
+    lives only while it is iterated.
+
+    Args:
+        dataset: ``dataset[i]`` is one item for ``collate``.
+        batches: the indices of each batch, in the order they are yielded.
+        collate: makes a batch from its items.
+        workers: decoding threads (0: decode in the calling thread, one batch at a time).
+        prefetch: batches in flight per thread (bounds memory).
+
+    Example:
+        >>> loader = DecodeLoader(list(range(10)), [[0, 1], [2, 3, 4]], sum, workers=2)
+        >>> list(loader), len(loader)
+        ([1, 9], 2)
+    """
+
+    def __init__(self, dataset: Any, batches: Sequence[Sequence[int]], collate: Callable[[list[Any]], Any],
+                 workers: int, prefetch: int = 2) -> None:
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        self.dataset, self.collate, self.workers, self.prefetch = dataset, collate, workers, prefetch
+        self.batches = [list(b) for b in batches]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def _batch(self, indices: list[int]) -> Any:
+        return self.collate([self.dataset[i] for i in indices])
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.workers == 0:
+            yield from map(self._batch, self.batches)
+            return
+        # One batch per task, as DataLoader workers do; at most workers * prefetch in flight.
+        # Leaving the loop early (an error, a break) cancels what is queued and joins the threads.
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="ttakit-decode") as pool:
+            pending: deque[Future[Any]] = deque()
+            todo = iter(self.batches)
+            try:
+                for b in itertools.islice(todo, self.workers * self.prefetch):
+                    pending.append(pool.submit(self._batch, b))
+                while pending:
+                    out = pending.popleft().result()
+                    for b in itertools.islice(todo, 1):
+                        pending.append(pool.submit(self._batch, b))
+                    yield out
+            finally:
+                for f in pending:
+                    f.cancel()
+
+
 def make_loader(
     paths: Sequence[str], transform: Callable[[Any], Any], batches: Sequence[Sequence[int]], workers: int
-) -> DataLoader:
-    """A DataLoader over ``paths`` yielding, for each list of indices in ``batches``,
-    ``(indices, images (B, C, H, W) or a dict of such batches, or None, skipped [(index, reason)])``."""
-    return DataLoader(
-        ImageList(paths, transform), batch_sampler=[list(b) for b in batches], num_workers=workers,
-        collate_fn=_collate, prefetch_factor=2 if workers > 0 else None,  # bounded in-flight memory
-    )
+) -> DecodeLoader:
+    """A loader over ``paths`` yielding, for each list of indices in ``batches``,
+    ``(indices, images (B, C, H, W) or a dict of such batches, or None, skipped [(index, reason)])``,
+    decoded by ``workers`` threads (:class:`DecodeLoader`)."""
+    return DecodeLoader(ImageList(paths, transform), batches, _collate, workers)

@@ -15,7 +15,9 @@ import torch
 
 from .. import __version__
 from ..errors import TTAKitError
+from ..runtime.distributed import DistContext
 from . import calibrate, evaluate, export, predict, report, search, soup
+from .flags import translate
 
 __all__ = ["build_parser", "main"]
 
@@ -24,7 +26,13 @@ _COMMANDS = (predict, evaluate, search, calibrate, soup, report, export)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors as the one ``ttakit: error: ...`` line every error gets."""
+    """argparse with usage errors as the one ``ttakit: error: ...`` line every error gets, and
+    no abbreviated options (``--adapt`` must never be read as ``--adaptive``); subcommand
+    parsers are made by this class too, so the rule holds for every command."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"ttakit: error: {self.prog.removeprefix('ttakit ')}: {message} (see '{self.prog} --help')\n")
@@ -44,9 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ttakit`` console script."""
     args = build_parser().parse_args(argv)
     try:
+        DistContext.init()  # under torchrun: join its process group (nothing is started otherwise)
         return int(args.func(args) or 0)
     except TTAKitError as e:
-        print(f"ttakit: error: {e}", file=sys.stderr)
+        print(f"ttakit: error: {translate(str(e))}", file=sys.stderr)  # parameters named as flags
         return 2
     except KeyboardInterrupt:
         print("ttakit: interrupted", file=sys.stderr)

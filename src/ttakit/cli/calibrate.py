@@ -12,8 +12,8 @@ from ..conformal import SCORES, Calibration, calibrate, prediction_sets
 from ..errors import ConfigError
 from ..evaluation.conformal import ConformalOptions, ConformalScorer
 from ..evaluation.evaluate import evaluate
-from ..evaluation.scoring import classify_stored, policy_runs
-from ..evaluation.store import load_logits
+from ..evaluation.classify_logits import classify_stored, load_logits
+from ..evaluation.scoring import policy_runs
 from ..policy import Policy, create_policy, save_policy
 from .common import add_data_args, add_policy_args, eval_options, load, load_data, progress_bar
 
@@ -86,8 +86,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     data = load_data(args, lm, args.data)
     work = Path(args.work) if args.work else out.with_suffix(".logits")
     with progress_bar(len(data.head(options.limit)), "calibrate", options.quiet) as bar:
-        done = evaluate(lm, data, [policy], [args.merge] if args.merge else None, work, cfg, options, dev,
-                        progress=bar, backend=backend)
+        done = evaluate(lm, data, [policy], out_dir=work, merges=[args.merge] if args.merge else None, run_config=cfg,
+                        options=options, device=dev, progress=bar, backend=backend)
     if not done:  # not rank 0
         return 0
     # The policy's probabilities from the stored logits, through the one classification path.

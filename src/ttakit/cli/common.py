@@ -17,10 +17,12 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
-from ..datasets import LabelledImages, detect_dataset
+from ..adapt import AdaptOptions, list_adapters
+from ..data import preprocess
+from ..datasets import LabelledImages, calibration_photos, detect_dataset
 from ..callables import is_callable_spec, load_module_spec
 from ..errors import ConfigError
-from ..evaluation.evaluate import EvalOptions
+from ..evaluation.scoring import EvalOptions
 from ..merge import list_merges
 from ..models import DEFAULT_MODEL, LoadedModel, load_class_names, load_model
 from ..policy import list_presets
@@ -31,6 +33,8 @@ from ..tasks.classify import CONFIDENCE, ClassificationTTA
 
 __all__ = [
     "Loaded",
+    "adapt_options",
+    "add_adapt_args",
     "add_data_args",
     "add_model_args",
     "add_policy_args",
@@ -94,7 +98,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="what runs the model: torch (default), or an ONNX export (cached) run by onnxruntime or "
                    "openvino (pip install 'ttakit[onnx]' / 'ttakit[openvino]')")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="bf16: torch autocast, or OpenVINO's inference precision where the CPU has bf16 (default: fp32)")
+                   help="bf16/fp16: torch autocast, or OpenVINO's inference precision where the CPU has it; int8: "
+                   "onnxruntime/openvino on a graph quantised on --calibration photos. Checked against fp32 (default: fp32)")
+    g.add_argument("--calibration", default=None, metavar="DIR",
+                   help="photos to calibrate --precision int8 on (default: 64 photos spread over DATA)")
 
 
 def add_policy_args(p: argparse.ArgumentParser, many: bool = False) -> None:
@@ -116,13 +123,30 @@ def add_policy_args(p: argparse.ArgumentParser, many: bool = False) -> None:
                    help="confidence used by --adaptive (default: max_prob)")
 
 
+def add_adapt_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """``--adapt METHOD`` (repeatable with ``many``), ``--adapt-batch``, ``--adapt-reset``."""
+    g = p.add_argument_group("test-time adaptation (the photos are one stream, in folder or CSV row order)")
+    g.add_argument("--adapt", action="append" if many else "store", default=None, choices=list_adapters(),
+                   metavar="METHOD", help=f"adapt a copy of the model to the stream: {', '.join(list_adapters())}"
+                   + (" (repeatable: each adds rows '<policy> adapt=<method>')" if many else ""))
+    g.add_argument("--adapt-batch", type=positive_int, default=64, metavar="N",
+                   help="photos per adaptation step (default: 64)")
+    g.add_argument("--adapt-reset", type=positive_int, default=None, metavar="N",
+                   help="restore the original weights every N batches (default: never)")
+
+
+def adapt_options(args: argparse.Namespace) -> AdaptOptions:
+    """The :class:`~ttakit.adapt.AdaptOptions` of ``--adapt-batch`` and ``--adapt-reset``."""
+    return AdaptOptions(batch=getattr(args, "adapt_batch", 64), reset=getattr(args, "adapt_reset", None))
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     """DATA and the options of a dataset run (chunks, workers, output folder)."""
     p.add_argument("data", help="ImageFolder tree, flat folder of <wnid>_*.JPEG files, or a path,label CSV")
     add_model_args(p)
     g = p.add_argument_group("run")
     g.add_argument("--batch-size", type=positive_int, default=32, help="images per chunk (default: 32)")
-    g.add_argument("--workers", type=_non_negative_int, default=2, help="DataLoader decoding workers (default: 2)")
+    g.add_argument("--workers", type=_non_negative_int, default=2, help="photo decoding threads (default: 2)")
     g.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
     g.add_argument("--out", required=True, help="output folder (reused to resume an interrupted run)")
     g.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")
@@ -176,54 +200,71 @@ def load(args: argparse.Namespace) -> Loaded:
     return prepare_run(load_classifier(args.model, args.weights, args.labels), args)
 
 
-def prepare_run(lm: LoadedModel, args: argparse.Namespace, task: str = "classify") -> Loaded:
+def prepare_run(lm: LoadedModel, args: argparse.Namespace, *, kind: str = "classifier", exportable: bool = True,
+                tunable: bool = True) -> Loaded:
     """Device, run config and backend of any task's model, from the shared run flags
     (``--device``, ``--backend``, ``--precision``, ``--amp``, ``--micro-batch``, ``--compile``):
-    each is honoured or refused with one error.
+    each is honoured or refused with one error. ``kind`` names the model in errors;
+    ``exportable``: its output exports to ONNX (a detector's per-image box lists do not);
+    ``tunable``: ``--micro-batch auto`` can time it on one tensor batch.
 
     Raises:
-        ConfigError: a flag this task cannot honour (an ONNX backend for detection, whose
-            per-image box lists do not export; ``--amp``/``--compile`` with an ONNX backend).
+        ConfigError: a flag this model cannot honour (an ONNX backend for a model that does not
+            export; ``--amp``/``--compile`` with an ONNX backend; ``--micro-batch auto`` untimed).
     """
     dev = resolve_device(args.device)
     lm.model.to(dev)
     name, precision = getattr(args, "backend", "torch"), getattr(args, "precision", "fp32")
-    if name != "torch" and task == "detect":
-        raise ConfigError(f"--backend {name} cannot run a detector (its per-image box lists do not export to ONNX); "
-                          "leave --backend out with --task detect")
+    if name != "torch" and not exportable:
+        raise ConfigError(f"--backend {name} cannot run a {kind} (its outputs do not export to ONNX); "
+                          f"leave --backend out for a {kind}")
     if name != "torch" and (args.amp or getattr(args, "compile", False)):
         raise ConfigError(f"--amp and --compile are for the torch backend; with --backend {name} use --precision")
+    if name == "torch":
+        TorchBackend.accept(precision)  # int8 is refused in one line
+    calibration = _calibration(args, lm) if precision == "int8" and name != "torch" else None
     backend = None if name == "torch" else create_backend(
-        name, lm.model, input_size=lm.input_size, key=lm.name, precision=precision, device=dev)
+        name, lm.model, input_size=lm.input_size, key=lm.name, precision=precision, device=dev,
+        calibration=calibration, verbose=not getattr(args, "quiet", False))
     if args.micro_batch == "auto":
-        if task == "detect":
-            raise ConfigError("--micro-batch auto measures a classifier; give a number with --task detect")
+        if not tunable:
+            raise ConfigError(f"--micro-batch auto measures a classifier; give a number for a {kind}")
         cfg = tune_run_config(lm.model if backend is None else backend, lm.input_size, dev)
     else:
         cfg = default_run_config(dev) if backend is None else backend.run_config(dev)
         if args.micro_batch:
             cfg = replace(cfg, micro_batch=args.micro_batch)
-    if args.amp or (backend is None and precision == "bf16"):
-        cfg = replace(cfg, amp_dtype=AMP[args.amp or "bf16"])
+    if args.amp or (backend is None and precision in ("bf16", "fp16")):
+        cfg = replace(cfg, amp_dtype=AMP[args.amp or precision])
     if getattr(args, "compile", False):
         lm = replace(lm, model=torch.compile(lm.model))
     return Loaded(lm, dev, cfg, backend or TorchBackend(lm.model))
 
 
+def _calibration(args: argparse.Namespace, lm: LoadedModel) -> torch.Tensor:
+    """Model inputs made from ``--calibration`` photos (default: spread over DATA), for int8."""
+    folder = getattr(args, "calibration", None) or getattr(args, "data", None)
+    if folder is None:
+        raise ConfigError("--precision int8 needs your photos to calibrate on: add --calibration DIR")
+    return preprocess(calibration_photos(folder), lm.transform())
+
+
 def classification_tta(lm: LoadedModel, cfg: RunConfig, args: argparse.Namespace,
                        backend: Backend | None = None) -> ClassificationTTA:
-    """The wrapper that ``--tta``, ``--merge``, ``--adaptive`` and ``--confidence`` describe,
-    run by ``backend`` (default: the torch model)."""
+    """The wrapper that ``--tta``, ``--merge``, ``--adaptive``, ``--confidence`` and ``--adapt``
+    describe, run by ``backend`` (default: the torch model)."""
+    adapt = getattr(args, "adapt", None)
     return ClassificationTTA(
         lm.model, args.tta, args.merge, norm=lm.normalization, run_config=cfg,
         adaptive=args.adaptive, confidence=args.confidence, data_config=lm.data_config, backend=backend,
+        adapt=adapt, adapt_options=adapt_options(args),
     )
 
 
 def load_data(args: argparse.Namespace, lm: LoadedModel, data: str) -> LabelledImages:
     """Detect the dataset layout and say what was found (always, ``--quiet`` hides the bar only)."""
     ds = detect_dataset(data, lm.class_names)
-    if DistContext.from_env().is_main:
+    if DistContext.current().is_main:
         print(f"data: {ds.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
     return ds
 
@@ -277,7 +318,7 @@ def print_written(res: dict[str, Any], out: str) -> None:
 def progress_bar(total: int, label: str, quiet: bool) -> Iterator[Callable[[int], object]]:
     """A tqdm bar on stderr (images/s and ETA) on rank 0 of a terminal, else a no-op; yields
     its ``update(n)``. With several ranks, rank 0's share is extrapolated to the total."""
-    dist = DistContext.from_env()
+    dist = DistContext.current()
     if quiet or not dist.is_main or not sys.stderr.isatty():
         yield lambda n: None
         return

@@ -41,10 +41,10 @@ __all__ = [
 ]
 
 
-def add_detect_args(p: argparse.ArgumentParser, evaluate: bool = False) -> None:
-    """``--task`` and the detection options (``--detector``, ``--box-merge``, ...)."""
-    tasks = ("classify", "detect", "segment") if evaluate else ("classify", "detect")
-    p.add_argument("--task", choices=tasks, default="classify",
+def add_detect_args(p: argparse.ArgumentParser, tasks: Sequence[str], evaluate: bool = False) -> None:
+    """``--task`` (one of the command's ``tasks``, the first the default) and the detection
+    options (``--detector``, ``--box-merge``, ...)."""
+    p.add_argument("--task", choices=list(tasks), default=tasks[0],
                    help="classify (default), detect (object detection)" + (", segment (with --masks)" if evaluate else ""))
     g = p.add_argument_group("detection (--task detect)")
     g.add_argument("--detector", default=None, metavar="SPEC",
@@ -99,7 +99,7 @@ def _load(args: argparse.Namespace) -> tuple[LoadedDetector, torch.device, RunCo
         raise ConfigError("--adaptive is for classification; leave it out with --task detect")
     names = load_class_names(args.labels) if args.labels else None
     det = load_detector(spec, args.weights, args.num_classes, names)
-    loaded = prepare_run(det, args, task="detect")
+    loaded = prepare_run(det, args, kind="detector", exportable=False, tunable=False)
     return loaded.lm, loaded.device, loaded.run_config  # type: ignore[return-value]
 
 
@@ -216,12 +216,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = eval_options(args)
     data = load_coco_images(args.data, args.annotations)
     det, dev, cfg = _load(args)
-    if DistContext.from_env().is_main:
+    if DistContext.current().is_main:
         print(f"data: {data.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
     policies = [dataclasses.replace(create_policy(t, det.data_config), name=t) for t in (args.tta or ["hflip"])]
     scoring = DetectScoring(parse_box_options(args.box_option), args.label_map)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
-        res = evaluate_detection(det, data, policies, args.box_merge, args.out, cfg, options, scoring, dev, bar)
+        res = evaluate_detection(det, data, policies, out_dir=args.out, merges=args.box_merge, run_config=cfg,
+                                 scoring=scoring, options=options, device=dev, progress=bar)
     if not res:  # not rank 0
         return 0
     print(format_detection_table(res["results"], res["per_view"]))

@@ -6,15 +6,18 @@ import argparse
 import dataclasses
 from typing import Any
 
+from ..evaluation.adapt_rows import add_rows, evaluate_adapted
 from ..evaluation.evaluate import evaluate
+from ..evaluation.precision import evaluate_precision
+from ..input_check import precropped_note
 from ..policy import create_policy
 from ..errors import ConfigError
 from .calibrate import add_conformal_args, conformal_extras, conformal_lines
-from .common import add_data_args, add_policy_args, eval_options, load, load_data, print_written, progress_bar, verdict_lines
+from .common import adapt_options, add_adapt_args, add_data_args, add_policy_args, eval_options, load, load_data, print_written, progress_bar, verdict_lines
 from .detect import add_detect_args, cmd_evaluate as _cmd_evaluate_detect
 from .segment import add_segment_args, cmd_evaluate_segment
 
-__all__ = ["format_table", "register"]
+__all__ = ["EVALUATE", "format_table", "register"]
 
 
 def format_table(results: dict[str, Any], per_view: dict[str, float] | None = None) -> str:
@@ -38,28 +41,48 @@ def format_table(results: dict[str, Any], per_view: dict[str, float] | None = No
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.task == "detect":
-        return _cmd_evaluate_detect(args)
-    if args.task == "segment":
-        return cmd_evaluate_segment(args)
-    if args.masks or args.annotations:
-        raise ConfigError(f"--{'masks' if args.masks else 'annotations'} is for --task "
-                          f"{'segment' if args.masks else 'detect'}; add that --task")
+    return EVALUATE[args.task](args)  # the task, looked up once
+
+
+def _cmd_evaluate_classify(args: argparse.Namespace) -> int:
+    if args.masks:
+        raise ConfigError("--masks is for --task segment; add that --task")
+    if args.annotations:
+        raise ConfigError("--annotations is for --task detect; add that --task")
     options = eval_options(args)
     lm, dev, cfg, backend = load(args)
     # Rows are named by the policy exactly as written (a preset, text or a JSON path).
     policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
     data = load_data(args, lm, args.data)
+    note = precropped_note(data.paths, lm.data_config)
+    if note:
+        print(note)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
-        res = evaluate(lm, data, policies, args.merge, args.out, cfg, options, dev, progress=bar, backend=backend,
-                       extras=conformal_extras(args))
+        res = evaluate(lm, data, policies, out_dir=args.out, merges=args.merge, run_config=cfg, options=options,
+                       device=dev, progress=bar, backend=backend, extras=conformal_extras(args))
+    against_fp32: dict[str, Any] = {}
+    if backend.precision != "fp32":  # its plain top-1 against fp32 on the same images, paired (every rank runs)
+        with progress_bar(len(data.head(options.limit)), "fp32 plain", options.quiet) as bar:
+            against_fp32 = evaluate_precision(lm, data, args.out, backend, options, dev, progress=bar)
     if not res:  # not rank 0
         return 0
+    if args.adapt:  # adapted rows: the data once more, as a stream (they cannot reuse the stored logits)
+        with progress_bar(len(data.head(options.limit)), "adapt", options.quiet) as bar:
+            rows = evaluate_adapted(lm, data, policies, args.merge, args.adapt, adapt_options(args), cfg, options, dev,
+                                    progress=bar)
+        res["results"].update(rows)
+        add_rows(args.out, rows)
     print(format_table(res["results"], res["per_view"]))
     for line in conformal_lines(res["results"]):  # none without --conformal
         print(line)
+    if against_fp32:
+        print(against_fp32["verdict"])
     print_written(res, args.out)
     return 0
+
+
+# Each task's evaluate command, by the --task name (the first is the default).
+EVALUATE = {"classify": _cmd_evaluate_classify, "detect": _cmd_evaluate_detect, "segment": cmd_evaluate_segment}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score plain and TTA policies on a labelled dataset")
     add_data_args(p)
     add_policy_args(p, many=True)
-    add_detect_args(p, evaluate=True)
+    add_detect_args(p, list(EVALUATE), evaluate=True)
     add_segment_args(p)
     add_conformal_args(p)
+    add_adapt_args(p, many=True)
     p.set_defaults(func=_cmd_evaluate)

@@ -10,7 +10,7 @@ from ..merge import list_merges
 from ..models import DEFAULT_MODEL, load_model
 from ..policy import create_policy, list_presets
 from ..runtime.onnx_cache import DEFAULT_OPSET
-from ..runtime.export import INPUTS, TASKS, export_tta
+from ..runtime.export import GRAPH_HEADS, INPUTS, TASKS, export_tta
 from .common import positive_int
 
 __all__ = ["register"]
@@ -35,14 +35,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     size = args.input_size or lm.input_size
     if args.input_size:
         cfg["input_size"] = (3, *size)
+    head = GRAPH_HEADS.get(args.task)
     meta = {"ttakit.model": lm.name, "ttakit.model_weights": lm.weights}
-    if args.task == "classify":
+    if head.class_names:
         meta["ttakit.class_names"] = list(lm.class_names)
     t0 = time.perf_counter()
     path = export_tta(lm.model, policy, args.out, merge=args.merge, input_size=size, norm=lm.normalization,
-                      task=args.task, input=args.input, opset=args.opset, data_config=cfg, metadata=meta)
+                      task=args.task, input=args.input, opset=args.opset, data_config=cfg, metadata=meta,
+                      check=not args.no_check)
     secs = time.perf_counter() - t0
-    merge = (args.merge or policy.merge or "mean") if args.task == "classify" else "mean of softmax maps"
+    merge = head.merge(args.merge or policy.merge or "mean")
     mb = Path(path).stat().st_size / 2**20
     print(f"wrote {path} ({mb:.1f} MB, opset {args.opset}, {secs:.1f} s): {lm.name} ({lm.weights}), "
           f"policy {policy.name} ({len(policy.views)} views), merge {merge}")
@@ -55,7 +57,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"  input  images (N, 3, {h}, {w}) float32: the model's preprocessing, {cfg.get('interpolation')} "
               f"resize at crop_pct {cfg.get('crop_pct')}, then (pixel/255 - mean) / std with mean "
               f"{tuple(cfg['mean'])}, std {tuple(cfg['std'])}")
-    out = f"(N, {lm.num_classes}) merged probabilities" if args.task == "classify" else "(N, K, h, w) mean probabilities"
+    out = head.returns.format(classes=lm.num_classes)
     print(f"  output probs {out}; the graph's metadata holds the policy and data config")
     return 0
 
@@ -83,4 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=_size, default=None, metavar="SIZE",
                    help="input SIZE or HxW of the graph (default: the model's data config)")
     p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    p.add_argument("--no-check", action="store_true",
+                   help="do not run the written graph in onnxruntime against torch (by default it is, and a missing "
+                   "onnxruntime is an error)")
     p.set_defaults(func=_cmd_export)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..data import example_image_path, load_image
+from ..input_check import precropped_note
 from ..models import LoadedModel
 from ..predict import ClassScore, ImagePrediction, predict_images
 from ..tasks.classify import ClassificationTTA
 from ..viz import save_view_grid
-from .common import add_model_args, add_policy_args, classification_tta, load, positive_int
+from .common import add_adapt_args, add_model_args, add_policy_args, classification_tta, load, positive_int
 from .detect import add_detect_args, cmd_predict as _cmd_predict_detect, cmd_views as _cmd_views_detect
 
 __all__ = ["DEFAULT_POLICY", "format_predictions", "predictions_to_json", "register"]
@@ -84,21 +85,32 @@ def format_predictions(lm: LoadedModel, tta: ClassificationTTA, preds: Sequence[
 
 
 def _with_default_policy(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill in ``--tta`` when it was not given: :data:`DEFAULT_POLICY` for classification,
-    ``hflip`` for detection (its default has no evidence behind another choice yet)."""
+    """Fill in ``--tta`` when it was not given: the task's default (:data:`DEFAULT_POLICY`
+    for classification, ``hflip`` for detection: its default has no evidence behind another
+    choice yet)."""
     if args.tta is None:
-        args.tta = DEFAULT_POLICY if args.task == "classify" else "hflip"
+        args.tta = TASKS[args.task].policy
     return args
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     args = _with_default_policy(args)
-    if args.task == "detect":
-        return _cmd_predict_detect(args)
+    return TASKS[args.task].predict(args)
+
+
+def _cmd_views(args: argparse.Namespace) -> int:
+    args = _with_default_policy(args)
+    return TASKS[args.task].views(args)
+
+
+def _predict_classify(args: argparse.Namespace) -> int:
     paths = args.images or [str(example_image_path())]
     images = [load_image(p) for p in paths]  # a bad file fails before the model loads
     lm, _, cfg, backend = load(args)
     tta = classification_tta(lm, cfg, args, backend)
+    note = None if args.json else precropped_note(paths, lm.data_config)
+    if note:
+        print(note)
     preds = predict_images(lm, paths, tta, k=args.topk, images=images)
     if args.json:
         print(json.dumps(predictions_to_json(lm, tta, preds), indent=2))
@@ -107,10 +119,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_views(args: argparse.Namespace) -> int:
-    args = _with_default_policy(args)
-    if args.task == "detect":
-        return _cmd_views_detect(args)
+def _views_classify(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     lm, _, cfg, backend = load(args)
     tta = classification_tta(lm, cfg, args, backend)
@@ -125,6 +134,19 @@ def _cmd_views(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Commands(NamedTuple):
+    """One task's ``predict`` and ``views`` commands and its default policy."""
+
+    predict: Callable[[argparse.Namespace], int]
+    views: Callable[[argparse.Namespace], int]
+    policy: str
+
+
+# Each task's commands, by the --task name (the first is the default).
+TASKS = {"classify": _Commands(_predict_classify, _views_classify, DEFAULT_POLICY),
+         "detect": _Commands(_cmd_predict_detect, _cmd_views_detect, "hflip")}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``predict`` and ``views`` to the command parser."""
     p = sub.add_parser("predict", help="plain vs TTA top-k for images (default: a bundled cat photo)")
@@ -132,9 +154,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_policy_args(p)
     p.set_defaults(tta=None)  # classify: DEFAULT_POLICY; detect keeps hflip (see _with_default_policy)
-    add_detect_args(p)
+    add_detect_args(p, list(TASKS))
     p.add_argument("--topk", type=positive_int, default=5, help="classes to show (default: 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    add_adapt_args(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("views", help="save a picture of the views as the model sees them")
@@ -143,5 +166,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_policy_args(p)
     p.set_defaults(tta=None)  # classify: DEFAULT_POLICY; detect keeps hflip (see _with_default_policy)
-    add_detect_args(p)
+    add_detect_args(p, list(TASKS))
     p.set_defaults(func=_cmd_views)

@@ -7,29 +7,14 @@ No model is loaded: the page is built from ``results.json``, ``per_view.json``,
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from ..evaluation.detect_eval import row_detections
-from ..evaluation.evaluate import EvalOptions
+from ..evaluation.scoring import EvalOptions
 from ..evaluation.report import write_report
-from ..evaluation.segment_eval import row_masks
 from ..models import load_class_names
 from ..tasks.classify import CONFIDENCE
 from .common import positive_int
 
 __all__ = ["register"]
-
-# Each task's reader of a row's stored predictions, for the gallery of segmentation and detection pages.
-_ROW_READERS = {"segment": row_masks, "detect": row_detections}
-
-
-def _task(folder: Path) -> str:
-    """The task of an evaluation folder (classification when results.json is absent or older)."""
-    try:
-        return str(json.loads((folder / "results.json").read_text()).get("task", "classify"))
-    except (OSError, ValueError):
-        return "classify"  # write_report says what is missing
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -37,7 +22,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     # results.json does not keep evaluate's --adaptive: given again, adaptive rows are recomputed as scored.
     options = EvalOptions(adaptive=args.adaptive, confidence=args.confidence)
     page = write_report(args.dir, search_policy_path=args.policy, class_names=names, max_gallery=args.max_gallery,
-                        options=options, read_row=_ROW_READERS.get(_task(Path(args.dir))))
+                        options=options)  # the folder's task is looked up from its results.json
     print(f"wrote {page}")
     return 0
 

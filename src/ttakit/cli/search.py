@@ -9,7 +9,7 @@ from typing import Any
 from ..evaluation.evaluate import evaluate
 from ..evaluation.report import write_report
 from ..evaluation.search import SearchOptions, search_policy
-from ..evaluation.store import load_logits
+from ..evaluation.classify_logits import load_logits
 from ..models import LoadedModel
 from ..policy import Policy, create_policy, save_policy
 from ..runtime.backends import Backend
@@ -28,7 +28,8 @@ def _pool_logits(args: argparse.Namespace, lm: LoadedModel, cfg: RunConfig, dev:
     data = load_data(args, lm, data_arg)
     out = Path(args.out) / sub
     with progress_bar(len(data.head(options.limit)), f"pool ({sub})", options.quiet) as bar:
-        done = evaluate(lm, data, [pool], None, out, cfg, options, dev, progress=bar, backend=backend)
+        done = evaluate(lm, data, [pool], out_dir=out, run_config=cfg, options=options, device=dev, progress=bar,
+                        backend=backend)
     return load_logits(out) if done else None
 
 
@@ -67,7 +68,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     pool = create_policy(args.pool or "search_pool", lm.data_config)
     on_data = _pool_logits(args, lm, cfg, dev, pool, args.data, "data", backend)
     on_val = _pool_logits(args, lm, cfg, dev, pool, args.val, "val", backend) if args.val else None
-    if not DistContext.from_env().is_main:
+    if not DistContext.current().is_main:
         return 0
     logits, labels, _, _ = on_data
     selection = (on_val[0], on_val[1]) if on_val is not None else None

@@ -106,8 +106,8 @@ def cmd_evaluate_segment(args: argparse.Namespace) -> int:
     options = eval_options(args)
     data = find_masked_images(args.data, args.masks)
     names = load_class_names(args.labels) if args.labels else None
-    loaded = prepare_run(load_segmenter(args.model, args.num_classes, args.weights, names), args, task="segment")
-    if DistContext.from_env().is_main:
+    loaded = prepare_run(load_segmenter(args.model, args.num_classes, args.weights, names), args, kind="segmenter")
+    if DistContext.current().is_main:
         print(f"data: {data.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
     lm = loaded.lm
     policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
@@ -116,8 +116,9 @@ def cmd_evaluate_segment(args: argparse.Namespace) -> int:
     window = None if args.tile is None else WindowConfig(args.tile, args.overlap, args.blend, batch=args.window_batch,
                                                          stitch_device=args.stitch_device)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
-        res = evaluate_segmentation(lm, data, policies, args.merge, args.out, loaded.run_config, scoring, options,
-                                    loaded.device, bar, backend, window=window)
+        res = evaluate_segmentation(lm, data, policies, out_dir=args.out, merges=args.merge,
+                                    run_config=loaded.run_config, scoring=scoring, options=options,
+                                    device=loaded.device, progress=bar, backend=backend, window=window)
     if not res:  # not rank 0
         return 0
     print(format_segment_table(res["results"], res["per_view"]))

@@ -15,7 +15,6 @@ paths relative to that folder.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -34,10 +33,16 @@ from ..policy import Policy
 from ..runtime.config import RunConfig
 from ..runtime.loop import RenderedInputs
 from ..tasks.boxes import BoxMergeOptions, box_options_for_run, get_box_merge, list_box_merges
-from ..tasks.detect import DetectionTTA, Detections, LoadedDetector, ViewDetections
+from ..tasks.detect import Detections, LoadedDetector, ViewDetections
+from ..tasks.detect.deaugment import check_box_views, deaugment_detections
+from ..tasks.geometry import Geometry
 from ..views import View
 from .box_map import coco_gt, coco_map, match_table, per_image_map, weighted_map
-from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, task_report, view_columns
+from .rows import PerImageCsv, row_header, timing
+from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, view_columns
+from .report import write_report
+from .report_gallery import detection_from_folder, gallery_page
+from .task_registry import EVAL_TASKS, ReportSettings, ReportSpec, TaskColumns
 from .scoring import EvalOptions, PolicyRun, policy_runs
 from .stats import compare_statistic
 from .store import LogitStore
@@ -231,7 +236,7 @@ class DetectTask:
     name: str = "detect"
     subdir: str = "detections"
     options: dict[str, BoxMergeOptions] = field(default_factory=dict, init=False)  # per merge, set by runs()
-    _tta: dict[tuple[str, ...], DetectionTTA] = field(default_factory=dict, repr=False)
+    _checked: set[tuple[str, ...]] = field(default_factory=set, repr=False)
 
     def runs(self, policies: Sequence[Policy], merges: Sequence[str] | None) -> list[PolicyRun]:
         runs = policy_runs(policies, merges, resolve=get_box_merge, default=_default_box_merge, plain_merge="none")
@@ -243,10 +248,10 @@ class DetectTask:
 
     def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int]) -> dict[str, Tensor]:
         key = tuple(v.name for v in views)
-        if key not in self._tta:  # the de-augmenter of these views (built once)
-            self._tta[key] = DetectionTTA(self.det.model, Policy(tuple(views)), "concat", norm=self.det.normalization,
-                                          run_config=self.run_config, data_config=self.det.data_config)
-        vd = self._tta[key].deaugment(outs, inputs)
+        if key not in self._checked:  # views whose boxes cannot be undone are refused once
+            check_box_views(views, tuple(self.det.data_config["input_size"][-2:]))
+            self._checked.add(key)
+        vd = deaugment_detections(views, outs, Geometry.of(inputs, self.det.data_config))  # no model needed
         return {"boxes": vd.boxes.cpu(), "scores": vd.scores.cpu(), "labels": vd.labels.cpu(),
                 "image": vd.images.cpu(), "view": vd.views.cpu()}
 
@@ -274,15 +279,7 @@ class DetectTask:
         tables = {r.run.key: match_table(gt, r.table(), evaluated) for r in rows[:len(runs)]}
         per_image = {k: per_image_map(t) for k, t in tables.items()}  # (N,) each image's own AP
         results = {
-            r.run.key: {
-                "merge": "none" if r.run.is_plain else r.run.merge,
-                "views": len(r.cols),
-                "view_names": r.run.policy.view_names,
-                **({} if r.run.policy.weights is None else {"weights": list(r.run.policy.weights)}),
-                **coco_map(gt, r.table(), evaluated),
-                "seconds": round(r.seconds, 4),
-                "images_per_s": round(len(evaluated) / r.seconds, 2) if r.seconds > 0 else None,
-            }
+            r.run.key: {**row_header(r.run), **coco_map(gt, r.table(), evaluated), **timing(r.seconds, len(evaluated))}
             for r in rows[:len(runs)]
         }
         self._write_per_image(out / "per_image.csv", data, indices, rows[:len(runs)], per_image)
@@ -295,17 +292,13 @@ class DetectTask:
     @staticmethod
     def _write_per_image(path: Path, data: CocoImages, indices: Sequence[int], rows: Sequence[_Row],
                          per_image: Mapping[str, np.ndarray]) -> None:
-        """``per_image.csv``: dataset index, path, image_id, then per row its AP@[.5:.95] on the
-        image (``<key>_ap``, empty without ground truth) and its merged box count (``<key>_boxes``)."""
-        with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["index", "path", "image_id"] + [c for r in rows for c in (f"{r.run.key}_ap", f"{r.run.key}_boxes")])
+        """``per_image.csv`` (:class:`~ttakit.evaluation.rows.PerImageCsv`): index, path,
+        image_id, then per row its AP@[.5:.95] on the image (``<key>_ap``, empty without ground
+        truth) and its merged box count (``<key>_boxes``)."""
+        with PerImageCsv(path, ["image_id"], [r.run.key for r in rows], ["ap", "boxes"]) as table:
             for j, i in enumerate(indices):
-                line = [i, data.paths[i], data.image_ids[i]]
-                for r in rows:
-                    ap = per_image[r.run.key][j]
-                    line += ["" if np.isnan(ap) else f"{ap:.6f}", r.boxes[j]]
-                writer.writerow(line)
+                values = [v for r in rows for v in (float(per_image[r.run.key][j]), r.boxes[j])]
+                table.write(i, data.paths[i], [data.image_ids[i]], values)
 
     def compare(self, scored: Scored, key: str) -> tuple[dict[str, Any], str]:
         plain, tta = scored.state["plain"], scored.state[key]
@@ -317,18 +310,19 @@ class DetectTask:
         return fields, cmp.verdict(key, "mAP")
 
     def finish(self, out: Path, lm: LoadedModel, options: EvalOptions) -> list[str]:
-        return task_report(out, row_detections)
+        return [str(write_report(out))]
 
 
 def evaluate_detection(
     det: LoadedDetector,
     data: CocoImages,
     policies: Sequence[Policy],
-    merges: Sequence[str] | None,
+    *,
     out_dir: str | Path,
+    merges: Sequence[str] | None = None,
     run_config: RunConfig,
-    options: EvalOptions = EvalOptions(),
     scoring: DetectScoring = DetectScoring(),
+    options: EvalOptions = EvalOptions(),
     device: torch.device | str = "cpu",
     progress: Callable[[int], Any] | None = None,
 ) -> dict[str, Any]:
@@ -344,14 +338,16 @@ def evaluate_detection(
 
     Example:
         >>> data = load_coco_images("runs/detection_demo/test", "runs/detection_demo/test.json")  # doctest: +SKIP
-        >>> res = evaluate_detection(det, data, [create_policy("hflip")], ["nms", "wbf"], "runs/x", RunConfig())  # doctest: +SKIP
+        >>> res = evaluate_detection(det, data, [create_policy("hflip")], out_dir="runs/x", merges=["nms", "wbf"],
+        ...                          run_config=RunConfig())  # doctest: +SKIP
         >>> res["results"]["hflip@wbf"]["map"]  # doctest: +SKIP
         0.61
     """
     if options.adaptive is not None:
-        raise ConfigError("adaptive TTA is for classification; leave --adaptive out with --task detect")
+        raise ConfigError("adaptive TTA is for classification; leave `options.adaptive` out for detection")
     task = DetectTask(det, data, scoring, run_config)
-    return run_evaluation(task, det, data, policies, merges, out_dir, run_config, options, device, progress)
+    return run_evaluation(task, det, data, policies, out_dir=out_dir, merges=merges, run_config=run_config,
+                          options=options, device=device, progress=progress)
 
 
 def row_detections(out_dir: str | Path, key: str, indices: Sequence[int]) -> list[Detections]:
@@ -372,3 +368,14 @@ def row_detections(out_dir: str | Path, key: str, indices: Sequence[int]) -> lis
         return [dets[j] for j in positions]
 
     return row_predictions(out_dir, key, "detections", indices, predict)
+
+
+DETECT_COLUMNS = TaskColumns("map", "mAP", (("map", "mAP@[.5:.95]"), ("map50", "mAP@.5"), ("map75", "mAP@.75")), "AP")
+
+
+def _page(out: Path, doc: Mapping[str, Any], per_view: Mapping[str, Any], s: ReportSettings) -> dict[str, Any]:
+    return gallery_page(out, doc, per_view, s.class_names, s.max_gallery, read_row=row_detections, columns=DETECT_COLUMNS,
+                        build=detection_from_folder)
+
+
+EVAL_TASKS.add("detect", ReportSpec(_page, DETECT_COLUMNS))

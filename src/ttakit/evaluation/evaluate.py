@@ -3,14 +3,13 @@
 The pipeline (:mod:`~ttakit.evaluation.pipeline`) decodes each image once, runs every distinct
 view of all the policies once and stores the per-view logits chunk by chunk; this module says
 what classification adds: the logits are stored as they are, every row is merged through the
-one classification path (:func:`~ttakit.evaluation.scoring.classify_stored`) and scored
+one classification path (:func:`~ttakit.evaluation.classify_logits.classify_stored`) and scored
 (top-1, top-5, NLL, calibrated NLL, ECE, fixed/broken), and each policy is compared with plain
 by McNemar's test and paired bootstrap intervals (:func:`~ttakit.evaluation.stats.compare`).
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +30,11 @@ from ..views import View
 from .metrics import TEMPERATURES, MetricAccumulator
 from .pipeline import Scored, run_evaluation, stored_chunks, view_columns
 from .report import write_report
-from .scoring import EvalOptions, PolicyRun, classify_stored, policy_runs, union_views
+from .rows import PerImageCsv, row_header, timing
+from .classify_logits import classify_stored, data_hash
+from .scoring import EvalOptions, PolicyRun, policy_runs, union_views
 from .stats import compare
-from .store import LogitStore, data_hash
+from .store import LogitStore
 
 __all__ = [
     "ClassifyTask",
@@ -99,16 +100,12 @@ class RowScores:
         return res.probs
 
     def result(self, adaptive: bool) -> dict[str, Any]:
-        m = self.acc.compute()
         entry: dict[str, Any] = {
-            "merge": "none" if self.run.is_plain else self.run.merge,
-            "views": len(self.cols),
-            "view_names": self.run.policy.view_names,
-            **m,
+            **row_header(self.run),
+            **self.acc.compute(),
             "nll_calibrated": float(self.calib_nll.min() / max(self.acc.n, 1)),
             "temperature_calibrated": TEMPERATURES[int(self.calib_nll.argmin())],
-            "seconds": round(self.seconds, 4),
-            "images_per_s": round(self.acc.n / self.seconds, 2) if self.seconds > 0 else None,
+            **timing(self.seconds, self.acc.n),
         }
         if adaptive:
             entry["forwards_fraction"] = self.forwards / max(self.acc.n * len(self.cols), 1)
@@ -162,7 +159,7 @@ def score(
     indices: list[Tensor] = []
     labels_seen: list[Tensor] = []
     probs: dict[str, list[Tensor]] = {r.key: [] for r in runs} if keep_probs else {}
-    with _CsvRows(per_image_csv, ["path", "label"] + [c for r in runs for c in (r.key, f"{r.key}_prob")]) as writer:
+    with PerImageCsv(per_image_csv, ["label"], [r.key for r in runs], ["", "prob"]) as table:
         for payload in stored_chunks(store, data, skipped):
             logits, labels = payload["logits"], payload["labels"]  # (n, U, C), (n,)
             indices.append(payload["indices"])
@@ -178,10 +175,8 @@ def score(
                     probs[row.run.key].append(merged.float())
                 preds.append(merged.max(-1))
             for j, i in enumerate(payload["indices"].tolist()):
-                line = [data.paths[i], class_names[int(labels[j])]]
-                for p in preds:
-                    line += [class_names[int(p.indices[j])], f"{float(p.values[j]):.6f}"]
-                writer(line)
+                values = [v for p in preds for v in (class_names[int(p.indices[j])], float(p.values[j]))]
+                table.write(i, data.paths[i], [class_names[int(labels[j])]], values)
     return Scores(
         results={r.run.key: r.result(adaptive) for r in rows},
         per_view={n: acc.compute()["top1"] for n, acc in zip(names, single)},
@@ -192,25 +187,6 @@ def score(
         labels=torch.cat(labels_seen) if labels_seen else torch.zeros(0, dtype=torch.long),
         probs={k: torch.cat(v) for k, v in probs.items() if v},
     )
-
-
-class _CsvRows:
-    """Context manager giving a row writer for ``path`` (a no-op writer when ``path`` is None)."""
-
-    def __init__(self, path: Path | None, header: list[str]) -> None:
-        self.path, self.header, self.handle = path, header, None
-
-    def __enter__(self) -> Callable[[list[str]], Any]:
-        if self.path is None:
-            return lambda line: None
-        self.handle = self.path.open("w", newline="", encoding="utf-8")
-        writer = csv.writer(self.handle)
-        writer.writerow(self.header)
-        return writer.writerow
-
-    def __exit__(self, *exc: object) -> None:
-        if self.handle is not None:
-            self.handle.close()
 
 
 # --------------------------------------------------------------------------- the task
@@ -268,8 +244,9 @@ def evaluate(
     lm: LoadedModel,
     data: LabelledImages,
     policies: Sequence[Policy],
-    merges: Sequence[str] | None,
+    *,
     out_dir: str | Path,
+    merges: Sequence[str] | None = None,
     run_config: RunConfig,
     options: EvalOptions = EvalOptions(),
     device: torch.device | str = "cpu",
@@ -281,9 +258,9 @@ def evaluate(
     ``per_image.csv``, ``per_view.json``, ``report.html`` (see
     :func:`~ttakit.evaluation.report.write_report`) and the logits into ``out_dir``.
 
-    Under torchrun the chunks are dealt out to the ranks; rank 0 gathers them, scores and
-    writes; the other ranks return ``{}``. ``backend`` runs the model (default: ``lm.model``);
-    a backend other than torch is part of the stored logits' fingerprint. ``extras`` add
+    In a process group (torchrun, after ``DistContext.init()``) the chunks are dealt out to the
+    ranks; rank 0 gathers them, scores and writes; the other ranks return ``{}``. ``backend``
+    runs the model (default: ``lm.model``); a backend other than torch is part of the stored logits' fingerprint. ``extras`` add
     per-row scores from every row's merged probabilities (see :class:`ClassifyTask`).
 
     Returns:
@@ -294,9 +271,10 @@ def evaluate(
 
     Example:
         >>> data = detect_dataset("../shared/imagenet-sample", lm.class_names)  # doctest: +SKIP
-        >>> res = evaluate(lm, data, [create_policy("hflip")], None, "runs/x", RunConfig())  # doctest: +SKIP
+        >>> res = evaluate(lm, data, [create_policy("hflip")], out_dir="runs/x", run_config=RunConfig())  # doctest: +SKIP
         >>> res["results"]["hflip"]["top1"]  # doctest: +SKIP
         0.898
     """
     task = ClassifyTask(lm.class_names, torch.tensor(data.labels, dtype=torch.long), options, tuple(extras))
-    return run_evaluation(task, lm, data, policies, merges, out_dir, run_config, options, device, progress, backend)
+    return run_evaluation(task, lm, data, policies, out_dir=out_dir, merges=merges, run_config=run_config,
+                          options=options, device=device, progress=progress, backend=backend)

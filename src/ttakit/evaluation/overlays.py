@@ -35,7 +35,8 @@ def class_colours(num_classes: int, background: int | None = 0) -> np.ndarray:
     """``(K, 3)`` uint8 colours of ``K`` classes; the ``background`` class is black (drawn untinted)."""
     colours = np.zeros((num_classes, 3), np.uint8)
     others = [i for i in range(num_classes) if i != background]  # they take the palette in order
-    colours[others] = [_PALETTE[n % len(_PALETTE)] for n in range(len(others))]
+    if others:  # a task without classes (a regression) has no colours to give
+        colours[others] = [_PALETTE[n % len(_PALETTE)] for n in range(len(others))]
     return colours
 
 

@@ -1,7 +1,7 @@
 """The one evaluation pipeline every task runs: decode once, run each distinct view once, store, score.
 
 A labelled evaluation flows the same way for classification, detection and segmentation:
-the photos of a chunk are decoded once in DataLoader workers, which also render every input
+the photos of a chunk are decoded once in decoding threads, which also render every input
 stage the views need; all distinct views of all policies run in one
 :func:`~ttakit.runtime.loop.run_views` call; the task de-augments and packs each view's
 output and the :class:`~ttakit.evaluation.store.LogitStore` writes the chunk at once (so a
@@ -32,7 +32,7 @@ from ..errors import DatasetError
 from ..models import LoadedModel
 from ..policy import Policy, parse_view
 from ..runtime.backends import Backend
-from ..runtime.config import RunConfig, prepare_model, timed, torch_threads
+from ..runtime.config import RunConfig, prepared, timed, torch_threads
 from ..runtime.distributed import DistContext
 from ..runtime.loop import RenderedInputs, run_views
 from ..views import View
@@ -48,7 +48,6 @@ __all__ = [
     "run_evaluation",
     "single_view_runs",
     "stored_chunks",
-    "task_report",
     "view_columns",
 ]
 
@@ -124,7 +123,7 @@ class EvalTask(Protocol):
 # --------------------------------------------------------------------------- compute
 class _SizedRenderer:
     """Every input stage of a photo plus its ``(H, W)`` (outputs are mapped back to photo
-    pixels); pickles, for DataLoader workers."""
+    pixels)."""
 
     def __init__(self, renderer: InputRenderer) -> None:
         self.renderer = renderer
@@ -149,7 +148,7 @@ def compute_outputs(
     """Compute and store the per-view outputs of every missing chunk (of ``chunks``: all by
     default).
 
-    Each photo is decoded once, in the DataLoader workers, which also render every input stage
+    Each photo is decoded once, in the decoding threads, which also render every input stage
     the views need; all views of a chunk then run in one :func:`run_views` call (views of one
     size share forwards). The chunk's model time is shared between the views in proportion to
     their pixels, so every row's cost can be reported. ``progress(n)`` is called with the
@@ -175,7 +174,7 @@ def compute_outputs(
     for (start, stop), (idx, x, bad) in zip(todo, loader):
         if bad and options.strict:
             i, reason = bad[0]
-            raise DatasetError(f"{data.paths[i]}: {reason} (--strict)")
+            raise DatasetError(f"{data.paths[i]}: {reason} (`options.strict=True`: an unreadable file is an error)")
         payload = task.empty(views)
         seconds = torch.zeros(len(views), dtype=torch.float64)
         if x is not None:
@@ -265,25 +264,15 @@ def row_predictions(
     return [found[i] for i in indices]
 
 
-def task_report(out: Path, read_row: Callable[[Path, str, Sequence[int]], list[Any]] | None = None) -> list[str]:
-    """``report.html`` of a detection or segmentation folder; ``read_row`` is the task's
-    reader of a row's stored predictions, for the report's gallery."""
-    from .report import write_report
-
-    try:
-        return [str(write_report(out, read_row=read_row))]
-    except DatasetError:
-        return []
-
-
 # --------------------------------------------------------------------------- driver
 def run_evaluation(
     task: EvalTask,
     lm: LoadedModel,
     data: Images,
     policies: Sequence[Policy],
-    merges: Sequence[str] | None,
+    *,
     out_dir: str | Path,
+    merges: Sequence[str] | None = None,
     run_config: RunConfig,
     options: EvalOptions = EvalOptions(),
     device: torch.device | str = "cpu",
@@ -294,17 +283,18 @@ def run_evaluation(
     ``results.json`` and ``per_view.json`` (and what the task adds: ``per_image.csv``, the
     report) into ``out_dir``, the per-view outputs under ``out_dir/<task.subdir>/``.
 
-    Under torchrun the chunks are dealt out to the ranks; rank 0 gathers them, scores and
-    writes; the other ranks return ``{}``. A backend other than torch is part of the stored
+    In a process group (under torchrun, after
+    :meth:`~ttakit.runtime.distributed.DistContext.init`, which the CLI calls; evaluation never
+    starts one) the chunks are dealt out to the ranks; rank 0 gathers them, scores and writes;
+    the other ranks return ``{}``. A backend other than torch is part of the stored
     outputs' fingerprint.
 
     Returns:
         The ``results.json`` document plus ``per_view`` and ``written`` (pages, as text). Each
         policy row also holds its paired comparison with plain and a one-line ``verdict``.
     """
-    dist = DistContext.from_env()
+    dist = DistContext.current()
     device = torch.device(device) if dist.world_size == 1 else dist.device(device)
-    prepare_model(lm.model.to(device), run_config)
     data = data.head(options.limit)
     if len(data) == 0:
         raise DatasetError(f"{data.source}: no images to evaluate")
@@ -314,12 +304,15 @@ def run_evaluation(
     fp = fingerprint(lm, data, union_views(policies), options.batch_size, task.fingerprint(data))
     if backend is not None and backend.label != "torch":  # torch runs keep the fingerprint they always had
         fp["backend"] = backend.label
+        if getattr(backend, "check", None):  # the precision check's figures, for the record (not compared)
+            fp["backend_check"] = backend.check
     store = dist.run_once(lambda: LogitStore(out, fp, task.subdir))
     views = [parse_view(n) for n in store.fingerprint["views"]]  # a reused run may hold more views
     mine = dist.shard(plan_chunks(len(data), options.batch_size))
     report = progress if dist.is_main else None
-    dist.run_checked(lambda: compute_outputs(task, lm, data, views, store, run_config, options, device, mine, report,
-                                             backend))
+    with prepared(lm.model.to(device), run_config):  # the caller's model is given back as it was given
+        dist.run_checked(lambda: compute_outputs(task, lm, data, views, store, run_config, options, device, mine,
+                                                 report, backend))
     dist.gather_chunks(store, mine)
     if not dist.is_main:
         dist.barrier()
@@ -337,6 +330,7 @@ def run_evaluation(
         "data": data.source,
         "n_images": len(data),
         **scored.doc,
+        "n_skipped": len(scored.skipped),
         "skipped": scored.skipped,
         "results": scored.results,
     }

@@ -35,9 +35,8 @@ import jinja2
 from .. import __version__
 from ..errors import DatasetError
 from ..runtime.config import torch_threads as _torch_threads
-from .report_classify import classification_page
-from .report_gallery import RowReader, gallery_page
 from .scoring import EvalOptions
+from .task_registry import ReportSettings, ReportSpec, get_task
 
 __all__ = ["render_page", "write_report"]
 
@@ -50,7 +49,7 @@ def write_report(
     data_config: Mapping[str, Any] | None = None,
     max_gallery: int = 12,
     options: EvalOptions | None = None,
-    read_row: RowReader | None = None,
+    task: ReportSpec | None = None,
 ) -> Path:
     """Build ``out_dir/report.html`` from an evaluation folder, without running any model.
 
@@ -67,40 +66,37 @@ def write_report(
             it made worse.
         options: the evaluation's options (its adaptive threshold and confidence), so that
             adaptive rows are recomputed as they were scored.
-        read_row: segmentation and detection: the task's reader of a row's stored predictions
-            (:func:`~ttakit.evaluation.segment_eval.row_masks`,
-            :func:`~ttakit.evaluation.detect_eval.row_detections`), for the gallery.
+        task: the task's report (default: the task ``results.json`` names, looked up in
+            :data:`~ttakit.evaluation.task_registry.EVAL_TASKS`).
 
     Returns:
         The path of ``report.html``.
 
     Raises:
         DatasetError: the folder has no ``results.json`` or no stored outputs.
+        UnknownNameError: its task is not registered.
     """
     out = Path(out_dir)
     if not (out / "results.json").exists():
-        raise DatasetError(f"{out}: no results.json (run 'ttakit evaluate ... --out {out}' first)")
+        raise DatasetError(f"{out}: no results.json (evaluate into `out_dir={str(out)!r}` first)")
     doc = json.loads((out / "results.json").read_text())
     per_view = json.loads((out / "per_view.json").read_text()) if (out / "per_view.json").exists() else {}
+    spec = task or get_task(str(doc.get("task", "classify")))  # folders older than the task field are classification
+    settings = ReportSettings(search_policy_path, class_names, data_config, max_gallery, options)
     # Every tensor here is small (a chunk of logits, one photo): torch's intra-op threads only
     # add overhead, and on a busy machine they spin (measured: twice the CPU time, 3x the wall).
     with _torch_threads(1):
-        if doc.get("task", "classify") == "classify":
-            context = classification_page(out, doc, per_view, search_policy_path, class_names, data_config,
-                                          max_gallery, options)
-        else:
-            context = gallery_page(out, doc, per_view, class_names, max_gallery, read_row=read_row)
+        context = spec.page(out, doc, per_view, settings)
     page = out / "report.html"
-    page.write_text(render_page(doc, context), encoding="utf-8")
+    page.write_text(render_page(doc, context, spec.template), encoding="utf-8")
     return page
 
 
-def render_page(doc: Mapping[str, Any], context: Mapping[str, Any]) -> str:
-    """The page's HTML: ``results.json``'s ``doc`` and a task's page context (see
-    :func:`~ttakit.evaluation.report_classify.classification_page`,
-    :func:`~ttakit.evaluation.report_gallery.gallery_page`)."""
+def render_page(doc: Mapping[str, Any], context: Mapping[str, Any], sections: str = "_gallery.html.j2") -> str:
+    """The page's HTML: ``results.json``'s ``doc``, a task's page context and the template of
+    its own sections (see :class:`~ttakit.evaluation.task_registry.ReportSpec`)."""
     return _environment().get_template("report.html.j2").render(
-        doc=doc, task=doc.get("task", "classify"), version=__version__, **context)
+        doc=doc, version=__version__, sections=sections, **context)
 
 
 def _environment() -> jinja2.Environment:

@@ -31,6 +31,7 @@ from .run_folder import (RowData, find_policy, read_csv, resolve_class_names, re
                          score_rows)
 from .scoring import EvalOptions
 from .store import LogitStore
+from .task_registry import EVAL_TASKS, ReportSettings, ReportSpec
 from .thumbnails import Thumbnails
 
 __all__ = ["COLUMNS", "classification_page"]
@@ -211,13 +212,29 @@ def classification_page(
         notes.append(f"{search['path']} was searched on {search['meta']['data']}, "
                      f"this evaluation is on {doc.get('data')}")
     best_view = max(per_view.values(), default=1.0) or 1.0
+    conformal = conformal_part([(r.key, r.colour, r.result) for r in rows])
     return {
         "n_scored": n, "n_classes": n_classes, "columns": COLUMNS, "rows": table, "notes": notes,
         "cost_title": "Accuracy and NLL against cost", "cost_charts": _cost_charts(rows),
         "policies": policy_parts, "reliability": [_reliability(r) for r in rows], "bins": ECE_BINS,
-        "conformal": conformal_part([(r.key, r.colour, r.result) for r in rows]),
+        "conformal": conformal,
         "single": [{"name": k, "value": f"{v:.2%}", "width": round(100 * v / best_view, 1), "plain": k == "identity"}
                    for k, v in sorted(per_view.items(), key=lambda t: -t[1])],
         "single_metric": "top-1", "search": None if search is None else _search_part(search),
         "sources": "results.json, per_view.json, per_image.csv, logits/",
+        # the page's own sections in the navigation, and how the paired columns were computed
+        "nav_before": [("calibration", "Calibration")] + ([("conformal", "Conformal sets")] if conformal else []),
+        "nav_after": [("search", "Search")] if search is not None else [],
+        "paired_note": "Paired against plain on the same images: Δ top-1 with a bootstrap 95% interval, exact "
+                       "McNemar p-value (significant at 0.05), and the images an 80%-power test would need to detect "
+                       "a change this size. NLL cal. is the NLL at the best temperature of a grid, so a calibration "
+                       "gain is not mistaken for a gain from the views.",
     }
+
+
+def _page(out: Path, doc: Mapping[str, Any], per_view: Mapping[str, Any], s: ReportSettings) -> dict[str, Any]:
+    return classification_page(out, doc, per_view, s.search_policy_path, s.class_names, s.data_config, s.max_gallery,
+                               s.options)
+
+
+EVAL_TASKS.add("classify", ReportSpec(_page, template="_classify.html.j2"))

@@ -2,7 +2,7 @@
 
 Nothing here runs a model: each ``results.json`` row is rebuilt as a :class:`PolicyRun`, and its
 merged probabilities are recomputed chunk by chunk from ``logits/`` through the one
-classification path (:func:`~ttakit.evaluation.scoring.classify_stored`), reduced to what the
+classification path (:func:`~ttakit.evaluation.classify_logits.classify_stored`), reduced to what the
 page shows. Class names, the model's data config and a search's ``policy.json`` are recovered
 from the folder when they are not given.
 
@@ -29,7 +29,8 @@ from ..policy import Policy, create_policy, parse_view
 from ..views import View
 from .charts import colour
 from .metrics import MetricAccumulator
-from .scoring import EvalOptions, PolicyRun, classify_stored
+from .classify_logits import classify_stored
+from .scoring import EvalOptions, PolicyRun
 from .store import LogitStore
 
 __all__ = ["RowData", "find_policy", "read_csv", "rebuild_run", "resolve_class_names", "resolve_data_config",
@@ -80,18 +81,20 @@ def rebuild_run(key: str, row: Mapping[str, Any], data_config: Mapping[str, Any]
 
 
 def read_csv(path: Path) -> tuple[list[str], list[str], list[dict[str, str]]]:
-    """``per_image.csv`` as (paths, label names, per image ``{row key: predicted name}``)."""
+    """A classification ``per_image.csv`` (``index, path, label, <key>, <key>_prob ...``; older
+    folders lack ``index``) as (paths, label names, per image ``{row key: predicted name}``)."""
     if not path.exists():
         return [], [], []
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, [])
-        keys = header[2::2]
+        first = 1 if header[:1] == ["index"] else 0  # the path column
+        keys = header[first + 2::2]
         paths, labels, preds = [], [], []
         for line in reader:
-            paths.append(line[0])
-            labels.append(line[1])
-            preds.append(dict(zip(keys, line[2::2])))
+            paths.append(line[first])
+            labels.append(line[first + 1])
+            preds.append(dict(zip(keys, line[first + 2::2])))
     return paths, labels, preds
 
 
@@ -130,8 +133,8 @@ def resolve_data_config(given: Mapping[str, Any] | None, fingerprint: Mapping[st
 
             model = timm.create_model(fingerprint["model"], pretrained=False)
             cfg = timm.data.resolve_data_config({}, model=model)
-        except Exception as e:  # noqa: BLE001 - any failure only means no view thumbnails
-            return None, f"view thumbnails skipped: the model's data config is unknown ({type(e).__name__})"
+        except (KeyError, RuntimeError) as e:  # no model name stored, or a name timm does not know
+            return None, f"view thumbnails skipped: the model's data config is unknown ({type(e).__name__}: {e})"
     # JSON stored tuples as lists; timm's transforms want tuples.
     return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}, ""
 

@@ -1,9 +1,8 @@
 """Rows of an evaluation and how stored logits become each row's predictions.
 
-The pieces both :mod:`~ttakit.evaluation.evaluate` (scoring a run) and
-:mod:`~ttakit.evaluation.report` (re-rendering it from the saved files) need: the row
-definition, the run options and :func:`classify_stored`, which sends stored logits through
-the one classification path.
+The pieces every task's scorer and the report need: the row definition (a policy with one
+merge) and the run options. Classification's own reading of stored logits is in
+:mod:`~ttakit.evaluation.classify_logits`.
 """
 
 from __future__ import annotations
@@ -12,15 +11,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor
 
 from ..errors import ConfigError
 from ..merge import get_merge
 from ..policy import Policy
-from ..tasks.classify import ClassificationResult, ClassifyRule, classify_views, get_confidence
+from ..tasks.classify import get_confidence
 from ..views import View
 
-__all__ = ["EvalOptions", "PolicyRun", "classify_stored", "policy_runs", "union_views"]
+__all__ = ["EvalOptions", "PolicyRun", "policy_runs", "union_views"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ class EvalOptions:
 
     Attributes:
         batch_size: images per chunk (and per DataLoader batch), >= 1.
-        workers: DataLoader worker processes decoding images, >= 0.
+        workers: threads decoding images (:class:`~ttakit.datasets.DecodeLoader`), >= 0.
         limit: evaluate only the first N images (>= 1), or all.
         strict: any unreadable file is an error instead of a skip.
         quiet: no progress bar.
@@ -118,18 +116,3 @@ def policy_runs(
             key = p.name if len(chosen) == 1 else f"{p.name}@{m}"
             runs.append(PolicyRun(key, p, m))
     return runs
-
-
-def classify_stored(logits: Tensor, columns: dict[str, int], run: PolicyRun, options: EvalOptions) -> ClassificationResult:
-    """Merge stored logits ``(n, U, C)`` for one row through the one classification path
-    (:func:`~ttakit.tasks.classify.classify_views`), adaptive as the options or policy say."""
-    threshold = None if run.is_plain else options.adaptive
-    rule = ClassifyRule.from_policy(run.policy, run.merge, threshold, options.confidence)
-    if run.is_plain:
-        rule = ClassifyRule(rule.merge)  # the plain model: no temperature, never adaptive
-
-    def fetch(rows: Tensor | None, views: Sequence[View]) -> Tensor:
-        sub = logits if rows is None else logits[rows]
-        return sub[:, [columns[v.name] for v in views]]
-
-    return classify_views(fetch, logits.shape[0], run.policy.views, rule)

@@ -221,7 +221,7 @@ def kfold_estimate(
     if folds < 2 or N < 2:
         raise ConfigError(f"a {folds}-fold held-out estimate needs at least 2 folds and 2 labelled photos "
                           f"(k folds need k photos, one held out per fold); got {N} photo{'s' * (N != 1)}: "
-                          "add photos, or search on separate selection data (--val)")
+                          "add photos, or search on separate selection data (`val`)")
     k = min(folds, N)
     perm = torch.randperm(N, generator=torch.Generator().manual_seed(seed))
     parts = torch.tensor_split(perm, k)  # k folds, none empty (chunk() may give fewer)
@@ -316,7 +316,7 @@ class SearchOptions:
             raise ConfigError(f"objective must be nll, top1 or set_size, got {self.objective!r}")
         if (self.objective == "set_size") != (self.conformal is not None):
             raise ConfigError("the set_size objective and a conformal alpha go together "
-                              "(--objective set_size --conformal 0.1)")
+                              "(`objective='set_size'` with `conformal=0.1`)")
         if self.objective == "set_size" and self.target_cost is not None:
             raise ConfigError("target_cost is for the nll and top1 objectives, not set_size")
         if self.folds < 2:

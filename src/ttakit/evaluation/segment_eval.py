@@ -2,7 +2,7 @@
 
 The pipeline (:mod:`~ttakit.evaluation.pipeline`) decodes each photo once and runs every
 distinct view once; :class:`SegmentTask` de-augments each view's map with
-:meth:`~ttakit.tasks.dense.SegmentationTTA.deaugment_maps` (softmax, the view's geometry
+:func:`~ttakit.tasks.deaugment.deaugment_maps` (no model: softmax, the view's geometry
 undone onto the plain output grid, with the mask of the pixels the view saw) and then, in the
 same pass, scores every row asked for exactly: the row's views merged by its dense merge
 (``mean`` or ``max`` over the views that saw each pixel), brought onto each mask's own pixels
@@ -20,7 +20,6 @@ the largest grid that fits (float16, or uint8 when float16 would fall under 64 p
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -41,10 +40,16 @@ from ..runtime.backends import Backend
 from ..runtime.config import RunConfig
 from ..runtime.loop import RenderedInputs
 from ..stages import Input
-from ..tasks.dense import DENSE_MERGES, SegmentationTTA
+from ..tasks.deaugment import deaugment_maps
+from ..tasks.dense import DENSE_MERGES
+from ..tasks.geometry import Geometry
 from ..tasks.window import WindowConfig
 from ..views import View
-from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, task_report, view_columns
+from .rows import PerImageCsv, row_header, timing
+from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, view_columns
+from .report import write_report
+from .report_gallery import segmentation_from_folder, gallery_page
+from .task_registry import EVAL_TASKS, ReportSettings, ReportSpec, TaskColumns
 from .scoring import EvalOptions, PolicyRun, policy_runs
 from .seg_stats import SegmentationStats, budget_side, edge_band, image_stats, photo_argmax, stats_miou
 from .segment_windows import RowPlan, window_chunk
@@ -124,14 +129,10 @@ class _Row:
 
     def result(self, n: int) -> dict[str, Any]:
         return {
-            "merge": "none" if self.run.is_plain else self.run.merge,
-            "views": len(self.cols),
-            "view_names": self.run.policy.view_names,
-            **({} if self.run.policy.weights is None else {"weights": list(self.run.policy.weights)}),
+            **row_header(self.run),
             **self.stats.compute(),
             "exact": self.exact,
-            "seconds": round(self.seconds, 4),
-            "images_per_s": round(n / self.seconds, 2) if self.seconds > 0 else None,
+            **timing(self.seconds, n),
         }
 
 
@@ -175,7 +176,6 @@ class SegmentTask:
     name: str = "segment"
     subdir: str = "segmentation"
     window: WindowConfig | None = None  # sliding-window inference at each photo's own size
-    _tta: dict[tuple[str, ...], SegmentationTTA] = field(default_factory=dict, repr=False)
     _runs: list[PolicyRun] = field(default_factory=list, repr=False)  # the rows asked for (scored in pack)
     _data: MaskedImages | None = field(default=None, repr=False)
 
@@ -300,10 +300,6 @@ class SegmentTask:
 
     def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int]) -> dict[str, Tensor]:
         key = tuple(v.name for v in views)
-        if key not in self._tta:  # the de-augmenter of these views (built once)
-            self._tta[key] = SegmentationTTA(self.lm.model, Policy(tuple(views)), activation="softmax",
-                                             norm=self.lm.normalization, run_config=self.run_config,
-                                             data_config=self.lm.data_config)
         if outs[0].shape[1] != self.scoring.num_classes:
             raise ShapeError("segmenter output", f"(B, {self.scoring.num_classes}, h, w) (--num-classes)", tuple(outs[0].shape))
         if self._data is None:
@@ -312,7 +308,9 @@ class SegmentTask:
         rows = self._rows_to_count(key)
         parts: list[dict[str, Tensor]] = []
         for j, i in enumerate(indices):  # one photo at a time: K full-resolution maps of one photo at most
-            y, m = self._tta[key].deaugment_maps([o[j:j + 1] for o in outs], inputs.take(torch.tensor([j])))
+            # No model needed: the views are undone from their outputs and the photo's geometry.
+            y, m = deaugment_maps(views, [o[j:j + 1] for o in outs],
+                                  Geometry.of(inputs.take(torch.tensor([j])), self.lm.data_config))
             truths = self._truths(self._data, [i], [sizes[j]])  # (U, 1, K, H', W'), (U, 1, 1, H', W')
             parts.append({**self._score_rows(rows, y, m, truths), **self._reduced(y, m, len(views))})
         payload = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # exact counts and reduced maps
@@ -378,18 +376,14 @@ class SegmentTask:
 
     @staticmethod
     def _write_per_image(path: Path, data: MaskedImages, indices: Sequence[int], rows: Sequence[_Row]) -> None:
-        """``per_image.csv``: dataset index, path, mask, then per row the image's own mIoU
-        (``<key>_iou``, over the classes in its mask or prediction) and pixel accuracy (``<key>_acc``)."""
+        """``per_image.csv`` (:class:`~ttakit.evaluation.rows.PerImageCsv`): index, path, mask,
+        then per row the image's own mIoU (``<key>_iou``, over the classes in its mask or
+        prediction) and pixel accuracy (``<key>_acc``)."""
         scores = [r.stats.image_scores() for r in rows]
-        with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["index", "path", "mask"] + [c for r in rows for c in (f"{r.run.key}_iou", f"{r.run.key}_acc")])
+        with PerImageCsv(path, ["mask"], [r.run.key for r in rows], ["iou", "acc"]) as table:
             for j, i in enumerate(indices):
-                line: list[Any] = [i, data.paths[i], data.masks[i]]
-                for sc in scores:
-                    v, a = float(sc["miou"][j]), float(sc["pixel_acc"][j])
-                    line += ["" if np.isnan(v) else f"{v:.6f}", "" if np.isnan(a) else f"{a:.6f}"]
-                writer.writerow(line)
+                values = [float(sc[name][j]) for sc in scores for name in ("miou", "pixel_acc")]
+                table.write(i, data.paths[i], [data.masks[i]], values)
 
     def compare(self, scored: Scored, key: str) -> tuple[dict[str, Any], str]:
         plain, tta = scored.state["plain"], scored.state[key]  # (N, 3*K) per-image counts
@@ -407,15 +401,16 @@ class SegmentTask:
         return fields, cmp.verdict(key, "mIoU")
 
     def finish(self, out: Path, lm: LoadedModel, options: EvalOptions) -> list[str]:
-        return task_report(out, row_masks)
+        return [str(write_report(out))]
 
 
 def evaluate_segmentation(
     lm: LoadedModel,
     data: MaskedImages,
     policies: Sequence[Policy],
-    merges: Sequence[str] | None,
+    *,
     out_dir: str | Path,
+    merges: Sequence[str] | None = None,
     run_config: RunConfig,
     scoring: SegmentScoring,
     options: EvalOptions = EvalOptions(),
@@ -442,15 +437,16 @@ def evaluate_segmentation(
     Example:
         >>> seg = load_segmenter("examples/segmentation_demo.py:load", 2)  # doctest: +SKIP
         >>> data = find_masked_images("runs/seg/test/images", "runs/seg/test/masks")  # doctest: +SKIP
-        >>> res = evaluate_segmentation(seg, data, [create_policy("hflip")], None, "runs/s", RunConfig(),
-        ...                             SegmentScoring(2))  # doctest: +SKIP
+        >>> res = evaluate_segmentation(seg, data, [create_policy("hflip")], out_dir="runs/s", run_config=RunConfig(),
+        ...                             scoring=SegmentScoring(2))  # doctest: +SKIP
         >>> res["results"]["hflip"]["delta_miou"]  # doctest: +SKIP
         0.004
     """
     if options.adaptive is not None:
-        raise ConfigError("adaptive TTA is for classification; leave --adaptive out with --task segment")
+        raise ConfigError("adaptive TTA is for classification; leave `options.adaptive` out for segmentation")
     task = SegmentTask(lm, scoring, run_config, window=window)
-    return run_evaluation(task, lm, data, policies, merges, out_dir, run_config, options, device, progress, backend)
+    return run_evaluation(task, lm, data, policies, out_dir=out_dir, merges=merges, run_config=run_config,
+                          options=options, device=device, progress=progress, backend=backend)
 
 
 def row_masks(out_dir: str | Path, key: str, indices: Sequence[int]) -> list[np.ndarray]:
@@ -476,3 +472,16 @@ def row_masks(out_dir: str | Path, key: str, indices: Sequence[int]) -> list[np.
         return maps
 
     return row_predictions(out_dir, key, "segmentation", indices, predict)
+
+
+SEGMENT_COLUMNS = TaskColumns("miou", "mIoU", (("miou", "mIoU"), ("pixel_acc", "pixel acc."), ("mean_dice", "mean Dice"),
+                                               ("boundary", "boundary F1"), ("boundary_iou", "boundary IoU")), "IoU",
+                              background=0, changes=True)
+
+
+def _page(out: Path, doc: Mapping[str, Any], per_view: Mapping[str, Any], s: ReportSettings) -> dict[str, Any]:
+    return gallery_page(out, doc, per_view, s.class_names, s.max_gallery, read_row=row_masks, columns=SEGMENT_COLUMNS,
+                        build=segmentation_from_folder)
+
+
+EVAL_TASKS.add("segment", ReportSpec(_page, SEGMENT_COLUMNS))

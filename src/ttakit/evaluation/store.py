@@ -8,7 +8,6 @@ first missing chunk, and a later run that asks only for views the folder holds r
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,12 +18,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..datasets import LabelledImages
 from ..errors import DatasetError
 from ..models import LoadedModel
 from ..views import View
 
-__all__ = ["LogitStore", "data_hash", "fingerprint", "load_logits", "plan_chunks"]
+__all__ = ["LogitStore", "fingerprint", "plan_chunks"]
 
 
 def plan_chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -35,6 +33,11 @@ def plan_chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
         [(0, 2), (2, 4), (4, 5)]
     """
     return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+# run.json fields that describe a run without identifying it: the views (a later run may ask
+# for fewer) and the backend's precision-check figures (measured once, kept for the record).
+_NOT_COMPARED = ("views", "backend_check")
 
 
 class LogitStore:
@@ -50,16 +53,17 @@ class LogitStore:
         meta = self.dir / "run.json"
         if meta.exists():
             old = json.loads(meta.read_text())
-            same_but_views = {k: v for k, v in old.items() if k != "views"} == {
-                k: v for k, v in fingerprint.items() if k != "views"}
+            same_but_views = {k: v for k, v in old.items() if k not in _NOT_COMPARED} == {
+                k: v for k, v in fingerprint.items() if k not in _NOT_COMPARED}
             if same_but_views and set(fingerprint["views"]) <= set(old["views"]):
                 # Every view asked for is stored: reuse the run (its views, its order).
                 self.fingerprint = old
             elif old != fingerprint:
-                diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+                diff = sorted(k for k in set(old) | set(fingerprint)
+                              if k != "backend_check" and old.get(k) != fingerprint.get(k))
                 raise DatasetError(
                     f"{self.dir.parent} holds a different run (differs in: {', '.join(diff)}); "
-                    "use another --out folder, or delete it to start over"
+                    "use another `out_dir`, or delete this folder to start over"
                 )
         else:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -86,44 +90,22 @@ class LogitStore:
             yield self.read(start)
 
 
-def data_hash(data: LabelledImages) -> str:
-    """sha256 prefix of a labelled set's ``path<TAB>label`` lines (its identity in a fingerprint)."""
-    return hashlib.sha256("\n".join(f"{p}\t{y}" for p, y in zip(data.paths, data.labels)).encode()).hexdigest()[:16]
-
-
 def fingerprint(
     lm: LoadedModel,
     data: Any,
     views: Sequence[View],
     batch_size: int,
-    fields: Mapping[str, Any] | None = None,
+    fields: Mapping[str, Any],
 ) -> dict[str, Any]:
     """What identifies a run's stored outputs: model, weights, data, views, chunking and the
-    task's ``fields`` (default, for a :class:`~ttakit.datasets.LabelledImages`: the hash of its
-    paths and labels)."""
+    task's ``fields`` (what identifies its data and labels, e.g. a hash of them)."""
     return {
         "model": lm.name,
         "weights": lm.weights,
         "data": data.source,
         "n_images": len(data),
-        **({"data_hash": data_hash(data)} if fields is None else dict(fields)),
+        **dict(fields),
         "views": [v.name for v in views],
         "batch_size": batch_size,
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in lm.data_config.items()},
     }
-
-
-def load_logits(out_dir: str | Path) -> tuple[Tensor, Tensor, list[str], Tensor]:
-    """Read a run's saved logits back: ``(logits (N, U, C), labels (N,), view names,
-    image indices (N,))`` for the images that decoded."""
-    meta = Path(out_dir) / "logits" / "run.json"
-    if not meta.exists():
-        raise DatasetError(f"{out_dir}: no saved logits (run 'ttakit evaluate ... --out {out_dir}' first)")
-    store = LogitStore(out_dir, json.loads(meta.read_text()))
-    parts = [p for p, _ in store.chunks()]
-    return (
-        torch.cat([p["logits"] for p in parts]),
-        torch.cat([p["labels"] for p in parts]),
-        list(store.fingerprint["views"]),
-        torch.cat([p["indices"] for p in parts]),
-    )

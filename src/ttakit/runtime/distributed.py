@@ -11,6 +11,7 @@ per local rank.
 from __future__ import annotations
 
 import os
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -51,18 +52,31 @@ class DistContext:
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls) -> DistContext:
-        """Read torchrun's environment and join the process group (once per process)."""
+    def init(cls) -> DistContext:
+        """Join torchrun's process group (read from its environment) and return this rank's
+        context: the one call that starts a process group (the CLI makes it under torchrun).
+        Outside torchrun (``WORLD_SIZE`` unset or 1) nothing is started: rank 0 of 1."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if not tdist.is_initialized():
+        if world > 1 and not tdist.is_initialized():
             use_cuda = torch.cuda.is_available() and os.environ.get("TTAKIT_DIST_BACKEND", "") != "gloo"
             if use_cuda:
-                torch.cuda.set_device(local)
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             tdist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        return cls(tdist.get_rank(), tdist.get_world_size(), local)
+        return cls.current()
+
+    @classmethod
+    def current(cls) -> DistContext:
+        """The context of the process group this process has joined (by :meth:`init`, or by
+        the caller's own ``init_process_group``); rank 0 of 1 when it has joined none. Never
+        starts a process group.
+
+        Example:
+            >>> DistContext.current()
+            DistContext(rank=0, world_size=1, local_rank=0)
+        """
+        if not (tdist.is_available() and tdist.is_initialized()):
+            return cls()
+        return cls(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
     @property
     def is_main(self) -> bool:
@@ -92,14 +106,14 @@ class DistContext:
 
     def run_checked(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` on every rank; if any rank fails, every rank raises an error naming the
-        failing rank and its cause (instead of the others waiting for it forever)."""
-        error = None
+        failing rank and holding its traceback (instead of the others waiting for it forever)."""
+        error, cause = None, None
         try:
             fn()
-        except Exception as e:  # noqa: BLE001 - reported to every rank below
+        except Exception as e:  # noqa: BLE001 - reported to every rank below, then raised from it
             if self.world_size == 1:
                 raise
-            error = f"{type(e).__name__}: {e}"
+            error, cause = "".join(traceback.format_exception(e)).rstrip(), e
         if self.world_size == 1:
             return
         errors: list[Any] = [None] * self.world_size
@@ -107,7 +121,9 @@ class DistContext:
         failed = [(r, msg) for r, msg in enumerate(errors) if msg is not None]
         if failed:
             r, msg = failed[0]
-            raise TTAKitError(f"rank {r} of {self.world_size} failed: {msg}")
+            # Every rank names the failing rank and prints its traceback (the others never saw it);
+            # the failing rank also chains its own exception.
+            raise TTAKitError(f"rank {r} of {self.world_size} failed:\n{msg}") from cause
 
     def gather_chunks(self, store: ChunkStore, mine: Sequence[tuple[int, int]]) -> None:
         """Send every rank's chunks to rank 0, which stores those it does not have yet."""

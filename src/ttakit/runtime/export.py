@@ -37,7 +37,8 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +50,16 @@ from ..conformal import Calibration, conformity_scores, get_score
 from ..errors import BackendError, ConfigError, PolicyError, ShapeError
 from ..merge import get_merge
 from ..policy import Policy, PolicyLike, create_policy
+from ..registry import Registry
 from ..stages import Input
 from ..transforms import Normalization
 from ..views import View
-from .onnx_cache import DEFAULT_OPSET, eval_mode, onnx_export, quiet_export
+from .onnx_cache import DEFAULT_OPSET, checking_runtime, eval_mode, onnx_export, quiet_export
 from .photo_graph import check_photo_stages, photo_interpolation, photo_preprocessing, photo_stages_graph
 
-__all__ = ["INPUTS", "TASKS", "ClassifyGraph", "SegmentGraph", "export_tta", "view_steps"]
+__all__ = ["GRAPH_HEADS", "INPUTS", "TASKS", "ClassifyGraph", "GraphHead", "SegmentGraph", "export_tta", "view_steps"]
 
 Size = tuple[int, int]
-TASKS = ("classify", "segment")
 INPUTS = ("tensor", "photo")  # what the graph takes: preprocessed images, or decoded uint8 photos
 _REFUSED_MERGES = {"vote": "its scatter of votes does not export; use mean, gmean or another merge"}
 
@@ -227,15 +228,47 @@ class SegmentGraph(nn.Module):
         return total  # type: ignore[return-value]
 
 
+# --------------------------------------------------------------------------- task heads
+@dataclass(frozen=True)
+class GraphHead:
+    """What a task's graph does after the views: its module, the model output it expects, and
+    what the graph's metadata and a reader are told.
+
+    Attributes:
+        build: ``(model, policy, merge, stages, norm, conformal) -> nn.Module`` over every view.
+        output_rank: dimensions of the model's output (checked before exporting).
+        output: the model output expected, in words (for the shape error).
+        returns: what the graph returns, in words (``{classes}``: the number of classes).
+        merge: the merge recorded in the graph's metadata, from the one asked for.
+        calibrated: a policy's conformal calibration becomes the graph's ``sets`` output.
+        class_names: the graph's metadata names the model's classes.
+    """
+
+    build: Callable[..., nn.Module]
+    output_rank: int
+    output: str
+    returns: str
+    merge: Callable[[str], str]
+    calibrated: bool = False
+    class_names: bool = False
+
+
+GRAPH_HEADS = Registry[GraphHead]("export task", sort=False)
+GRAPH_HEADS.add("classify", GraphHead(
+    ClassifyGraph, 2, "(N, classes) logits", "(N, {classes}) merged probabilities", lambda m: m, True, True))
+GRAPH_HEADS.add("segment", GraphHead(
+    lambda model, policy, merge, stages, norm, conformal: SegmentGraph(model, policy, stages, norm),
+    4, "(N, K, h, w) maps", "(N, K, h, w) mean probabilities", lambda m: "mean"))
+TASKS = tuple(GRAPH_HEADS.names())
+
+
 # --------------------------------------------------------------------------- export
-def _probe(model: nn.Module, size: Size, task: str) -> None:
+def _probe(model: nn.Module, size: Size, task: str, head: GraphHead) -> None:
     with torch.inference_mode(), eval_mode(model):
         y = model(torch.zeros(2, 3, *size))
-    want = 2 if task == "classify" else 4
-    if not isinstance(y, Tensor) or y.ndim != want:
-        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-        expected = "(N, classes) logits" if task == "classify" else "(N, K, h, w) maps"
-        raise ShapeError(f"model output for --task {task}", expected, got if isinstance(got, tuple) else ())
+    if not isinstance(y, Tensor) or y.ndim != head.output_rank:
+        got = tuple(y.shape) if isinstance(y, Tensor) else ()
+        raise ShapeError(f"model output for `task={task!r}`", head.output, got)
 
 
 def export_tta(
@@ -273,7 +306,7 @@ def export_tta(
         data_config: timm data config (default: resolved from the model); stored in the
             graph's metadata with the policy, so a server can preprocess without ttakit.
         metadata: more ``key: value`` pairs for the graph's metadata (e.g. class names).
-        check: run the written graph in onnxruntime (when installed) and compare its tensor
+        check: run the written graph in onnxruntime (an error when it is not installed) and compare its tensor
             part with the same computation in torch on random images, and its photo front
             end with ttakit's PIL rendering of two random photos (to one grey level).
 
@@ -283,24 +316,27 @@ def export_tta(
     Raises:
         PolicyError: a view with an input stage in a tensor graph, a correction, a transform
             or merge with no ONNX form.
-        ConfigError: an unknown task or input, or a photo graph for a model whose
+        UnknownNameError: an unknown task (:data:`GRAPH_HEADS`).
+        ConfigError: an unknown input, or a photo graph for a model whose
             preprocessing has no photo form (not a centre crop, not bicubic/bilinear).
         ShapeError: the model's output does not fit ``task``.
-        BackendError: the ONNX package is missing, or the export or its check failed.
+        BackendError: the onnx package is missing (or onnxruntime, with ``check``), or the export
+            or its check failed.
 
     Example:
         >>> net = timm.create_model("test_resnet", num_classes=10).eval()
         >>> export_tta(net, "d4", "d4.onnx", merge="gmean", input_size=(64, 64))  # doctest: +SKIP
         PosixPath('d4.onnx')
     """
-    if task not in TASKS:
-        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    head = GRAPH_HEADS.get(task)  # the task, looked up once
     if input not in INPUTS:
         raise ConfigError(f"input must be one of {', '.join(INPUTS)}, got {input!r}")
     try:
         import onnx  # noqa: PLC0415 - an optional extra
     except ImportError as e:
         raise BackendError("exporting a TTA graph needs the onnx package: pip install 'ttakit[onnx]'") from e
+    if check:
+        checking_runtime()  # missing: refused before anything is written
     import timm  # noqa: PLC0415 - only to resolve a data config
 
     pol = create_policy(policy)
@@ -310,21 +346,17 @@ def export_tta(
     norm = norm or Normalization(tuple(cfg["mean"]), tuple(cfg["std"]))
     merge_name = merge or pol.merge or "mean"
     # A calibrated policy (ttakit calibrate) also returns its conformal sets.
-    conformal = Calibration.from_dict(pol.meta["conformal"]) if task == "classify" and "conformal" in pol.meta else None
+    conformal = Calibration.from_dict(pol.meta["conformal"]) if head.calibrated and "conformal" in pol.meta else None
     need = max((t.graph_opset for v in pol.views for t in v.transforms), default=1)
     if opset < need:
-        raise PolicyError(f"the views of this policy need ONNX opset {need} or later (got --opset {opset})")
+        raise PolicyError(f"the views of this policy need ONNX opset {need} or later (got `opset={opset}`)")
     photo = input == "photo"
     if photo:
         cfg["input_size"] = (3, *size)
         photo_interpolation(cfg)  # refuse a preprocessing with no photo form before writing anything
     stages = GraphInputs(pol.views, size, photo)
-    graph: nn.Module
-    if task == "classify":
-        graph = ClassifyGraph(model, pol, merge_name, stages, norm, conformal)
-    else:
-        graph = SegmentGraph(model, pol, stages, norm)
-    _probe(model, size, task)
+    graph = head.build(model, pol, merge_name, stages, norm, conformal)
+    _probe(model, size, task, head)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
@@ -338,7 +370,7 @@ def export_tta(
         "ttakit.task": task,
         "ttakit.input": input,
         "ttakit.policy": json.dumps(pol.view_names),
-        "ttakit.merge": merge_name if task == "classify" else "mean",
+        "ttakit.merge": head.merge(merge_name),
         "ttakit.weights": json.dumps(list(pol.weights) if pol.weights else None),
         "ttakit.temperature": json.dumps(pol.temperature),
         "ttakit.conformal": json.dumps(None if conformal is None else conformal.to_dict()),
@@ -366,12 +398,13 @@ def _prepend(onnx: Any, front: Any, back: Any, names: list[str]) -> Any:
 
 
 def _check_graph(graph: nn.Module, path: Path, stages: GraphInputs, tolerance: float = 1e-4) -> None:
-    """The written graph in onnxruntime against the same module in torch (skipped without
-    onnxruntime; the tests compare both runtimes with the task wrappers)."""
-    try:
-        import onnxruntime as ort  # noqa: PLC0415
-    except ImportError:
-        return
+    """The written graph in onnxruntime against the same module in torch (the tests compare
+    both runtimes with the task wrappers).
+
+    Raises:
+        BackendError: onnxruntime is missing, or the graph differs from torch.
+    """
+    ort = checking_runtime()
     g = torch.Generator().manual_seed(1)
     xs = [torch.randn(3, 3, *stages.sizes[k], generator=g) for k in stages.names]  # a batch unlike the example's
     with torch.inference_mode(), quiet_export(), eval_mode(graph):

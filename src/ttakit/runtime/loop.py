@@ -35,6 +35,7 @@ __all__ = [
     "model_runner",
     "run_views",
     "tree_cat",
+    "tree_slice",
     "tree_take",
     "view_chunks",
 ]
@@ -150,7 +151,10 @@ def _is_records(out: Any) -> bool:
 
 
 def tree_cat(parts: Sequence[Any]) -> Any:
-    """Join outputs (tensors, dicts or tuples of them, lists of per-image dicts) along the batch."""
+    """Join outputs (tensors, dicts or tuples of them, lists of per-image dicts) along the batch;
+    one part is returned as it is (whatever it holds)."""
+    if len(parts) == 1:
+        return parts[0]
     first = parts[0]
     if isinstance(first, Tensor):
         return torch.cat(list(parts), dim=0)
@@ -176,13 +180,14 @@ def tree_take(out: Any, index: Tensor) -> Any:
     raise _not_a_tree(out)
 
 
-def _tree_slice(out: Any, start: int, stop: int) -> Any:
+def tree_slice(out: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of an output tree, along the batch (views, no copies)."""
     if isinstance(out, Tensor) or _is_records(out):
         return out[start:stop]
     if isinstance(out, dict):
-        return {k: _tree_slice(v, start, stop) for k, v in out.items()}
+        return {k: tree_slice(v, start, stop) for k, v in out.items()}
     if isinstance(out, (tuple, list)):
-        return type(out)(_tree_slice(v, start, stop) for v in out)
+        return type(out)(tree_slice(v, start, stop) for v in out)
     raise _not_a_tree(out)
 
 
@@ -240,7 +245,7 @@ class ChunkOutputs:
         """File ``out`` (batch dimension first) of the chunk described by ``runs``."""
         offset = 0
         for vi, b0, b1 in runs:
-            self.pieces[vi].append((b0, _tree_slice(out, offset, offset + b1 - b0)))
+            self.pieces[vi].append((b0, tree_slice(out, offset, offset + b1 - b0)))
             offset += b1 - b0
 
     def outputs(self) -> list[Any]:

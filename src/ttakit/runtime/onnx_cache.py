@@ -1,7 +1,7 @@
 """A torch model exported to ONNX once, checked against torch, and cached on disk.
 
 :class:`CachedExport` is what the ONNX backends (:mod:`ttakit.runtime.backends`) run: one file
-per model key, weights digest, input size, opset, runtime and its version, and precision, in
+per model key, weights digest, input size, opset, runtime and its version, in
 ``cache_dir() / "backends"``; another process with the same model finds the file and skips the
 export. The file has a dynamic batch axis and dynamic spatial axes, and is checked against the
 torch model at the input size and at a second, non-square size. A model whose trace bakes in
@@ -40,6 +40,7 @@ from ..errors import BackendError
 from .config import cache_dir, model_device
 
 __all__ = [
+    "checking_runtime",
     "DEFAULT_OPSET",
     "CachedExport",
     "Runner",
@@ -71,6 +72,20 @@ def weights_digest(model: nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def checking_runtime() -> Any:
+    """onnxruntime, which checks an exported graph against torch.
+
+    Raises:
+        BackendError: onnxruntime is not installed (the check is never skipped in silence).
+    """
+    try:
+        import onnxruntime  # noqa: PLC0415 - an optional extra
+    except ImportError as e:
+        raise BackendError("checking the exported graph needs onnxruntime: pip install 'ttakit[onnx]', "
+                           "or export without the check (`check=False`)") from e
+    return onnxruntime
 
 
 def as_numpy(x: Tensor) -> np.ndarray:
@@ -188,15 +203,17 @@ class CachedExport:
         key: names the model (timm architecture or class name); part of the cache key.
         input_size: ``(H, W)`` of the export example and of the first check.
         tag: the runtime and its version (``"onnxruntime 1.31.1"``): part of the cache key.
-        precision: ``fp32`` or ``bf16`` (part of the cache key).
         opset: ONNX opset.
         cache: reuse and write files in ``cache_dir() / "backends"``; otherwise a private
             temporary folder, deleted with this object.
         tolerance: largest relative difference accepted by the checks.
 
-    The cache key also holds the weights digest and the torch version. A file is written next
-    to a ``.json`` record (what was exported, whether its spatial axes are dynamic) by an
-    atomic rename, so processes exporting at the same time never see half a file.
+    The graph is fp32 whatever precision a backend then runs it at: ``load`` (see
+    :meth:`path_for`) opens it at fp32, and the backend checks its own precision
+    (:mod:`ttakit.runtime.precision`). The cache key also holds the weights digest and the
+    torch version. A file is written next to a ``.json`` record (what was exported, whether
+    its spatial axes are dynamic) by an atomic rename, so processes exporting at the same time
+    never see half a file.
     """
 
     def __init__(
@@ -206,7 +223,6 @@ class CachedExport:
         key: str,
         input_size: Size,
         tag: str,
-        precision: str = "fp32",
         opset: int = DEFAULT_OPSET,
         cache: bool = True,
         tolerance: float = 1e-3,
@@ -216,7 +232,7 @@ class CachedExport:
         self.digest = weights_digest(model)
         self.fields = {
             "key": key, "class": type(model).__qualname__, "weights": self.digest, "input_size": list(self.input_size),
-            "opset": opset, "backend": tag, "precision": precision, "torch": torch.__version__, "exporter": "torchscript",
+            "opset": opset, "backend": tag, "torch": torch.__version__, "exporter": "torchscript",
         }
         self.opset = opset
         self.tolerance = tolerance
@@ -228,7 +244,7 @@ class CachedExport:
 
     @property
     def cache_key(self) -> str:
-        return f"{self.fields['key']}|{self.fields['backend']}|{self.fields['precision']}|{self.digest[:16]}"
+        return f"{self.fields['key']}|{self.fields['backend']}|{self.digest[:16]}"
 
     def _path(self, size: Size | None) -> Path:
         if size in self._paths:
@@ -240,20 +256,39 @@ class CachedExport:
         self._paths[size] = path
         return path
 
+    def fixed_size(self, path: Path) -> bool:
+        """Whether ``path`` (from :meth:`path_for`) was exported for one input size only."""
+        return path != self._path(None)
+
     def _example(self, size: Size) -> Tensor:
         g = torch.Generator().manual_seed(0)
         return torch.randn(2, 3, *size, generator=g).to(model_device(self.model))
 
-    def _reference(self, x: Tensor) -> Any:
+    def reference(self, x: Tensor) -> Any:
+        """The torch model's output for ``x`` (eval mode, on the model's device)."""
         with torch.inference_mode(), eval_mode(self.model):
-            return self.model(x.contiguous())
+            return self.model(x.to(model_device(self.model)).contiguous())
+
+    def _check_other_size(self, size: Size, run: Runner) -> tuple[float, str]:
+        """Largest difference between torch and ``run`` at another ``size`` (``inf`` when
+        either refuses it), and why it was refused (empty when it was not)."""
+        x = self._example(size)
+        try:
+            ref = self.reference(x)
+        except RuntimeError as e:  # torch's own shape errors: the model takes one size only
+            return float("inf"), f"torch at {size[0]}x{size[1]}: {e}"
+        try:
+            got = run(as_numpy(x))
+        except Exception as e:  # noqa: BLE001 - each runtime raises its own types (onnxruntime's derive from Exception); the cause is recorded
+            return float("inf"), f"the ONNX graph at {size[0]}x{size[1]}: {type(e).__name__}: {e}"
+        return _close(ref, got), ""
 
     def path_for(self, size: Size, load: Callable[[Path], Runner]) -> tuple[Path, Runner | None]:
         """The ONNX file that runs images of ``size``, exported and checked if not cached.
 
         Args:
             size: ``(h, w)`` of the images to run.
-            load: opens a file in the backend's runtime (used for the checks).
+            load: opens a file in the backend's runtime at fp32 (used for the checks).
 
         Returns:
             ``(path, runner)``: ``runner`` is the checked, loaded graph when it was exported
@@ -277,7 +312,7 @@ class CachedExport:
     def _export(self, path: Path, fixed: Size | None, load: Callable[[Path], Runner]) -> Runner:
         size = fixed or self.input_size
         example = self._example(size)
-        ref = self._reference(example)
+        ref = self.reference(example)
         names = _output_names(ref)
         self.folder.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=self.folder)
@@ -294,12 +329,10 @@ class CachedExport:
             record = {**self.fields, "spatial": "fixed", "checked": {f"{size[0]}x{size[1]}": err}}
             if fixed is None:  # one more check at another, non-square size: are the spatial axes really free?
                 other = (max(16, size[0] * 7 // 8), max(16, size[1] * 9 // 8))
-                try:
-                    x2 = self._example(other)
-                    err2 = _close(self._reference(x2), run(as_numpy(x2)))
-                except Exception:  # noqa: BLE001 - a model that refuses other sizes is exported per size
-                    err2 = float("inf")
+                err2, refused = self._check_other_size(other, run)
                 record["checked"][f"{other[0]}x{other[1]}"] = err2 if np.isfinite(err2) else None
+                if refused:  # why this model is exported per size, kept with the cache entry
+                    record["refused"] = refused
                 record["spatial"] = "dynamic" if err2 <= self.tolerance else "fixed"
             else:
                 record["fixed_size"] = list(fixed)

@@ -39,6 +39,7 @@ import numpy as np
 from ..data import input_transform
 from ..errors import BackendError, ConfigError, PolicyError
 from ..stages import Input
+from .onnx_cache import checking_runtime
 
 __all__ = [
     "PHOTO_INPUT",
@@ -156,7 +157,7 @@ def plain_stage(data_config: Mapping[str, Any]) -> Input:
     try:
         return Input.of_model(data_config)
     except PolicyError as e:
-        raise ConfigError(f"{e}; export with --input tensor and preprocess outside the graph") from e
+        raise ConfigError(f"{e}; export with `input='tensor'` and preprocess outside the graph") from e
 
 
 def photo_interpolation(data_config: Mapping[str, Any]) -> str:
@@ -170,7 +171,7 @@ def photo_interpolation(data_config: Mapping[str, Any]) -> str:
     interp = data_config.get("interpolation", "bicubic")
     if interp not in _FILTERS:
         raise ConfigError(f"the photo graph resamples as PIL does with {', '.join(_FILTERS)}, not {interp!r}; "
-                          "export with --input tensor and preprocess outside the graph")
+                          "export with `input='tensor'` and preprocess outside the graph")
     plain_stage(data_config)
     return interp
 
@@ -237,18 +238,14 @@ def check_photo_stages(front: Any, stages: Mapping[str, Input | None], data_conf
     """Run ``front`` (from :func:`photo_stages_graph`) in onnxruntime on random photos of a
     landscape and a portrait size and compare each stage with ttakit's PIL rendering
     (:func:`ttakit.data.input_transform`; the plain stage with timm's own transform).
-    Skipped (returns 0) without onnxruntime.
 
     Returns:
         The largest difference, in grey levels (PIL's rounding: at most 1).
 
     Raises:
-        BackendError: a pixel differs by more than one grey level.
+        BackendError: a pixel differs by more than one grey level, or onnxruntime is missing.
     """
-    try:
-        import onnxruntime as ort  # noqa: PLC0415
-    except ImportError:
-        return 0.0
+    ort = checking_runtime()
     from PIL import Image  # noqa: PLC0415
 
     so = ort.SessionOptions()

@@ -34,7 +34,7 @@ from ..data import InputRenderer, PhotoLike, to_photo
 from ..errors import ConfigError, ShapeError
 from ..policy import Policy, PolicyLike, create_policy
 from ..registry import Registry
-from ..runtime.loop import RenderedInputs, ViewInputs, as_view_inputs, tree_cat, tree_take, view_chunks
+from ..runtime.loop import RenderedInputs, ViewInputs, as_view_inputs, tree_cat, tree_slice, tree_take, view_chunks
 from ..transforms import Normalization
 from ..views import View
 from .geometry import Geometry
@@ -133,7 +133,8 @@ class Batch:
 
     Attributes:
         tensor: ``(n, C, h, w)`` float32 normalised images (on the plan's device).
-        views: index into ``plan.views`` of each row.
+        views: index into ``plan.views`` of each row (-1: the plain view, which adaptive
+            classification runs first even when the policy has none).
         rows: image index (into the batch given to :meth:`Plan.batches`) of each row.
     """
 
@@ -184,7 +185,7 @@ class _Run:
     def file(self, views: Sequence[View], row_ids: Tensor, runs: Sequence[tuple[int, int, int]], out: Any) -> None:
         offset = 0
         for vi, b0, b1 in runs:
-            piece = tree_take(out, torch.arange(offset, offset + b1 - b0)) if len(runs) > 1 else out
+            piece = tree_slice(out, offset, offset + b1 - b0) if len(runs) > 1 else out
             self.got.setdefault(views[vi], []).append((row_ids[b0:b1], piece))
             offset += b1 - b0
 

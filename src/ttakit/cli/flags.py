@@ -1,0 +1,54 @@
+"""Library parameters as the command line names them: the library's errors name parameters, the CLI shows flags.
+
+A library error names a parameter in backquotes (`` `out_dir` ``, `` `input='tensor'` ``,
+`` `options.strict=True` ``), so it reads right for a caller of the Python API; the
+command line prints the same message with the flag that sets that parameter.
+
+Example:
+    >>> translate("use another `out_dir`, or export with `input='tensor'`")
+    'use another --out, or export with --input tensor'
+    >>> translate("leave `options.adaptive` out; `unknown_name` stays")
+    'leave --adaptive out; `unknown_name` stays'
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["PARAMETER_FLAGS", "translate"]
+
+# parameter (as library errors write it) -> the flag that sets it
+PARAMETER_FLAGS = {
+    "out_dir": "--out",
+    "options.strict": "--strict",
+    "options.adaptive": "--adaptive",
+    "options.limit": "--limit",
+    "task": "--task",
+    "input": "--input",
+    "opset": "--opset",
+    "num_classes": "--num-classes",
+    "scoring.num_classes": "--num-classes",
+    "weights": "--weights",
+    "amp": "--amp",
+    "val": "--val",
+    "objective": "--objective",
+    "conformal": "--conformal",
+    "check": "--no-check",
+}
+
+_PARAMETER = re.compile(r"`([A-Za-z_][\w.]*)(?:=([^`]*))?`")
+
+
+def _flag(match: re.Match[str]) -> str:
+    name, value = match.group(1), match.group(2)
+    flag = PARAMETER_FLAGS.get(name)
+    if flag is None:
+        return match.group(0)
+    if value is None or value in ("True", "None") or flag == "--no-check":
+        return flag
+    return f"{flag} {value.strip(chr(34) + chr(39))}"
+
+
+def translate(message: str) -> str:
+    """``message`` with every parameter it names in backquotes replaced by its flag."""
+    return _PARAMETER.sub(_flag, message)
