@@ -247,7 +247,6 @@ def export_graph(
         >>> export_graph(net, "d4", "d4.onnx", head, input_size=(64, 64))  # doctest: +SKIP
         PosixPath('d4.onnx')
     """
-    head = GRAPH_HEADS.get(task)  # the task, looked up once
     if input not in INPUTS:
         raise ConfigError(f"input must be one of {', '.join(INPUTS)}, got {input!r}")
     try:
