@@ -130,6 +130,11 @@ def test_where_ttach_is_wrong_the_drop_in_is_right():
     with pytest.raises(RuntimeError):
         ttach.SegmentationTTAWrapper(net, ttach.aliases.multiscale_transform([0.75]))(x)
     assert tta.SegmentationTTAWrapper(net, tta.aliases.multiscale_transform([0.75]))(x).shape == (1, 2, 10, 10)
+    # Resize without original_size: ttach cannot undo masks; the wrappers know the image's size.
+    resize = lambda m: m.Compose([m.Resize([(16, 16)])])  # noqa: E731
+    with pytest.raises(ValueError, match="original image size"):
+        ttach.SegmentationTTAWrapper(net, resize(ttach))(x)
+    assert tta.SegmentationTTAWrapper(net, resize(tta))(x).shape == (1, 2, 10, 10)
     # Rotate90: ttach turns 45 degrees into 0 without a word.
     with pytest.raises(ValueError, match="multiples of 90"):
         tta.Rotate90([45])

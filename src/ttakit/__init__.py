@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .adapt import AdaptOptions, create_adapter, list_adapters
 from .data import example_image_path, load_image, preprocess
 from .errors import (
     BackendError,
@@ -66,6 +67,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AdaptOptions",
     "BackendError",
     "Brightness",
     "ClassificationResult",
@@ -103,6 +105,7 @@ __all__ = [
     "VFlip",
     "View",
     "WeightsError",
+    "create_adapter",
     "create_policy",
     "default_run_config",
     "evaluate",
@@ -110,6 +113,7 @@ __all__ = [
     "export_tta",
     "get_merge",
     "greedy_soup",
+    "list_adapters",
     "list_merges",
     "list_presets",
     "load_class_names",

@@ -73,9 +73,21 @@ def predict_images(
     All files are decoded first, so a bad file fails before any model time is spent. A view
     that adaptive TTA did not run for an image is left out of that image's ``views``.
     """
-    decoded = images if images is not None else [load_image(p) for p in paths]
+    decoded = list(images) if images is not None else [load_image(p) for p in paths]
+    # With test-time adaptation the photos are a stream: one adaptation step per batch, in order.
+    step = tta.adapt_options.batch if tta.adapter is not None else max(len(decoded), 1)
+    out = []
+    for s in range(0, len(decoded), step):
+        out += _predict_batch(lm, paths[s:s + step], tta, k, decoded[s:s + step])
+    return out
+
+
+def _predict_batch(lm: LoadedModel, paths: Sequence[str | Path], tta: ClassificationTTA, k: int,
+                   decoded: Sequence[Image.Image]) -> list[ImagePrediction]:
     res = tta.predict(decoded)
-    plain_logits = res.plain_logits if res.plain_logits is not None else tta.forward_views(decoded, [View()])[:, 0]
+    plain_logits = res.plain_logits if res.plain_logits is not None and tta.adapter is None else None
+    if plain_logits is None:  # no identity view, or adapted: the plain column is the unadapted model
+        plain_logits = tta.unadapted_logits(decoded)
     plain = torch.softmax(plain_logits.float(), dim=-1).cpu()  # (B, C)
     merged = res.probs.cpu()  # (B, C)
     per_view = torch.softmax(res.view_logits.float(), dim=-1).cpu()  # (B, V, C), NaN where not run

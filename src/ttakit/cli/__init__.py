@@ -26,7 +26,13 @@ _COMMANDS = (predict, evaluate, search, calibrate, soup, report, export)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors as the one ``ttakit: error: ...`` line every error gets."""
+    """argparse with usage errors as the one ``ttakit: error: ...`` line every error gets, and
+    no abbreviated options (``--adapt`` must never be read as ``--adaptive``); subcommand
+    parsers are made by this class too, so the rule holds for every command."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"ttakit: error: {self.prog.removeprefix('ttakit ')}: {message} (see '{self.prog} --help')\n")

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
+from ..adapt import AdaptOptions, list_adapters
 from ..data import preprocess
 from ..datasets import LabelledImages, calibration_photos, detect_dataset
 from ..callables import is_callable_spec, load_module_spec
@@ -32,6 +33,8 @@ from ..tasks.classify import CONFIDENCE, ClassificationTTA
 
 __all__ = [
     "Loaded",
+    "adapt_options",
+    "add_adapt_args",
     "add_data_args",
     "add_model_args",
     "add_policy_args",
@@ -118,6 +121,23 @@ def add_policy_args(p: argparse.ArgumentParser, many: bool = False) -> None:
                    help="run the other views only where the plain view's confidence is below THRESHOLD")
     g.add_argument("--confidence", choices=sorted(CONFIDENCE), default="max_prob",
                    help="confidence used by --adaptive (default: max_prob)")
+
+
+def add_adapt_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """``--adapt METHOD`` (repeatable with ``many``), ``--adapt-batch``, ``--adapt-reset``."""
+    g = p.add_argument_group("test-time adaptation (the photos are one stream, in folder or CSV row order)")
+    g.add_argument("--adapt", action="append" if many else "store", default=None, choices=list_adapters(),
+                   metavar="METHOD", help=f"adapt a copy of the model to the stream: {', '.join(list_adapters())}"
+                   + (" (repeatable: each adds rows '<policy> adapt=<method>')" if many else ""))
+    g.add_argument("--adapt-batch", type=positive_int, default=64, metavar="N",
+                   help="photos per adaptation step (default: 64)")
+    g.add_argument("--adapt-reset", type=positive_int, default=None, metavar="N",
+                   help="restore the original weights every N batches (default: never)")
+
+
+def adapt_options(args: argparse.Namespace) -> AdaptOptions:
+    """The :class:`~ttakit.adapt.AdaptOptions` of ``--adapt-batch`` and ``--adapt-reset``."""
+    return AdaptOptions(batch=getattr(args, "adapt_batch", 64), reset=getattr(args, "adapt_reset", None))
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -231,11 +251,13 @@ def _calibration(args: argparse.Namespace, lm: LoadedModel) -> torch.Tensor:
 
 def classification_tta(lm: LoadedModel, cfg: RunConfig, args: argparse.Namespace,
                        backend: Backend | None = None) -> ClassificationTTA:
-    """The wrapper that ``--tta``, ``--merge``, ``--adaptive`` and ``--confidence`` describe,
-    run by ``backend`` (default: the torch model)."""
+    """The wrapper that ``--tta``, ``--merge``, ``--adaptive``, ``--confidence`` and ``--adapt``
+    describe, run by ``backend`` (default: the torch model)."""
+    adapt = getattr(args, "adapt", None)
     return ClassificationTTA(
         lm.model, args.tta, args.merge, norm=lm.normalization, run_config=cfg,
         adaptive=args.adaptive, confidence=args.confidence, data_config=lm.data_config, backend=backend,
+        adapt=adapt, adapt_options=adapt_options(args),
     )
 
 

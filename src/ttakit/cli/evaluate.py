@@ -6,12 +6,14 @@ import argparse
 import dataclasses
 from typing import Any
 
+from ..evaluation.adapt_rows import add_rows, evaluate_adapted
 from ..evaluation.evaluate import evaluate
 from ..evaluation.precision import evaluate_precision
+from ..input_check import precropped_note
 from ..policy import create_policy
 from ..errors import ConfigError
 from .calibrate import add_conformal_args, conformal_extras, conformal_lines
-from .common import add_data_args, add_policy_args, eval_options, load, load_data, print_written, progress_bar, verdict_lines
+from .common import adapt_options, add_adapt_args, add_data_args, add_policy_args, eval_options, load, load_data, print_written, progress_bar, verdict_lines
 from .detect import add_detect_args, cmd_evaluate as _cmd_evaluate_detect
 from .segment import add_segment_args, cmd_evaluate_segment
 
@@ -52,6 +54,9 @@ def _cmd_evaluate_classify(args: argparse.Namespace) -> int:
     # Rows are named by the policy exactly as written (a preset, text or a JSON path).
     policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
     data = load_data(args, lm, args.data)
+    note = precropped_note(data.paths, lm.data_config)
+    if note:
+        print(note)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
         res = evaluate(lm, data, policies, out_dir=args.out, merges=args.merge, run_config=cfg, options=options,
                        device=dev, progress=bar, backend=backend, extras=conformal_extras(args))
@@ -61,6 +66,12 @@ def _cmd_evaluate_classify(args: argparse.Namespace) -> int:
             against_fp32 = evaluate_precision(lm, data, args.out, backend, options, dev, progress=bar)
     if not res:  # not rank 0
         return 0
+    if args.adapt:  # adapted rows: the data once more, as a stream (they cannot reuse the stored logits)
+        with progress_bar(len(data.head(options.limit)), "adapt", options.quiet) as bar:
+            rows = evaluate_adapted(lm, data, policies, args.merge, args.adapt, adapt_options(args), cfg, options, dev,
+                                    progress=bar)
+        res["results"].update(rows)
+        add_rows(args.out, rows)
     print(format_table(res["results"], res["per_view"]))
     for line in conformal_lines(res["results"]):  # none without --conformal
         print(line)
@@ -82,4 +93,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_detect_args(p, list(EVALUATE), evaluate=True)
     add_segment_args(p)
     add_conformal_args(p)
+    add_adapt_args(p, many=True)
     p.set_defaults(func=_cmd_evaluate)

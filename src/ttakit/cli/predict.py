@@ -9,11 +9,12 @@ from dataclasses import asdict
 from typing import Any, NamedTuple
 
 from ..data import example_image_path, load_image
+from ..input_check import precropped_note
 from ..models import LoadedModel
 from ..predict import ClassScore, ImagePrediction, predict_images
 from ..tasks.classify import ClassificationTTA
 from ..viz import save_view_grid
-from .common import add_model_args, add_policy_args, classification_tta, load, positive_int
+from .common import add_adapt_args, add_model_args, add_policy_args, classification_tta, load, positive_int
 from .detect import add_detect_args, cmd_predict as _cmd_predict_detect, cmd_views as _cmd_views_detect
 
 __all__ = ["DEFAULT_POLICY", "format_predictions", "predictions_to_json", "register"]
@@ -107,6 +108,9 @@ def _predict_classify(args: argparse.Namespace) -> int:
     images = [load_image(p) for p in paths]  # a bad file fails before the model loads
     lm, _, cfg, backend = load(args)
     tta = classification_tta(lm, cfg, args, backend)
+    note = None if args.json else precropped_note(paths, lm.data_config)
+    if note:
+        print(note)
     preds = predict_images(lm, paths, tta, k=args.topk, images=images)
     if args.json:
         print(json.dumps(predictions_to_json(lm, tta, preds), indent=2))
@@ -153,6 +157,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_detect_args(p, list(TASKS))
     p.add_argument("--topk", type=positive_int, default=5, help="classes to show (default: 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    add_adapt_args(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("views", help="save a picture of the views as the model sees them")

@@ -47,6 +47,7 @@ __all__ = [
     "bootstrap_counts",
     "conformal_metrics",
     "conformal_verdict",
+    "greedy_mean_merge",
     "greedy_set_size",
     "random_splits",
     "set_size_objective",
@@ -357,13 +358,27 @@ def greedy_set_size(logits: Tensor, labels: Tensor, alpha: float, score: str = "
         sizes = [set_size_objective(merge_logits(logits, "mean", w, t).double(), labels, alpha, score) for t in temperatures]
         best = min(range(len(temperatures)), key=sizes.__getitem__)
         return tuple(range(logits.shape[1])), temperatures[best], (sizes[best],)
+    return greedy_mean_merge(logits, lambda probs: set_size_objective(probs, labels, alpha, score), budget, temperatures)
+
+
+def greedy_mean_merge(logits: Tensor, objective: Callable[[Tensor], float], budget: int,
+                      temperatures: Sequence[float]) -> tuple[tuple[int, ...], float, tuple[float, ...]]:
+    """Greedy view selection (with replacement) minimising ``objective`` of the mean merge of
+    the chosen columns' probabilities ``(N, C)``, over ``temperatures``; stops when no view
+    lowers it. Returns ``(chosen columns, temperature, objective after each step)``.
+
+    Example:
+        >>> logits = torch.tensor([[[0.0, 1.0], [2.0, 0.0]]])            # (N=1, U=2, C=2)
+        >>> greedy_mean_merge(logits, lambda p: float(1 - p[0, 0]), 3, (1.0,))[0]   # column 1 backs class 0
+        (1,)
+    """
     probs = [torch.softmax(logits.double() / t, dim=-1) for t in temperatures]  # T x (N, U, C)
     running = [torch.zeros_like(p[:, 0]) for p in probs]  # sum of the chosen views' probabilities
     cols: list[int] = []
     trace: list[float] = []
     temperature, current = 1.0, math.inf
     for step in range(budget):
-        cand = [(set_size_objective((running[t] + probs[t][:, u]) / (step + 1), labels, alpha, score), t, u)
+        cand = [(objective((running[t] + probs[t][:, u]) / (step + 1)), t, u)
                 for t in range(len(temperatures)) for u in range(logits.shape[1])]
         value, t, u = min(cand)
         if value >= current - 1e-12:

@@ -15,14 +15,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..adapt import AdaptOptions, StreamAdapter, create_adapter
 from ..conformal import Calibration, conformity_scores, get_score, prediction_sets
 from ..errors import PolicyError
 from ..merge import get_merge, merge_logits
 from ..policy import Policy, PolicyLike
 from ..registry import Registry
-from ..runtime.backends import Backend
+from ..runtime.backends import Backend, TorchBackend
 from ..runtime.config import RunConfig
 from ..runtime.export import GraphHead, normalised_weights
+from ..runtime.loop import ViewInputs, as_view_inputs, model_runner
 from ..transforms import Normalization
 from ..views import View
 from .base import Images, TTABase
@@ -302,6 +304,11 @@ class ClassificationTTA(TTABase):
         conformal: a :class:`~ttakit.conformal.Calibration`: :meth:`predict` also returns each
             input's conformal prediction set (default: the policy's ``meta["conformal"]``, as
             ``ttakit calibrate`` writes it).
+        adapt: test-time adaptation (:mod:`ttakit.adapt`): ``"bn"``, ``"tent"``, ``"eata"`` or
+            ``"auto"``. Each :meth:`predict` call is one batch of the stream: an adapted *copy*
+            of the model learns from its plain inputs, then every view runs through that copy
+            in torch (``model`` itself is never changed).
+        adapt_options: batch size, reset period, prior, learning rate of the adaptation.
 
     Calls take preprocessed ``(B, C, H, W)`` images, or photos (paths, PIL images, uint8
     tensors): each photo is decoded once and every input stage is rendered from it.
@@ -329,8 +336,12 @@ class ClassificationTTA(TTABase):
         data_config: Mapping[str, Any] | None = None,
         backend: str | Backend | None = None,
         conformal: Calibration | None = None,
+        adapt: str | None = None,
+        adapt_options: AdaptOptions | None = None,
     ) -> None:
         super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config, backend=backend)
+        self.adapt_options = adapt_options or AdaptOptions()
+        self.adapter: StreamAdapter | None = None if adapt is None else create_adapter(adapt, model, self.adapt_options)
         self.merge_name = merge or self.policy.merge or "mean"
         self.confidence_name = confidence
         self.head = classify_head(self.policy, merge=self.merge_name, adaptive=adaptive, confidence=confidence,
@@ -347,7 +358,8 @@ class ClassificationTTA(TTABase):
             self.model, self.policy, self.merge_name, norm=self.norm,
             run_config=replace(self.run_config, **changes), adaptive=self.adaptive,
             confidence=self.confidence_name, data_config=self.data_config, backend=self.backend,
-            conformal=self.conformal,
+            conformal=self.conformal, adapt=None if self.adapter is None else self.adapter.name,
+            adapt_options=self.adapt_options,
         )
 
     @torch.inference_mode()
@@ -362,9 +374,29 @@ class ClassificationTTA(TTABase):
     @torch.inference_mode()
     def predict(self, x: Images) -> ClassificationResult:
         """Merged probabilities, each view's logits and the cost in view-forwards."""
+        if self.adapter is not None:  # one stream batch: adapt first, then every view through the copy
+            x = self.inputs(x)
+            self.adapt_step(x)
         return self.execute(x, self.head)
 
     def forward(self, x: Images) -> Tensor:
         """Merged class probabilities ``(B, C)``."""
         return self.predict(x).probs
 
+    def adapt_step(self, x: Tensor | ViewInputs) -> Tensor | None:
+        """With ``adapt``: adapt the copy on the plain inputs of one stream batch and return
+        their logits (else ``None``); the views then run through the adapted copy."""
+        if self.adapter is None:
+            return None
+        return self.adapter.step(as_view_inputs(x).render(None))  # (B, C, H, W) the plain, normalised inputs
+
+    @torch.inference_mode()
+    def unadapted_logits(self, x: Images) -> Tensor:
+        """Plain-view logits ``(B, C)`` of the model as given (never adapted)."""
+        return super().execute(x, None, [View()])[0].float()
+
+    def execute(self, x: Images, head: Any = None, views: Sequence[View] | None = None) -> Any:
+        if self.adapter is None:
+            return super().execute(x, head, views)
+        runner = model_runner(TorchBackend(self.adapter.views_model, self.backend.precision), self.run_config)
+        return self.plan(head, views).run(runner, self.inputs(x))
