@@ -30,3 +30,16 @@ def test_zoom_out_edges_read_the_shrunk_image_not_its_padding():
     interior = float(err[..., 2:-2, 2:-2].max())
     assert interior < 0.01
     assert float(err.max()) < 0.03, f"outermost pixels off by {float(err.max()):.3f} (interior {interior:.4f})"
+
+
+def test_five_crops_alone_map_back_exactly_on_odd_sizes():
+    # Crops are whole-pixel windows: undone, a per-pixel model's map is the plain one wherever a crop saw it,
+    # with or without a plain-size view in the policy to give the output grid.
+    net, x = _per_pixel_net(), torch.randn(2, 3, H, W, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = net(x)
+        for policy in ("five_crop(0.75)", "hflip+five_crop(0.75)"):
+            res = ttakit.SegmentationTTA(net, policy, activation=None).predict(x)
+            seen = res.coverage > 0
+            assert res.output.shape == ref.shape and seen.float().mean() > 0.99, policy
+            assert float(((res.output - ref).abs() * seen).max()) < 1e-4, policy
