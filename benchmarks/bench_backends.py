@@ -41,7 +41,7 @@ from ttakit.evaluation.evaluate import EvalOptions, evaluate
 from ttakit.evaluation.store import load_logits
 from ttakit.runtime.backends import Backend, TorchBackend, create_backend
 from ttakit.runtime.config import RunConfig, default_run_config, prepare_model, timed, tune_run_config
-from ttakit.runtime.export import export_tta
+from ttakit import export_tta
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "imagenet-sample"
 TARGETS = {"hflip": 1.4, "d4": 1.7}  # evaluate e2e, onnxruntime vs torch

@@ -26,7 +26,7 @@ from PIL import Image
 import ttakit
 from ttakit.evaluation.search import greedy_search
 from ttakit.evaluation.store import load_logits
-from ttakit.runtime.export import export_tta
+from ttakit import export_tta
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "imagenet-sample"

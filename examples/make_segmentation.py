@@ -39,7 +39,7 @@ import ttakit
 from detection_demo import CLASSES as OBJECT_CLASSES  # run as a script: its sibling is importable
 from detection_demo import SIZE, _mask, _object, _square, super_class
 
-__all__ = ["CLASSES", "make_segmentation"]
+__all__ = ["CLASSES", "make_segmentation", "paste_objects", "sample_photos"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "imagenet-sample"
@@ -54,36 +54,49 @@ def _rng(name: str) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(name.encode()))
 
 
+def paste_objects(rng: np.random.Generator, canvas: Image.Image, labels: np.ndarray, objects: list[tuple[int, int, Image.Image]],
+                  count: int, avoid: set[int]) -> None:
+    """Paste ``count`` objects (not of the photos in ``avoid``) at random places and sizes onto
+    ``canvas``, writing their classes into ``labels`` (in place; later objects cover earlier ones)."""
+    height, width = labels.shape
+    for _ in range(count):
+        photo, cls, obj = objects[int(rng.integers(len(objects)))]
+        if photo in avoid:  # an object on its own background would have no edge to find
+            continue
+        long_side = math.exp(rng.uniform(*map(math.log, SIDE_RANGE)))
+        aspect = obj.width / obj.height * math.exp(rng.uniform(-0.2, 0.2))
+        w, h = (long_side, long_side / aspect) if aspect >= 1 else (long_side * aspect, long_side)
+        w, h = max(16, min(width, round(w))), max(16, min(height, round(h)))
+        x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+        alpha = _mask(w, h, rng)
+        canvas.paste(obj.resize((w, h), Image.BICUBIC), (x, y), alpha)
+        covered = np.asarray(alpha) >= 128  # the pixel is at least half object
+        labels[y:y + h, x:x + w][covered] = 1 + cls
+
+
 def _compose(rng: np.random.Generator, backgrounds: list[tuple[int, Image.Image]],
              objects: list[tuple[int, int, Image.Image]]) -> tuple[Image.Image, np.ndarray]:
     """One image and its label map ``(SIZE, SIZE)`` uint8: a background with pasted objects."""
     bg_photo, bg = backgrounds[int(rng.integers(len(backgrounds)))]
     canvas = bg.copy()
     labels = np.zeros((SIZE, SIZE), np.uint8)
-    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
-        photo, cls, obj = objects[int(rng.integers(len(objects)))]
-        if photo == bg_photo:  # an object on its own background would have no edge to find
-            continue
-        long_side = math.exp(rng.uniform(*map(math.log, SIDE_RANGE)))
-        aspect = obj.width / obj.height * math.exp(rng.uniform(-0.2, 0.2))
-        w, h = (long_side, long_side / aspect) if aspect >= 1 else (long_side * aspect, long_side)
-        w, h = max(16, min(SIZE, round(w))), max(16, min(SIZE, round(h)))
-        x, y = int(rng.integers(0, SIZE - w + 1)), int(rng.integers(0, SIZE - h + 1))
-        alpha = _mask(w, h, rng)
-        canvas.paste(obj.resize((w, h), Image.BICUBIC), (x, y), alpha)
-        covered = np.asarray(alpha) >= 128  # the pixel is at least half object
-        labels[y:y + h, x:x + w][covered] = 1 + cls  # later objects cover earlier ones
+    paste_objects(rng, canvas, labels, objects, int(rng.integers(1, MAX_OBJECTS + 1)), {bg_photo})
     return canvas, labels
+
+
+def sample_photos() -> tuple[list[Path], list[int]]:
+    """The sample's photos (sorted) and each one's super-class."""
+    photos = sorted(SAMPLE.glob("*.JPEG"))
+    if len(photos) < 100:
+        raise SystemExit(f"needs the photos of {SAMPLE}")
+    index = {w: i for i, w in enumerate(timm.data.ImageNetInfo().label_names())}
+    return photos, [super_class(index[p.name.split("_", 1)[0]]) for p in photos]
 
 
 def make_segmentation(out: Path = DEFAULT_OUT, n_train: int = 1000, n_test: int = 250) -> dict[str, Path]:
     """Write the train and test splits under ``out`` (see the module docstring); an image whose
     photo and mask both exist is not redone. Returns ``{split: folder}``."""
-    photos = sorted(SAMPLE.glob("*.JPEG"))
-    if len(photos) < 100:
-        raise SystemExit(f"needs the photos of {SAMPLE}")
-    index = {w: i for i, w in enumerate(timm.data.ImageNetInfo().label_names())}
-    labels = [super_class(index[p.name.split("_", 1)[0]]) for p in photos]
+    photos, labels = sample_photos()
     out.mkdir(parents=True, exist_ok=True)
     (out / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     folders = {}

@@ -371,7 +371,7 @@ def test_export_of_a_calibrated_policy_returns_the_sets(tmp_path, score):
 
     from ttakit import ClassificationTTA, create_policy
     from ttakit.cli.calibrate import calibrated_policy
-    from ttakit.runtime.export import export_tta
+    from ttakit import export_tta
 
     torch.manual_seed(0)
     net = timm.create_model("test_resnet", num_classes=10).eval()

@@ -62,7 +62,7 @@ def test_no_process_group_starts_by_itself(monkeypatch):
 def test_export_check_without_onnxruntime_is_an_error(tmp_path, monkeypatch):
     pytest.importorskip("onnx")
     net = timm.create_model("test_resnet", num_classes=3).eval()
-    from ttakit.runtime.export import export_tta
+    from ttakit import export_tta
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what Python does where it is not installed
     out = tmp_path / "x.onnx"

@@ -19,7 +19,7 @@ import ttakit
 from ttakit.cli import main
 from ttakit.errors import ConfigError, PolicyError, ShapeError
 from ttakit.policy import Policy, parse_policy
-from ttakit.runtime.export import export_tta
+from ttakit import export_tta
 
 ort = pytest.importorskip("onnxruntime")
 try:  # OpenVINO is checked where it is installed; the onnxruntime tests run without it

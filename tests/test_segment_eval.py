@@ -23,7 +23,7 @@ from ttakit.tasks.segment import load_segmenter
 K = 3
 RC = RunConfig(16, False)
 OPTIONS = EvalOptions(batch_size=3, workers=0, quiet=True)
-SCORING = SegmentScoring(K, store_size=32)  # the model's own 32 x 32 grid: stored as it is
+SCORING = SegmentScoring(K, store_size=32)  # reduced maps (for reuse) at the model's own 32 x 32 grid
 
 
 class ColourSegmenter(torch.nn.Module):
@@ -105,9 +105,9 @@ def _reference_maps(lm, data, merge: str | None = None) -> dict[int, np.ndarray]
             continue
         x = transform(photo)[None]
         with torch.inference_mode():
-            probs = torch.softmax(lm.model(x), 1).half().float()  # stored as float16
+            probs = torch.softmax(lm.model(x), 1)  # scored at full precision
             if merge is not None:
-                flipped = torch.softmax(lm.model(x.flip(-1)), 1).half().float().flip(-1)
+                flipped = torch.softmax(lm.model(x.flip(-1)), 1).flip(-1)
                 probs = (probs + flipped) / 2 if merge == "mean" else torch.maximum(probs, flipped)
         pred = F.interpolate(probs, size=(photo.height, photo.width), mode="bilinear", align_corners=False)[0].argmax(0)
         maps[i] = pred.numpy()

@@ -47,13 +47,13 @@ from .views import View
 
 if TYPE_CHECKING:
     from .evaluation.evaluate import evaluate
-    from .runtime.export import export_tta
+    from .tasks.export import export_tta
 
 __version__ = "0.1.0"
 
 # Imported on first use: the evaluation pipeline and the ONNX graph export pull in modules
 # that `import ttakit` should not pay for (and evaluation reads this package's __version__).
-_LAZY = {"evaluate": "ttakit.evaluation.evaluate", "export_tta": "ttakit.runtime.export"}
+_LAZY = {"evaluate": "ttakit.evaluation.evaluate", "export_tta": "ttakit.tasks.export"}
 
 
 def __getattr__(name: str) -> Any:

@@ -149,6 +149,7 @@ def warp(
     size: Size,
     mode: str = "bilinear",
     padding_mode: str = "zeros",
+    bounds: tuple[float, float, float, float] | None = None,
 ) -> Tensor:
     """Resample ``x`` onto a grid of ``size``: output point ``p`` reads ``x`` at ``matrix @ p``.
 
@@ -157,10 +158,14 @@ def warp(
         matrix: ``(3, 3)`` map from output to source normalised coordinates, or ``(B, 3, 3)``
             one per image.
         size: ``(H, W)`` of the output grid.
+        bounds: ``(x0, y0, x1, y1)`` normalised box of ``x`` the reads are clamped to (the
+            shrunk image inside a zoom-out's padding: its edge, not the padding, is read).
     """
     B, C = x.shape[:2]
     theta = matrix[..., :2, :].to(dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device)
     grid = F.affine_grid(theta.expand(B, 2, 3), [B, C, *size], align_corners=False)  # (B, H, W, 2)
+    if bounds is not None:
+        grid = torch.maximum(torch.minimum(grid, grid.new_tensor(bounds[2:])), grid.new_tensor(bounds[:2]))
     src = x if x.is_floating_point() else x.float()
     return F.grid_sample(src, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
 

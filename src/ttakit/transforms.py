@@ -234,6 +234,22 @@ class Scale(Transform):
     def apply(self, x: Tensor, norm: Normalization) -> Tensor:
         return Fn.zoom(x, self.factor, self.mode)
 
+    def invert_dense(self, y: Tensor, mask: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
+        big = Fn.scale_resize_size(image_size, self.factor)
+        if big[0] >= image_size[0] and big[1] >= image_size[1]:  # zoom in: no padding inside the view
+            return super().invert_dense(y, mask, image_size, grid_size)
+        # Zoom out: the shrunk image sits in padding. Reads are clamped half a grid pixel inside
+        # its edge, so the model's answer on the padding never bleeds into the outermost pixels.
+        box = []
+        for n, s, g in ((image_size[1], big[1], y.shape[-1]), (image_size[0], big[0], y.shape[-2])):  # x, then y
+            start, length = max(0, -((s - n) // 2)), min(n, s)
+            box.append((2 * start / n + 1 / g - 1, 2 * (start + length) / n - 1 / g - 1))
+        (x0, x1), (y0, y1) = box
+        m = self.matrix(image_size)
+        out = Fn.warp(y, m, grid_size, padding_mode="border", bounds=(x0, y0, x1, y1))
+        mask = Fn.warp(mask, m, grid_size, mode="nearest") * Fn.valid_mask(m, grid_size, y.device)
+        return out, mask
+
     def graph_steps(self, size: Size, norm: Normalization) -> list[nn.Module]:
         # Fn.zoom: resize to round(size * factor), then a centre crop or pad back to size
         big = Fn.scale_resize_size(size, self.factor)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import functional as Fn
 from .corrections import Corrected, Correction, stage_of
@@ -78,6 +78,47 @@ class View:
         for t in self.transforms:
             x = t.apply(x, norm)
         return x
+
+    # ------------------------------------------------------------------ graph form (export)
+    @property
+    def graph_opset(self) -> int:
+        """The lowest ONNX opset the view's graph steps export at."""
+        return max((t.graph_opset for t in self.transforms), default=1)
+
+    def graph_steps(self, size: Size, norm: Normalization) -> nn.Sequential:
+        """:meth:`apply` on ``size`` images as one static, exportable module: each transform's
+        ``graph_steps`` (:mod:`ttakit.graph`), left to right. The input stage and corrections
+        work on the photo, before these steps.
+
+        Raises:
+            PolicyError: a transform has no graph form.
+
+        Example:
+            >>> View((HFlip(), Rot90(1))).graph_steps((4, 6), Normalization())
+            Sequential(
+              (0): Flip()
+              (1): QuarterTurn()
+            )
+        """
+        return nn.Sequential(*[s for t, ts in zip(self.transforms, self.sizes(size)) for s in t.graph_steps(ts, norm)])
+
+    def graph_inverse_steps(self) -> nn.Sequential:
+        """The exact inverse of the view as one static module on maps of any grid: each
+        transform's ``graph_inverse_steps``, right to left (flips and quarter turns have one).
+
+        Raises:
+            PolicyError: the view has an input stage (it re-samples the photo) or a transform
+                with no exact inverse on every grid.
+
+        Example:
+            >>> y = torch.arange(6.0).view(1, 1, 2, 3)
+            >>> view = View((HFlip(), Rot90(1)))
+            >>> torch.equal(view.graph_inverse_steps()(view.apply(y, Normalization())), y)
+            True
+        """
+        if self.stage is not None:
+            raise PolicyError(f"its stage {self.stage.name} re-samples the photo")
+        return nn.Sequential(*[s for t in reversed(self.transforms) for s in t.graph_inverse_steps()])
 
     def invert_dense(self, y: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
         """Map the view's dense prediction ``(B, K, h, w)`` onto ``grid_size``, the output grid of

@@ -10,7 +10,8 @@ from ..merge import list_merges
 from ..models import DEFAULT_MODEL, load_model
 from ..policy import create_policy, list_presets
 from ..runtime.onnx_cache import DEFAULT_OPSET
-from ..runtime.export import GRAPH_HEADS, INPUTS, TASKS, export_tta
+from ..runtime.export import INPUTS, export_graph
+from ..tasks.export import GRAPH_HEADS, graph_head
 from .common import positive_int
 
 __all__ = ["register"]
@@ -29,25 +30,23 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    policy = create_policy(args.tta)  # a bad policy fails before the model loads
+    policy = create_policy(args.tta)  # a bad policy, or one the task cannot export, fails before the model loads
+    head = graph_head(args.task, policy, args.merge)
     lm = load_model(args.model, weights=args.weights, labels=args.labels)
     cfg = dict(lm.data_config)
     size = args.input_size or lm.input_size
     if args.input_size:
         cfg["input_size"] = (3, *size)
-    head = GRAPH_HEADS.get(args.task)
     meta = {"ttakit.model": lm.name, "ttakit.model_weights": lm.weights}
     if head.class_names:
         meta["ttakit.class_names"] = list(lm.class_names)
     t0 = time.perf_counter()
-    path = export_tta(lm.model, policy, args.out, merge=args.merge, input_size=size, norm=lm.normalization,
-                      task=args.task, input=args.input, opset=args.opset, data_config=cfg, metadata=meta,
-                      check=not args.no_check)
+    path = export_graph(lm.model, policy, args.out, head, input_size=size, norm=lm.normalization, input=args.input,
+                        opset=args.opset, data_config=cfg, metadata=meta, check=not args.no_check)
     secs = time.perf_counter() - t0
-    merge = head.merge(args.merge or policy.merge or "mean")
     mb = Path(path).stat().st_size / 2**20
     print(f"wrote {path} ({mb:.1f} MB, opset {args.opset}, {secs:.1f} s): {lm.name} ({lm.weights}), "
-          f"policy {policy.name} ({len(policy.views)} views), merge {merge}")
+          f"policy {policy.name} ({len(policy.views)} views), merge {head.merge_name}")
     h, w = size
     if args.input == "photo":
         stages = sorted({v.source.name if v.source else "the model's own" for v in policy.views})
@@ -74,9 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", choices=INPUTS, default="tensor",
                    help="tensor: the graph takes preprocessed (N, 3, H, W) images; photo: decoded (N, H, W, 3) uint8 "
                    "RGB photos of any size, every input stage rendered inside the graph (default: tensor)")
-    p.add_argument("--task", choices=TASKS, default="classify",
-                   help="classify: merged class probabilities; segment: flips and quarter turns undone, "
-                   "mean of softmax maps (default: classify)")
+    tasks = "; ".join(f"{name}: {GRAPH_HEADS.get(name).summary}" for name in GRAPH_HEADS.names())
+    p.add_argument("--task", choices=GRAPH_HEADS.names(), default="classify", help=f"{tasks} (default: classify)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name (default: {DEFAULT_MODEL})")
     p.add_argument("--weights", default=None,
                    help="'hub' for timm's pretrained weights, or a .pth/.pt/.safetensors file "

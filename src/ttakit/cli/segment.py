@@ -21,9 +21,10 @@ from ..policy import create_policy
 from ..runtime.distributed import DistContext
 from ..tasks.dense import DENSE_MERGES
 from ..tasks.segment import load_segmenter
+from ..tasks.window import WindowConfig
 from .common import eval_options, metric_table, positive_int, prepare_run, print_written, progress_bar
 
-__all__ = ["add_segment_args", "cmd_evaluate_segment", "format_segment_table"]
+__all__ = ["add_segment_args", "byte_size", "cmd_evaluate_segment", "format_segment_table", "store_line"]
 
 
 def add_segment_args(p: argparse.ArgumentParser) -> None:
@@ -32,15 +33,63 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--masks", default=None, metavar="FOLDER",
                    help="one PNG per photo, same file stem, pixel = class index (palette or grey PNG)")
     g.add_argument("--ignore-index", type=int, default=255, help="mask value that is not scored (default: 255)")
-    g.add_argument("--store-size", type=positive_int, default=128,
-                   help="long side of the stored per-view probability maps: disk (N x views x K x side^2 x 2 bytes) "
-                   "against edge detail (default: 128)")
+    g.add_argument("--store-budget", type=byte_size, default=512 * 2**20, metavar="SIZE",
+                   help="disk for reduced per-view maps, kept only for reuse (the report's gallery, a policy added "
+                   "on a resumed run; rows from them are marked not exact); e.g. 2GB, 300MB, 0 for none "
+                   "(default: 512MB). Every row asked for is scored exactly, at full resolution, in the one pass")
+    w = p.add_argument_group("sliding windows (--task segment): segment each photo at its own size, in tiles")
+    w.add_argument("--tile", type=positive_int, default=None, metavar="PX",
+                   help="tile side in photo pixels; each view of the photo is tiled and stitched (default: no tiles, "
+                   "the whole photo resized to the model's input)")
+    w.add_argument("--overlap", type=float, default=0.25, help="share of a tile overlapping the next (default: 0.25)")
+    w.add_argument("--blend", default="constant", help="tile weights: constant or gaussian (default: constant)")
+    w.add_argument("--stitch-device", default=None, metavar="DEVICE",
+                   help="where stitched maps are kept, e.g. cpu (default: the model's device)")
+    w.add_argument("--window-batch", type=positive_int, default=4, metavar="N",
+                   help="tiles per step; forwards mix tiles and views (default: 4)")
+    g.add_argument("--store-size", type=positive_int, default=None,
+                   help="a cap on the long side of the stored maps (default: what the budget allows)")
 
 
 def format_segment_table(results: dict[str, Any], per_view: dict[str, Any] | None = None) -> str:
     """The printed table of ``ttakit evaluate --task segment``."""
     columns = (("miou", "mIoU"), ("pixel_acc", "pix_acc"), ("mean_dice", "dice"), ("boundary_iou", "bIoU"))
-    return metric_table(results, columns, per_view, "mIoU")
+    marked = {(k if r.get("exact", True) else f"{k} *"): r for k, r in results.items()}  # * : from reduced maps
+    return metric_table(marked, columns, per_view, "mIoU")
+
+
+def byte_size(text: str) -> int:
+    """``2GB``, ``300MB``, ``512KB``, ``0`` or a number of bytes (decimal units; ``GiB`` etc. binary).
+
+    Example:
+        >>> byte_size("2GB"), byte_size("1.5MiB"), byte_size("0")
+        (2000000000, 1572864, 0)
+    """
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    t = text.strip().upper()
+    number = t.rstrip("KMGTIB")
+    try:
+        value = float(number) * units[t[len(number):]]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 2GB, 300MB, 0)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a size must be >= 0, got {text!r}")
+    return int(value)
+
+
+def store_line(res: dict[str, Any]) -> str:
+    """What was stored for reuse, and which rows are not exact."""
+    st = res.get("store") or {}
+    grid = st.get("map_grid")
+    maps = "no maps" if not grid or 0 in grid else f"maps of {grid[0]}x{grid[1]} {st.get('dtype')} per view"
+    inexact = [k for k, r in res["results"].items() if not r.get("exact", True)]
+    line = (f"stored for reuse: {maps}, {st.get('disk_bytes', 0) / 1e6:.1f} MB on disk "
+            f"(budget {st.get('budget_bytes', 0) / 1e6:.0f} MB); every row scored at full resolution")
+    if inexact:
+        line = line.replace("every row scored at full resolution",
+                            f"* not exact (scored from the stored maps): {', '.join(inexact)}")
+    return line
 
 
 def cmd_evaluate_segment(args: argparse.Namespace) -> int:
@@ -62,14 +111,17 @@ def cmd_evaluate_segment(args: argparse.Namespace) -> int:
         print(f"data: {data.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
     lm = loaded.lm
     policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
-    scoring = SegmentScoring(args.num_classes, args.ignore_index, args.store_size)
+    scoring = SegmentScoring(args.num_classes, args.ignore_index, args.store_budget, args.store_size)
     backend = None if loaded.backend.label == "torch" else loaded.backend
+    window = None if args.tile is None else WindowConfig(args.tile, args.overlap, args.blend, batch=args.window_batch,
+                                                         stitch_device=args.stitch_device)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
         res = evaluate_segmentation(lm, data, policies, out_dir=args.out, merges=args.merge,
                                     run_config=loaded.run_config, scoring=scoring, options=options,
-                                    device=loaded.device, progress=bar, backend=backend)
+                                    device=loaded.device, progress=bar, backend=backend, window=window)
     if not res:  # not rank 0
         return 0
     print(format_segment_table(res["results"], res["per_view"]))
+    print(store_line(res))
     print_written(res, args.out)
     return 0

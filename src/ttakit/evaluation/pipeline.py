@@ -98,7 +98,9 @@ class EvalTask(Protocol):
         ...
 
     def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int]) -> dict[str, Tensor]:
-        """A chunk's per-view model outputs, de-augmented, as tensors to store."""
+        """A chunk's per-view model outputs, de-augmented, as tensors to store. (A task may also
+        define ``run_chunk(model, inputs, views, indices)``, returning the tensors to store after
+        running the views itself, or ``None`` to let the pipeline run them.)"""
         ...
 
     def empty(self, views: Sequence[View]) -> dict[str, Tensor]:
@@ -179,10 +181,17 @@ def compute_outputs(
             sizes = [tuple(s) for s in x.pop("photo_size").tolist()]
             inputs = RenderedInputs(x, sizes).to(device)
             outs: list[Any] = []
+            own: list[dict[str, Tensor] | None] = []
             with torch.inference_mode():
-                total = timed(lambda: outs.extend(run_views(run_model, inputs, views, lm.normalization, run_config)),
-                              device)
-                payload = task.pack(outs, inputs, views, idx)
+                # A task may run its views itself (segmentation tiled at each photo's own size).
+                run_chunk = getattr(task, "run_chunk", None)
+                total = timed(lambda: own.append(run_chunk(run_model, inputs, views, idx)), device) if run_chunk else 0.0
+                if own and own[0] is not None:
+                    payload = own[0]
+                else:
+                    total = timed(lambda: outs.extend(run_views(run_model, inputs, views, lm.normalization,
+                                                                run_config)), device)
+                    payload = task.pack(outs, inputs, views, idx)
             seconds = share * total
         store.write(start, {**payload, "indices": torch.tensor(idx, dtype=torch.long), "seconds": seconds}, bad)
         if progress is not None:

@@ -197,7 +197,8 @@ def _format_row(i: int, key: str, res: Mapping[str, Any], spec: TaskColumns, col
         better = (res[f"delta_{h}"] > 0) == spec.higher_is_better
         tone = ("good" if better else "bad") if res.get("significant") else "neutral"
     return {"key": key, "colour": colour(i), "cells": cells, "tone": tone, "tone_cell": f"delta_{h}",
-            "verdict": res.get("verdict", ""), "significant": bool(res.get("significant"))}
+            "verdict": res.get("verdict", ""), "significant": bool(res.get("significant")),
+            "exact": res.get("exact", True)}  # False: scored from reduced stored maps (segmentation)
 
 
 def _cost_charts(results: Mapping[str, Mapping[str, Any]], spec: TaskColumns, n: int) -> list[Chart]:

@@ -16,16 +16,19 @@ import torch
 from torch import Tensor, nn
 
 from ..adapt import AdaptOptions, StreamAdapter, create_adapter
-from ..conformal import Calibration, prediction_sets
+from ..conformal import Calibration, conformity_scores, get_score, prediction_sets
+from ..errors import PolicyError
 from ..merge import get_merge, merge_logits
 from ..policy import Policy, PolicyLike
 from ..registry import Registry
 from ..runtime.backends import Backend, TorchBackend
 from ..runtime.config import RunConfig
+from ..runtime.export import GraphHead, normalised_weights
 from ..runtime.loop import ViewInputs, as_view_inputs, model_runner
 from ..transforms import Normalization
 from ..views import View
 from .base import Images, TTABase
+from .export import GRAPH_HEADS
 from .geometry import Geometry
 from .plan import TASKS, Fetch
 
@@ -33,6 +36,7 @@ __all__ = [
     "CONFIDENCE",
     "ClassificationResult",
     "ClassificationTTA",
+    "ClassifyGraph",
     "ClassifyHead",
     "ClassifyRule",
     "adaptive_cost",
@@ -207,6 +211,76 @@ def classify_head(policy: Policy, *, merge: str | None = None, adaptive: float |
     if conformal is None and "conformal" in policy.meta:  # a calibrated policy (ttakit calibrate)
         conformal = Calibration.from_dict(policy.meta["conformal"])
     return ClassifyHead(ClassifyRule.from_policy(policy, merge, adaptive, confidence), conformal)
+
+
+# --------------------------------------------------------------------------- the export head
+_REFUSED_MERGES = {"vote": "its scatter of votes does not export; use mean, gmean or another merge"}
+
+
+def _logsumexp(x: Tensor, dim: int) -> Tensor:
+    # Written out: OpenVINO reads ONNX ReduceLogSumExp as a reduction over every axis.
+    m = x.amax(dim, keepdim=True)
+    return (m + (x - m).exp().sum(dim, keepdim=True).log()).squeeze(dim)
+
+
+def _tsharpen(logits: Tensor, weights: Tensor) -> Tensor:
+    """:mod:`ttakit.merge`'s ``tsharpen`` with an explicit log-sum-exp (same values)."""
+    half = 0.5 * torch.log_softmax(logits, dim=-1) + torch.log(weights.view(1, -1, 1))
+    return torch.softmax(_logsumexp(half, dim=1), dim=-1)
+
+
+_GRAPH_MERGES = {"tsharpen": _tsharpen}  # exportable stand-ins for merges whose ops do not travel
+
+
+@GRAPH_HEADS.register("classify")
+class ClassifyGraph(GraphHead):
+    """Classification's export head: the views' ``(N, C)`` logits -> ``(N, C)`` merged
+    probabilities, as :class:`ClassificationTTA` computes them (no adaptive TTA); for a
+    calibrated policy (``ttakit calibrate``) also the ``(N, C)`` bool conformal set of each
+    input (its threshold a constant of the graph).
+
+    Raises:
+        PolicyError: a merge with no ONNX form (``vote``) or a randomised conformal score.
+
+    Example:
+        >>> head = ClassifyGraph(create_policy("hflip"), "gmean")
+        >>> logits = torch.randn(2, 5)
+        >>> torch.allclose(head([logits, logits]), torch.softmax(logits, -1), atol=1e-6)
+        True
+    """
+
+    task = "classify"
+    output_rank = 2
+    output = "(N, classes) logits"
+    returns = "(N, {classes}) merged probabilities"
+    summary = "merged class probabilities"
+    class_names = True
+
+    def __init__(self, policy: Policy, merge: str | None = None) -> None:
+        name = merge or policy.merge or "mean"
+        conformal = Calibration.from_dict(policy.meta["conformal"]) if "conformal" in policy.meta else None
+        if conformal is not None and get_score(conformal.score).randomized:
+            raise PolicyError(f"a randomised conformal score ({conformal.score}) cannot be exported: "
+                              "calibrate with thr, aps or raps")
+        if name in _REFUSED_MERGES:
+            raise PolicyError(f"merge {name!r} cannot be exported: {_REFUSED_MERGES[name]}")
+        super().__init__(name, ("probs",) if conformal is None else ("probs", "sets"))
+        self.conformal = conformal
+        self.merge = _GRAPH_MERGES.get(name) or get_merge(name)
+        self.register_buffer("weights", normalised_weights(policy))
+        self.temperature = float(policy.temperature)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"ttakit.conformal": None if self.conformal is None else self.conformal.to_dict()}
+
+    def forward(self, outs: list[Tensor]) -> Tensor | tuple[Tensor, Tensor]:
+        logits = torch.stack([o.float() for o in outs], dim=1)  # (N, V, C)
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        probs = self.merge(logits, self.weights)
+        if self.conformal is None:
+            return probs
+        return probs, conformity_scores(probs, self.conformal.score) <= self.conformal.threshold
 
 
 class ClassificationTTA(TTABase):

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import functional as Fn
-from ..errors import ShapeError, check_shape
+from ..errors import PolicyError, ShapeError, check_shape
 from ..registry import Registry
 from ..policy import Policy
+from ..runtime.export import GraphHead, normalised_weights
 from ..views import View
+from .export import GRAPH_HEADS
 from .geometry import Geometry
 from .plan import TASKS, AllViews, Fetch
 
@@ -33,6 +35,7 @@ __all__ = [
     "UNCERTAINTIES",
     "DenseResult",
     "KeypointsHead",
+    "SegmentGraph",
     "SegmentHead",
     "deaugment_maps",
     "deaugment_points",
@@ -320,3 +323,45 @@ def _weights(policy: Policy) -> Tensor | None:
 
 TASKS.add("segment", lambda policy, **options: SegmentHead(_weights(policy), **options))
 TASKS.add("keypoints", lambda policy, **options: KeypointsHead(_weights(policy), **options))
+
+
+@GRAPH_HEADS.register("segment")
+class SegmentGraph(GraphHead):
+    """Segmentation's export head: each view's ``(N, K, h, w)`` map through a softmax, undone
+    by the view's :meth:`~ttakit.views.View.graph_inverse_steps` (exact on any grid: flips and
+    quarter turns), then the ``mean`` of :data:`DENSE_MERGES` with the policy's view weights,
+    as :class:`SegmentHead` merges them. ``merge`` is the dense merge's (``mean`` only).
+
+    Raises:
+        PolicyError: a view with an input stage or a transform with no exact graph inverse.
+
+    Example:
+        >>> head = SegmentGraph(create_policy("hflip*rot90(0,1)"))
+        >>> y = torch.randn(1, 3, 4, 4)
+        >>> views = create_policy("hflip*rot90(0,1)").views
+        >>> torch.allclose(head([v.apply(y, Normalization()) for v in views]), torch.softmax(y, 1))
+        True
+    """
+
+    task = "segment"
+    output_rank = 4
+    output = "(N, K, h, w) maps"
+    returns = "(N, K, h, w) mean probabilities"
+    summary = "flips and quarter turns undone, mean of softmax maps"
+
+    def __init__(self, policy: Policy, merge: str | None = None) -> None:
+        super().__init__("mean")
+        undo = []
+        for v in policy.views:
+            try:
+                undo.append(v.graph_inverse_steps())
+            except PolicyError as e:
+                raise PolicyError(f"segmentation export takes flips and quarter turns only (undone exactly in the "
+                                  f"graph); view {v.name!r}: {e}") from e
+        self.undo = nn.ModuleList(undo)
+        self.merge = DENSE_MERGES.get("mean")
+        self.register_buffer("weights", normalised_weights(policy))
+
+    def forward(self, outs: list[Tensor]) -> Tensor:
+        ys = torch.stack([undo(torch.softmax(y.float(), dim=1)) for y, undo in zip(outs, self.undo)])  # (V, N, K, h, w)
+        return self.merge(ys, ys.new_ones((len(outs), 1, 1, 1, 1)), self.weights)  # every view saw every pixel
