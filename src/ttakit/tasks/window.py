@@ -95,8 +95,12 @@ class _Stitcher:
             self.tilings[-1].left = len(self.tilings[-1].plan.windows)
         self.z: tuple[float, float] | None = None
         self.out: Tensor | None = None  # (B, K, H', W') merged
-        self.den: Tensor | None = None  # (1, 1, H', W') summed view weights that saw each pixel
-        self.seen: Tensor | None = None  # (1, 1, H', W') views that saw each pixel
+        # Summed view weights / views that saw each pixel: 0-dim while every view so far saw the
+        # whole photo (flips, quarter turns: the common case), (1, 1, H', W') once one did not,
+        # so a large photo holds no two extra full-size maps it does not need.
+        self.den: Tensor | None = None
+        self.seen: Tensor | None = None
+        self._counts: dict[tuple, Tensor] = {}  # the latest tile plan's summed blend weights
         self.weight_out: Tensor | None = None  # (1, 1, h', w') tile weights on the output grid
 
     # -- grids
@@ -130,10 +134,18 @@ class _Stitcher:
         self.weight_out = w.to(self.device)
         fill = -torch.inf if self.merge == "max" else 0.0
         self.out = torch.full((y.shape[0], y.shape[1], *self.out_size), fill, device=self.device)
-        self.den = torch.zeros((1, 1, *self.out_size), device=self.device)
-        self.seen = torch.zeros_like(self.den)
+        self.den = torch.zeros((), device=self.device)
+        self.seen = torch.zeros((), device=self.device)
 
     def _count(self, t: _ViewTiling) -> Tensor:
+        # Views tiled alike (a flip and the identity) share one count map: one full-size map
+        # fewer while consecutive views' tiles share a step.
+        key = (tuple(t.plan.size), tuple(t.plan.pad), tuple(t.plan.tile), tuple(map(tuple, t.plan.windows)))
+        if key not in self._counts:
+            self._counts = {key: self._count_map(t)}  # only the latest plan is kept
+        return self._counts[key]
+
+    def _count_map(self, t: _ViewTiling) -> Tensor:
         full, _ = self.grid(t.plan.size, t.plan.pad)
         count = torch.zeros((1, 1, *full), device=self.device)
         th, tw = t.plan.tile
@@ -183,8 +195,8 @@ class _Stitcher:
     def _finish(self, t: _ViewTiling, crop: tuple[slice, slice]) -> None:
         w = float(self.weights[t.index])
         if t.exact:
-            self.den += w  # type: ignore[operator]
-            self.seen += 1  # type: ignore[operator]
+            self.den = self.den + w  # type: ignore[operator]
+            self.seen = self.seen + 1  # type: ignore[operator]
         else:
             vmap = (t.num / t.count)[..., crop[0], crop[1]]  # type: ignore[operator]
             y, m = t.view.invert_dense(vmap, t.frame, self.frame_grid(t.frame))
@@ -207,11 +219,11 @@ class _Stitcher:
         y, m = y.to(self.device), m.to(self.device)
         if self.merge == "mean":
             self.out += w * m * y  # type: ignore[operator]
-            self.den += w * m  # type: ignore[operator]
+            self.den = self.den + w * m  # type: ignore[operator]
         else:
             self.out = torch.where(m > 0, torch.maximum(self.out, y), self.out)  # type: ignore[arg-type]
-            self.den += (m > 0).float()  # type: ignore[operator]
-        self.seen += (m > 0).float()  # type: ignore[operator]
+            self.den = self.den + (m > 0).float()  # type: ignore[operator]
+        self.seen = self.seen + (m > 0).float()  # type: ignore[operator]
 
     def result(self) -> tuple[Tensor, Tensor]:
         """The merged map and the number of views that saw each pixel."""
@@ -220,7 +232,7 @@ class _Stitcher:
         if self.merge == "mean":
             out.div_(self.den.clamp_min(1e-12))
         out.masked_fill_(self.den <= 0, 0.0)
-        return out, self.seen
+        return out, self.seen.expand(1, 1, *self.out_size)  # a view: no copy when 0-dim
 
 
 def _pairs(tilings: Sequence[_ViewTiling]) -> Iterator[tuple[_ViewTiling, int, int]]:
