@@ -15,7 +15,7 @@ from ttakit import ClassificationTTA, RunConfig, create_policy, load_image, load
 from ttakit.cli import main
 from ttakit.datasets import detect_dataset
 from ttakit.errors import DatasetError
-from ttakit.evaluation.evaluate import ClassifyTask, EvalOptions, evaluate, union_views
+from ttakit.evaluation.evaluate import ClassifyScoring, ClassifyTask, EvalOptions, evaluate, union_views
 from ttakit.evaluation.pipeline import compute_outputs
 from ttakit.evaluation.classify_logits import data_hash, load_logits
 from ttakit.evaluation.store import LogitStore, fingerprint, plan_chunks
@@ -187,9 +187,9 @@ def test_evaluate_adaptive_equals_classification_tta_predict(tiny_lm, folder, tm
     live = ClassificationTTA(tiny_lm.model, "d4", norm=tiny_lm.normalization, run_config=RunConfig(8, False),
                              adaptive=threshold, data_config=tiny_lm.data_config).predict(photos)
     assert 0 < int(live.augmented.sum()) < len(photos)
-    opts = EvalOptions(batch_size=4, workers=0, quiet=True, adaptive=threshold)
+    opts = EvalOptions(batch_size=4, workers=0, quiet=True)
     doc = evaluate(tiny_lm, data, [create_policy("d4")], out_dir=tmp_path / "ada", run_config=RunConfig(8, False),
-                   options=opts)
+                   scoring=ClassifyScoring(adaptive=threshold), options=opts)
     row = doc["results"]["d4"]
     labels = torch.tensor([data.labels[i] for i in good])
     assert math.isclose(row["top1"], topk_accuracy(live.probs, labels), abs_tol=1e-6)
@@ -213,7 +213,7 @@ def test_resume_gives_the_same_results(tiny_lm, folder, tmp_path):
     views = union_views([create_policy("hflip"), create_policy("d4")])
     store = LogitStore(tmp_path / "part", fingerprint(tiny_lm, data, views, 4, {"data_hash": data_hash(data)}))
     options = EvalOptions(batch_size=4, workers=0)
-    task = ClassifyTask(tiny_lm.class_names, torch.tensor(data.labels), options)
+    task = ClassifyTask(tiny_lm.class_names, torch.tensor(data.labels))
     compute_outputs(task, tiny_lm, data, views, store, RunConfig(8, False), options, torch.device("cpu"),
                     plan_chunks(len(data), 4)[:2])
     assert len(list((tmp_path / "part" / "logits").glob("chunk_*"))) == 2

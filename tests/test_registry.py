@@ -10,7 +10,7 @@ import torch
 
 import ttakit
 from ttakit import ClassificationTTA, ConfigError, PolicyError, Registry, SegmentationTTA, UnknownNameError
-from ttakit.evaluation.scoring import EvalOptions
+from ttakit.evaluation.classify_logits import ClassifyScoring
 
 
 def _registries() -> dict[str, Registry]:
@@ -57,12 +57,12 @@ def _net():
         (lambda: ttakit.create_policy("bogus"), "preset"),
         (lambda: ttakit.parse_policy("bogus(1,2)"), "transform"),
         (lambda: ClassificationTTA(_net(), "hflip", confidence="bogus"), "confidence"),
-        (lambda: EvalOptions(confidence="bogus"), "confidence"),
+        (lambda: ClassifyScoring(confidence="bogus"), "confidence"),
         (lambda: SegmentationTTA(_net(), "hflip", merge="bogus"), "dense merge"),
         (lambda: SegmentationTTA(_net(), "hflip", activation="bogus"), "activation"),
         (lambda: SegmentationTTA(_net(), "hflip", uncertainty="bogus"), "uncertainty"),
     ],
-    ids=["merge", "preset", "transform", "confidence", "eval-confidence", "dense-merge", "activation", "uncertainty"],
+    ids=["merge", "preset", "transform", "confidence", "scoring-confidence", "dense-merge", "activation", "uncertainty"],
 )
 def test_public_entry_points_raise_the_one_error(call, kind):
     with pytest.raises(UnknownNameError, match=f"unknown {kind} 'bogus'") as info:

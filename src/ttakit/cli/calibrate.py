@@ -15,7 +15,7 @@ from ..evaluation.evaluate import evaluate
 from ..evaluation.classify_logits import classify_stored, load_logits
 from ..evaluation.scoring import policy_runs
 from ..policy import Policy, create_policy, save_policy
-from .common import add_data_args, add_policy_args, eval_options, load, load_data, progress_bar
+from .common import add_data_args, add_policy_args, classify_scoring, eval_options, load, load_data, progress_bar
 
 __all__ = ["add_conformal_args", "calibrated_policy", "conformal_extras", "conformal_lines", "register",
            "set_size_search_lines"]
@@ -80,20 +80,20 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".json":
         raise ConfigError(f"--out names the calibrated policy file, e.g. calib.json (got {args.out!r})")
-    options = eval_options(args)
+    options, scoring = eval_options(args), classify_scoring(args)
     lm, dev, cfg, backend = load(args)
     policy = dataclasses.replace(create_policy(args.tta, lm.data_config), name=args.tta)
     data = load_data(args, lm, args.data)
     work = Path(args.work) if args.work else out.with_suffix(".logits")
     with progress_bar(len(data.head(options.limit)), "calibrate", options.quiet) as bar:
         done = evaluate(lm, data, [policy], out_dir=work, merges=[args.merge] if args.merge else None, run_config=cfg,
-                        options=options, device=dev, progress=bar, backend=backend)
+                        scoring=scoring, options=options, device=dev, progress=bar, backend=backend)
     if not done:  # not rank 0
         return 0
     # The policy's probabilities from the stored logits, through the one classification path.
     logits, labels, names, _ = load_logits(work)
     run = policy_runs([policy], [args.merge] if args.merge else None)[1]
-    probs = classify_stored(logits, {n: i for i, n in enumerate(names)}, run, options).probs
+    probs = classify_stored(logits, {n: i for i, n in enumerate(names)}, run, scoring).probs
     cal = calibrate(probs, labels, args.alpha, args.score)
     path = save_policy(calibrated_policy(policy, run.merge, cal, args.data), out)
     sizes = prediction_sets(probs, cal).sum(-1).float()

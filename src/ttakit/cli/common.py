@@ -22,6 +22,7 @@ from ..data import preprocess
 from ..datasets import LabelledImages, calibration_photos, detect_dataset
 from ..callables import is_callable_spec, load_module_spec
 from ..errors import ConfigError
+from ..evaluation.classify_logits import ClassifyScoring
 from ..evaluation.scoring import EvalOptions
 from ..merge import list_merges
 from ..models import DEFAULT_MODEL, LoadedModel, load_class_names, load_model
@@ -39,6 +40,7 @@ __all__ = [
     "add_model_args",
     "add_policy_args",
     "classification_tta",
+    "classify_scoring",
     "load",
     "load_classifier",
     "load_data",
@@ -273,8 +275,12 @@ def eval_options(args: argparse.Namespace) -> EvalOptions:
     """The :class:`EvalOptions` of a dataset command."""
     return EvalOptions(
         batch_size=args.batch_size, workers=args.workers, limit=args.limit, strict=args.strict, quiet=args.quiet,
-        adaptive=getattr(args, "adaptive", None), confidence=getattr(args, "confidence", "max_prob"),
     )
+
+
+def classify_scoring(args: argparse.Namespace) -> ClassifyScoring:
+    """The :class:`ClassifyScoring` that ``--adaptive`` and ``--confidence`` describe."""
+    return ClassifyScoring(adaptive=getattr(args, "adaptive", None), confidence=getattr(args, "confidence", "max_prob"))
 
 
 def metric_table(results: dict[str, Any], columns: Sequence[tuple[str, str]], per_view: dict[str, Any] | None,

@@ -13,7 +13,7 @@ from ..input_check import precropped_note
 from ..policy import create_policy
 from ..errors import ConfigError
 from .calibrate import add_conformal_args, conformal_extras, conformal_lines
-from .common import adapt_options, add_adapt_args, add_data_args, add_policy_args, eval_options, load, load_data, print_written, progress_bar, verdict_lines
+from .common import adapt_options, add_adapt_args, add_data_args, add_policy_args, classify_scoring, eval_options, load, load_data, print_written, progress_bar, verdict_lines
 from .detect import add_detect_args, cmd_evaluate as _cmd_evaluate_detect
 from .segment import add_segment_args, cmd_evaluate_segment
 
@@ -58,8 +58,8 @@ def _cmd_evaluate_classify(args: argparse.Namespace) -> int:
     if note:
         print(note)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
-        res = evaluate(lm, data, policies, out_dir=args.out, merges=args.merge, run_config=cfg, options=options,
-                       device=dev, progress=bar, backend=backend, extras=conformal_extras(args))
+        res = evaluate(lm, data, policies, out_dir=args.out, merges=args.merge, run_config=cfg,
+                       scoring=classify_scoring(args), options=options, device=dev, progress=bar, backend=backend, extras=conformal_extras(args))
     against_fp32: dict[str, Any] = {}
     if backend.precision != "fp32":  # its plain top-1 against fp32 on the same images, paired (every rank runs)
         with progress_bar(len(data.head(options.limit)), "fp32 plain", options.quiet) as bar:
@@ -69,7 +69,7 @@ def _cmd_evaluate_classify(args: argparse.Namespace) -> int:
     if args.adapt:  # adapted rows: the data once more, as a stream (they cannot reuse the stored logits)
         with progress_bar(len(data.head(options.limit)), "adapt", options.quiet) as bar:
             rows = evaluate_adapted(lm, data, policies, args.merge, args.adapt, adapt_options(args), cfg, options, dev,
-                                    progress=bar)
+                                    progress=bar, scoring=classify_scoring(args))
         res["results"].update(rows)
         add_rows(args.out, rows)
     print(format_table(res["results"], res["per_view"]))

@@ -7,8 +7,8 @@ command line prints the same message with the flag that sets that parameter.
 Example:
     >>> translate("use another `out_dir`, or export with `input='tensor'`")
     'use another --out, or export with --input tensor'
-    >>> translate("leave `options.adaptive` out; `unknown_name` stays")
-    'leave --adaptive out; `unknown_name` stays'
+    >>> translate("set `scoring.adaptive`; `unknown_name` stays")
+    'set --adaptive; `unknown_name` stays'
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ __all__ = ["PARAMETER_FLAGS", "translate"]
 PARAMETER_FLAGS = {
     "out_dir": "--out",
     "options.strict": "--strict",
-    "options.adaptive": "--adaptive",
+    "scoring.adaptive": "--adaptive",
+    "scoring.confidence": "--confidence",
     "options.limit": "--limit",
     "task": "--task",
     "input": "--input",

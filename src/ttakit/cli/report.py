@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..evaluation.scoring import EvalOptions
 from ..evaluation.report import write_report
 from ..models import load_class_names
 from ..tasks.classify import CONFIDENCE
-from .common import positive_int
+from .common import classify_scoring, positive_int
 
 __all__ = ["register"]
 
@@ -20,9 +19,8 @@ __all__ = ["register"]
 def _cmd_report(args: argparse.Namespace) -> int:
     names = load_class_names(args.labels) if args.labels else None
     # results.json does not keep evaluate's --adaptive: given again, adaptive rows are recomputed as scored.
-    options = EvalOptions(adaptive=args.adaptive, confidence=args.confidence)
     page = write_report(args.dir, search_policy_path=args.policy, class_names=names, max_gallery=args.max_gallery,
-                        options=options)  # the folder's task is looked up from its results.json
+                        scoring=classify_scoring(args))  # the folder's task is looked up from its results.json
     print(f"wrote {page}")
     return 0
 

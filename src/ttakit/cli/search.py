@@ -16,7 +16,7 @@ from ..runtime.backends import Backend
 from ..runtime.config import RunConfig
 from ..runtime.distributed import DistContext
 from .calibrate import add_conformal_args, set_size_search_lines
-from .common import add_data_args, eval_options, load, load_data, positive_int, progress_bar
+from .common import add_data_args, classify_scoring, eval_options, load, load_data, positive_int, progress_bar
 
 __all__ = ["register"]
 
@@ -28,8 +28,8 @@ def _pool_logits(args: argparse.Namespace, lm: LoadedModel, cfg: RunConfig, dev:
     data = load_data(args, lm, data_arg)
     out = Path(args.out) / sub
     with progress_bar(len(data.head(options.limit)), f"pool ({sub})", options.quiet) as bar:
-        done = evaluate(lm, data, [pool], out_dir=out, run_config=cfg, options=options, device=dev, progress=bar,
-                        backend=backend)
+        done = evaluate(lm, data, [pool], out_dir=out, run_config=cfg, scoring=classify_scoring(args), options=options,
+                        device=dev, progress=bar, backend=backend)
     return load_logits(out) if done else None
 
 
@@ -78,7 +78,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     _print_search(policy, path)
     # The pool's report again, now with the search trace (evaluate wrote it before the search).
     page = write_report(Path(args.out) / "data", search_policy_path=path, class_names=lm.class_names,
-                        data_config=lm.data_config, options=eval_options(args))
+                        data_config=lm.data_config, scoring=classify_scoring(args))
     print(f"wrote {page}")
     return 0
 

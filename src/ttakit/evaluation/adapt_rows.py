@@ -29,7 +29,7 @@ from ..runtime.config import RunConfig
 from ..runtime.loop import RenderedInputs, run_views
 from ..tasks.classify import ClassificationTTA
 from ..views import View
-from .classify_logits import classify_stored
+from .classify_logits import ClassifyScoring, classify_stored
 from .evaluate import RowScores
 from .scoring import EvalOptions, policy_runs, union_views
 from .stats import compare
@@ -58,6 +58,8 @@ def evaluate_adapted(
     options: EvalOptions = EvalOptions(),
     device: torch.device | str = "cpu",
     progress: Callable[[int], Any] | None = None,
+    *,
+    scoring: ClassifyScoring = ClassifyScoring(),
 ) -> dict[str, dict[str, Any]]:
     """Score plain and every policy x merge once per adaptation method, on ``data`` as a stream.
 
@@ -97,8 +99,8 @@ def evaluate_adapted(
             logits = tta.forward_views(inputs).cpu()  # (n, U, C) every view through the adapted copy
             per_view = torch.full((len(views),), (time.perf_counter() - t1) / len(views), dtype=torch.float64)
             for row in rows[m]:
-                res = classify_stored(logits, columns, row.run, options)
-                row.add(res, logits, labels, per_view, right, options)
+                res = classify_stored(logits, columns, row.run, scoring)
+                row.add(res, logits, labels, per_view, right)
                 row.seconds += t1 - t0  # every row pays for the adaptation step
         if progress is not None:
             progress(len(idx))

@@ -8,7 +8,7 @@ Example:
     >>> from ttakit.evaluation.scoring import PolicyRun
     >>> logits = torch.tensor([[[2.0, 0.0], [0.0, 2.0]]])        # (n=1, U=2 views, C=2)
     >>> run = PolicyRun("hflip", create_policy("hflip"), "mean")
-    >>> classify_stored(logits, {"identity": 0, "hflip": 1}, run, EvalOptions()).probs
+    >>> classify_stored(logits, {"identity": 0, "hflip": 1}, run, ClassifyScoring()).probs
     tensor([[0.5000, 0.5000]])
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,12 +25,37 @@ from torch import Tensor
 
 from ..datasets import LabelledImages
 from ..errors import DatasetError
-from ..tasks.classify import ClassificationResult, ClassifyRule, classify_views
+from ..tasks.classify import ClassificationResult, ClassifyRule, classify_views, get_confidence
 from ..views import View
-from .scoring import EvalOptions, PolicyRun
+from .scoring import PolicyRun
 from .store import LogitStore
 
-__all__ = ["classify_stored", "data_hash", "load_logits"]
+__all__ = ["ClassifyScoring", "classify_stored", "data_hash", "load_logits"]
+
+
+@dataclass(frozen=True)
+class ClassifyScoring:
+    """How classification rows are scored from the stored logits (choices of classification
+    alone, so not in the shared :class:`~ttakit.evaluation.scoring.EvalOptions`).
+
+    Attributes:
+        adaptive: confidence threshold of adaptive TTA: a row's other views count only for the
+            images whose plain confidence is below it (``None``: every view for every image;
+            a policy's own ``meta["adaptive"]`` applies when this is ``None``).
+        confidence: ``max_prob`` or ``margin``, the confidence that ``adaptive`` compares.
+
+    Example:
+        >>> ClassifyScoring(confidence="bogus")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ttakit.errors.UnknownNameError: ...
+    """
+
+    adaptive: float | None = None
+    confidence: str = "max_prob"
+
+    def __post_init__(self) -> None:
+        get_confidence(self.confidence)  # resolved here, once: an unknown name fails before any photo is read
 
 
 def data_hash(data: LabelledImages) -> str:
@@ -53,11 +79,12 @@ def load_logits(out_dir: str | Path) -> tuple[Tensor, Tensor, list[str], Tensor]
     )
 
 
-def classify_stored(logits: Tensor, columns: dict[str, int], run: PolicyRun, options: EvalOptions) -> ClassificationResult:
+def classify_stored(logits: Tensor, columns: dict[str, int], run: PolicyRun,
+                    scoring: ClassifyScoring = ClassifyScoring()) -> ClassificationResult:
     """Merge stored logits ``(n, U, C)`` for one row through the one classification path
-    (:func:`~ttakit.tasks.classify.classify_views`), adaptive as the options or policy say."""
-    threshold = None if run.is_plain else options.adaptive
-    rule = ClassifyRule.from_policy(run.policy, run.merge, threshold, options.confidence)
+    (:func:`~ttakit.tasks.classify.classify_views`), adaptive as ``scoring`` or the policy say."""
+    threshold = None if run.is_plain else scoring.adaptive
+    rule = ClassifyRule.from_policy(run.policy, run.merge, threshold, scoring.confidence)
     if run.is_plain:
         rule = ClassifyRule(rule.merge)  # the plain model: no temperature, never adaptive
 

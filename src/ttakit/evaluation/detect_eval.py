@@ -343,8 +343,6 @@ def evaluate_detection(
         >>> res["results"]["hflip@wbf"]["map"]  # doctest: +SKIP
         0.61
     """
-    if options.adaptive is not None:
-        raise ConfigError("adaptive TTA is for classification; leave `options.adaptive` out for detection")
     task = DetectTask(det, data, scoring, run_config)
     return run_evaluation(task, det, data, policies, out_dir=out_dir, merges=merges, run_config=run_config,
                           options=options, device=device, progress=progress)

@@ -31,12 +31,13 @@ from .metrics import TEMPERATURES, MetricAccumulator
 from .pipeline import Scored, run_evaluation, stored_chunks, view_columns
 from .report import write_report
 from .rows import PerImageCsv, row_header, timing
-from .classify_logits import classify_stored, data_hash
+from .classify_logits import ClassifyScoring, classify_stored, data_hash
 from .scoring import EvalOptions, PolicyRun, policy_runs, union_views
 from .stats import compare
 from .store import LogitStore
 
 __all__ = [
+    "ClassifyScoring",
     "ClassifyTask",
     "EvalOptions",
     "PolicyRun",
@@ -75,8 +76,7 @@ class RowScores:
     seconds: float = 0.0
     forwards: int = 0
 
-    def add(self, res: ClassificationResult, logits: Tensor, labels: Tensor, seconds: Tensor, plain_right: Tensor,
-            options: EvalOptions) -> Tensor:
+    def add(self, res: ClassificationResult, logits: Tensor, labels: Tensor, seconds: Tensor, plain_right: Tensor) -> Tensor:
         """Score one chunk; returns the merged probabilities ``(n, C)``."""
         right = self.acc.update(res.probs, labels, plain_right)
         self.correct.append(right)
@@ -144,7 +144,7 @@ def score(
     data: LabelledImages,
     runs: Sequence[PolicyRun],
     class_names: Sequence[str],
-    options: EvalOptions,
+    scoring: ClassifyScoring = ClassifyScoring(),
     per_image_csv: Path | None = None,
     keep_probs: bool = False,
 ) -> Scores:
@@ -154,7 +154,7 @@ def score(
     columns = {n: i for i, n in enumerate(names)}
     rows = [RowScores(r, cols) for r, cols in zip(runs, view_columns(store, runs))]
     single = [MetricAccumulator() for _ in names]
-    adaptive = options.adaptive is not None or any("adaptive" in r.policy.meta for r in runs)
+    adaptive = scoring.adaptive is not None or any("adaptive" in r.policy.meta for r in runs)
     skipped: list[dict[str, Any]] = []
     indices: list[Tensor] = []
     labels_seen: list[Tensor] = []
@@ -169,8 +169,8 @@ def score(
                 acc.update(torch.softmax(logits[:, u], -1), labels)
             preds = []
             for row in rows:
-                res = classify_stored(logits, columns, row.run, options)
-                merged = row.add(res, logits, labels, payload["seconds"], plain_right, options)
+                res = classify_stored(logits, columns, row.run, scoring)
+                merged = row.add(res, logits, labels, payload["seconds"], plain_right)
                 if keep_probs:
                     probs[row.run.key].append(merged.float())
                 preds.append(merged.max(-1))
@@ -197,7 +197,7 @@ class ClassifyTask:
     Attributes:
         class_names: the model's classes.
         labels: the class index of every image of the dataset.
-        options: the run's options (adaptive threshold and confidence are scoring choices).
+        scoring: the adaptive threshold and the confidence it compares (scoring choices).
         extras: more per-row scores: each is called with every row's merged probabilities
             ``{key: (N, C)}`` and the labels ``(N,)`` and returns ``{key: {field: value}}``,
             added to those rows (conformal set sizes, for example).
@@ -205,7 +205,7 @@ class ClassifyTask:
 
     class_names: Sequence[str]
     labels: Tensor
-    options: EvalOptions
+    scoring: ClassifyScoring = ClassifyScoring()
     extras: tuple[Callable[[Mapping[str, Tensor], Tensor], Mapping[str, Mapping[str, Any]]], ...] = ()
     name: str = "classify"
     subdir: str = "logits"
@@ -224,7 +224,7 @@ class ClassifyTask:
         return {"labels": torch.zeros(0, dtype=torch.long), "logits": torch.zeros(0, len(views), len(self.class_names))}
 
     def score(self, store: LogitStore, data: LabelledImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
-        scores = score(store, data, runs, self.class_names, self.options, out / "per_image.csv", bool(self.extras))
+        scores = score(store, data, runs, self.class_names, self.scoring, out / "per_image.csv", bool(self.extras))
         for extra in self.extras:
             for key, fields in extra(scores.probs, scores.labels).items():
                 scores.results[key].update(fields)
@@ -236,7 +236,7 @@ class ClassifyTask:
         return cmp.to_dict(), cmp.verdict(key)
 
     def finish(self, out: Path, lm: LoadedModel, options: EvalOptions) -> list[str]:
-        return [str(write_report(out, class_names=lm.class_names, data_config=lm.data_config, options=options))]
+        return [str(write_report(out, class_names=lm.class_names, data_config=lm.data_config, scoring=self.scoring))]
 
 
 # --------------------------------------------------------------------------- driver
@@ -248,6 +248,7 @@ def evaluate(
     out_dir: str | Path,
     merges: Sequence[str] | None = None,
     run_config: RunConfig,
+    scoring: ClassifyScoring = ClassifyScoring(),
     options: EvalOptions = EvalOptions(),
     device: torch.device | str = "cpu",
     progress: Callable[[int], Any] | None = None,
@@ -259,7 +260,8 @@ def evaluate(
     :func:`~ttakit.evaluation.report.write_report`) and the logits into ``out_dir``.
 
     In a process group (torchrun, after ``DistContext.init()``) the chunks are dealt out to the
-    ranks; rank 0 gathers them, scores and writes; the other ranks return ``{}``. ``backend``
+    ranks; rank 0 gathers them, scores and writes; the other ranks return ``{}``. ``scoring``
+    holds classification's own choices (adaptive threshold, confidence). ``backend``
     runs the model (default: ``lm.model``); a backend other than torch is part of the stored logits' fingerprint. ``extras`` add
     per-row scores from every row's merged probabilities (see :class:`ClassifyTask`).
 
@@ -275,6 +277,6 @@ def evaluate(
         >>> res["results"]["hflip"]["top1"]  # doctest: +SKIP
         0.898
     """
-    task = ClassifyTask(lm.class_names, torch.tensor(data.labels, dtype=torch.long), options, tuple(extras))
+    task = ClassifyTask(lm.class_names, torch.tensor(data.labels, dtype=torch.long), scoring, tuple(extras))
     return run_evaluation(task, lm, data, policies, out_dir=out_dir, merges=merges, run_config=run_config,
                           options=options, device=device, progress=progress, backend=backend)

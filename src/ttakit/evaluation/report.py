@@ -35,7 +35,7 @@ import jinja2
 from .. import __version__
 from ..errors import DatasetError
 from ..runtime.config import torch_threads as _torch_threads
-from .scoring import EvalOptions
+from .classify_logits import ClassifyScoring
 from .task_registry import ReportSettings, ReportSpec, get_task
 
 __all__ = ["render_page", "write_report"]
@@ -48,7 +48,7 @@ def write_report(
     class_names: Sequence[str] | None = None,
     data_config: Mapping[str, Any] | None = None,
     max_gallery: int = 12,
-    options: EvalOptions | None = None,
+    scoring: ClassifyScoring | None = None,
     task: ReportSpec | None = None,
 ) -> Path:
     """Build ``out_dir/report.html`` from an evaluation folder, without running any model.
@@ -64,8 +64,8 @@ def write_report(
             by default the one stored with the logits, else timm's default for the model name.
         max_gallery: photos shown per policy among those it improved, and again among those
             it made worse.
-        options: the evaluation's options (its adaptive threshold and confidence), so that
-            adaptive rows are recomputed as they were scored.
+        scoring: the classification scoring the folder was evaluated with (its adaptive
+            threshold and confidence), so that adaptive rows are recomputed as they were scored.
         task: the task's report (default: the task ``results.json`` names, looked up in
             :data:`~ttakit.evaluation.task_registry.EVAL_TASKS`).
 
@@ -82,7 +82,7 @@ def write_report(
     doc = json.loads((out / "results.json").read_text())
     per_view = json.loads((out / "per_view.json").read_text()) if (out / "per_view.json").exists() else {}
     spec = task or get_task(str(doc.get("task", "classify")))  # folders older than the task field are classification
-    settings = ReportSettings(search_policy_path, class_names, data_config, max_gallery, options)
+    settings = ReportSettings(search_policy_path, class_names, data_config, max_gallery, scoring)
     # Every tensor here is small (a chunk of logits, one photo): torch's intra-op threads only
     # add overhead, and on a busy machine they spin (measured: twice the CPU time, 3x the wall).
     with _torch_threads(1):

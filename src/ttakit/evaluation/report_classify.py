@@ -25,11 +25,11 @@ from torch import Tensor
 from ..errors import DatasetError
 from ..views import View
 from .charts import Chart, nll_chart, reliability_chart, scatter, trace_chart
+from .classify_logits import ClassifyScoring
 from .metrics import ECE_BINS
 from .report_conformal import conformal_part
 from .run_folder import (RowData, find_policy, read_csv, resolve_class_names, resolve_data_config,
                          score_rows)
-from .scoring import EvalOptions
 from .store import LogitStore
 from .task_registry import EVAL_TASKS, ReportSettings, ReportSpec
 from .thumbnails import Thumbnails
@@ -169,14 +169,14 @@ def _distinct(views: Sequence[View]) -> list[View]:
 def classification_page(
     out: Path, doc: Mapping[str, Any], per_view: Mapping[str, float], search_policy_path: str | Path | None,
     class_names: Sequence[str] | None, data_config: Mapping[str, Any] | None, max_gallery: int,
-    options: EvalOptions | None,
+    scoring: ClassifyScoring | None,
 ) -> dict[str, Any]:
     """The page context of a classification folder (see :func:`~ttakit.evaluation.report.write_report`)."""
     if not (out / "logits" / "run.json").exists():
         raise DatasetError(f"{out}: no saved logits (run 'ttakit evaluate ... --out {out}' first)")
     store = LogitStore(out, json.loads((out / "logits" / "run.json").read_text()))
     cfg, note = resolve_data_config(data_config, store.fingerprint)
-    rows, labels, n_classes = score_rows(store, doc, options or EvalOptions(), cfg)
+    rows, labels, n_classes = score_rows(store, doc, scoring or ClassifyScoring(), cfg)
     notes = [f"{r.key}: top-1 recomputed from the stored logits ({r.acc.compute()['top1']:.2%}) differs from "
              f"results.json ({r.result['top1']:.2%}): evaluated with --adaptive? Re-render with the same "
              "--adaptive and --confidence (ttakit report DIR --adaptive T)"
@@ -234,7 +234,7 @@ def classification_page(
 
 def _page(out: Path, doc: Mapping[str, Any], per_view: Mapping[str, Any], s: ReportSettings) -> dict[str, Any]:
     return classification_page(out, doc, per_view, s.search_policy_path, s.class_names, s.data_config, s.max_gallery,
-                               s.options)
+                               s.scoring)
 
 
 EVAL_TASKS.add("classify", ReportSpec(_page, template="_classify.html.j2"))

@@ -29,8 +29,8 @@ from ..policy import Policy, create_policy, parse_view
 from ..views import View
 from .charts import colour
 from .metrics import MetricAccumulator
-from .classify_logits import classify_stored
-from .scoring import EvalOptions, PolicyRun
+from .classify_logits import ClassifyScoring, classify_stored
+from .scoring import PolicyRun
 from .store import LogitStore
 
 __all__ = ["RowData", "find_policy", "read_csv", "rebuild_run", "resolve_class_names", "resolve_data_config",
@@ -153,7 +153,7 @@ def find_policy(out: Path, given: str | Path | None) -> dict[str, Any] | None:
     return None
 
 
-def score_rows(store: LogitStore, doc: Mapping[str, Any], options: EvalOptions,
+def score_rows(store: LogitStore, doc: Mapping[str, Any], scoring: ClassifyScoring,
                data_config: Mapping[str, Any] | None) -> tuple[list[RowData], Tensor, int]:
     """Every results row recomputed from the stored logits: ``(rows, labels (N,), classes)``.
 
@@ -176,7 +176,7 @@ def score_rows(store: LogitStore, doc: Mapping[str, Any], options: EvalOptions,
         labels_parts.append(labels)
         plain_right = logits[:, 0].argmax(-1) == labels
         for r in rows:
-            probs = classify_stored(logits, columns, r.run, options).probs.float()
+            probs = classify_stored(logits, columns, r.run, scoring).probs.float()
             r.acc.update(probs, labels, plain_right)
             val, idx = probs.topk(min(3, probs.shape[-1]), dim=-1)
             r.top_idx.append(idx)

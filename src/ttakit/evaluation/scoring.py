@@ -1,8 +1,8 @@
 """Rows of an evaluation and how stored logits become each row's predictions.
 
 The pieces every task's scorer and the report need: the row definition (a policy with one
-merge) and the run options. Classification's own reading of stored logits is in
-:mod:`~ttakit.evaluation.classify_logits`.
+merge) and the run options. Classification's own scoring choices (adaptive threshold,
+confidence) and reading of stored logits are in :mod:`~ttakit.evaluation.classify_logits`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 from ..errors import ConfigError
 from ..merge import get_merge
 from ..policy import Policy
-from ..tasks.classify import get_confidence
 from ..views import View
 
 __all__ = ["EvalOptions", "PolicyRun", "policy_runs", "union_views"]
@@ -51,8 +50,6 @@ class EvalOptions:
         limit: evaluate only the first N images (>= 1), or all.
         strict: any unreadable file is an error instead of a skip.
         quiet: no progress bar.
-        adaptive: confidence threshold for adaptive TTA (scored from the saved logits).
-        confidence: ``max_prob`` or ``margin``, the confidence used by ``adaptive``.
 
     Example:
         >>> EvalOptions(batch_size=0)
@@ -66,8 +63,6 @@ class EvalOptions:
     limit: int | None = None
     strict: bool = False
     quiet: bool = False
-    adaptive: float | None = None
-    confidence: str = "max_prob"
 
     def __post_init__(self) -> None:
         for name, low in (("batch_size", 1), ("workers", 0), ("limit", 1)):
@@ -75,7 +70,6 @@ class EvalOptions:
             if value is not None and (not isinstance(value, int) or value < low):
                 kind = "a positive" if low else "a non-negative"
                 raise ConfigError(f"{name} must be {kind} integer, got {value!r}")
-        get_confidence(self.confidence)  # resolved here, once: an unknown name fails before any photo is read
 
 
 def union_views(policies: Sequence[Policy]) -> list[View]:

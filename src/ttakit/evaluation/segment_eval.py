@@ -442,8 +442,6 @@ def evaluate_segmentation(
         >>> res["results"]["hflip"]["delta_miou"]  # doctest: +SKIP
         0.004
     """
-    if options.adaptive is not None:
-        raise ConfigError("adaptive TTA is for classification; leave `options.adaptive` out for segmentation")
     task = SegmentTask(lm, scoring, run_config, window=window)
     return run_evaluation(task, lm, data, policies, out_dir=out_dir, merges=merges, run_config=run_config,
                           options=options, device=device, progress=progress, backend=backend)

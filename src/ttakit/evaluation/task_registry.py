@@ -60,7 +60,7 @@ class ReportSettings:
     class_names: Sequence[str] | None = None  # the model's classes (default: what the folder reveals)
     data_config: Mapping[str, Any] | None = None  # to draw views as the model saw them (classification)
     max_gallery: int = 12  # photos per policy among those it improved, and among those it made worse
-    options: Any = None  # the evaluation's options (adaptive rows, classification)
+    scoring: Any = None  # classification's ClassifyScoring (adaptive rows are recomputed as scored)
 
 
 # (folder, results.json, per_view.json, settings) -> the task's part of the page context
