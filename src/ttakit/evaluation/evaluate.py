@@ -28,7 +28,7 @@ from ..runtime.loop import RenderedInputs
 from ..tasks.classify import ClassificationResult
 from ..views import View
 from .metrics import TEMPERATURES, MetricAccumulator
-from .pipeline import Scored, run_evaluation, stored_chunks, view_columns
+from .pipeline import Scored, run_evaluation, single_view_runs, stored_chunks, view_columns
 from .report import write_report
 from .rows import PerImageCsv, row_header, timing
 from .classify_logits import ClassifyScoring, classify_stored, data_hash
@@ -153,7 +153,9 @@ def score(
     names = store.fingerprint["views"]
     columns = {n: i for i, n in enumerate(names)}
     rows = [RowScores(r, cols) for r, cols in zip(runs, view_columns(store, runs))]
-    single = [MetricAccumulator() for _ in names]
+    # Each stored view alone (per_view.json), the rows every task counts them by: its top-1 from its softmax.
+    singles = single_view_runs(store)
+    single = [(r.key, cols[0], MetricAccumulator()) for r, cols in zip(singles, view_columns(store, singles))]
     adaptive = scoring.adaptive is not None or any("adaptive" in r.policy.meta for r in runs)
     skipped: list[dict[str, Any]] = []
     indices: list[Tensor] = []
@@ -165,7 +167,7 @@ def score(
             indices.append(payload["indices"])
             labels_seen.append(labels)
             plain_right = logits[:, 0].argmax(-1) == labels
-            for u, acc in enumerate(single):
+            for _, u, acc in single:
                 acc.update(torch.softmax(logits[:, u], -1), labels)
             preds = []
             for row in rows:
@@ -179,7 +181,7 @@ def score(
                 table.write(i, data.paths[i], [class_names[int(labels[j])]], values)
     return Scores(
         results={r.run.key: r.result(adaptive) for r in rows},
-        per_view={n: acc.compute()["top1"] for n, acc in zip(names, single)},
+        per_view={key: acc.compute()["top1"] for key, _, acc in single},
         skipped=skipped,
         correct={r.run.key: torch.cat(r.correct) if r.correct else torch.zeros(0, dtype=torch.bool) for r in rows},
         nll={r.run.key: torch.cat(r.nll) if r.nll else torch.zeros(0) for r in rows},
