@@ -178,8 +178,8 @@ def classification_page(
     cfg, note = resolve_data_config(data_config, store.fingerprint)
     rows, labels, n_classes = score_rows(store, doc, scoring or ClassifyScoring(), cfg)
     notes = [f"{r.key}: top-1 recomputed from the stored logits ({r.acc.compute()['top1']:.2%}) differs from "
-             f"results.json ({r.result['top1']:.2%}): evaluated with --adaptive? Re-render with the same "
-             "--adaptive and --confidence (ttakit report DIR --adaptive T)"
+             f"results.json ({r.result['top1']:.2%}): evaluated adaptively? Re-render with the same "
+             "`scoring=ClassifyScoring(adaptive=T, confidence=...)` (CLI: ttakit report DIR --adaptive T)"
              for r in rows if abs(r.acc.compute()["top1"] - r.result["top1"]) > 1e-6]
     paths, csv_labels, preds = read_csv(out / "per_image.csv")
     if len(paths) != len(labels):
