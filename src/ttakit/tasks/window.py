@@ -333,8 +333,9 @@ def sliding_window_tta(
 
     Returns:
         ``(merged (B, K, H', W'), coverage (1, 1, H', W'))``: the merged map on the photo's
-        output grid (``H' = H`` for a stride-1 model), and the share of the view weight that
-        saw each pixel (1 where every view did).
+        output grid (``H' = H`` for a stride-1 model), and the number of views that saw each
+        pixel (as :class:`~ttakit.tasks.deaugment.DenseResult`'s ``coverage``; a broadcast view
+        of one number when every view saw the whole photo).
 
     Raises:
         ShapeError: ``images`` is not ``(B, C, H, W)``.
