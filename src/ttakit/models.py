@@ -222,6 +222,9 @@ def load_model(
                 "offline, pass a local file with --weights PATH"
             ) from e
         source = "hub"
+    elif weights == "random":
+        model = _create(name, pretrained=False, **({"num_classes": num_classes} if num_classes else {}))
+        source = "random"
     elif weights is None:
         model = _create(name, pretrained=False, **({"num_classes": num_classes} if num_classes else {}))
         if name == DEFAULT_MODEL and num_classes in (None, 1000):
