@@ -83,7 +83,7 @@ def tiny_lm(tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(CLASSES))
     torch.manual_seed(0)
-    return load_model("test_resnet", num_classes=3, labels=labels)
+    return load_model("test_resnet", weights="random", num_classes=3, labels=labels)
 
 
 def test_layouts(folder, tmp_path, tiny_lm):

@@ -214,7 +214,7 @@ def test_serve_example_runs_without_torch(tiny, photos, tmp_path):
 
 def test_cli_export_writes_one_graph_with_its_metadata(tmp_path, capsys):
     out = tmp_path / "hflip.onnx"
-    code = main(["export", "--model", "test_resnet", "--tta", "hflip", "--merge", "gmean", "--input-size", "64",
+    code = main(["export", "--model", "test_resnet", "--weights", "random", "--tta", "hflip", "--merge", "gmean", "--input-size", "64",
                  "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -225,10 +225,11 @@ def test_cli_export_writes_one_graph_with_its_metadata(tmp_path, capsys):
     assert json.loads(meta["ttakit.data_config"])["input_size"] == [3, 64, 64]
     probs = sess.run(["probs"], {"images": np.zeros((2, 3, 64, 64), np.float32)})[0]
     assert probs.shape == (2, 1000) and np.allclose(probs.sum(-1), 1, atol=1e-5)
-    code = main(["export", "--model", "test_resnet", "--tta", "input=256:1.0", "--out", str(tmp_path / "y.onnx")])
+    code = main(["export", "--model", "test_resnet", "--weights", "random", "--tta", "input=256:1.0", "--out",
+                 str(tmp_path / "y.onnx")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("ttakit: error: ") and err.count("\n") == 1 and "preprocessed images" in err
-    code = main(["export", "--model", "test_resnet", "--tta", "input=72:1.0|hflip", "--input-size", "64",
+    code = main(["export", "--model", "test_resnet", "--weights", "random", "--tta", "input=72:1.0|hflip", "--input-size", "64",
                  "--input", "photo", "--out", str(tmp_path / "p.onnx")])
     captured = capsys.readouterr()
     assert code == 0, captured.err

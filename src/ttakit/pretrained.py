@@ -10,12 +10,14 @@ check is one quick connection: the hub clients would otherwise retry for a minut
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
+from urllib.request import getproxies, proxy_bypass
 
 import torch
 
-__all__ = ["hub_reachable", "no_weights_message", "torch_hub_cached"]
+__all__ = ["fetch_to_torch_hub", "hub_reachable", "no_weights_message", "torch_hub_cached"]
 
 _TIMEOUT_S = 5.0  # one connection attempt to the hub's host
 
@@ -35,10 +37,18 @@ def no_weights_message(name: str, why: str, package: str | None = None, cache: s
 
 
 def hub_reachable(url: str, timeout: float = _TIMEOUT_S) -> bool:
-    """Whether the host of ``url`` accepts a connection (one try, at most ``timeout`` seconds)."""
+    """Whether the host of ``url`` accepts a connection (one try, at most ``timeout`` seconds).
+    Through a proxy (``HTTPS_PROXY``, ...) it is not probed: the download itself tries.
+
+    Example:
+        >>> hub_reachable("not a url")
+        False
+    """
     parts = urlparse(url)
     if not parts.hostname:
         return False
+    if parts.scheme in getproxies() and not proxy_bypass(parts.hostname):
+        return True
     try:
         socket.create_connection((parts.hostname, parts.port or (80 if parts.scheme == "http" else 443)),
                                  timeout=timeout).close()
@@ -47,7 +57,27 @@ def hub_reachable(url: str, timeout: float = _TIMEOUT_S) -> bool:
     return True
 
 
+def _torch_hub_path(url: str) -> Path:
+    """Where ``torch.hub.load_state_dict_from_url`` keeps ``url``'s file (torchvision looks there)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
 def torch_hub_cached(url: str) -> Path | None:
-    """Where ``torch.hub.load_state_dict_from_url`` keeps ``url``'s file, if it is there."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    """``url``'s file in torch's hub cache, if it is there."""
+    path = _torch_hub_path(url)
     return path if path.is_file() else None
+
+
+def fetch_to_torch_hub(url: str) -> Path:
+    """Download ``url`` once into torch's hub cache, checked against the hash in its name; a
+    progress bar on a terminal's stderr, nothing on stdout (``torch.hub`` would announce it there).
+
+    Raises:
+        OSError, RuntimeError: the download failed (``urllib``'s ``URLError`` offline).
+    """
+    path = _torch_hub_path(url)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        match = torch.hub.HASH_REGEX.search(path.name)
+        torch.hub.download_url_to_file(url, str(path), match.group(1) if match else None, progress=sys.stderr.isatty())
+    return path

@@ -16,7 +16,7 @@ from torch import nn
 
 from .errors import WeightsError
 from .models import load_state_dict
-from .pretrained import hub_reachable, no_weights_message, torch_hub_cached
+from .pretrained import fetch_to_torch_hub, hub_reachable, no_weights_message, torch_hub_cached
 
 __all__ = ["torchvision_model"]
 
@@ -32,6 +32,11 @@ def torchvision_model(name: str, weights: str | None, num_classes: int | None, k
         WeightsError: no pretrained weights to be had (the hub cannot be reached and nothing
             is cached), ``num_classes`` differs from the pretrained weights' classes, or the
             file does not fit.
+
+    Example:
+        >>> model, source, classes = torchvision_model("lraspp_mobilenet_v3_large", "random", 3, "segmenter")
+        >>> source, classes, model.classifier.low_classifier.out_channels
+        ('random', None, 3)
     """
     if weights not in (None, "hub"):
         model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes,
@@ -53,8 +58,8 @@ def torchvision_model(name: str, weights: str | None, num_classes: int | None, k
         raise WeightsError(no_weights_message(name, f"its pretrained weights ({enum}) are not cached and "
                                               f"{urlparse(enum.url).hostname} cannot be reached", cache="TORCH_HOME"))
     try:
-        model = torchvision.models.get_model(name, weights=enum, **kwargs)
-    except Exception as e:  # noqa: BLE001 - network and download errors come in many types
+        fetch_to_torch_hub(enum.url)  # where torchvision reads it from
+    except Exception as e:  # noqa: BLE001 - network and download errors come in many types (URLError, ...)
         raise WeightsError(no_weights_message(
             name, f"its pretrained weights ({enum}) cannot be downloaded ({type(e).__name__})", cache="TORCH_HOME")) from e
-    return model, f"hub:{enum}", classes
+    return torchvision.models.get_model(name, weights=enum, **kwargs), f"hub:{enum}", classes
