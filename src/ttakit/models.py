@@ -185,8 +185,8 @@ def offline_models() -> dict[str, Path]:
     """The models whose weights are installed here (no network needed): timm name -> weights file.
 
     Example:
-        >>> offline_models()["tf_efficientnet_lite0"].name  # doctest: +SKIP
-        'efficientnet_lite0.pth'
+        >>> offline_models()["tf_efficientnet_lite0"].suffix  # a dependency: always installed
+        '.pth'
     """
     files = {name: entry.file() for name, entry in EMBEDDED_WEIGHTS.items()}
     return {name: f for name, f in files.items() if f is not None}
