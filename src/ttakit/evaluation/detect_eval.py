@@ -45,7 +45,7 @@ from .report_gallery import detection_from_folder, gallery_page
 from .task_registry import EVAL_TASKS, ReportSettings, ReportSpec, TaskColumns
 from .scoring import EvalOptions, PolicyRun, policy_runs
 from .stats import compare_statistic
-from .store import LogitStore
+from .store import OutputStore
 
 __all__ = [
     "CocoImages",
@@ -259,7 +259,7 @@ class DetectTask:
         return {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long),
                 "image": torch.zeros(0, dtype=torch.long), "view": torch.zeros(0, dtype=torch.long)}
 
-    def score(self, store: LogitStore, data: CocoImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
+    def score(self, store: OutputStore, data: CocoImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
         names = list(store.fingerprint["views"])
         opts = self.options or box_options_for_run([r.merge for r in runs if not r.is_plain], self.scoring.merge_options)
         singles = single_view_runs(store)

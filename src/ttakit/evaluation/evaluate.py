@@ -34,7 +34,7 @@ from .rows import PerImageCsv, row_header, timing
 from .classify_logits import ClassifyScoring, classify_stored, data_hash
 from .scoring import EvalOptions, PolicyRun, policy_runs, union_views
 from .stats import compare
-from .store import LogitStore
+from .store import OutputStore
 
 __all__ = [
     "ClassifyScoring",
@@ -140,7 +140,7 @@ class Scores:
 
 
 def score(
-    store: LogitStore,
+    store: OutputStore,
     data: LabelledImages,
     runs: Sequence[PolicyRun],
     class_names: Sequence[str],
@@ -225,7 +225,7 @@ class ClassifyTask:
     def empty(self, views: Sequence[View]) -> dict[str, Tensor]:
         return {"labels": torch.zeros(0, dtype=torch.long), "logits": torch.zeros(0, len(views), len(self.class_names))}
 
-    def score(self, store: LogitStore, data: LabelledImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
+    def score(self, store: OutputStore, data: LabelledImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
         scores = score(store, data, runs, self.class_names, self.scoring, out / "per_image.csv", bool(self.extras))
         for extra in self.extras:
             for key, fields in extra(scores.probs, scores.labels).items():

@@ -54,7 +54,7 @@ from .scoring import EvalOptions, PolicyRun, policy_runs
 from .seg_stats import SegmentationStats, budget_side, edge_band, image_stats, photo_argmax, stats_miou
 from .segment_windows import RowPlan, window_chunk
 from .stats import compare_statistic
-from .store import LogitStore
+from .store import OutputStore
 
 __all__ = ["SegmentScoring", "SegmentTask", "evaluate_segmentation", "row_masks"]
 
@@ -333,7 +333,7 @@ class SegmentTask:
         return torch.stack([image_stats(t, photo_argmax(probs[j], tuple(t.shape), win), valid, k, ratio, bands)
                             for j, (t, valid, bands, win) in enumerate(truths)])
 
-    def score(self, store: LogitStore, data: MaskedImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
+    def score(self, store: OutputStore, data: MaskedImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
         singles = single_view_runs(store)
         k = self.scoring.num_classes
         rows = [_Row(r, cols, SegmentationStats(k))
