@@ -45,7 +45,7 @@ from ..tasks.dense import DENSE_MERGES
 from ..tasks.geometry import Geometry
 from ..tasks.window import WindowConfig
 from ..views import View
-from .rows import PerImageCsv, row_header, timing
+from .rows import PerImageCsv, Row
 from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, view_columns
 from .report import write_report
 from .report_gallery import segmentation_from_folder, gallery_page
@@ -54,7 +54,7 @@ from .scoring import EvalOptions, PolicyRun, policy_runs
 from .seg_stats import SegmentationStats, budget_side, edge_band, image_stats, photo_argmax, stats_miou
 from .segment_windows import RowPlan, window_chunk
 from .stats import compare_statistic
-from .store import LogitStore
+from .store import OutputStore
 
 __all__ = ["SegmentScoring", "SegmentTask", "evaluate_segmentation", "row_masks"]
 
@@ -117,23 +117,16 @@ def _row_signature(run: PolicyRun) -> str:
     return _signature(run.merge, run.policy.view_names, run.policy.weights)
 
 
-@dataclass
-class _Row:
-    """One row's streamed counts, whether every image was scored exactly, and its model time."""
+@dataclass(kw_only=True)
+class _Row(Row):
+    """One segmentation row: the shared :class:`~ttakit.evaluation.rows.Row`, its streamed
+    counts and whether every image was scored exactly."""
 
-    run: PolicyRun
-    cols: list[int]
     stats: SegmentationStats
     exact: bool = True
-    seconds: float = 0.0
 
     def result(self, n: int) -> dict[str, Any]:
-        return {
-            **row_header(self.run),
-            **self.stats.compute(),
-            "exact": self.exact,
-            **timing(self.seconds, n),
-        }
+        return self.entry({**self.stats.compute(), "exact": self.exact}, n)
 
 
 def _merge(y: Tensor, m: Tensor, merge: str, weights: Sequence[float] | None) -> Tensor:
@@ -333,10 +326,10 @@ class SegmentTask:
         return torch.stack([image_stats(t, photo_argmax(probs[j], tuple(t.shape), win), valid, k, ratio, bands)
                             for j, (t, valid, bands, win) in enumerate(truths)])
 
-    def score(self, store: LogitStore, data: MaskedImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
+    def score(self, store: OutputStore, data: MaskedImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
         singles = single_view_runs(store)
         k = self.scoring.num_classes
-        rows = [_Row(r, cols, SegmentationStats(k))
+        rows = [_Row(r, cols, stats=SegmentationStats(k))
                 for r, cols in zip([*runs, *singles], view_columns(store, [*runs, *singles]))]
         skipped: list[dict[str, Any]] = []
         indices: list[int] = []
@@ -355,7 +348,7 @@ class SegmentTask:
                 else:  # a row added to a resumed run: from the reduced maps, and marked so
                     row.stats.update(self._from_maps(row, payload, data))
                     row.exact = False
-                row.seconds += float(payload["seconds"][row.cols].sum())
+                row.charge(payload["seconds"])
         n = len(indices)
         results = {r.run.key: r.result(n) for r in rows[:len(runs)]}
         per_view = {r.run.key: r.result(n)["miou"] for r in rows[len(runs):]}
