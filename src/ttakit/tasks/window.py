@@ -231,6 +231,18 @@ def _run_tiles(model: Callable[[Tensor], Any], images: Tensor, stitcher: _Stitch
     B, th, tw = images.shape[0], *config.size
     rendered: dict[int, Tensor] = {}  # view index -> its padded photo (at most the views of one step)
 
+    # Flips and quarter turns of the unpadded photo: a view's tile is the view of the photo's
+    # tile under it (exact), so these views hold no rendered copy of the whole photo.
+    cut = {t.index for t in stitcher.tilings if exact_on_tiles(t.view) and not any(t.plan.pad)
+           and all(v.geometric for v in t.view.transforms)}
+
+    def tile(t: _ViewTiling, y0: int, x0: int) -> Tensor:
+        if t.index in cut:
+            box = torch.tensor([[x0, y0, x0 + tw, y0 + th]], dtype=torch.float64)
+            a, b, c, d = (round(float(v)) for v in t.view.invert_boxes(box, t.frame)[0])
+            return t.view.apply(images[..., b:d, a:c], norm)
+        return view_photo(t)[..., y0:y0 + th, x0:x0 + tw]
+
     def view_photo(t: _ViewTiling) -> Tensor:
         if t.index not in rendered:
             source = stitcher.stages[stage_key(t.view)][0] if t.view.stage is not None else images
@@ -249,7 +261,7 @@ def _run_tiles(model: Callable[[Tensor], Any], images: Tensor, stitcher: _Stitch
         step.append(pair)
         if len(step) < config.batch and i + 1 < len(pairs):
             continue
-        tiles = torch.cat([view_photo(t)[..., y0:y0 + th, x0:x0 + tw] for t, y0, x0 in step])  # (n B, C, th, tw)
+        tiles = torch.cat([tile(t, y0, x0) for t, y0, x0 in step])  # (n B, C, th, tw)
         out = run_views(model, tiles, identity, norm, run_config)[0]
         check_shape("segmentation output", out.shape, "(N, K, h, w)")
         out = activation(out.float())
