@@ -100,7 +100,9 @@ class EvalTask(Protocol):
     def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int]) -> dict[str, Tensor]:
         """A chunk's per-view model outputs, de-augmented, as tensors to store. (A task may also
         define ``run_chunk(model, inputs, views, indices)``, returning the tensors to store after
-        running the views itself, or ``None`` to let the pipeline run them.)"""
+        running the views itself, or ``None`` to let the pipeline run them; and set
+        ``keeps_photos = True`` to find each chunk's decoded photos in ``inputs.photos``, decoded
+        once by the pipeline, with only the plain input rendered.)"""
         ...
 
     def empty(self, views: Sequence[View]) -> dict[str, Tensor]:
@@ -123,13 +125,15 @@ class EvalTask(Protocol):
 # --------------------------------------------------------------------------- compute
 class _SizedRenderer:
     """Every input stage of a photo plus its ``(H, W)`` (outputs are mapped back to photo
-    pixels)."""
+    pixels), and the decoded photo itself when ``keep`` (a task that runs its views at each
+    photo's own size: the photo is decoded once, here)."""
 
-    def __init__(self, renderer: InputRenderer) -> None:
-        self.renderer = renderer
+    def __init__(self, renderer: InputRenderer, keep: bool = False) -> None:
+        self.renderer, self.keep = renderer, keep
 
-    def __call__(self, img: Image.Image) -> dict[str, Tensor]:
-        return {**self.renderer(img), "photo_size": torch.tensor([img.height, img.width])}
+    def __call__(self, img: Image.Image) -> dict[str, Any]:
+        photo = {"photo": img} if self.keep else {}
+        return {**self.renderer(img), "photo_size": torch.tensor([img.height, img.width]), **photo}
 
 
 def compute_outputs(
@@ -161,7 +165,10 @@ def compute_outputs(
         progress(sum(e - s for s, e in chunks) - sum(e - s for s, e in todo))
     if not todo:
         return
-    renderer = _SizedRenderer(InputRenderer({v.stage for v in views}, lm.data_config))
+    # A task that keeps the decoded photos renders its views' stages from them itself: the
+    # pipeline renders only the plain input (the chunk's batch) and hands the photos on.
+    keep = bool(getattr(task, "keeps_photos", False))
+    renderer = _SizedRenderer(InputRenderer(() if keep else {v.stage for v in views}, lm.data_config), keep)
     loader = make_loader(data.paths, renderer, [range(s, e) for s, e in todo], options.workers)
 
     def view_pixels(v: View) -> float:
@@ -179,7 +186,7 @@ def compute_outputs(
         seconds = torch.zeros(len(views), dtype=torch.float64)
         if x is not None:
             sizes = [tuple(s) for s in x.pop("photo_size").tolist()]
-            inputs = RenderedInputs(x, sizes).to(device)
+            inputs = RenderedInputs(x, sizes, x.pop("photo", None)).to(device)
             outs: list[Any] = []
             own: list[dict[str, Tensor] | None] = []
             with torch.inference_mode():

@@ -172,6 +172,12 @@ class SegmentTask:
     _runs: list[PolicyRun] = field(default_factory=list, repr=False)  # the rows asked for (scored in pack)
     _data: MaskedImages | None = field(default=None, repr=False)
 
+    @property
+    def keeps_photos(self) -> bool:
+        """With a window, each chunk carries its decoded photos (tiled at their own size): each
+        photo is decoded once, by the pipeline."""
+        return self.window is not None
+
     def runs(self, policies: Sequence[Policy], merges: Sequence[str] | None) -> list[PolicyRun]:
         self._runs = policy_runs(policies, merges, resolve=DENSE_MERGES.get, default=_default_dense_merge)
         return self._runs
@@ -275,6 +281,8 @@ class SegmentTask:
             return None
         if self._data is None:
             raise DatasetError("SegmentTask.run_chunk: fingerprint(data) was not called first (it names the masks)")
+        if inputs.photos is None:
+            raise DatasetError("SegmentTask.run_chunk: the chunk holds no decoded photos (keeps_photos asks for them)")
         sizes = [tuple(s) for s in inputs.photo_sizes]  # type: ignore[union-attr]
         truths = self._truths(self._data, indices, sizes)
         asked = {_row_signature(r) for r in self._runs}
@@ -282,7 +290,7 @@ class SegmentTask:
                 self._rows_to_count([v.name for v in views])]
         grid, dtype = self._store_plan(self.window.size, len(views))
         device = next(iter(inputs.batches.values())).device
-        counts, y, m = window_chunk(model, [self._data.paths[i] for i in indices], truths, views, rows, self.window,
+        counts, y, m = window_chunk(model, inputs.photos, truths, views, rows, self.window,
                                     self.lm.normalization, self.lm.data_config, self.run_config, device, self.scoring.num_classes,
                                     self.scoring.boundary_ratio, grid)
         n, u, k = len(indices), len(views), self.scoring.num_classes
