@@ -9,6 +9,7 @@ from typing import Any
 from ..evaluation.adapt_rows import add_rows, evaluate_adapted
 from ..evaluation.evaluate import evaluate
 from ..evaluation.precision import evaluate_precision
+from ..evaluation.report import write_report
 from ..input_check import precropped_note
 from ..policy import create_policy
 from ..errors import ConfigError
@@ -72,6 +73,7 @@ def _cmd_evaluate_classify(args: argparse.Namespace) -> int:
                                     progress=bar, scoring=classify_scoring(args))
         res["results"].update(rows)
         add_rows(args.out, rows)
+        write_report(args.out, class_names=lm.class_names, data_config=lm.data_config, scoring=classify_scoring(args))
     print(format_table(res["results"], res["per_view"]))
     for line in conformal_lines(res["results"]):  # none without --conformal
         print(line)

@@ -38,7 +38,7 @@ from ..shifts import expand_families, shift_image, working_copy
 from .adapt_rows import adapted_logits
 from .scoring import EvalOptions
 
-__all__ = ["CLEAN", "DEFAULT_FAMILIES", "ShiftPlan", "StreamLogits", "estimate_seconds", "shift_logits"]
+__all__ = ["CLEAN", "DEFAULT_FAMILIES", "ShiftPlan", "StreamLogits", "estimate_seconds", "render_stream", "shift_logits"]
 
 CLEAN = "clean"  # the photos as they are: a family of their own, so a choice must not cost there
 # One or two families of each group, measured to move the plain model (benchmarks/bench_shift_families.py).
@@ -111,9 +111,11 @@ class StreamLogits:
     names: tuple[str, ...]
 
 
-def _render(data: LabelledImages, family: str, severity: int, indices: list[int], folder: Path,
+def render_stream(data: LabelledImages, family: str, severity: int, indices: list[int], folder: Path,
             seed: int) -> LabelledImages:
-    """The copies of ``indices`` shifted by ``family`` (made once: existing files are kept)."""
+    """The photos ``indices`` of ``data`` shifted by ``family`` at ``severity`` (photo ``i``
+    drawn with ``seed + i``), as a dataset in that order; made once under ``folder`` (existing
+    copies are kept); ``clean`` is the photos themselves."""
     if family == CLEAN:
         return LabelledImages(tuple(data.paths[i] for i in indices), tuple(data.labels[i] for i in indices),
                               data.layout, data.source)
@@ -161,7 +163,7 @@ def shift_logits(lm: LoadedModel, data: LabelledImages, pool: Policy, plan: Shif
         if not idx:
             continue
         folder = Path(root) / f"{family}-{severity}"
-        stream = _render(data, family, severity, idx, folder, plan.seed)
+        stream = render_stream(data, family, severity, idx, folder, plan.seed)
         for m in plan.methods:
             key = {"views": views, "photos": len(stream), "batch": plan.adapt_batch, "seed": plan.seed,
                    "paths": [Path(p).name for p in stream.paths[:3]], "model": lm.name}
