@@ -60,6 +60,8 @@ def test_set_size_objective_is_relative_to_plain_on_each_left_out_family():
     assert all(r["set_size"] < r["plain_set_size"] for r in lo["per_family"].values())
     with pytest.raises(ConfigError, match="alpha"):
         choose_across_families({"none": noisy[:, None]}, labels, families, "set_size", 1)
+    with pytest.raises(ConfigError, match="photos in each shift family"):
+        choose_across_families({"none": noisy[:12, None]}, labels[:12], families[:12], "set_size", 1, alpha=0.1)
 
 
 def test_shift_plan_deals_photos_and_checks_its_fields():

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..conformal import calibrate
+from ..conformal import calibrate, min_calibration_size
 from ..errors import ConfigError
 from ..merge import merge_logits
 from ..policy import Policy
@@ -113,6 +113,12 @@ def choose_across_families(logits: dict[str, Tensor], labels: Tensor, families: 
         raise ConfigError("the set_size objective and a conformal alpha go together")
     if len(families.unique()) < 3:
         raise ConfigError(f"leaving one family out needs at least 3 families, got {len(families.unique())}")
+    if objective == "set_size":
+        need, smallest = 2 * min_calibration_size(alpha), int(families.unique(return_counts=True)[1].min())  # type: ignore[arg-type]
+        if smallest < need:
+            raise ConfigError(f"the set_size objective at alpha={alpha} needs at least {need} photos in each shift "
+                              f"family (each family's sets are calibrated on half of them); the smallest has {smallest}: "
+                              "use more photos, fewer families or a larger alpha")
     plain = logits["none"][:, 0]
     candidates = {}
     for m, z in logits.items():
