@@ -129,8 +129,11 @@ def test_evaluate_applies_the_files_adaptation_and_an_explicit_adapt_overrides_i
     assert f"note: adapt=bn (batch 3) from {policy}" in printed
     rows = json.loads((out / "results.json").read_text())["results"]
     assert rows[f"{policy} adapt=bn"]["adapt"] == "bn"
-    page = (out / "report.html").read_text()  # adapted rows in the report, with their paired comparison
-    assert f"{policy} adapt=bn" in page and "adapted to the stream" in page
+    from report_page import Page
+
+    cells = Page((out / "report.html").read_text()).cells  # adapted rows in the table, paired against plain
+    row = cells[f"{policy} adapt=bn"]
+    assert row["top1"] == f"{rows[f'{policy} adapt=bn']['top1']:.2%}" and row["delta_top1"] not in ("", "–")
     out2 = tmp_path / "run2"
     assert main(["evaluate", *run_args, "--tta", policy, "--adapt", "auto", "--out", str(out2)]) == 0
     assert f"note: --adapt auto overrides adapt=bn from {policy}" in capsys.readouterr().out
