@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import timm
 import torch
-from PIL import Image
 
 from ttakit.cli import main
 from ttakit.errors import ConfigError
 from ttakit.evaluation.shift_search import choose_across_families
 from ttakit.evaluation.shift_streams import ShiftPlan
 
-CLASSES = ["cat", "dog", "fox"]
+from test_adapt_cli import run_args  # noqa: F401  (the fixture: 9 random photos of 3 classes, a tiny model)
 
 
 def _logits(labels: torch.Tensor, strength: torch.Tensor, seed: int) -> torch.Tensor:
@@ -75,22 +72,6 @@ def test_shift_plan_deals_photos_and_checks_its_fields():
         ShiftPlan(methods=("bn",))
     with pytest.raises(ConfigError, match="severities"):
         ShiftPlan(severities=(0,))
-
-
-@pytest.fixture()
-def run_args(tmp_path):
-    root = tmp_path / "data"
-    for c, name in enumerate(CLASSES):
-        (root / name).mkdir(parents=True)
-        for i in range(3):
-            rgb = np.random.default_rng(10 * c + i).integers(0, 255, (40, 48, 3), dtype=np.uint8)
-            Image.fromarray(rgb).save(root / name / f"{i}.png")
-    labels = tmp_path / "labels.txt"
-    labels.write_text("\n".join(CLASSES))
-    torch.manual_seed(0)
-    weights = tmp_path / "w.pth"
-    torch.save(timm.create_model("test_resnet", num_classes=3).state_dict(), weights)
-    return [str(root), "--model", "test_resnet", "--labels", str(labels), "--weights", str(weights), "--workers", "0"]
 
 
 def test_search_shifts_prints_cost_first_and_saves_the_left_out_estimate(run_args, tmp_path, capsys):
