@@ -137,6 +137,22 @@ def default_pool(data_config: Mapping[str, Any]) -> str:
     return source_pool(data_config)
 
 
+def shift_pool(data_config: Mapping[str, Any]) -> str:
+    """The default candidate views of ``ttakit search --shifts`` (the ``shift_pool`` preset):
+    few, as every view runs once per adaptation candidate: the flip, the whole photo at the
+    model's size and larger, and the photo corrections that undo shifts (contrast stretch,
+    median filter against noise, unsharp mask against blur).
+
+    Example:
+        >>> len(parse_policy(shift_pool({"input_size": (3, 224, 224)})))
+        10
+    """
+    s = model_size(data_config)
+    big = int(round(s * 1.15 / 32)) * 32  # 256 for 224
+    return (f"identity + hflip=1 + (input={s}:1.0 + input={big}:1.0)*hflip(0,1) + autocontrast=1 + "
+            f"autocontrast=1|hflip=1 + median=3 + unsharp=2:250:0")
+
+
 def _fixres(data_config: Mapping[str, Any]) -> str:
     return f"identity + input={larger_size(data_config)}:1.0"
 
@@ -155,4 +171,5 @@ register_preset("tutorial", "identity + input=256:1.0|hflip",
                 merge="sum")
 register_preset("fixres", _fixres, "plain input + the whole centre square at a larger size (FixRes, 2 views)")
 register_preset("search_pool", default_pool, "the default candidate views of ttakit search")
+register_preset("shift_pool", shift_pool, "the default candidate views of ttakit search --shifts (10 views)")
 register_preset("corrections", correction_pool, "candidate photo corrections for a search (4 views)")

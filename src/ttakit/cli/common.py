@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,7 +26,7 @@ from ..evaluation.classify_logits import ClassifyScoring
 from ..evaluation.scoring import EvalOptions
 from ..merge import list_merges
 from ..models import DEFAULT_MODEL, LoadedModel, load_class_names, load_model
-from ..policy import list_presets
+from ..policy import Policy, create_policy, list_presets
 from ..runtime.backends import PRECISIONS, Backend, TorchBackend, create_backend, list_backends
 from ..runtime.config import RunConfig, default_run_config, tune_run_config
 from ..runtime.distributed import DistContext
@@ -35,6 +35,7 @@ from ..tasks.classify import CONFIDENCE, ClassificationTTA
 __all__ = [
     "WEIGHTS_HELP",
     "Loaded",
+    "adapt_from_policies",
     "adapt_options",
     "add_adapt_args",
     "add_data_args",
@@ -140,6 +141,21 @@ def add_adapt_args(p: argparse.ArgumentParser, many: bool = False) -> None:
                    help="photos per adaptation step (default: 64)")
     g.add_argument("--adapt-reset", type=positive_int, default=None, metavar="N",
                    help="restore the original weights every N batches (default: never)")
+
+
+def adapt_from_policies(policies: Sequence[Policy], args: argparse.Namespace, many: bool = False) -> str | None:
+    """Take ``--adapt`` from a policy file's ``meta["adapt"]`` (``search --shifts`` writes it)
+    when ``--adapt`` is not given; an explicit ``--adapt`` wins. Returns the note to print."""
+    carried = [(p.name, p.meta["adapt"]) for p in policies if isinstance(p.meta.get("adapt"), Mapping)]
+    if not carried:
+        return None
+    name, spec = carried[0]
+    if args.adapt:
+        given = args.adapt if isinstance(args.adapt, str) else ",".join(args.adapt)
+        return f"note: --adapt {given} overrides adapt={spec['method']} from {name}"
+    args.adapt = [spec["method"]] if many else spec["method"]
+    args.adapt_batch = int(spec.get("batch", getattr(args, "adapt_batch", 64)))
+    return f"note: adapt={spec['method']} (batch {args.adapt_batch}) from {name}"
 
 
 def adapt_options(args: argparse.Namespace) -> AdaptOptions:
@@ -265,6 +281,10 @@ def classification_tta(lm: LoadedModel, cfg: RunConfig, args: argparse.Namespace
                        backend: Backend | None = None) -> ClassificationTTA:
     """The wrapper that ``--tta``, ``--merge``, ``--adaptive``, ``--confidence`` and ``--adapt``
     describe, run by ``backend`` (default: the torch model)."""
+    if getattr(args, "tta", None) and hasattr(args, "adapt"):  # a policy file may carry its adaptation
+        note = adapt_from_policies([create_policy(args.tta, lm.data_config)], args)
+        if note:
+            print(note, file=sys.stderr)
     adapt = getattr(args, "adapt", None)
     return ClassificationTTA(
         lm.model, args.tta, args.merge, norm=lm.normalization, run_config=cfg,

@@ -9,11 +9,12 @@ from typing import Any
 from ..evaluation.adapt_rows import add_rows, evaluate_adapted
 from ..evaluation.evaluate import evaluate
 from ..evaluation.precision import evaluate_precision
+from ..evaluation.report import write_report
 from ..input_check import precropped_note
 from ..policy import create_policy
 from ..errors import ConfigError
 from .calibrate import add_conformal_args, conformal_extras, conformal_lines
-from .common import adapt_options, add_adapt_args, add_data_args, add_policy_args, classify_scoring, eval_options, load, load_data, print_written, progress_bar, verdict_lines
+from .common import adapt_from_policies, adapt_options, add_adapt_args, add_data_args, add_policy_args, classify_scoring, eval_options, load, load_data, print_written, progress_bar, verdict_lines
 from .detect import add_detect_args, cmd_evaluate as _cmd_evaluate_detect
 from .segment import add_segment_args, cmd_evaluate_segment
 
@@ -54,9 +55,9 @@ def _cmd_evaluate_classify(args: argparse.Namespace) -> int:
     # Rows are named by the policy exactly as written (a preset, text or a JSON path).
     policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
     data = load_data(args, lm, args.data)
-    note = precropped_note(data.paths, lm.data_config)
-    if note:
-        print(note)
+    for note in (adapt_from_policies(policies, args, many=True), precropped_note(data.paths, lm.data_config)):
+        if note:
+            print(note)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
         res = evaluate(lm, data, policies, out_dir=args.out, merges=args.merge, run_config=cfg,
                        scoring=classify_scoring(args), options=options, device=dev, progress=bar, backend=backend, extras=conformal_extras(args))
@@ -72,6 +73,7 @@ def _cmd_evaluate_classify(args: argparse.Namespace) -> int:
                                     progress=bar, scoring=classify_scoring(args))
         res["results"].update(rows)
         add_rows(args.out, rows)
+        write_report(args.out, class_names=lm.class_names, data_config=lm.data_config, scoring=classify_scoring(args))
     print(format_table(res["results"], res["per_view"]))
     for line in conformal_lines(res["results"]):  # none without --conformal
         print(line)

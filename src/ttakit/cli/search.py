@@ -10,7 +10,10 @@ from ..evaluation.evaluate import evaluate
 from ..evaluation.report import write_report
 from ..evaluation.search import SearchOptions, search_policy
 from ..evaluation.classify_logits import load_logits
+from ..evaluation.shift_search import shift_policy
+from ..evaluation.shift_streams import DEFAULT_FAMILIES, ShiftPlan, estimate_seconds, shift_logits
 from ..models import LoadedModel
+from ..errors import ConfigError
 from ..policy import Policy, create_policy, save_policy
 from ..runtime.backends import Backend
 from ..runtime.config import RunConfig
@@ -60,7 +63,72 @@ def _print_search(policy: Policy, path: Path) -> None:
     print(f"wrote {path} (use it as --tta {path})")
 
 
+def _shift_lines(policy: Policy) -> list[str]:
+    """The left-out estimate of every candidate, then the chosen one beside its in-sample score."""
+    sh = policy.meta["shifts"]
+    set_size = sh["objective"] == "set_size"
+    lines = [f"candidates, each family left out in turn ({len(sh['families'])} families, {sh['photos']} photos):"]
+    for m, c in sh["candidates"].items():
+        mark = "*" if m == sh["method"] else " "
+        if set_size:
+            lines.append(f" {mark} adapt={m:<5} set size {c['set_size']:.2f} (plain {c['plain_set_size']:.2f}), "
+                         f"{c['ratio'] - 1:+.1%} [{c['ci_ratio'][0] - 1:+.1%}, {c['ci_ratio'][1] - 1:+.1%}]")
+        else:
+            d = c["paired"]
+            lines.append(f" {mark} adapt={m:<5} top1 {c['top1']:.2%} (plain {c['plain_top1']:.2%}), "
+                         f"{100 * d['delta_top1']:+.1f} pt [{100 * d['ci_top1'][0]:+.1f}, {100 * d['ci_top1'][1]:+.1f}], "
+                         f"nll {c['nll']:.4f} (plain {c['plain_nll']:.4f})")
+    lo = sh["lofo"]
+    lines.append("per left-out family (chosen candidate):")
+    for fam, r in lo["per_family"].items():
+        what = (f"set size {r['set_size']:.2f} (plain {r['plain_set_size']:.2f})" if set_size
+                else f"top1 {r['top1']:.2%} (plain {r['plain_top1']:.2%})")
+        lines.append(f"  {fam:<15} {what}  views {' + '.join(r['views'])}")
+    ins = sh["in_sample"]
+    lines.append("in-sample (chosen on every family, measured on the same photos): " +
+                 (f"set size {ins['set_size']:.2f} (plain {ins['plain_set_size']:.2f})" if set_size
+                  else f"top1 {ins['top1']:.2%} (plain {ins['plain_top1']:.2%})"))
+    return lines
+
+
+def _cmd_search_shifts(args: argparse.Namespace) -> int:
+    """``search --shifts``: views and adaptation chosen on shifted copies, leaving one family out."""
+    for flag, value in (("--val", args.val), ("--learn-weights", args.learn_weights), ("--target-cost", args.target_cost)):
+        if value:
+            raise ConfigError(f"{flag} does nothing with --shifts (the families left out are the held-out data); leave it out")
+    if (args.objective == "set_size") != (args.conformal is not None):
+        raise ConfigError("--objective set_size and --conformal ALPHA go together")
+    plan = ShiftPlan(families=tuple(args.shifts.split(",")), severities=tuple(args.severities),
+                     limit=args.shift_limit or args.limit, methods=tuple(args.adapt_candidates.split(",")),
+                     adapt_batch=args.adapt_batch)
+    lm, dev, cfg, _ = load(args)
+    pool = create_policy(args.pool or "shift_pool", lm.data_config)
+    data = load_data(args, lm, args.data)
+    cost = estimate_seconds(lm, data, pool, plan, cfg, dev)
+    print(f"shifts: {', '.join(plan.families)} at severity {','.join(map(str, plan.severities))}; "
+          f"candidates adapt={', '.join(plan.methods)} x {len(pool.views)} views")
+    print(f"expected cost: about {cost['seconds'] / 60:.1f} min ({cost['photos']} photos, {cost['forwards']:,} view-forwards "
+          f"at {1000 * cost['per_forward']:.0f} ms, shifted copies at {1000 * cost['per_copy']:.0f} ms each)")
+    options = eval_options(args)
+    total = cost["photos"] * len(plan.methods)
+    with progress_bar(total, "shifted streams", options.quiet) as bar:
+        streams = shift_logits(lm, data, pool, plan, Path(args.out) / "shifts", cfg, options, dev, bar)
+    provenance = {"pool": pool.name, "data": args.data}
+    policy = shift_policy(pool, streams, args.objective, args.budget, args.conformal, args.conformal_score,
+                          plan.adapt_batch, args.name, provenance)
+    path = save_policy(policy, Path(args.out) / "policy.json")
+    adapt = policy.meta.get("adapt", {}).get("method", "none")
+    print(f"\nchosen policy ({len(policy.views)} views, adapt={adapt}, temperature {policy.temperature:.3f}):")
+    for v in policy.views:
+        print(f"  {v.name}")
+    print("\n".join(_shift_lines(policy)))
+    print(f"wrote {path} (use it as --tta {path}; it carries adapt={adapt})")
+    return 0
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
+    if args.shifts:
+        return _cmd_search_shifts(args)
     options = SearchOptions(budget=args.budget, objective=args.objective, folds=args.folds,
                             learn_weights=args.learn_weights, target_cost=args.target_cost, name=args.name,
                             conformal=args.conformal, conformal_score=args.conformal_score)
@@ -99,5 +167,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--target-cost", type=float, default=None,
                    help="pick an adaptive-TTA threshold spending at most this share of the view-forwards")
     g.add_argument("--name", default="searched", help="policy name in reports (default: searched)")
+    g = p.add_argument_group("shifts (choose by what transfers to shifts nobody searched on)")
+    g.add_argument("--shifts", nargs="?", const=",".join(DEFAULT_FAMILIES), default=None, metavar="FAMILIES",
+                   help="score candidates on shifted copies of DATA, one family at a time, and choose the views and "
+                   "adaptation that do best on each family left out: a comma list of families or groups (noise, blur, "
+                   f"weather, digital, geometry, all) and clean (default: {','.join(DEFAULT_FAMILIES)})")
+    g.add_argument("--severities", type=lambda t: [int(x) for x in t.split(",")], default=[3],
+                   help="severities 1-5 of the shifted copies, a comma list (default: 3)")
+    g.add_argument("--shift-limit", type=positive_int, default=None, metavar="N",
+                   help="photos dealt out to the families (default: all, or --limit)")
+    g.add_argument("--adapt-candidates", default="none,bn,auto", metavar="METHODS",
+                   help="adaptation methods to consider with --shifts (default: none,bn,auto; tent and eata cost a "
+                   "backward pass per batch)")
+    g.add_argument("--adapt-batch", type=positive_int, default=64, metavar="N",
+                   help="photos per adaptation step (default: 64)")
     add_conformal_args(p)
     p.set_defaults(func=_cmd_search)

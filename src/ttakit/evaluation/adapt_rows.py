@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from .evaluate import RowScores
 from .scoring import EvalOptions, policy_runs, union_views
 from .stats import compare
 
-__all__ = ["adapted_key", "add_rows", "evaluate_adapted"]
+__all__ = ["adapted_key", "adapted_logits", "add_rows", "evaluate_adapted"]
 
 
 def adapted_key(row: str, method: str) -> str:
@@ -79,12 +79,7 @@ def evaluate_adapted(
     plain_right: list[torch.Tensor] = []
     plain_nll: list[torch.Tensor] = []
     labels_all = torch.tensor(data.labels, dtype=torch.long)
-    batches = [range(s, min(s + adapt.batch, len(data))) for s in range(0, len(data), adapt.batch)]
-    loader = make_loader(data.paths, InputRenderer({v.stage for v in views}, lm.data_config), batches, options.workers)
-    for idx, x, _bad in loader:
-        if x is None:
-            continue
-        inputs = RenderedInputs(x).to(device)
+    for idx, inputs in _stream(lm, data, views, adapt, options, device):
         labels = labels_all[torch.tensor(idx, dtype=torch.long)]
         with torch.inference_mode():  # the unadapted plain model, the reference of every row
             plain = run_views(TorchBackend(lm.model), inputs, [View()], lm.normalization, run_config)[0].float().cpu()
@@ -112,6 +107,39 @@ def evaluate_adapted(
             cmp = compare(reference_right, torch.cat(row.correct), reference_nll, torch.cat(row.nll))
             out[key] = {**row.result(False), "adapt": m, **cmp.to_dict(), "verdict": cmp.verdict(key)}
     return out
+
+
+def _stream(lm: LoadedModel, data: LabelledImages, views: Sequence[View], adapt: AdaptOptions, options: EvalOptions,
+            device: torch.device | str) -> Iterator[tuple[list[int], RenderedInputs]]:
+    """``data`` in its own order, in batches of ``adapt.batch``: ``(indices, rendered inputs)``
+    of every input stage that ``views`` need (photos that fail to decode are left out)."""
+    batches = [range(s, min(s + adapt.batch, len(data))) for s in range(0, len(data), adapt.batch)]
+    loader = make_loader(data.paths, InputRenderer({v.stage for v in views}, lm.data_config), batches, options.workers)
+    for idx, x, _bad in loader:
+        if x is not None:
+            yield list(idx), RenderedInputs(x).to(device)
+
+
+def adapted_logits(lm: LoadedModel, data: LabelledImages, pool: Policy, method: str, adapt: AdaptOptions,
+                   run_config: RunConfig, options: EvalOptions = EvalOptions(), device: torch.device | str = "cpu",
+                   progress: Callable[[int], Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every view of ``pool`` through a copy adapted by ``method`` to ``data`` as one stream
+    (its own order): ``(logits (N, U, C) with one column per pool view, indices (N,) of the
+    photos that decoded)``, the adapted counterpart of the stored logits a search reads.
+
+    Example:
+        >>> z, idx = adapted_logits(lm, data, create_policy("hflip"), "bn", AdaptOptions(batch=8), RunConfig())  # doctest: +SKIP
+    """
+    tta = ClassificationTTA(lm.model, pool, norm=lm.normalization, run_config=run_config, data_config=lm.data_config,
+                            adapt=method, adapt_options=adapt)
+    out, kept = [], []
+    for idx, inputs in _stream(lm, data.head(options.limit), list(pool.views), adapt, options, device):
+        tta.adapt_step(inputs)
+        out.append(tta.forward_views(inputs).cpu())
+        kept += idx
+        if progress is not None:
+            progress(len(idx))
+    return torch.cat(out), torch.tensor(kept, dtype=torch.long)
 
 
 def add_rows(out_dir: str | Path, rows: dict[str, dict[str, Any]]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -176,7 +177,11 @@ def classification_page(
         raise DatasetError(f"{out}: no saved logits (run 'ttakit evaluate ... --out {out}' first)")
     store = OutputStore(out, json.loads((out / "logits" / "run.json").read_text()))
     cfg, note = resolve_data_config(data_config, store.fingerprint)
-    rows, labels, n_classes = score_rows(store, doc, scoring or ClassifyScoring(), cfg)
+    # Adapted rows (``evaluate --adapt``) ran as a stream: the stored logits cannot rescore them,
+    # so they join the table as results.json has them, with their paired comparison against plain.
+    adapted = {k: r for k, r in doc["results"].items() if "adapt" in r}
+    stored = {**doc, "results": {k: r for k, r in doc["results"].items() if k not in adapted}}
+    rows, labels, n_classes = score_rows(store, stored, scoring or ClassifyScoring(), cfg)
     notes = [f"{r.key}: top-1 recomputed from the stored logits ({r.acc.compute()['top1']:.2%}) differs from "
              f"results.json ({r.result['top1']:.2%}): evaluated adaptively? Re-render with the same "
              "`scoring=ClassifyScoring(adaptive=T, confidence=...)` (CLI: ttakit report DIR --adaptive T)"
@@ -202,6 +207,10 @@ def classification_page(
 
     n = len(labels)
     table = [_format_row(r, n) for r in rows]
+    table += [_format_row(SimpleNamespace(key=k, colour="#777777", result=r), n) for k, r in adapted.items()]
+    if adapted:
+        notes.append(f"{', '.join(adapted)}: adapted to the stream (photos in folder order), each paired with the "
+                     "unadapted plain model on the same photos; shown in the table only (their logits are not stored)")
     policy_parts = [{
         "row": row, "classes": _class_changes(plain, r, labels, names), "reliability": _reliability(r),
         "gallery": {kind: [_card(j, plain, r, labels, names, paths, thumbs) for j in js] for kind, js in p.items()},
