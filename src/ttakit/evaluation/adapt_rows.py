@@ -22,6 +22,7 @@ import torch
 from ..adapt import AdaptOptions
 from ..data import InputRenderer
 from ..datasets import LabelledImages, make_loader
+from ..files import write_atomic
 from ..models import LoadedModel
 from ..policy import Policy
 from ..runtime.backends import TorchBackend
@@ -119,4 +120,4 @@ def add_rows(out_dir: str | Path, rows: dict[str, dict[str, Any]]) -> None:
     path = Path(out_dir) / "results.json"
     doc = json.loads(path.read_text())
     doc["results"].update(rows)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_atomic(path, json.dumps(doc, indent=2) + "\n")

@@ -20,6 +20,7 @@ plan with a torch module or backend feeding :meth:`Batch.put`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,8 @@ from ..data import InputRenderer, PhotoLike, to_photo
 from ..errors import ArgumentError, ConfigError, ShapeError, check_shape
 from ..policy import Policy, PolicyLike, create_policy
 from ..registry import Registry
-from ..runtime.loop import RenderedInputs, ViewInputs, as_view_inputs, tree_cat, tree_slice, tree_take, view_chunks
+from ..runtime.loop import (RenderedInputs, ViewInputs, as_view_inputs, finite_rows, tree_cat, tree_slice, tree_take,
+                            view_chunks)
 from ..transforms import Normalization
 from ..validate import check_device, check_int
 from ..views import View
@@ -182,6 +184,11 @@ class Batch:
         n = _leading(out)
         if n is not None and n != len(self):
             raise ShapeError("runtime output", f"batch dimension {len(self)} (the batch's images)", (n,))
+        if n is not None:
+            bad = (~finite_rows([out], n)).nonzero().flatten().tolist()
+            if bad:  # the merge of such an image is not meaningful: say so (warnings shows it once)
+                warnings.warn(f"the runtime's output holds NaN or inf for {len(bad)} of {n} images (batch rows "
+                              f"{bad[:5]}); their merged results are not meaningful", RuntimeWarning, stacklevel=2)
         self._sink(out)
         self.done = True
 
