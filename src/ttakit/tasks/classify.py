@@ -9,7 +9,8 @@ and its cost are computed by the same code everywhere.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -17,7 +18,8 @@ from torch import Tensor, nn
 
 from ..adapt import AdaptOptions, StreamAdapter, create_adapter
 from ..conformal import Calibration, conformity_scores, get_score, prediction_sets
-from ..errors import PolicyError, ShapeError, check_shape
+from ..conformal_record import calibration_record, record_mismatch
+from ..errors import ConfigError, PolicyError, ShapeError, check_shape
 from ..merge import get_merge, merge_logits
 from ..policy import Policy, PolicyLike
 from ..registry import Registry
@@ -357,6 +359,24 @@ class ClassificationTTA(TTABase):
         self.head = classify_head(self.policy, merge=self.merge_name, adaptive=adaptive, confidence=confidence,
                                   conformal=conformal)
         self.rule, self.conformal = self.head.rule, self.head.conformal
+        # A calibration read from the policy covers what it was calibrated for, and nothing else.
+        self.conformal_verified = conformal is not None or self.conformal is None or self._check_calibration(adapt)
+
+    def _check_calibration(self, adapt: str | None) -> bool:
+        """Compare the policy's calibration record with this wrapper; ``False``: none recorded."""
+        recorded = self.policy.meta.get("conformal_for")
+        if not isinstance(recorded, Mapping):
+            warnings.warn(f"policy {self.policy.name!r} holds a conformal calibration with no record of what it "
+                          "calibrated (model, weights, merge, adaptive): its coverage is unverified; recalibrate "
+                          "with `ttakit calibrate`", stacklevel=3)
+            return False
+        now = calibration_record(self.model, merge=self.merge_name, adaptive=self.adaptive, adapt=adapt,
+                                 adapt_options=None if adapt is None else asdict(self.adapt_options))
+        diff = record_mismatch(recorded, now)
+        if diff:
+            raise ConfigError(f"policy {self.policy.name!r}'s conformal calibration was made for another setup, so "
+                              f"its coverage says nothing here: {diff}; recalibrate with `ttakit calibrate`")
+        return True
 
     @property
     def adaptive(self) -> float | None:
