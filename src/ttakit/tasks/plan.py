@@ -101,14 +101,14 @@ def as_inputs(x: Images, views: Sequence[View], data_config: Mapping[str, Any] |
             if x.shape[0] == 0:
                 raise ArgumentError("images: an empty batch (0 images); give at least one image")
         return x if device is None or not isinstance(x, Tensor) else x.to(device)
+    if isinstance(x, (list, tuple)) and not x:
+        raise ArgumentError("images: no images given (an empty list); give at least one photo")
     if data_config is None:
         raise ConfigError("rendering photos needs the model's data_config (input size, crop, mean, std); pass data_config=")
     single = isinstance(x, (str, Path, Image.Image)) or isinstance(x, Tensor) and x.ndim == 3
     if not single and not isinstance(x, (Sequence, Tensor, np.ndarray)):
         raise ArgumentError(f"images must be (B, C, H, W) floats, a photo or a list of photos, got {type(x).__name__}")
     photos = [to_photo(p) for p in ([x] if single else list(x))]  # type: ignore[union-attr, arg-type]
-    if not photos:
-        raise ArgumentError("images: no images given (an empty list); give at least one photo")
     renderer = InputRenderer({v.stage for v in views}, data_config)
     rendered = RenderedInputs(renderer.batch(photos), [(p.height, p.width) for p in photos])
     return rendered if device is None else rendered.to(device)
