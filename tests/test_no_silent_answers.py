@@ -183,3 +183,19 @@ def test_conformal_calibration_is_tied_to_what_it_calibrated(lm):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ClassificationTTA(lm.model, policy).conformal is None  # no calibration, nothing said
+
+
+def test_adaptation_refused_before_anything_is_written(folder, tmp_path, capsys):
+    """--adapt tent on a model without normalisation layers failed after results.json was written."""
+    loader = tmp_path / "nonorm.py"
+    loader.write_text("import torch\n\n"
+                      "def load():\n"
+                      "    return torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3), torch.nn.AdaptiveAvgPool2d(1),"
+                      " torch.nn.Flatten()).eval()\n")
+    (tmp_path / "labels.txt").write_text("\n".join(CLASSES))
+    out = tmp_path / "run"
+    code = main(["evaluate", str(folder), "--model", f"{loader}:load", "--labels", str(tmp_path / "labels.txt"),
+                 "--workers", "0", "--quiet", "--out", str(out), "--adapt", "tent"])
+    err = capsys.readouterr().err
+    assert code != 0 and "has none" in err and "Traceback" not in err
+    assert not (out / "results.json").exists()

@@ -139,7 +139,8 @@ def add_adapt_args(p: argparse.ArgumentParser, many: bool = False) -> None:
 
 def adapt_options(args: argparse.Namespace) -> AdaptOptions:
     """The :class:`~ttakit.adapt.AdaptOptions` of ``--adapt-batch`` and ``--adapt-reset``."""
-    return AdaptOptions(batch=getattr(args, "adapt_batch", 64), reset=getattr(args, "adapt_reset", None))
+    return AdaptOptions(batch=getattr(args, "adapt_batch", 64), reset=getattr(args, "adapt_reset", None),
+                        strict=bool(getattr(args, "strict", False)))
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

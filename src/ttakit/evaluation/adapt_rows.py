@@ -19,9 +19,11 @@ from typing import Any
 
 import torch
 
-from ..adapt import AdaptOptions
+from ..adapt import ADAPTERS, AdaptOptions
+from ..adapt.options import MIN_STEP_BATCH
 from ..data import InputRenderer
 from ..datasets import LabelledImages, make_loader
+from ..errors import ConfigError
 from ..files import write_atomic
 from ..models import LoadedModel
 from ..policy import Policy
@@ -81,6 +83,11 @@ def evaluate_adapted(
     plain_nll: list[torch.Tensor] = []
     labels_all = torch.tensor(data.labels, dtype=torch.long)
     batches = [range(s, min(s + adapt.batch, len(data))) for s in range(0, len(data), adapt.batch)]
+    steps = [m for m in methods if not getattr(ADAPTERS.get(m), "needs_batchnorm", True)]  # gradient methods
+    if adapt.strict and steps and batches and len(batches[-1]) < MIN_STEP_BATCH:
+        raise ConfigError(f"the stream's last batch has {len(batches[-1])} photos: {steps[0]} gradient steps on fewer "
+                          f"than {MIN_STEP_BATCH} are likely to collapse the model (strict); choose --adapt-batch or "
+                          "--limit so that every batch holds at least that many")
     loader = make_loader(data.paths, InputRenderer({v.stage for v in views}, lm.data_config), batches, options.workers)
     for idx, x, _bad in loader:
         if x is None:
