@@ -262,3 +262,24 @@ def test_plan_warns_on_nonfinite_outputs():
             out[0] = math.nan
             b.put(out)
     assert np.isfinite(plan.result().probs[1].numpy()).all()
+
+
+def test_wrapper_and_plan_arguments_are_checked():
+    net = torch.nn.Conv2d(3, 2, 3, padding=1)
+    with pytest.raises(TTAKitError, match="model must be"):
+        ttakit.ClassificationTTA("resnet", "hflip")
+    with pytest.raises(TTAKitError, match="micro_batch"):
+        ttakit.ClassificationTTA(net, "hflip", run_config={"micro_batch": 0})
+    assert ttakit.ClassificationTTA(net, "hflip", run_config={"micro_batch": 2}).run_config.micro_batch == 2
+    with pytest.raises(TTAKitError, match="output_size"):
+        ttakit.SegmentationTTA(net, "hflip", output_size=(0, 5))
+    with pytest.raises(TTAKitError, match="flip_pairs"):
+        ttakit.KeypointsTTA(net, "hflip", flip_pairs=[(0,)])
+    with pytest.raises(TTAKitError, match="does not take options"):
+        ttakit.Plan("hflip", task="classify", mergee="mean")
+    with pytest.raises(TTAKitError, match="task must be"):
+        ttakit.Plan("hflip", task=5)
+    with pytest.raises(TTAKitError, match="data_config"):
+        ttakit.Plan("hflip", data_config=5)
+    with pytest.raises(TTAKitError, match="finite"):
+        ttakit.create_policy("brightness=inf")

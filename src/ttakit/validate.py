@@ -24,8 +24,8 @@ import torch
 
 from .errors import ArgumentError
 
-__all__ = ["as_config", "check_bool", "check_choice", "check_device", "check_finite", "check_int",
-           "check_positive", "check_probability", "check_range"]
+__all__ = ["as_config", "check_bool", "check_choice", "check_device", "check_finite", "check_int", "check_pair",
+           "check_positive", "check_probability", "check_range", "check_size"]
 
 T = TypeVar("T")
 
@@ -70,6 +70,20 @@ def check_range(name: str, value: Any, low: float, high: float, *, low_open: boo
 def check_probability(name: str, value: Any) -> float:
     """``value`` as a float in ``[0, 1]``."""
     return check_range(name, value, 0.0, 1.0)
+
+
+def check_size(name: str, value: Any) -> tuple[int, int]:
+    """``value`` as ``(height, width)`` of positive integers."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ArgumentError(f"{name} must be (height, width), got {value!r}")
+    return check_int(f"{name} height", value[0]), check_int(f"{name} width", value[1])
+
+
+def check_pair(name: str, value: Any) -> tuple[int, int]:
+    """``value`` as a pair of non-negative integer indices (a left/right keypoint pair)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ArgumentError(f"{name} entries must be (left, right) index pairs, got {value!r}")
+    return check_int(f"{name} index", value[0], 0), check_int(f"{name} index", value[1], 0)
 
 
 def check_bool(name: str, value: Any) -> bool:

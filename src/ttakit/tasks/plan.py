@@ -270,6 +270,8 @@ class Plan:
         **options: Any,
     ) -> None:
         check_int("micro_batch", micro_batch)
+        if data_config is not None and not isinstance(data_config, Mapping):
+            raise ArgumentError(f"data_config must be a dict (timm's data config), got {type(data_config).__name__}")
         if device is not None:
             check_device("device", device)
         self.data_config = None if data_config is None else dict(data_config)
@@ -280,7 +282,13 @@ class Plan:
         self.micro_batch = micro_batch
         self.device = device
         if isinstance(task, str):
-            self.head: TaskHead = TASKS.get(task)(self.policy, **options)
+            try:
+                self.head: TaskHead = TASKS.get(task)(self.policy, **options)
+            except TypeError as e:  # an option this task does not take
+                raise ArgumentError(f"task {task!r} does not take options {sorted(options)}: {e}") from e
+        elif not (callable(getattr(task, "schedule", None)) and callable(getattr(task, "finish", None))):
+            raise ArgumentError(f"task must be a task name ({', '.join(TASKS.names())}) or a head with schedule() and "
+                                f"finish(), got {task!r}")
         elif options:
             raise ConfigError(f"options {sorted(options)} go to a task given by name; this head is already built")
         else:

@@ -28,7 +28,7 @@ from ... import functional as Fn
 from ...errors import ArgumentError
 from ...transform_base import Normalization, Transform
 from ...transforms import Crop, HFlip, Rot90, VFlip
-from ...validate import check_bool, check_choice, check_finite, check_int, check_positive
+from ...validate import check_bool, check_choice, check_finite, check_int, check_positive, check_size
 from .base import DualTransform, ImageOnlyTransform
 
 __all__ = [
@@ -59,12 +59,6 @@ def _interpolation(interpolation: Any, align_corners: Any) -> None:
     check_choice("interpolation", interpolation, _MODES)
     if align_corners is not None:
         check_bool("align_corners", align_corners)
-
-
-def _size(name: str, value: Any) -> tuple[int, int]:
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ArgumentError(f"{name} must be (height, width), got {value!r}")
-    return check_int(f"{name} height", value[0]), check_int(f"{name} width", value[1])
 
 
 def _resize(x: Tensor, size: tuple[int, int], mode: str, align_corners: bool | None) -> Tensor:
@@ -206,8 +200,8 @@ class Resize(DualTransform):
 
     def __init__(self, sizes: Sequence[tuple[int, int]], original_size: tuple[int, int] | None = None,
                  interpolation: str = "nearest", align_corners: bool | None = None) -> None:
-        sizes = _values("Resize sizes", sizes, _size)
-        original_size = None if original_size is None else _size("original_size", original_size)
+        sizes = _values("Resize sizes", sizes, check_size)
+        original_size = None if original_size is None else check_size("original_size", original_size)
         _interpolation(interpolation, align_corners)
         if original_size is not None and original_size not in sizes:
             sizes = [original_size, *sizes]
