@@ -124,6 +124,9 @@ class EvalTask(Protocol):
 
 
 # --------------------------------------------------------------------------- compute
+NONFINITE = "the model's output is not finite (NaN or inf)"  # the skip reason of such an image
+
+
 class _SizedRenderer:
     """Every input stage of a photo plus its ``(H, W)`` (outputs are mapped back to photo
     pixels)."""
@@ -208,9 +211,6 @@ def compute_outputs(
         store.write(start, {**payload, "indices": torch.tensor(idx, dtype=torch.long), "seconds": seconds}, bad)
         if progress is not None:
             progress(stop - start)
-
-
-NONFINITE = "the model's output is not finite (NaN or inf)"  # the skip reason of such an image
 
 
 # --------------------------------------------------------------------------- scoring helpers
