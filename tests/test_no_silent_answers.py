@@ -151,13 +151,19 @@ def test_per_image_csv_is_atomic(tmp_path):
     assert path.read_text().splitlines()[1] == "0,a.png,cat,cat"
 
 
-def test_adapt_rows_leave_no_temporary_files(cli_args, tmp_path):
+def test_adapted_rows_are_part_of_the_one_results_write(cli_args, tmp_path, capsys):
+    """results.json used to be written before the adapted rows were computed (then rewritten)."""
     out = tmp_path / "adapt"
-    code = main(["evaluate", *cli_args, "--out", str(out), "--adapt", "bn", "--adapt-batch", "8"])
-    assert code == 0
+    assert main(["evaluate", *cli_args, "--out", str(out), "--adapt", "bn", "--adapt-batch", "8"]) == 0
     doc = json.loads((out / "results.json").read_text())
     assert any(k.endswith("adapt=bn") for k in doc["results"])
     assert not [p for p in out.iterdir() if p.suffix == ".tmp"]
+    # --strict refuses tent's last batch of 1 photo (9 photos, batches of 8): the failure comes after
+    # the plain rows were scored, and nothing is written.
+    failed = tmp_path / "strict"
+    code = main(["evaluate", *cli_args, "--out", str(failed), "--adapt", "tent", "--adapt-batch", "8", "--strict"])
+    assert code != 0 and "collapse" in capsys.readouterr().err
+    assert not (failed / "results.json").exists()
 
 
 def test_conformal_calibration_is_tied_to_what_it_calibrated(lm):
