@@ -10,7 +10,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import ttakit
 from ttakit import ClassificationTTA, RunConfig, create_policy, load_model
@@ -27,14 +26,8 @@ CLASSES = ["cat", "dog", "fox"]
 
 
 @pytest.fixture()
-def folder(tmp_path):
-    root = tmp_path / "data"
-    for c, name in enumerate(CLASSES):
-        (root / name).mkdir(parents=True)
-        for i in range(3):
-            rgb = np.random.default_rng(10 * c + i).integers(0, 255, (40, 48, 3), dtype=np.uint8)
-            Image.fromarray(rgb).save(root / name / f"{i}.png")
-    return root
+def folder(labelled_folder):
+    return labelled_folder
 
 
 @pytest.fixture()
