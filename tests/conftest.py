@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 
 import ttakit
 from ttakit.transforms import Crop, HFlip, Resize, Rot90, Rotate, Scale, Shift, VFlip
@@ -57,3 +59,15 @@ def smooth_images(b: int = 2, c: int = 3, h: int = 48, w: int = 70, seed: int = 
     g = torch.Generator().manual_seed(seed)
     coarse = torch.randn(b, c, 5, 6, generator=g)
     return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
+
+
+@pytest.fixture()
+def labelled_folder(tmp_path: Path) -> Path:
+    """``tmp_path/data``: an ImageFolder of classes cat, dog, fox with three random 40 x 48 photos each."""
+    root = tmp_path / "data"
+    for c, name in enumerate(("cat", "dog", "fox")):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            rgb = np.random.default_rng(10 * c + i).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+            Image.fromarray(rgb).save(root / name / f"{i}.png")
+    return root

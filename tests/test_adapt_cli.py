@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 import timm
 import torch
@@ -17,13 +16,8 @@ CLASSES = ["cat", "dog", "fox"]
 
 
 @pytest.fixture()
-def run_args(tmp_path):
-    root = tmp_path / "data"
-    for c, name in enumerate(CLASSES):
-        (root / name).mkdir(parents=True)
-        for i in range(3):
-            rgb = np.random.default_rng(10 * c + i).integers(0, 255, (40, 48, 3), dtype=np.uint8)
-            Image.fromarray(rgb).save(root / name / f"{i}.png")
+def run_args(tmp_path, labelled_folder):
+    root = labelled_folder
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(CLASSES))
     torch.manual_seed(0)

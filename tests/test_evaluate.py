@@ -135,7 +135,7 @@ def test_evaluate_outputs_and_skips(tiny_lm, folder, tmp_path):
     res = _run(tiny_lm, folder, tmp_path / "run")
     out = tmp_path / "run"
     doc = json.loads((out / "results.json").read_text())
-    assert list(doc) == ["task", "model", "weights", "data", "n_images", "n_skipped", "skipped", "results"]
+    assert list(doc) == ["task", "model", "weights", "data", "n_images", "n_skipped", "n_nonfinite", "skipped", "results"]
     assert doc["n_skipped"] == 1
     assert doc["task"] == "classify"
     assert doc["n_images"] == 13

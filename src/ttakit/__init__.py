@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from .adapt import AdaptOptions, create_adapter, list_adapters
 from .data import example_image_path, load_image, preprocess
 from .errors import (
+    ArgumentError,
     BackendError,
     ConfigError,
     DatasetError,
@@ -68,6 +69,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AdaptOptions",
+    "ArgumentError",
     "BackendError",
     "Brightness",
     "ClassificationResult",

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "TTAKitError",
+    "ArgumentError",
     "BackendError",
     "ConfigError",
     "DatasetError",
@@ -29,6 +30,11 @@ class TTAKitError(Exception):
 
 class ConfigError(TTAKitError, ValueError):
     """A setting (size, count, threshold, device, option name) is out of range or unknown."""
+
+
+class ArgumentError(ConfigError):
+    """An argument of a public function or config has the wrong type or value; the message
+    names the parameter and the value (see :mod:`ttakit.validate`)."""
 
 
 class DatasetError(TTAKitError, ValueError):

@@ -153,6 +153,15 @@ def merge_logits(
         w = torch.as_tensor(weights, dtype=logits.dtype, device=logits.device)
         check_shape("weights", w.shape, f"({V})")
         w = w / w.sum()
+    raw = logits
     if temperature != 1.0:
         logits = logits / temperature
-    return fn(logits, w)
+    out = fn(logits, w)
+    # A finite input never merges into NaN: rows that overflowed float32 (huge logits, a tiny
+    # temperature) are merged again in float64, whose range holds any float32 sum.
+    lost = ~torch.isfinite(out).all(-1) & torch.isfinite(raw).flatten(1).all(1)
+    if lost.any():
+        again = fn(raw[lost].double() / temperature, w.double())
+        out = out.clone()
+        out[lost] = again.to(out.dtype).nan_to_num(nan=0.0)
+    return out

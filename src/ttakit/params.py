@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 from .errors import PolicyError
@@ -29,7 +30,10 @@ def read_float(arg: str, what: str) -> float:
     Raises:
         PolicyError: not a number; names ``what``.
     """
-    return float(_read(arg, what, float, "a number"))
+    value = float(_read(arg, what, float, "a number"))
+    if not math.isfinite(value):
+        raise PolicyError(f"{what} expects a finite number, got {arg!r}")
+    return value
 
 
 def read_int(arg: str, what: str) -> int:

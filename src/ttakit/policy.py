@@ -12,6 +12,7 @@ Policy JSON
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,10 +69,12 @@ class Policy:
         if self.weights is not None:
             if len(self.weights) != len(self.views):
                 raise PolicyError(f"policy has {len(self.views)} views but {len(self.weights)} weights")
-            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
-                raise PolicyError("policy weights must be non-negative with a positive sum")
-        if not self.temperature > 0:
-            raise PolicyError(f"temperature must be positive, got {self.temperature}")
+            if not all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in self.weights) \
+                    or sum(self.weights) <= 0:
+                raise PolicyError(f"policy weights must be finite, non-negative numbers with a positive sum, "
+                                  f"got {list(self.weights)}")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
+            raise PolicyError(f"temperature must be a finite number > 0, got {self.temperature}")
         if not self.name:
             object.__setattr__(self, "name", "+".join(v.name for v in self.views))
 
@@ -111,12 +114,18 @@ def _policy_from_dict(d: Mapping[str, Any], source: str) -> Policy:
         if not isinstance(item, str):
             raise PolicyError(f"{source}: each view is a name such as 'hflip|scale=0.9', got {item!r}")
         views.append(parse_view(item))  # duplicates kept: a chosen policy may repeat a view
-    weights = d.get("weights")
+    weights, temperature = d.get("weights"), d.get("temperature", 1.0)
+    try:
+        weights = None if weights is None else tuple(float(w) for w in weights)
+        temperature = float(temperature)
+    except (TypeError, ValueError) as e:
+        raise PolicyError(f"{source}: weights must be a list of numbers and temperature a number, "
+                          f"got {d.get('weights')!r} and {d.get('temperature')!r}") from e
     return Policy(
         views=tuple(views),
-        weights=None if weights is None else tuple(float(w) for w in weights),
+        weights=weights,
         merge=d.get("merge"),
-        temperature=float(d.get("temperature", 1.0)),
+        temperature=temperature,
         name=str(d.get("name", "")) or Path(source).stem,
         meta=dict(d.get("meta", {})),
     )

@@ -14,7 +14,8 @@ Example:
 """
 
 from .guard import AutoAdapter
-from .methods import ADAPTERS, BNAdapter, EATAAdapter, StreamAdapter, TentAdapter, create_adapter, entropy, list_adapters
+from .methods import (ADAPTERS, BNAdapter, EATAAdapter, StreamAdapter, TentAdapter, check_adaptable, create_adapter,
+                      entropy, list_adapters)
 from .options import AdaptOptions
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "EATAAdapter",
     "StreamAdapter",
     "TentAdapter",
+    "check_adaptable",
     "create_adapter",
     "entropy",
     "list_adapters",

@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..registry import Registry
+from ..validate import as_config
 from .norm import convert_norms, stream_norms
-from .options import AdaptOptions
+from .options import MIN_STEP_BATCH, AdaptOptions
 
-__all__ = ["ADAPTERS", "BNAdapter", "EATAAdapter", "StreamAdapter", "TentAdapter", "create_adapter", "entropy",
-           "frozen_copy", "list_adapters"]
+__all__ = ["ADAPTERS", "BNAdapter", "EATAAdapter", "StreamAdapter", "TentAdapter", "check_adaptable", "create_adapter",
+           "entropy", "frozen_copy", "list_adapters"]
 
 
 def entropy(logits: Tensor) -> Tensor:
@@ -45,6 +49,33 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     for p in clone.parameters():
         p.requires_grad_(False)
     return clone
+
+
+_NORMS = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)  # what tent and eata step (their affine parameters)
+
+
+def check_adaptable(name: str, model: Any, batchnorm: bool | None = None) -> None:
+    """Refuse, in one line, a model on which method ``name`` would change nothing: ``bn`` and
+    ``auto`` adapt BatchNorm statistics, ``tent`` and ``eata`` the affine parameters of
+    BatchNorm, LayerNorm or GroupNorm layers (``batchnorm`` overrides which, for a new method).
+
+    Example:
+        >>> check_adaptable("bn", torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))
+        Traceback (most recent call last):
+        ...
+        ttakit.errors.ConfigError: adapt='bn' adapts BatchNorm statistics, and this model has no BatchNorm layer (nothing would change); use adapt='tent' or 'eata' for LayerNorm/GroupNorm models
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"adapt={name!r} adapts a torch nn.Module, got {type(model).__name__}")
+    if batchnorm is None:
+        batchnorm = getattr(ADAPTERS.get(name), "needs_batchnorm", True)
+    if batchnorm and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        raise ConfigError(f"adapt={name!r} adapts BatchNorm statistics, and this model has no BatchNorm "
+                          "layer (nothing would change); use adapt='tent' or 'eata' for LayerNorm/GroupNorm models")
+    if not batchnorm and not any(isinstance(m, _NORMS) and getattr(m, "weight", None) is not None
+                                 for m in model.modules()):
+        raise ConfigError(f"adapt={name!r} steps the affine parameters of normalisation layers (BatchNorm, "
+                          "LayerNorm, GroupNorm), and this model has none (nothing would change)")
 
 
 class StreamAdapter:
@@ -67,8 +98,11 @@ class StreamAdapter:
     default_prior = 16.0  # Schneider et al.'s N for small batches
     default_window = 0
     default_depth = 1.0
+    needs_batchnorm = True  # adapts BatchNorm statistics: a model without any is refused
 
     def __init__(self, model: nn.Module, options: AdaptOptions = AdaptOptions()) -> None:
+        check_adaptable(self.name, model, self.needs_batchnorm)
+        options = as_config(AdaptOptions, options, "adapt_options")
         self.options = options
         self.model = frozen_copy(model)
         self.prior = self.default_prior if options.prior is None else float(options.prior)
@@ -126,13 +160,20 @@ class TentAdapter(StreamAdapter):
 
     name = "tent"
     default_prior = 0.0
+    needs_batchnorm = False  # LayerNorm and GroupNorm affine parameters are adapted too (ViT, ConvNeXt, Swin)
 
     def __init__(self, model: nn.Module, options: AdaptOptions = AdaptOptions()) -> None:
         super().__init__(model, options)
         self.params = [p for m in stream_norms(self.model) for p in (m.bn.weight, m.bn.bias) if p is not None]
+        self.params += [p for m in self.model.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm))
+                        for p in (m.weight, m.bias) if p is not None]
+        if self.options.strict and self.options.batch < MIN_STEP_BATCH:
+            raise ConfigError(f"adapt batch {self.options.batch}: {self.name} gradient steps on fewer than "
+                              f"{MIN_STEP_BATCH} photos tend to collapse the model (strict); use a batch >= {MIN_STEP_BATCH}")
         for p in self.params:
             p.requires_grad_(True)
         self.optimizer = self._new_optimizer()
+        self._warned_small = False
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.params, lr=self.options.step_lr, momentum=0.9)
@@ -144,7 +185,20 @@ class TentAdapter(StreamAdapter):
     def _loss(self, logits: Tensor) -> Tensor | None:
         return entropy(logits).mean()
 
+    def _check_batch(self, n: int) -> None:
+        if n >= MIN_STEP_BATCH:
+            return
+        text = (f"adapt={self.name!r}: a gradient step on a batch of {n} photo(s) (fewer than {MIN_STEP_BATCH}) is "
+                "likely to collapse the model onto a few classes; adapt on batches of at least "
+                f"{MIN_STEP_BATCH} photos")
+        if self.options.strict:
+            raise ConfigError(text + " (strict)")
+        if not self._warned_small:
+            warnings.warn(text, stacklevel=4)
+            self._warned_small = True
+
     def _step(self, x: Tensor) -> Tensor:
+        self._check_batch(x.shape[0])
         with torch.enable_grad():
             logits = self.model(x)
             loss = self._loss(logits)

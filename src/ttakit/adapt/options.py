@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from ..validate import check_bool, check_int, check_positive, check_range
 
-__all__ = ["AdaptOptions"]
+__all__ = ["MIN_STEP_BATCH", "AdaptOptions"]
+
+MIN_STEP_BATCH = 8  # fewer photos per gradient step: entropy minimisation tends to collapse the model
 
 
 @dataclass(frozen=True)
@@ -34,12 +36,15 @@ class AdaptOptions:
         fisher_alpha: weight of EATA's Fisher anti-forgetting term (2000 in the paper); the
             Fisher information comes from the first batch at the original weights, with the
             model's own predictions as labels (no clean data is needed).
+        strict: ``tent``/``eata`` gradient steps on a batch of fewer than
+            :data:`MIN_STEP_BATCH` photos raise instead of warning (such steps tend to collapse
+            the model onto a few classes).
 
     Example:
         >>> AdaptOptions(batch=0)
         Traceback (most recent call last):
         ...
-        ttakit.errors.ConfigError: adapt batch must be a positive integer, got 0
+        ttakit.errors.ArgumentError: adapt batch must be a positive integer, got 0
     """
 
     batch: int = 64
@@ -51,18 +56,24 @@ class AdaptOptions:
     entropy_margin: float = 0.4
     redundancy_margin: float = 0.05
     fisher_alpha: float = 2000.0
+    strict: bool = False  # refuse, instead of warning about, gradient steps on fewer than MIN_STEP_BATCH photos
 
     def __post_init__(self) -> None:
-        for name in ("batch", "reset"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"adapt {name} must be a positive integer, got {value!r}")
-        if self.prior is not None and not self.prior >= 0:
-            raise ConfigError(f"adapt prior must be >= 0 (a pseudo-count of source images), got {self.prior!r}")
-        if self.depth is not None and not 0 < self.depth <= 1:
-            raise ConfigError(f"adapt depth must be in (0, 1], a share of the layers, got {self.depth!r}")
-        if self.window is not None and self.window < 0:
-            raise ConfigError(f"adapt window must be >= 0 images, got {self.window!r}")
+        check_int("adapt batch", self.batch)
+        if self.reset is not None:
+            check_int("adapt reset", self.reset)
+        if self.prior is not None and not (isinstance(self.prior, (int, float)) and self.prior == float("inf")):
+            check_range("adapt prior (a pseudo-count of source images)", self.prior, 0, float("inf"), high_open=True)
+        if self.depth is not None:
+            check_range("adapt depth (a share of the layers)", self.depth, 0, 1, low_open=True)
+        if self.window is not None:
+            check_int("adapt window (images)", self.window, 0)
+        if self.lr is not None:
+            check_positive("adapt lr", self.lr)
+        check_range("adapt entropy_margin", self.entropy_margin, 0, 1, low_open=True)
+        check_range("adapt redundancy_margin", self.redundancy_margin, 0, 1)
+        check_range("adapt fisher_alpha", self.fisher_alpha, 0, float("inf"), high_open=True)
+        check_bool("adapt strict", self.strict)
 
     @property
     def step_lr(self) -> float:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..conformal import SCORES, Calibration, calibrate, prediction_sets
+from ..conformal_record import calibration_record
 from ..errors import ConfigError
 from ..evaluation.conformal import ConformalOptions, ConformalScorer
 from ..evaluation.evaluate import evaluate
@@ -69,10 +70,14 @@ def conformal_lines(results: Mapping[str, Any]) -> list[str]:
     return lines + [f"  {c['verdict']}" for c in rows.values()]
 
 
-def calibrated_policy(policy: Policy, merge: str, calibration: Calibration, data: str) -> Policy:
+def calibrated_policy(policy: Policy, merge: str, calibration: Calibration, data: str,
+                      record: Mapping[str, Any] | None = None) -> Policy:
     """``policy`` with its merge fixed and ``meta["conformal"]`` holding the calibration (what
-    ``ttakit predict --tta calib.json`` and ``ClassificationTTA`` read back)."""
+    ``ttakit predict --tta calib.json`` and ``ClassificationTTA`` read back); ``record`` (see
+    :func:`~ttakit.conformal_record.calibration_record`) says what it calibrated."""
     meta = {**policy.meta, "conformal": calibration.to_dict(), "conformal_data": data}
+    if record is not None:
+        meta["conformal_for"] = dict(record)
     return dataclasses.replace(policy, merge=merge, meta=meta)
 
 
@@ -95,7 +100,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     run = policy_runs([policy], [args.merge] if args.merge else None)[1]
     probs = classify_stored(logits, {n: i for i, n in enumerate(names)}, run, scoring).probs
     cal = calibrate(probs, labels, args.alpha, args.score)
-    path = save_policy(calibrated_policy(policy, run.merge, cal, args.data), out)
+    record = calibration_record(lm.model, merge=run.merge, model_name=lm.name,
+                                adaptive=scoring.adaptive if scoring.adaptive is not None else policy.meta.get("adaptive"))
+    path = save_policy(calibrated_policy(policy, run.merge, cal, args.data, record), out)
     sizes = prediction_sets(probs, cal).sum(-1).float()
     print(f"calibrated {policy.name} ({len(policy.views)} views, merge {run.merge}) on {cal.n} images: "
           f"{cal.score} threshold {cal.threshold:.6f} for {cal.coverage:.0%} coverage "

@@ -30,6 +30,7 @@ from ..policy import Policy, create_policy, list_presets
 from ..runtime.backends import PRECISIONS, Backend, TorchBackend, create_backend, list_backends
 from ..runtime.config import RunConfig, default_run_config, tune_run_config
 from ..runtime.distributed import DistContext
+from ..runtime.precision import check_calibration_used
 from ..tasks.classify import CONFIDENCE, ClassificationTTA
 
 __all__ = [
@@ -160,7 +161,8 @@ def adapt_from_policies(policies: Sequence[Policy], args: argparse.Namespace, ma
 
 def adapt_options(args: argparse.Namespace) -> AdaptOptions:
     """The :class:`~ttakit.adapt.AdaptOptions` of ``--adapt-batch`` and ``--adapt-reset``."""
-    return AdaptOptions(batch=getattr(args, "adapt_batch", 64), reset=getattr(args, "adapt_reset", None))
+    return AdaptOptions(batch=getattr(args, "adapt_batch", 64), reset=getattr(args, "adapt_reset", None),
+                        strict=bool(getattr(args, "strict", False)))
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -248,6 +250,7 @@ def prepare_run(lm: LoadedModel, args: argparse.Namespace, *, kind: str = "class
                           f"leave --backend out for a {kind}")
     if name != "torch" and (args.amp or getattr(args, "compile", False)):
         raise ConfigError(f"--amp and --compile are for the torch backend; with --backend {name} use --precision")
+    check_calibration_used(precision, getattr(args, "calibration", None))  # calibration photos act, or are refused
     if name == "torch":
         TorchBackend.accept(precision)  # int8 is refused in one line
     calibration = _calibration(args, lm) if precision == "int8" and name != "torch" else None

@@ -6,10 +6,10 @@ import argparse
 import dataclasses
 from typing import Any
 
-from ..evaluation.adapt_rows import add_rows, evaluate_adapted
+from ..adapt import check_adaptable
+from ..evaluation.adapt_rows import evaluate_adapted
 from ..evaluation.evaluate import evaluate
 from ..evaluation.precision import evaluate_precision
-from ..evaluation.report import write_report
 from ..input_check import precropped_note
 from ..policy import create_policy
 from ..errors import ConfigError
@@ -52,28 +52,30 @@ def _cmd_evaluate_classify(args: argparse.Namespace) -> int:
         raise ConfigError("--annotations is for --task detect; add that --task")
     options = eval_options(args)
     lm, dev, cfg, backend = load(args)
+    for method in args.adapt or ():  # refused before any photo is read, not after the plain evaluation
+        check_adaptable(method, lm.model)
     # Rows are named by the policy exactly as written (a preset, text or a JSON path).
     policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
     data = load_data(args, lm, args.data)
     for note in (adapt_from_policies(policies, args, many=True), precropped_note(data.paths, lm.data_config)):
         if note:
             print(note)
+
+    def adapted_rows() -> dict[str, Any]:  # the data once more, as a stream (they cannot reuse the stored logits)
+        with progress_bar(len(data.head(options.limit)), "adapt", options.quiet) as bar:
+            return evaluate_adapted(lm, data, policies, args.merge, args.adapt, adapt_options(args), cfg, options, dev,
+                                    progress=bar, scoring=classify_scoring(args))
+
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
         res = evaluate(lm, data, policies, out_dir=args.out, merges=args.merge, run_config=cfg,
-                       scoring=classify_scoring(args), options=options, device=dev, progress=bar, backend=backend, extras=conformal_extras(args))
+                       scoring=classify_scoring(args), options=options, device=dev, progress=bar, backend=backend,
+                       extras=conformal_extras(args), more_rows=[adapted_rows] if args.adapt else [])
     against_fp32: dict[str, Any] = {}
     if backend.precision != "fp32":  # its plain top-1 against fp32 on the same images, paired (every rank runs)
         with progress_bar(len(data.head(options.limit)), "fp32 plain", options.quiet) as bar:
             against_fp32 = evaluate_precision(lm, data, args.out, backend, options, dev, progress=bar)
     if not res:  # not rank 0
         return 0
-    if args.adapt:  # adapted rows: the data once more, as a stream (they cannot reuse the stored logits)
-        with progress_bar(len(data.head(options.limit)), "adapt", options.quiet) as bar:
-            rows = evaluate_adapted(lm, data, policies, args.merge, args.adapt, adapt_options(args), cfg, options, dev,
-                                    progress=bar, scoring=classify_scoring(args))
-        res["results"].update(rows)
-        add_rows(args.out, rows)
-        write_report(args.out, class_names=lm.class_names, data_config=lm.data_config, scoring=classify_scoring(args))
     print(format_table(res["results"], res["per_view"]))
     for line in conformal_lines(res["results"]):  # none without --conformal
         print(line)

@@ -74,7 +74,8 @@ def format_predictions(lm: LoadedModel, tta: ClassificationTTA, preds: Sequence[
             lines.append(f"  {verdict}: plain {p.plain[0].label} -> tta {p.tta[0].label}")
         if p.conformal_set is not None and tta.conformal is not None:
             names = ", ".join(s.label for s in p.conformal_set)
-            lines.append(f"  set: {{{names}}} ({tta.conformal.coverage:.0%} coverage)")
+            note = "" if getattr(tta, "conformal_verified", True) else ", unverified: the policy does not record what it calibrated"
+            lines.append(f"  set: {{{names}}} ({tta.conformal.coverage:.0%} coverage{note})")
         skipped = len(tta.views) - len(p.views)
         lines.append("  views:" + (f" ({skipped} not run: the plain view is confident enough)" if skipped else ""))
         name_w = max((len(n) for n, _ in p.views), default=8)

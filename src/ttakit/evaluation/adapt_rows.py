@@ -19,9 +19,12 @@ from typing import Any
 
 import torch
 
-from ..adapt import AdaptOptions
+from ..adapt import ADAPTERS, AdaptOptions
+from ..adapt.options import MIN_STEP_BATCH
 from ..data import InputRenderer
 from ..datasets import LabelledImages, make_loader
+from ..errors import ConfigError
+from ..files import write_atomic
 from ..models import LoadedModel
 from ..policy import Policy
 from ..runtime.backends import TorchBackend
@@ -79,6 +82,12 @@ def evaluate_adapted(
     plain_right: list[torch.Tensor] = []
     plain_nll: list[torch.Tensor] = []
     labels_all = torch.tensor(data.labels, dtype=torch.long)
+    last = len(data) - (len(data) - 1) // adapt.batch * adapt.batch if len(data) else 0  # photos in the last batch
+    steps = [m for m in methods if not getattr(ADAPTERS.get(m), "needs_batchnorm", True)]  # gradient methods
+    if adapt.strict and steps and last and last < MIN_STEP_BATCH:
+        raise ConfigError(f"the stream's last batch has {last} photos: {steps[0]} gradient steps on fewer "
+                          f"than {MIN_STEP_BATCH} are likely to collapse the model (strict); choose --adapt-batch or "
+                          "--limit so that every batch holds at least that many")
     for idx, inputs in _stream(lm, data, views, adapt, options, device):
         labels = labels_all[torch.tensor(idx, dtype=torch.long)]
         with torch.inference_mode():  # the unadapted plain model, the reference of every row
@@ -147,4 +156,4 @@ def add_rows(out_dir: str | Path, rows: dict[str, dict[str, Any]]) -> None:
     path = Path(out_dir) / "results.json"
     doc = json.loads(path.read_text())
     doc["results"].update(rows)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_atomic(path, json.dumps(doc, indent=2) + "\n")

@@ -24,8 +24,9 @@ import torch
 from torch import Tensor
 
 from ..datasets import LabelledImages
-from ..errors import DatasetError
+from ..errors import ArgumentError, DatasetError
 from ..tasks.classify import ClassificationResult, ClassifyRule, classify_views, get_confidence
+from ..validate import check_finite
 from ..views import View
 from .scoring import PolicyRun
 from .store import OutputStore
@@ -55,7 +56,11 @@ class ClassifyScoring:
     confidence: str = "max_prob"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.confidence, str):
+            raise ArgumentError(f"confidence must be a name (max_prob, margin), got {self.confidence!r}")
         get_confidence(self.confidence)  # resolved here, once: an unknown name fails before any photo is read
+        if self.adaptive is not None:  # NaN would silently turn adaptive TTA off
+            object.__setattr__(self, "adaptive", check_finite("adaptive (a confidence threshold)", self.adaptive))
 
 
 def data_hash(data: LabelledImages) -> str:

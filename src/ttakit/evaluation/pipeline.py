@@ -17,6 +17,7 @@ how stored outputs are merged and scored, and how a policy is compared with plai
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +30,19 @@ from torch import Tensor
 from ..data import InputRenderer
 from ..datasets import make_loader
 from ..errors import DatasetError
+from ..files import write_atomic
 from ..models import LoadedModel
 from ..policy import Policy, parse_view
 from ..runtime.backends import Backend
 from ..runtime.config import RunConfig, prepared, timed, torch_threads
 from ..runtime.distributed import DistContext
-from ..runtime.loop import RenderedInputs, run_views
+from ..runtime.loop import RenderedInputs, finite_rows, run_views, tree_take
 from ..views import View
 from .scoring import EvalOptions, PolicyRun, union_views
-from .store import OutputStore, fingerprint, plan_chunks
+from .store import OutputStore, fingerprint, plan_chunks, runtime_fields
 
 __all__ = [
+    "NONFINITE",
     "EvalTask",
     "Images",
     "Scored",
@@ -123,6 +126,9 @@ class EvalTask(Protocol):
 
 
 # --------------------------------------------------------------------------- compute
+NONFINITE = "the model's output is not finite (NaN or inf)"  # the skip reason of such an image
+
+
 class _SizedRenderer:
     """Every input stage of a photo plus its ``(H, W)`` (outputs are mapped back to photo
     pixels), and the decoded photo itself when ``keep`` (a task that runs its views at each
@@ -198,7 +204,16 @@ def compute_outputs(
                 else:
                     total = timed(lambda: outs.extend(run_views(run_model, inputs, views, lm.normalization,
                                                                 run_config)), device)
-                    payload = task.pack(outs, inputs, views, idx)
+                    keep = finite_rows(outs, len(idx))
+                    if not keep.all():  # NaN/inf outputs: those images are set aside, never scored as a class
+                        lost = [idx[j] for j in (~keep).nonzero().flatten().tolist()]
+                        if options.strict:
+                            raise DatasetError(f"{data.paths[lost[0]]}: {NONFINITE} (`options.strict=True`)")
+                        bad = [*bad, *((i, NONFINITE) for i in lost)]
+                        rows = keep.nonzero().flatten()
+                        outs, inputs = [tree_take(o, rows) for o in outs], inputs.take(rows)
+                        idx = [idx[j] for j in rows.tolist()]
+                    payload = task.pack(outs, inputs, views, idx) if idx else task.empty(views)
             seconds = share * total
         store.write(start, {**payload, "indices": torch.tensor(idx, dtype=torch.long), "seconds": seconds}, bad)
         if progress is not None:
@@ -293,8 +308,9 @@ def run_evaluation(
     In a process group (under torchrun, after
     :meth:`~ttakit.runtime.distributed.DistContext.init`, which the CLI calls; evaluation never
     starts one) the chunks are dealt out to the ranks; rank 0 gathers them, scores and writes;
-    the other ranks return ``{}``. A backend other than torch is part of the stored
-    outputs' fingerprint.
+    the other ranks return ``{}``. What runs the model is part of the stored outputs'
+    fingerprint: a backend other than torch, a precision other than fp32 (torch autocast
+    included) and int8's calibration photos, so a rerun with another never mixes them.
 
     Returns:
         The ``results.json`` document plus ``per_view`` and ``written`` (pages, as text). Each
@@ -307,12 +323,13 @@ def run_evaluation(
         raise DatasetError(f"{data.source}: no images to evaluate")
     runs = task.runs(policies, merges)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"out_dir {out} is an existing file, not a folder; name a folder (it is created)")
     out.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(lm, data, union_views(policies), options.batch_size, task.fingerprint(data))
-    if backend is not None and backend.label != "torch":  # torch runs keep the fingerprint they always had
-        fp["backend"] = backend.label
-        if getattr(backend, "check", None):  # the precision check's figures, for the record (not compared)
-            fp["backend_check"] = backend.check
+    fp.update(runtime_fields(backend, run_config.amp_dtype))  # backend, precision, int8 calibration (fp32 torch: none)
+    if getattr(backend, "check", None):  # the precision check's figures, for the record (not compared)
+        fp["backend_check"] = backend.check
     store = dist.run_once(lambda: OutputStore(out, fp, task.subdir))
     views = [parse_view(n) for n in store.fingerprint["views"]]  # a reused run may hold more views
     mine = dist.shard(plan_chunks(len(data), options.batch_size))
@@ -324,6 +341,14 @@ def run_evaluation(
     if not dist.is_main:
         dist.barrier()
         return {}
+    unscored = store.skipped()
+    if len(unscored) >= len(data):  # nothing to score: nothing is written
+        raise DatasetError(f"all {len(data)} photos were unreadable (or gave non-finite outputs), e.g. "
+                           + "; ".join(f"{data.paths[i]}: {why}" for i, why in unscored[:3]))
+    nonfinite = [data.paths[i] for i, why in unscored if why == NONFINITE]
+    if nonfinite:
+        print(f"warning: {len(nonfinite)} image(s) gave NaN or inf model outputs and are not scored (every row "
+              f"leaves them out): {', '.join(nonfinite[:3])}{' ...' if len(nonfinite) > 3 else ''}", file=sys.stderr)
     with torch_threads(1):  # many small tensors: intra-op threads only spin (see torch_threads)
         scored = task.score(store, data, runs, out)
         for key, row in scored.results.items():
@@ -338,11 +363,12 @@ def run_evaluation(
         "n_images": len(data),
         **scored.doc,
         "n_skipped": len(scored.skipped),
+        "n_nonfinite": len(nonfinite),
         "skipped": scored.skipped,
         "results": scored.results,
     }
-    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out / "per_view.json").write_text(json.dumps(scored.per_view, indent=2) + "\n")
+    write_atomic(out / "results.json", json.dumps(doc, indent=2) + "\n")
+    write_atomic(out / "per_view.json", json.dumps(scored.per_view, indent=2) + "\n")
     written = task.finish(out, lm, options)
     dist.barrier()
     return {**doc, "per_view": scored.per_view, "written": written}

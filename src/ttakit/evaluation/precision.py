@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DatasetError
+from ..files import write_atomic
 from ..models import LoadedModel
 from ..policy import create_policy
 from ..runtime.backends import Backend
@@ -88,5 +89,5 @@ def evaluate_precision(
         raise DatasetError(f"{out} and {out / 'fp32'} hold different images; delete {out / 'fp32'} and run again")
     row = {**compare_plain(fp32, reduced, labels, backend.precision), "backend": backend.label,
            "check": getattr(backend, "check", None)}
-    (out / "precision.json").write_text(json.dumps(row, indent=2) + "\n")
+    write_atomic(out / "precision.json", json.dumps(row, indent=2) + "\n")
     return row

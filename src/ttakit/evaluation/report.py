@@ -34,6 +34,7 @@ import jinja2
 
 from .. import __version__
 from ..errors import DatasetError
+from ..files import write_atomic
 from ..runtime.config import torch_threads as _torch_threads
 from .classify_logits import ClassifyScoring
 from .task_registry import ReportSettings, ReportSpec, get_task
@@ -88,7 +89,7 @@ def write_report(
     with _torch_threads(1):
         context = spec.page(out, doc, per_view, settings)
     page = out / "report.html"
-    page.write_text(render_page(doc, context, spec.template), encoding="utf-8")
+    write_atomic(page, render_page(doc, context, spec.template))
     return page
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ..files import atomic_open
 from .scoring import PolicyRun
 
 __all__ = ["PerImageCsv", "Row", "row_header", "timing"]
@@ -106,10 +107,12 @@ class PerImageCsv:
         self.width = len(metrics) * len(keys)
         self._file: Any = None
         self._writer: Any = None
+        self._atomic: Any = None
 
     def __enter__(self) -> PerImageCsv:
-        if self.path is not None:
-            self._file = self.path.open("w", newline="", encoding="utf-8")
+        if self.path is not None:  # written next to it, in place only once every image is in (atomic)
+            self._atomic = atomic_open(self.path, "w", newline="", encoding="utf-8")
+            self._file = self._atomic.__enter__()
             self._writer = csv.writer(self._file)
             self._writer.writerow(self.header)
         return self
@@ -123,5 +126,5 @@ class PerImageCsv:
             self._writer.writerow([index, path, *image, *(_cell(v) for v in values)])
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self._file is not None:
-            self._file.close()
+        if self._atomic is not None:
+            self._atomic.__exit__(kind, exc, tb)  # replaces the file on success, deletes it on an error

@@ -160,8 +160,9 @@ def score_rows(store: OutputStore, doc: Mapping[str, Any], scoring: ClassifyScor
     The chunks are streamed (memory stays flat however large the run), each row's merged
     probabilities computed through the one classification path and reduced to what is shown.
     """
-    rows = [RowData(key, rebuild_run(key, res, data_config), res, colour(i))
-            for i, (key, res) in enumerate(doc["results"].items())]
+    # Adapted rows depend on the stream, not on the stored logits: they cannot be recomputed here.
+    stored = [(key, res) for key, res in doc["results"].items() if not res.get("adapt")]
+    rows = [RowData(key, rebuild_run(key, res, data_config), res, colour(i)) for i, (key, res) in enumerate(stored)]
     columns = {n: i for i, n in enumerate(store.fingerprint["views"])}
     missing = sorted({v.name for r in rows for v in r.run.policy.views} - set(columns))
     if missing:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from ..errors import ConfigError
 from ..merge import get_merge
 from ..policy import Policy
+from ..validate import check_bool, check_int
 from ..views import View
 
 __all__ = ["EvalOptions", "PolicyRun", "policy_runs", "union_views"]
@@ -58,7 +58,7 @@ class EvalOptions:
         >>> EvalOptions(batch_size=0)
         Traceback (most recent call last):
         ...
-        ttakit.errors.ConfigError: batch_size must be a positive integer, got 0
+        ttakit.errors.ArgumentError: batch_size must be a positive integer, got 0
     """
 
     batch_size: int = 32
@@ -70,9 +70,10 @@ class EvalOptions:
     def __post_init__(self) -> None:
         for name, low in (("batch_size", 1), ("workers", 0), ("limit", 1)):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < low):
-                kind = "a positive" if low else "a non-negative"
-                raise ConfigError(f"{name} must be {kind} integer, got {value!r}")
+            if value is not None or name != "limit":
+                check_int(name, value, low)
+        check_bool("strict", self.strict)
+        check_bool("quiet", self.quiet)
 
 
 def union_views(policies: Sequence[Policy]) -> list[View]:

@@ -418,7 +418,7 @@ def evaluate_segmentation(
     device: torch.device | str = "cpu",
     progress: Callable[[int], Any] | None = None,
     backend: Backend | None = None,
-    window: WindowConfig | None = None,
+    window: WindowConfig | int | tuple[int, int] | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the plain segmenter and every policy x dense merge (``mean``, ``max``) on
     ``data``; write ``results.json``, ``per_view.json``, ``per_image.csv`` and
@@ -443,7 +443,7 @@ def evaluate_segmentation(
         >>> res["results"]["hflip"]["delta_miou"]  # doctest: +SKIP
         0.004
     """
-    task = SegmentTask(lm, scoring, run_config, window=window)
+    task = SegmentTask(lm, scoring, run_config, window=WindowConfig.of(window))
     return run_evaluation(task, lm, data, policies, out_dir=out_dir, merges=merges, run_config=run_config,
                           options=options, device=device, progress=progress, backend=backend)
 

@@ -17,6 +17,7 @@ The layout of a run folder (kept as it is, so folders written by earlier version
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,10 +29,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..errors import DatasetError
+from ..files import write_atomic
 from ..models import LoadedModel
 from ..views import View
 
-__all__ = ["LogitStore", "OutputStore", "fingerprint", "plan_chunks"]
+__all__ = ["LogitStore", "OutputStore", "fingerprint", "plan_chunks", "runtime_fields"]
 
 
 def plan_chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -76,7 +78,7 @@ class OutputStore:
                 )
         else:
             self.dir.mkdir(parents=True, exist_ok=True)
-            meta.write_text(json.dumps(fingerprint, indent=1))
+            write_atomic(meta, json.dumps(fingerprint, indent=1))
 
     def path(self, start: int) -> Path:
         return self.dir / f"chunk_{start:09d}.safetensors"
@@ -93,6 +95,15 @@ class OutputStore:
         with safe_open(str(self.path(start)), framework="pt") as f:
             skipped = [tuple(s) for s in json.loads(f.metadata()["skipped"])]
         return load_file(str(self.path(start))), skipped  # type: ignore[return-value]
+
+    def skipped(self) -> list[tuple[int, str]]:
+        """``(index, reason)`` of every image of the stored chunks that was not scored (read
+        from the chunks' metadata only)."""
+        out: list[tuple[int, str]] = []
+        for start, _ in plan_chunks(self.fingerprint["n_images"], self.fingerprint["batch_size"]):
+            with safe_open(str(self.path(start)), framework="pt") as f:
+                out += [tuple(s) for s in json.loads(f.metadata()["skipped"])]  # type: ignore[misc]
+        return out
 
     def chunks(self) -> Iterator[tuple[dict[str, Tensor], list[tuple[int, str]]]]:
         for start, _ in plan_chunks(self.fingerprint["n_images"], self.fingerprint["batch_size"]):
@@ -121,3 +132,32 @@ def fingerprint(
         "batch_size": batch_size,
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in lm.data_config.items()},
     }
+
+
+_AMP_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def runtime_fields(backend: Any, amp_dtype: torch.dtype | None) -> dict[str, Any]:
+    """The fingerprint fields of what runs the model: ``backend`` (its label, with its
+    precision, when it is not torch), ``precision`` (torch autocast, from ``amp_dtype`` or a
+    torch backend's own precision) and ``calibration`` (a hash of int8's calibration inputs).
+    An fp32 torch run adds nothing, so folders written before these fields were recorded
+    (which hold no precision) count as fp32 and still resume.
+
+    Example:
+        >>> runtime_fields(None, torch.bfloat16), runtime_fields(None, None)
+        ({'precision': 'bf16'}, {})
+    """
+    fields: dict[str, Any] = {}
+    label = getattr(backend, "label", "torch")
+    if backend is not None and getattr(backend, "name", "torch") != "torch":
+        fields["backend"] = label
+    else:
+        precision = _AMP_NAMES.get(amp_dtype) if amp_dtype is not None else getattr(backend, "precision", "fp32")
+        if precision and precision != "fp32":
+            fields["precision"] = precision
+    calibration = getattr(backend, "calibration", None)
+    if isinstance(calibration, Tensor) and getattr(backend, "precision", "fp32") == "int8":
+        data = calibration.detach().float().cpu().contiguous().numpy().tobytes()
+        fields["calibration"] = hashlib.sha256(data).hexdigest()[:16]
+    return fields

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ArgumentError
+from ..validate import check_bool, check_int
 
 __all__ = [
     "RunConfig",
@@ -52,7 +53,7 @@ class RunConfig:
         >>> RunConfig(micro_batch=0)
         Traceback (most recent call last):
         ...
-        ttakit.errors.ConfigError: micro_batch must be a positive integer, got 0
+        ttakit.errors.ArgumentError: micro_batch must be a positive integer, got 0
     """
 
     micro_batch: int = 4
@@ -60,8 +61,10 @@ class RunConfig:
     amp_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.micro_batch, int) or self.micro_batch < 1:
-            raise ConfigError(f"micro_batch must be a positive integer, got {self.micro_batch!r}")
+        check_int("micro_batch", self.micro_batch)
+        check_bool("channels_last", self.channels_last)
+        if self.amp_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ArgumentError(f"amp_dtype must be torch.bfloat16, torch.float16 or None, got {self.amp_dtype!r}")
 
 
 def default_run_config(device: torch.device | str = "cpu") -> RunConfig:

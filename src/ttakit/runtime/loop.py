@@ -32,6 +32,7 @@ __all__ = [
     "TensorInputs",
     "ViewInputs",
     "as_view_inputs",
+    "finite_rows",
     "model_runner",
     "run_views",
     "tree_cat",
@@ -171,6 +172,37 @@ def tree_cat(parts: Sequence[Any]) -> Any:
     if isinstance(first, (tuple, list)):
         return type(first)(tree_cat([p[i] for p in parts]) for i in range(len(first)))
     raise _not_a_tree(first)
+
+
+def finite_rows(outs: Sequence[Any], n: int) -> Tensor:
+    """``(n,)`` bool: which images have only finite values in every view's output tree
+    (tensors with batch dimension ``n``, or ``n`` per-image dicts of tensors).
+
+    Example:
+        >>> finite_rows([torch.tensor([[0.0, 1.0], [float("nan"), 0.0]])], 2).tolist()
+        [True, False]
+    """
+    keep = torch.ones(n, dtype=torch.bool)
+
+    def visit(out: Any) -> None:
+        nonlocal keep
+        if isinstance(out, Tensor):
+            if out.is_floating_point() and out.ndim and out.shape[0] == n:
+                keep &= torch.isfinite(out.detach().reshape(n, -1)).all(1).cpu()
+        elif isinstance(out, Mapping):
+            for v in out.values():
+                visit(v)
+        elif isinstance(out, (list, tuple)):
+            if len(out) == n and out and all(isinstance(o, Mapping) for o in out):  # per-image records
+                for j, rec in enumerate(out):
+                    keep[j] &= bool(finite_rows([{k: v[None] for k, v in rec.items() if isinstance(v, Tensor)}], 1)[0])
+            else:
+                for v in out:
+                    visit(v)
+
+    for out in outs:
+        visit(out)
+    return keep
 
 
 def tree_take(out: Any, index: Tensor) -> Any:

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import BackendError
+from ..files import write_atomic
 from .config import cache_dir, model_device
 
 __all__ = [
@@ -188,13 +189,6 @@ def _close(ref: Any, got: Any) -> float:
     return worst
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    Path(tmp).replace(path)
-
-
 class CachedExport:
     """A torch model exported to ONNX once, cached on disk, checked against torch.
 
@@ -337,7 +331,7 @@ class CachedExport:
             else:
                 record["fixed_size"] = list(fixed)
             tmp.replace(path)
-            _write_atomic(path.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
+            write_atomic(path.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
             self.exported.append(path)
             return run  # loaded in memory: the rename does not affect it
         finally:

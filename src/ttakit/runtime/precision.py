@@ -34,7 +34,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from ..errors import BackendError
+from ..errors import BackendError, ConfigError
 from ..registry import Registry
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "PRECISIONS",
     "ParityFigures",
     "PrecisionLimits",
+    "check_calibration_used",
     "cpu_precisions",
     "parity",
     "parity_inputs",
@@ -158,6 +159,21 @@ def cpu_precisions() -> tuple[str, ...]:
         allowed = {p.strip() for p in forced.split(",")}
         have = [p for p in have if p in allowed or p == "fp32"]
     return tuple(have)
+
+
+def check_calibration_used(precision: str, calibration: object | None) -> None:
+    """Refuse calibration photos in a run that does not quantise (they would change nothing).
+
+    Example:
+        >>> check_calibration_used("fp32", "photos/")
+        Traceback (most recent call last):
+        ...
+        ttakit.errors.ConfigError: calibration photos ('photos/') quantise a graph to int8, and this run is fp32: they would change nothing; add --precision int8 (with --backend onnxruntime or openvino) or drop --calibration
+    """
+    if calibration is not None and precision != "int8":
+        raise ConfigError(f"calibration photos ({calibration!r}) quantise a graph to int8, and this run is {precision}: "
+                          "they would change nothing; add --precision int8 (with --backend onnxruntime or openvino) "
+                          "or drop --calibration")
 
 
 def require_cpu_precision(precision: str, backend: str) -> None:

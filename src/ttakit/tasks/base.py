@@ -10,11 +10,13 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from ..errors import ArgumentError
 from ..policy import Policy, PolicyLike, create_policy
 from ..runtime.backends import Backend, TorchBackend, resolve_backend
 from ..runtime.config import RunConfig, kept_as_given, model_device, prepared
 from ..runtime.loop import ViewInputs, model_runner
 from ..transforms import Normalization
+from ..validate import as_config
 from ..views import View
 from .geometry import Geometry, stage_matrices
 from .plan import Images, OutputsHead, Plan, TaskHead, as_inputs
@@ -53,6 +55,12 @@ class TTABase(nn.Module):
         backend: str | Backend | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(model, nn.Module):
+            raise ArgumentError(f"model must be a torch nn.Module, got {type(model).__name__} {model!r:.60}")
+        if run_config is not None:
+            run_config = as_config(RunConfig, run_config, "run_config")
+        if data_config is not None and not isinstance(data_config, Mapping):
+            raise ArgumentError(f"data_config must be a dict (timm's data config), got {type(data_config).__name__}")
         self.model = model
         self.data_config = dict(data_config or timm.data.resolve_data_config({}, model=model))
         self.policy: Policy = create_policy(policy, self.data_config)

@@ -9,7 +9,8 @@ and its cost are computed by the same code everywhere.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -17,7 +18,8 @@ from torch import Tensor, nn
 
 from ..adapt import AdaptOptions, StreamAdapter, create_adapter
 from ..conformal import Calibration, conformity_scores, get_score, prediction_sets
-from ..errors import PolicyError
+from ..conformal_record import calibration_record, record_mismatch
+from ..errors import ConfigError, PolicyError, ShapeError, check_shape
 from ..merge import get_merge, merge_logits
 from ..policy import Policy, PolicyLike
 from ..registry import Registry
@@ -26,6 +28,7 @@ from ..runtime.config import RunConfig
 from ..runtime.export import GraphHead, normalised_weights
 from ..runtime.loop import ViewInputs, as_view_inputs, model_runner
 from ..transforms import Normalization
+from ..validate import as_config, check_finite
 from ..views import View
 from .base import Images, TTABase
 from .export import GRAPH_HEADS
@@ -100,10 +103,11 @@ class ClassifyRule:
         """Resolve a policy's merge (``merge`` overrides it), weights, temperature and
         adaptive threshold (``threshold`` overrides ``policy.meta["adaptive"]``)."""
         w = None if policy.weights is None else torch.tensor(policy.weights, dtype=torch.float32)
-        return cls(
-            get_merge(merge or policy.merge or "mean"), w, policy.temperature,
-            threshold if threshold is not None else policy.meta.get("adaptive"), get_confidence(confidence),
-        )
+        threshold = threshold if threshold is not None else policy.meta.get("adaptive")
+        if threshold is not None:  # NaN would silently turn adaptive TTA off
+            threshold = check_finite("adaptive (a confidence threshold)", threshold)
+        return cls(get_merge(merge or policy.merge or "mean"), w, policy.temperature, threshold,
+                   get_confidence(confidence))
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,13 @@ class ClassifyHead:
 
     def finish(self, views: Sequence[View], n: int, fetch: Fetch, geometry: Geometry) -> ClassificationResult:
         def logits(rows: Tensor | None, vs: Sequence[View]) -> Tensor:
-            return torch.stack([o.float() for o in fetch(rows, vs)], dim=1)  # (n, V, C)
+            outs = fetch(rows, vs)
+            for o in outs:
+                if not isinstance(o, Tensor):
+                    raise ShapeError(f"classification output (put a {type(o).__name__}; put the logits alone, "
+                                     "e.g. out[0])", "(N, classes) tensor", ())
+                check_shape("classification output", o.shape, "(N, classes)")
+            return torch.stack([o.float() for o in outs], dim=1)  # (n, V, C)
 
         res = classify_views(logits, n, views, self.rule)
         return res if self.conformal is None else replace(res, sets=prediction_sets(res.probs, self.conformal))
@@ -308,7 +318,8 @@ class ClassificationTTA(TTABase):
             ``"auto"``. Each :meth:`predict` call is one batch of the stream: an adapted *copy*
             of the model learns from its plain inputs, then every view runs through that copy
             in torch (``model`` itself is never changed).
-        adapt_options: batch size, reset period, prior, learning rate of the adaptation.
+        adapt_options: batch size, reset period, prior, learning rate of the adaptation (an
+            :class:`~ttakit.adapt.AdaptOptions` or a dict of its fields).
 
     Calls take preprocessed ``(B, C, H, W)`` images, or photos (paths, PIL images, uint8
     tensors): each photo is decoded once and every input stage is rendered from it.
@@ -337,16 +348,35 @@ class ClassificationTTA(TTABase):
         backend: str | Backend | None = None,
         conformal: Calibration | None = None,
         adapt: str | None = None,
-        adapt_options: AdaptOptions | None = None,
+        adapt_options: AdaptOptions | Mapping[str, Any] | None = None,
     ) -> None:
+        adapt_options = AdaptOptions() if adapt_options is None else as_config(AdaptOptions, adapt_options, "adapt_options")
         super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config, backend=backend)
-        self.adapt_options = adapt_options or AdaptOptions()
+        self.adapt_options = adapt_options
         self.adapter: StreamAdapter | None = None if adapt is None else create_adapter(adapt, model, self.adapt_options)
         self.merge_name = merge or self.policy.merge or "mean"
         self.confidence_name = confidence
         self.head = classify_head(self.policy, merge=self.merge_name, adaptive=adaptive, confidence=confidence,
                                   conformal=conformal)
         self.rule, self.conformal = self.head.rule, self.head.conformal
+        # A calibration read from the policy covers what it was calibrated for, and nothing else.
+        self.conformal_verified = conformal is not None or self.conformal is None or self._check_calibration(adapt)
+
+    def _check_calibration(self, adapt: str | None) -> bool:
+        """Compare the policy's calibration record with this wrapper; ``False``: none recorded."""
+        recorded = self.policy.meta.get("conformal_for")
+        if not isinstance(recorded, Mapping):
+            warnings.warn(f"policy {self.policy.name!r} holds a conformal calibration with no record of what it "
+                          "calibrated (model, weights, merge, adaptive): its coverage is unverified; recalibrate "
+                          "with `ttakit calibrate`", stacklevel=3)
+            return False
+        now = calibration_record(self.model, merge=self.merge_name, adaptive=self.adaptive, adapt=adapt,
+                                 adapt_options=None if adapt is None else asdict(self.adapt_options))
+        diff = record_mismatch(recorded, now)
+        if diff:
+            raise ConfigError(f"policy {self.policy.name!r}'s conformal calibration was made for another setup, so "
+                              f"its coverage says nothing here: {diff}; recalibrate with `ttakit calibrate`")
+        return True
 
     @property
     def adaptive(self) -> float | None:

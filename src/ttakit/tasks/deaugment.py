@@ -20,10 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as Fn
-from ..errors import PolicyError, ShapeError, check_shape
+from ..errors import ArgumentError, PolicyError, ShapeError, check_shape
 from ..registry import Registry
 from ..policy import Policy
 from ..runtime.export import GraphHead, normalised_weights
+from ..validate import check_pair, check_size
 from ..views import View
 from .export import GRAPH_HEADS
 from .geometry import Geometry
@@ -284,6 +285,14 @@ def merge_points(P: Tensor, S: Tensor | None, weights: Tensor | None = None) -> 
     return (P * w.unsqueeze(-1)).sum(0) / w.sum(), None
 
 
+def _pairs(flip_pairs: Any) -> list[Any]:
+    if flip_pairs is None:
+        return []
+    if isinstance(flip_pairs, (str, bytes)) or not isinstance(flip_pairs, Sequence):
+        raise ArgumentError(f"flip_pairs must be a list of (left, right) keypoint indices, got {flip_pairs!r}")
+    return list(flip_pairs)
+
+
 class SegmentHead(AllViews):
     """Segmentation as a :class:`~ttakit.tasks.plan.Plan` task: :func:`merge_dense` of every
     view's map; the result is a :class:`DenseResult`."""
@@ -296,7 +305,7 @@ class SegmentHead(AllViews):
         self.activation = _resolve(ACTIVATIONS, activation, none="none")
         self.uncertainty = _resolve(UNCERTAINTIES, uncertainty)
         self.dense_keys = None if dense_keys is None else tuple(dense_keys)
-        self.output_size = output_size
+        self.output_size = None if output_size is None else check_size("output_size", output_size)
 
     def finish(self, views: Sequence[View], n: int, fetch: Fetch, geometry: Geometry) -> DenseResult:
         return merge_dense(views, fetch(None, views), geometry, self.weights, merge=self.merge,  # type: ignore[arg-type]
@@ -310,7 +319,7 @@ class KeypointsHead(AllViews):
 
     def __init__(self, weights: Tensor | None = None, *, flip_pairs: Sequence[tuple[int, int]] | None = None) -> None:
         self.weights = weights
-        self.flip_pairs = tuple((int(a), int(b)) for a, b in (flip_pairs or ()))
+        self.flip_pairs = tuple(check_pair("flip_pairs", p) for p in _pairs(flip_pairs))
 
     def finish(self, views: Sequence[View], n: int, fetch: Fetch, geometry: Geometry) -> tuple[Tensor, Tensor | None]:
         P, S = deaugment_points(views, fetch(None, views), geometry, flip_pairs=self.flip_pairs)

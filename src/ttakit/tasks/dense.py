@@ -65,7 +65,9 @@ class SegmentationTTA(TTABase):
             photo is kept at its own size (photos are only normalised) and cut into tiles;
             each view is tiled, undone and merged, and the tiles stitched with their weights
             (input stages and corrections re-sample the photo, which is then tiled;
-            ``uncertainty="variance"`` needs every view's whole map, so it is refused).
+            ``uncertainty="variance"`` needs every view's whole map, so it is refused). An
+            int or ``(h, w)`` is the tile size (other fields default); a dict holds the
+            config's fields (an unknown key is refused).
 
     Calls take ``(B, C, H, W)`` images, or photos for policies with input stages (multi-scale
     inference from the source photo, ``input(224:0.875,320:0.875)``): each stage's prediction
@@ -97,8 +99,9 @@ class SegmentationTTA(TTABase):
         run_config: RunConfig | None = None,
         data_config: Mapping[str, Any] | None = None,
         backend: str | Backend | None = None,
-        window: WindowConfig | None = None,
+        window: WindowConfig | int | tuple[int, int] | Mapping[str, Any] | None = None,
     ) -> None:
+        window = WindowConfig.of(window)  # checked before the model is touched
         super().__init__(model, policy, norm=norm, run_config=run_config, data_config=data_config, backend=backend)
         self.head = SegmentHead(self.view_weights, merge=merge, activation=activation, uncertainty=uncertainty,
                                 dense_keys=dense_keys, output_size=output_size)

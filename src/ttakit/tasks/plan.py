@@ -20,6 +20,7 @@ plan with a torch module or backend feeding :meth:`Batch.put`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +32,13 @@ from PIL import Image
 from torch import Tensor
 
 from ..data import InputRenderer, PhotoLike, to_photo
-from ..errors import ConfigError, ShapeError
+from ..errors import ArgumentError, ConfigError, ShapeError, check_shape
 from ..policy import Policy, PolicyLike, create_policy
 from ..registry import Registry
-from ..runtime.loop import RenderedInputs, ViewInputs, as_view_inputs, tree_cat, tree_slice, tree_take, view_chunks
+from ..runtime.loop import (RenderedInputs, ViewInputs, as_view_inputs, finite_rows, tree_cat, tree_slice, tree_take,
+                            view_chunks)
 from ..transforms import Normalization
+from ..validate import check_device, check_int
 from ..views import View
 from .geometry import Geometry
 
@@ -93,10 +96,18 @@ def as_inputs(x: Images, views: Sequence[View], data_config: Mapping[str, Any] |
     if isinstance(x, np.ndarray) and x.dtype.kind == "f":
         x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     if isinstance(x, Tensor) and x.is_floating_point() or isinstance(x, ViewInputs):
+        if isinstance(x, Tensor):
+            check_shape("images", x.shape, "(B, C, H, W)")
+            if x.shape[0] == 0:
+                raise ArgumentError("images: an empty batch (0 images); give at least one image")
         return x if device is None or not isinstance(x, Tensor) else x.to(device)
+    if isinstance(x, (list, tuple)) and not x:
+        raise ArgumentError("images: no images given (an empty list); give at least one photo")
     if data_config is None:
         raise ConfigError("rendering photos needs the model's data_config (input size, crop, mean, std); pass data_config=")
     single = isinstance(x, (str, Path, Image.Image)) or isinstance(x, Tensor) and x.ndim == 3
+    if not single and not isinstance(x, (Sequence, Tensor, np.ndarray)):
+        raise ArgumentError(f"images must be (B, C, H, W) floats, a photo or a list of photos, got {type(x).__name__}")
     photos = [to_photo(p) for p in ([x] if single else list(x))]  # type: ignore[union-attr, arg-type]
     renderer = InputRenderer({v.stage for v in views}, data_config)
     rendered = RenderedInputs(renderer.batch(photos), [(p.height, p.width) for p in photos])
@@ -155,7 +166,11 @@ class Batch:
     def put(self, out: Any) -> None:
         """Hand back the runtime's output for this batch: a tensor or numpy array with batch
         dimension ``n``, a dict or tuple of them, or a list of ``n`` per-image dicts (detection).
-        A one-element list of arrays (``session.run(None, feed)``) counts as its element.
+        A one-element list of arrays (``session.run(None, feed)``) counts as its element. What
+        a task reads from it is the task's: ``outputs`` keeps any of these, ``segment`` reads
+        a tensor or dict, ``keypoints`` a tensor, ``(points, scores)`` or dict, while
+        ``classify`` needs the ``(n, classes)`` logits alone (a tuple is refused by
+        :meth:`Plan.result`, naming it).
 
         Raises:
             ShapeError: the output's batch dimension is not ``n``.
@@ -169,6 +184,11 @@ class Batch:
         n = _leading(out)
         if n is not None and n != len(self):
             raise ShapeError("runtime output", f"batch dimension {len(self)} (the batch's images)", (n,))
+        if n is not None:
+            bad = (~finite_rows([out], n)).nonzero().flatten().tolist()
+            if bad:  # the merge of such an image is not meaningful: say so (warnings shows it once)
+                warnings.warn(f"the runtime's output holds NaN or inf for {len(bad)} of {n} images (batch rows "
+                              f"{bad[:5]}); their merged results are not meaningful", RuntimeWarning, stacklevel=2)
         self._sink(out)
         self.done = True
 
@@ -249,8 +269,11 @@ class Plan:
         device: torch.device | str | None = None,
         **options: Any,
     ) -> None:
-        if not isinstance(micro_batch, int) or micro_batch < 1:
-            raise ConfigError(f"micro_batch must be a positive integer, got {micro_batch!r}")
+        check_int("micro_batch", micro_batch)
+        if data_config is not None and not isinstance(data_config, Mapping):
+            raise ArgumentError(f"data_config must be a dict (timm's data config), got {type(data_config).__name__}")
+        if device is not None:
+            check_device("device", device)
         self.data_config = None if data_config is None else dict(data_config)
         self.policy: Policy = create_policy(policy, self.data_config)
         if norm is None and self.data_config is not None:
@@ -259,7 +282,13 @@ class Plan:
         self.micro_batch = micro_batch
         self.device = device
         if isinstance(task, str):
-            self.head: TaskHead = TASKS.get(task)(self.policy, **options)
+            try:
+                self.head: TaskHead = TASKS.get(task)(self.policy, **options)
+            except TypeError as e:  # an option this task does not take
+                raise ArgumentError(f"task {task!r} does not take options {sorted(options)}: {e}") from e
+        elif not (callable(getattr(task, "schedule", None)) and callable(getattr(task, "finish", None))):
+            raise ArgumentError(f"task must be a task name ({', '.join(TASKS.names())}) or a head with schedule() and "
+                                f"finish(), got {task!r}")
         elif options:
             raise ConfigError(f"options {sorted(options)} go to a task given by name; this head is already built")
         else:
@@ -313,6 +342,8 @@ class Plan:
     def run(self, runtime: Callable[[Any], Any], images: Images, *, numpy: bool = False) -> Any:
         """Feed every batch to ``runtime`` (tensors, or numpy arrays with ``numpy=True``) and
         return :meth:`result`."""
+        if not callable(runtime):
+            raise ArgumentError(f"runtime must be a callable (batch -> outputs), got {type(runtime).__name__}")
         for batch in self.batches(images):
             batch.put(runtime(batch.array if numpy else batch.tensor))
         return self.result()

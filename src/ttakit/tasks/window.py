@@ -300,7 +300,7 @@ def sliding_window_tta(
     model: Callable[[Tensor], Tensor],
     images: Tensor,
     views: Sequence[View],
-    config: WindowConfig = WindowConfig(),
+    config: WindowConfig | int | tuple[int, int] | Mapping[str, Any] = WindowConfig(),
     *,
     weights: Tensor | None = None,
     activation: Callable[[Tensor], Tensor] = lambda y: y,
@@ -340,6 +340,9 @@ def sliding_window_tta(
         PolicyError: a view with an input stage or photo corrections (it needs the source
             photo: pass photos to :class:`~ttakit.tasks.dense.SegmentationTTA`).
     """
+    config = WindowConfig.of(config)  # type: ignore[assignment]  # an int is the tile size, a dict the fields
+    if not isinstance(images, Tensor):
+        raise ShapeError("images", "(B, C, H, W) tensor", ())
     check_shape("images", images.shape, "(B, C, H, W)")
     for v in views:
         if v.stage is not None and stage_key(v) not in (stages or {}):

@@ -12,15 +12,17 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .. import functional as Fn
-from ..errors import ConfigError, PolicyError
+from ..errors import ArgumentError, PolicyError
 from ..registry import Registry
+from ..validate import as_config, check_bool, check_choice, check_device, check_finite, check_int, check_positive, check_range
 from ..views import View
 
 __all__ = ["BLENDS", "WindowConfig", "WindowPlan", "exact_on_tiles", "frame_matrix", "importance_map", "plan_windows",
@@ -77,7 +79,7 @@ class WindowConfig:
         >>> WindowConfig(overlap=1.0)
         Traceback (most recent call last):
         ...
-        ttakit.errors.ConfigError: overlap must be in [0, 1), got 1.0
+        ttakit.errors.ArgumentError: overlap must be in [0, 1), got 1.0
     """
 
     tile: int | tuple[int, int] = 512
@@ -91,19 +93,36 @@ class WindowConfig:
     whole_photo: bool = False
 
     def __post_init__(self) -> None:
-        size = (self.tile, self.tile) if isinstance(self.tile, int) else tuple(self.tile)
-        if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):
-            raise ConfigError(f"tile must be a positive integer or (height, width), got {self.tile!r}")
-        object.__setattr__(self, "tile", size)
-        if not 0.0 <= self.overlap < 1.0:
-            raise ConfigError(f"overlap must be in [0, 1), got {self.overlap}")
-        BLENDS.get(self.blend)  # an unknown name fails here, listing the known ones
-        if self.sigma_scale <= 0:
-            raise ConfigError(f"sigma_scale must be > 0, got {self.sigma_scale}")
-        if self.padding_mode not in _PADDING:
-            raise ConfigError(f"padding_mode must be one of {', '.join(_PADDING)}, got {self.padding_mode!r}")
-        if not isinstance(self.batch, int) or self.batch < 1:
-            raise ConfigError(f"batch (tiles per step) must be a positive integer, got {self.batch!r}")
+        tile = self.tile
+        size = (tile, tile) if isinstance(tile, int) and not isinstance(tile, bool) else tile
+        if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
+            raise ArgumentError(f"tile must be a positive integer or (height, width), got {self.tile!r}")
+        object.__setattr__(self, "tile", tuple(size))
+        object.__setattr__(self, "overlap", check_range("overlap", self.overlap, 0, 1, high_open=True))
+        check_choice("blend", self.blend, BLENDS.names())
+        object.__setattr__(self, "sigma_scale", check_positive("sigma_scale", self.sigma_scale))
+        check_choice("padding_mode", self.padding_mode, _PADDING)
+        object.__setattr__(self, "padding_value", check_finite("padding_value", self.padding_value))
+        check_int("batch (tiles per step)", self.batch)
+        if self.stitch_device is not None:
+            check_device("stitch_device", self.stitch_device)
+        check_bool("whole_photo", self.whole_photo)
+
+    @classmethod
+    def of(cls, window: WindowConfig | int | tuple[int, int] | Mapping[str, Any] | None) -> WindowConfig | None:
+        """``window`` as a config: a :class:`WindowConfig` as it is, an int or ``(h, w)`` as the
+        tile size (other fields default), a dict as the config's fields; ``None`` stays ``None``.
+
+        Example:
+            >>> WindowConfig.of(64).size, WindowConfig.of({"tile": 32, "overlap": 0.5}).overlap
+            ((64, 64), 0.5)
+        """
+        if window is None or isinstance(window, cls):
+            return window
+        if isinstance(window, (int, tuple, list)) and not isinstance(window, bool):
+            return cls(tile=window)  # type: ignore[arg-type]
+        return as_config(cls, window, "window")
 
     @property
     def size(self) -> Size:

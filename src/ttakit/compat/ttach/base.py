@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ... import functional as Fn
+from ...errors import ArgumentError
 from ...transform_base import Normalization, Transform
 from ...views import View
 
@@ -165,7 +166,7 @@ class Merger:
 
     def __init__(self, type: str = "mean", n: int = 1) -> None:  # noqa: A002 - ttach's keyword
         if type not in _MERGES:
-            raise ValueError(f"Not correct merge type `{type}`: use one of {', '.join(_MERGES)}")
+            raise ArgumentError(f"Not correct merge type `{type}`: use one of {', '.join(_MERGES)}")
         self.output: Tensor | None = None
         self.type = type
         self.n = n

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ... import functional as Fn
+from ...errors import ArgumentError
 from ...transform_base import Normalization, Transform
 from ...transforms import Crop, HFlip, Rot90, VFlip
+from ...validate import check_bool, check_choice, check_finite, check_int, check_positive, check_size
 from .base import DualTransform, ImageOnlyTransform
 
 __all__ = [
@@ -41,6 +43,22 @@ __all__ = [
     "Scale",
     "VerticalFlip",
 ]
+
+
+_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")  # F.interpolate's modes for images
+
+
+def _values(name: str, values: Any, check: Any) -> list[Any]:
+    """``values`` as a non-empty list, each checked by ``check(name, value)``."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise ArgumentError(f"{name} must be a non-empty list, got {values!r}")
+    return [check(f"{name} value", v) for v in values]
+
+
+def _interpolation(interpolation: Any, align_corners: Any) -> None:
+    check_choice("interpolation", interpolation, _MODES)
+    if align_corners is not None:
+        check_bool("align_corners", align_corners)
 
 
 def _resize(x: Tensor, size: tuple[int, int], mode: str, align_corners: bool | None) -> Tensor:
@@ -131,15 +149,16 @@ class Rotate90(DualTransform):
     """Rotate by multiples of 90 degrees counter-clockwise (ttakit's ``rot90``).
 
     Raises:
-        ValueError: an angle that is not a multiple of 90 (ttach turned 45 into 0).
+        ArgumentError: an angle that is not a multiple of 90 (ttach turned 45 into 0).
     """
 
     identity_param = 0
 
     def __init__(self, angles: Sequence[int]) -> None:
+        angles = _values("Rotate90 angles", angles, lambda n, v: check_int(n, v, low=-(10**9)))
         bad = [a for a in angles if a % 90]
         if bad:
-            raise ValueError(f"Rotate90 angles must be multiples of 90, got {bad}")
+            raise ArgumentError(f"Rotate90 angles must be multiples of 90, got {bad}")
         if self.identity_param not in angles:
             angles = [self.identity_param, *angles]
         super().__init__("angle", list(angles))
@@ -158,6 +177,8 @@ class Scale(DualTransform):
     identity_param = 1
 
     def __init__(self, scales: Sequence[float], interpolation: str = "nearest", align_corners: bool | None = None) -> None:
+        scales = _values("Scale scales", scales, check_positive)  # a factor of 0 has no pixels
+        _interpolation(interpolation, align_corners)
         if self.identity_param not in scales:
             scales = [self.identity_param, *scales]
         self.interpolation, self.align_corners = interpolation, align_corners
@@ -179,6 +200,9 @@ class Resize(DualTransform):
 
     def __init__(self, sizes: Sequence[tuple[int, int]], original_size: tuple[int, int] | None = None,
                  interpolation: str = "nearest", align_corners: bool | None = None) -> None:
+        sizes = _values("Resize sizes", sizes, check_size)
+        original_size = None if original_size is None else check_size("original_size", original_size)
+        _interpolation(interpolation, align_corners)
         if original_size is not None and original_size not in sizes:
             sizes = [original_size, *sizes]
         self.interpolation, self.align_corners = interpolation, align_corners
@@ -205,6 +229,7 @@ class _PixelValues(ImageOnlyTransform):
     op: str
 
     def __init__(self, name: str, values: Sequence[float]) -> None:
+        values = _values(f"{type(self).__name__} {name}s", values, check_finite)
         if self.identity_param not in values:
             values = [self.identity_param, *values]
         super().__init__(name, list(values))
@@ -238,7 +263,7 @@ class FiveCrops(ImageOnlyTransform):
     masks_ok = False
 
     def __init__(self, crop_height: int, crop_width: int) -> None:
-        size = (int(crop_height), int(crop_width))
+        size = (check_int("crop_height", crop_height), check_int("crop_width", crop_width))
         super().__init__("crop_fn", [Crop(p, size) for p in ("tl", "bl", "br", "tr", "center")])
 
     def ttakit_transform(self, value: Any) -> Transform | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ...errors import ArgumentError
 from ...policy import Policy
 from ...runtime.config import kept_as_given
 from ...tasks.plan import Plan
@@ -46,11 +47,21 @@ def _merged(merge_mode: str, outs: list[Tensor], key: str | None) -> Tensor | di
     return merger.result if key is None else {key: merger.result}
 
 
+def _check(model: Any, transforms: Any, merge_mode: Any) -> None:
+    """The wrappers' arguments, checked when built (ttach found a bad merge mode at the first call)."""
+    if not callable(model):
+        raise ArgumentError(f"model must be callable (an nn.Module), got {type(model).__name__}")
+    if not isinstance(transforms, Compose):
+        raise ArgumentError(f"transforms must be a Compose of ttach transforms, got {type(transforms).__name__}")
+    Merger(type=merge_mode)  # an unknown merge mode fails here, naming the known ones
+
+
 class _Wrapper(nn.Module):
     """Run every view, undo each output with :meth:`_undo`, merge with ttach's Merger."""
 
     def __init__(self, model: nn.Module, transforms: Compose, merge_mode: str, output_key: str | None) -> None:
         super().__init__()
+        _check(model, transforms, merge_mode)
         self.model, self.transforms, self.merge_mode, self.output_key = model, transforms, merge_mode, output_key
 
     def _undo(self, t: Transformer, out: Tensor) -> Tensor:
@@ -97,6 +108,7 @@ class KeypointsTTAWrapper(nn.Module):
     def __init__(self, model: nn.Module, transforms: Compose, merge_mode: str = "mean",
                  output_keypoints_key: str | None = None, scaled: bool = False) -> None:
         super().__init__()
+        _check(model, transforms, merge_mode)
         self.model, self.transforms, self.merge_mode = model, transforms, merge_mode
         self.output_key, self.scaled = output_keypoints_key, scaled
 
