@@ -38,7 +38,7 @@ import ttakit
 from ttakit.datasets import LabelledImages, detect_dataset
 from ttakit.errors import BackendError
 from ttakit.evaluation.evaluate import EvalOptions, evaluate
-from ttakit.evaluation.store import load_logits
+from ttakit.evaluation.classify_logits import load_logits
 from ttakit.runtime.backends import Backend, TorchBackend, create_backend
 from ttakit.runtime.config import RunConfig, default_run_config, prepare_model, timed, tune_run_config
 from ttakit import export_tta

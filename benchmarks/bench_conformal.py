@@ -29,7 +29,7 @@ import torch
 import ttakit
 from ttakit.evaluation.conformal import ConformalOptions, bootstrap_counts, conformal_metrics, greedy_set_size
 from ttakit.evaluation.search import greedy_search
-from ttakit.evaluation.store import load_logits
+from ttakit.evaluation.classify_logits import load_logits
 from ttakit.merge import merge_logits
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from ttakit.datasets import detect_dataset
 from ttakit.evaluation.evaluate import EvalOptions, evaluate
 from ttakit.evaluation.search import kfold_estimate
 from ttakit.evaluation.stats import compare
-from ttakit.evaluation.store import load_logits
+from ttakit.evaluation.classify_logits import load_logits
 from ttakit.policy import Policy, create_policy, parse_policy
 from ttakit.presets import source_pool
 

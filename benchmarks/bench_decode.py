@@ -26,7 +26,7 @@ from bench_backends import SAMPLE, load_avg, log  # noqa: E402 - the shared help
 
 import ttakit  # noqa: E402
 from ttakit.data import InputRenderer  # noqa: E402
-from ttakit.datasets import ImageList, _collate, make_loader  # noqa: E402
+from ttakit.datasets import ImageList, collate_decoded, make_loader  # noqa: E402
 from ttakit.policy import parse_view  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def loaders(paths: list[str], renderer: InputRenderer, workers: int, batch: int)
 
     def torch_loader(method: str):
         return lambda: DataLoader(ImageList(paths, renderer), batch_sampler=batches, num_workers=workers,
-                                  collate_fn=_collate, prefetch_factor=2,
+                                  collate_fn=collate_decoded, prefetch_factor=2,
                                   multiprocessing_context=multiprocessing.get_context(method))
 
     return {"threads": lambda: make_loader(paths, renderer, batches, workers), "fork": torch_loader("fork"),

@@ -25,7 +25,7 @@ from PIL import Image
 
 import ttakit
 from ttakit.evaluation.search import greedy_search
-from ttakit.evaluation.store import load_logits
+from ttakit.evaluation.classify_logits import load_logits
 from ttakit import export_tta
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ import ttakit
 from ttakit.datasets import detect_dataset
 from ttakit.evaluation.evaluate import EvalOptions, evaluate
 from ttakit.evaluation.search import SearchOptions, kfold_estimate, search_policy
-from ttakit.evaluation.store import load_logits
+from ttakit.evaluation.classify_logits import load_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = {"corrupted": ROOT / "runs" / "imagenet-corrupt", "clean": ROOT.parent / "shared" / "imagenet-sample"}

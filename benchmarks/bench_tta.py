@@ -198,7 +198,7 @@ def bench_evaluate(lm, device, cfg, log, n: int, workers: int, policy: str, repe
     """End-to-end evaluate (decode, resize, views, forward, merge, metrics, files) in this
     process, against forward-only on pre-decoded tensors; peak RSS of whole CLI runs."""
     from ttakit.datasets import detect_dataset
-    from ttakit.evaluate import EvalOptions, evaluate
+    from ttakit.evaluation.evaluate import EvalOptions, evaluate
 
     data = detect_dataset(SAMPLE, lm.class_names).head(n)
     pol = [ttakit.create_policy(policy)]

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ttakit.evaluation.search import _correct_and_nll, choice_probs, greedy_search, kfold_estimate
+from ttakit.evaluation.search import choice_probs, correct_and_nll, greedy_search, kfold_estimate
 from ttakit.evaluation.metrics import TEMPERATURES
 from ttakit.evaluation.stats import compare
-from ttakit.evaluation.store import load_logits
+from ttakit.evaluation.classify_logits import load_logits
 
 SETS = ("clean", "corrupted")
 
@@ -91,7 +91,7 @@ def main() -> None:
             train = torch.cat([p for j, p in enumerate(folds) if j != i])
             cols = list(greedy_search(logits[train], labels[train], budget, "nll", temperatures=(1.0,)).cols)
             seen[" + ".join(names[c] for c in cols)] += 1
-            rows[held] = torch.cat([_correct_and_nll(choice_probs(logits[held], c, 1.0), labels[held])
+            rows[held] = torch.cat([correct_and_nll(choice_probs(logits[held], c, 1.0), labels[held])
                                     for c in (cols, [0])], 1)
         best = " + ".join(names[c] for c in greedy_search(logits, labels, budget, "nll", temperatures=(1.0,)).cols)
         per_set = [f"{rows[which == i, 0].mean():.2%} ({rows[which == i, 2].mean():.2%})" for i in range(len(SETS))]
@@ -123,8 +123,8 @@ def main() -> None:
         cols = [names.index(v.strip()) for v in text.split(" + ")]
         for i, s in enumerate(SETS):
             m = which == i
-            pol = _correct_and_nll(choice_probs(logits[m], cols, 1.0), labels[m])
-            pl = _correct_and_nll(choice_probs(logits[m], [0], 1.0), labels[m])
+            pol = correct_and_nll(choice_probs(logits[m], cols, 1.0), labels[m])
+            pl = correct_and_nll(choice_probs(logits[m], [0], 1.0), labels[m])
             c = compare(pl[:, 0].numpy(), pol[:, 0].numpy(), pl[:, 1].numpy(), pol[:, 1].numpy())
             print(f"| {text} | {s} | {pol[:, 0].mean():.2%} | {pl[:, 0].mean():.2%} | {c.fixed} / {c.broken} | "
                   f"{c.p_value:.3f} | {c.delta_nll:+.4f} ({c.ci_nll[0]:+.4f}, {c.ci_nll[1]:+.4f}) |")

@@ -65,14 +65,14 @@ def super_class(index: int) -> int:
 
 
 # --------------------------------------------------------------------------- 1. the data
-def _square(img: Image.Image, side: int) -> Image.Image:
+def square_crop(img: Image.Image, side: int) -> Image.Image:
     s = side / min(img.size)
     img = img.resize((max(side, round(img.width * s)), max(side, round(img.height * s))), Image.BICUBIC)
     left, top = (img.width - side) // 2, (img.height - side) // 2
     return img.crop((left, top, left + side, top + side))
 
 
-def _object(img: Image.Image) -> Image.Image:
+def object_crop(img: Image.Image) -> Image.Image:
     """The centre 70% of a photo (its object), at most 192 px on its long side."""
     w, h = img.size
     crop = img.crop((round(0.15 * w), round(0.15 * h), round(0.85 * w), round(0.85 * h)))
@@ -80,7 +80,7 @@ def _object(img: Image.Image) -> Image.Image:
     return crop.resize((max(1, round(crop.width * s)), max(1, round(crop.height * s))), Image.BICUBIC)
 
 
-def _mask(w: int, h: int, rng: np.random.Generator) -> Image.Image:
+def rough_mask(w: int, h: int, rng: np.random.Generator) -> Image.Image:
     """A rough rounded mask that touches the four sides of its box (so the box is exact)."""
     yy, xx = np.mgrid[0:h, 0:w]
     u, v = (xx + 0.5) / w * 2 - 1, (yy + 0.5) / h * 2 - 1
@@ -116,7 +116,7 @@ def _compose(rng: np.random.Generator, backgrounds: list[tuple[int, Image.Image]
             x, y = int(rng.integers(0, SIZE - w + 1)), int(rng.integers(0, SIZE - h + 1))
             box = [float(x), float(y), float(x + w), float(y + h)]
             if all(_iou(box, b) < 0.1 for b, _ in placed):
-                canvas.paste(obj.resize((w, h), Image.BICUBIC), (x, y), _mask(w, h, rng))
+                canvas.paste(obj.resize((w, h), Image.BICUBIC), (x, y), rough_mask(w, h, rng))
                 placed.append((box, label))
                 break
     return canvas, placed
@@ -138,8 +138,8 @@ def make_dataset(out: Path, n_train: int = 1200, n_test: int = 250, seed: int = 
     labels = [super_class(index[p.name.split("_", 1)[0]]) for p in photos]
     for split, n, offset in (("train", n_train, 0), ("test", n_test, 10_000_000)):
         mine = [i for i in range(len(photos)) if (i % 5 == 4) == (split == "test")]  # split by source photo
-        backgrounds = [(i, _square(decoded[i], SIZE)) for i in mine]
-        objects = [(i, labels[i], _object(decoded[i])) for i in mine]
+        backgrounds = [(i, square_crop(decoded[i], SIZE)) for i in mine]
+        objects = [(i, labels[i], object_crop(decoded[i])) for i in mine]
         folder = data / split
         folder.mkdir(parents=True, exist_ok=True)
         images, anns = [], []

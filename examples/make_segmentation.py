@@ -37,7 +37,7 @@ from PIL import Image
 
 import ttakit
 from detection_demo import CLASSES as OBJECT_CLASSES  # run as a script: its sibling is importable
-from detection_demo import SIZE, _mask, _object, _square, super_class
+from detection_demo import SIZE, object_crop, rough_mask, square_crop, super_class
 
 __all__ = ["CLASSES", "make_segmentation", "paste_objects", "sample_photos"]
 
@@ -68,7 +68,7 @@ def paste_objects(rng: np.random.Generator, canvas: Image.Image, labels: np.ndar
         w, h = (long_side, long_side / aspect) if aspect >= 1 else (long_side * aspect, long_side)
         w, h = max(16, min(width, round(w))), max(16, min(height, round(h)))
         x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-        alpha = _mask(w, h, rng)
+        alpha = rough_mask(w, h, rng)
         canvas.paste(obj.resize((w, h), Image.BICUBIC), (x, y), alpha)
         covered = np.asarray(alpha) >= 128  # the pixel is at least half object
         labels[y:y + h, x:x + w][covered] = 1 + cls
@@ -111,8 +111,8 @@ def make_segmentation(out: Path = DEFAULT_OUT, n_train: int = 1000, n_test: int 
         if not todo:
             continue
         decoded = {i: ttakit.load_image(photos[i]) for i in mine}
-        backgrounds = [(i, _square(decoded[i], SIZE)) for i in mine]
-        objects = [(i, labels[i], _object(decoded[i])) for i in mine]
+        backgrounds = [(i, square_crop(decoded[i], SIZE)) for i in mine]
+        objects = [(i, labels[i], object_crop(decoded[i])) for i in mine]
         for stem in todo:
             img, label_map = _compose(_rng(stem), backgrounds, objects)
             img.save(folder / "images" / f"{stem}.jpg", quality=92)

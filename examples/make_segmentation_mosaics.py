@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 import ttakit
-from detection_demo import _object, _square  # run as a script: its siblings are importable
+from detection_demo import object_crop, square_crop  # run as a script: its siblings are importable
 from make_segmentation import SIZE, paste_objects, sample_photos
 
 __all__ = ["GRID", "make_mosaics"]
@@ -47,8 +47,8 @@ def make_mosaics(out: Path = DEFAULT_OUT, n: int = 40) -> Path:
     photos, classes = sample_photos()
     held_out = [i for i in range(len(photos)) if i % 5 == 4]  # the test split's photos only
     decoded = {i: ttakit.load_image(photos[i]) for i in held_out}
-    squares = {i: _square(decoded[i], SIZE) for i in held_out}
-    objects = [(i, classes[i], _object(decoded[i])) for i in held_out]
+    squares = {i: square_crop(decoded[i], SIZE) for i in held_out}
+    objects = [(i, classes[i], object_crop(decoded[i])) for i in held_out]
     side = GRID * SIZE
     for stem in todo:
         rng = np.random.default_rng(zlib.crc32(stem.encode()))
