@@ -2,13 +2,14 @@
 
 Not a benchmark itself. Every benchmark prints :func:`provenance` first, so a table pasted from
 its output says where it came from (commit, CPU and the flags that matter, load, command).
-``--quick`` runs use :func:`bench_model` (timm's tiny ``test_efficientnet`` with random
+``--quick`` runs use :func:`load_bench_model` (timm's tiny ``test_efficientnet`` with random
 weights) and :func:`quick_folders` (a few sample photos, or copies of the bundled photo where
 ``../shared/imagenet-sample`` is absent, and a corrupted copy of them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import subprocess
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The 500 sample photos (``TTAKIT_SAMPLE`` overrides: a worktree's ../shared may not exist).
 SAMPLE = Path(os.environ.get("TTAKIT_SAMPLE") or ROOT.parent / "shared" / "imagenet-sample")
 QUICK_MODEL = "test_efficientnet"  # timm's tiny test model: quick runs check the code, not the figures
+QUICK_SIZE = 64  # its input side in quick runs (fully convolutional: any size runs)
 CPU_FLAGS = ("avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
 
 
@@ -71,8 +73,11 @@ def provenance(script: str, argv: list[str] | None) -> str:
 
 
 def load_bench_model(quick: bool) -> ttakit.LoadedModel:
-    """The default model, or in a quick run timm's tiny test model with random weights."""
-    return ttakit.load_model(QUICK_MODEL, weights="random") if quick else ttakit.load_model()
+    """The default model, or in a quick run timm's tiny test model with random weights at 64 px."""
+    if not quick:
+        return ttakit.load_model()
+    lm = ttakit.load_model(QUICK_MODEL, weights="random")
+    return dataclasses.replace(lm, data_config={**lm.data_config, "input_size": (3, QUICK_SIZE, QUICK_SIZE)})
 
 
 def quick_folders(dst: Path, n: int = 4) -> dict[str, Path]:

@@ -25,7 +25,7 @@ HELPERS = {"bench_common.py"}  # modules the scripts share, not scripts
 # Extra arguments of a quick run ({tmp}: the test's temporary folder).
 ARGS: dict[str, list[str]] = {}
 # What a script's quick run prints besides its provenance line (a Markdown table unless noted).
-PRINTS: dict[str, str] = {"make_corrupted.py": "wrote 4 photos", "make_segmentation.py": "wrote",
+PRINTS: dict[str, str] = {"bench_box_map.py": "paired bootstrap", "make_corrupted.py": "wrote 4 photos", "make_segmentation.py": "wrote",
                           "make_segmentation_mosaics.py": "wrote", "serve_onnx.py": "policy "}
 
 
@@ -49,6 +49,7 @@ def test_quick_run(script: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)  # a relative output path lands here, never in the repository
     monkeypatch.setenv("TTAKIT_CACHE", str(tmp_path / "cache"))
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared CPU, 2 torch threads fighting other jobs run tiny models 10x slower
     try:
         with warnings.catch_warnings():
             module = _load(script)
