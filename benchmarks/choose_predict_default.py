@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -28,6 +30,10 @@ from ttakit.evaluation.search import choice_probs, correct_and_nll, greedy_searc
 from ttakit.evaluation.metrics import TEMPERATURES
 from ttakit.evaluation.stats import compare
 from ttakit.evaluation.classify_logits import load_logits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import provenance  # noqa: E402
+from bench_source_views import quick_logits  # noqa: E402
 
 SETS = ("clean", "corrupted")
 
@@ -58,12 +64,19 @@ def load(runs: Path) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tenso
     return logits, labels, [names[i] for i in order], which
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=Path("runs/bench_source_views"))
     ap.add_argument("--folds", type=int, default=5)
-    args = ap.parse_args()
-    logits, labels, names, which = load(args.runs)
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run on the logits of bench_source_views.py --quick (made here, in a temporary folder), "
+                    "2 folds")
+    args = ap.parse_args(argv)
+    print(provenance(__file__, argv))
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            args.runs, args.folds = quick_logits(Path(tmp)), 2
+        logits, labels, names, which = load(args.runs)
     print(f"{len(labels)} photos ({', '.join(f'{s} {int((which == i).sum())}' for i, s in enumerate(SETS))}), "
           f"{len(names)} candidate views\n")
     print("| budget | objective | views per fold | held-out top-1 (plain) | held-out NLL (plain) | clean top-1 (plain) | "
@@ -117,6 +130,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     candidates = ["identity + hflip", "identity + input=256:1|hflip", "identity + input=256:1",
                   "input=256:1 + input=256:1|hflip", "identity + input=224:1 + input=256:1|hflip"]
+    missing = [c for c in candidates if not all(v.strip() in names for v in c.split(" + "))]
+    if missing:  # the pool of a model of another input size (a quick run's) names its stages otherwise
+        print(f"(not in this pool: {'; '.join(missing)})")
+    candidates = [c for c in candidates if c not in missing]
     searched = [" + ".join(names[c] for c in greedy_search(logits, labels, b, "nll", temperatures=t).cols)
                 for b in (2, 3) for t in ((1.0,), TEMPERATURES)]
     for text in dict.fromkeys(candidates + searched):
