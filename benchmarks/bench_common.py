@@ -102,3 +102,16 @@ def quick_folders(dst: Path, n: int = 4) -> dict[str, Path]:
         blurred = im.filter(ImageFilter.GaussianBlur(2))
         ImageEnhance.Brightness(blurred).enhance(0.6).save(corrupted / name, quality=92)
     return {"clean": clean, "corrupted": corrupted}
+
+
+def check_args(argv: list[str]) -> None:
+    """``SCRIPT ARG...``: parse the arguments with SCRIPT's own ``parser()`` and run nothing
+    (``DRY_RUN=1 benchmarks/gpu_bench.sh``); argparse exits with its message on a bad one."""
+    import importlib.util
+
+    script, *args = argv
+    spec = importlib.util.spec_from_file_location(Path(script).stem, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.parser().parse_args(args)
+    print(f"arguments ok: {script} {' '.join(args)}")

@@ -68,6 +68,6 @@ def test_gpu_bench_dry_run(tmp_path: Path) -> None:
     arguments with that script's own parser."""
     env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, "OUT": str(tmp_path)}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_bench.sh")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("arguments ok:") == 3, done.stdout
