@@ -22,6 +22,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted([*ROOT.glob("benchmarks/*.py"), *ROOT.glob("examples/*.py")])
 HELPERS = {"bench_common.py"}  # modules the scripts share, not scripts
+# Run in a process of their own: bench_tta's quick run passes alone, and in one process after
+# bench_source_views alone, but crashes the interpreter (SIGSEGV, in native code: faulthandler
+# shows nothing) after the whole list of benchmarks before it. Not understood yet.
+OWN_PROCESS = {"bench_tta.py"}
 # Extra arguments of a quick run ({tmp}: the test's temporary folder).
 ARGS: dict[str, list[str]] = {}
 # What a script's quick run prints besides its provenance line (a Markdown table unless noted).
@@ -46,6 +50,13 @@ def test_every_script_is_run() -> None:
 @pytest.mark.parametrize("script", [s for s in SCRIPTS if s.name not in HELPERS],
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_quick_run(script: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    if script.name in OWN_PROCESS:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        done = subprocess.run([sys.executable, str(script), "--quick", "--workers", "0"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "|---" in done.stdout and done.stdout.startswith("<sub>measured "), done.stdout[-2000:]
+        return
     monkeypatch.syspath_prepend(str(script.parent))
     monkeypatch.chdir(tmp_path)  # a relative output path lands here, never in the repository
     monkeypatch.setenv("TTAKIT_CACHE", str(tmp_path / "cache"))
