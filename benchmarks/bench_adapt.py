@@ -30,6 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +47,9 @@ from ttakit.datasets import detect_dataset
 from ttakit.evaluation.conformal_families import leave_one_family_out
 from ttakit.evaluation.stats import compare
 from ttakit.stages import Input
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import load_bench_model, provenance, quick_folders  # noqa: E402
 
 CORRUPTIONS = ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
                "zoom_blur", "snow", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
@@ -100,7 +106,7 @@ def conformal(cal_probs: torch.Tensor, cal_y: torch.Tensor, logits: torch.Tensor
     return {"coverage": float(sets[torch.arange(len(y)), y].float().mean()), "set_size": float(sets.sum(1).float().mean())}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--clean", default="../shared/imagenet-sample")
     ap.add_argument("--corrupted", default="/work/data/h27", help="folder holding c3-<corruption> folders")
@@ -113,7 +119,23 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=None, help="only the first N photos of each stream (a smoke run)")
     ap.add_argument("--out", default="runs/bench_adapt/results.json")
     ap.add_argument("--table", action="store_true", help="print the markdown tables of --out and stop")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: timm's tiny test model, 18 photos, a blurred copy standing in for one ImageNet-C "
+                    "stream, the model's preprocessing only, batches of 6, results in a temporary folder")
+    args = ap.parse_args(argv)
+    print(provenance(__file__, argv))
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:  # a stand-in for ImageNet-C: the photos and a blurred, darkened copy as one corruption
+            folders = quick_folders(Path(tmp) / "photos", 18)  # 9 even ones calibrate alpha 0.1
+            shutil.copytree(folders["corrupted"], Path(tmp) / "c3-gaussian_noise")
+            args.clean, args.corrupted, args.streams = str(folders["clean"]), tmp, "clean,gaussian_noise"
+            args.heavy, args.batch, args.out = args.streams, 6, str(Path(tmp) / "results.json")
+            args.stages = "crop"
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Every stream x order x input x method of ``args`` not yet in ``--out``; then the tables."""
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -121,8 +143,9 @@ def main() -> None:
         print(tables(results))
         print(transfer(out.parent))
         return
-    torch.set_num_threads(2)
-    lm = ttakit.load_model()
+    if not args.quick:
+        torch.set_num_threads(2)
+    lm = load_bench_model(args.quick)
     model = lm.model.eval().to(memory_format=torch.channels_last)
     cfg = dict(lm.data_config)
     cache = out.parent / "cache"

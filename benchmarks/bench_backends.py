@@ -38,24 +38,15 @@ import ttakit
 from ttakit.datasets import LabelledImages, detect_dataset
 from ttakit.errors import BackendError
 from ttakit.evaluation.evaluate import EvalOptions, evaluate
-from ttakit.evaluation.store import load_logits
+from ttakit.evaluation.classify_logits import load_logits
 from ttakit.runtime.backends import Backend, TorchBackend, create_backend
 from ttakit.runtime.config import RunConfig, default_run_config, prepare_model, timed, tune_run_config
 from ttakit import export_tta
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "imagenet-sample"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import SAMPLE, load_avg, load_bench_model, log, provenance, quick_folders  # noqa: E402
+
 TARGETS = {"hflip": 1.4, "d4": 1.7}  # evaluate e2e, onnxruntime vs torch
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def load_avg() -> str:
-    try:
-        return " / ".join(f"{v:.1f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 # --------------------------------------------------------------------------- contenders
@@ -90,9 +81,9 @@ def run_config_for(spec: str, backend: Backend, lm: ttakit.LoadedModel, device: 
     return tune_run_config(backend, lm.input_size, device)
 
 
-def photos(lm: ttakit.LoadedModel, n: int) -> torch.Tensor:
+def photos(lm: ttakit.LoadedModel, n: int, folder: Path = SAMPLE) -> torch.Tensor:
     """n preprocessed sample photos (random images where the folder is absent)."""
-    files = sorted(SAMPLE.glob("*.JPEG"))[:n] if SAMPLE.is_dir() else []
+    files = sorted(folder.glob("*.JPEG"))[:n] if folder.is_dir() else []
     if not files:
         return torch.randn(n, 3, *lm.input_size)
     return ttakit.preprocess(files, lm.transform())
@@ -112,10 +103,10 @@ def interleaved(contenders: dict[str, Callable[[], object]], repeats: int, devic
 
 # --------------------------------------------------------------------------- 1. the model alone
 def bench_model(backends: dict[str, Backend], device: torch.device, batches: list[int], repeats: int,
-                seconds: float) -> list[dict]:
+                seconds: float, size: tuple[int, int] = (224, 224)) -> list[dict]:
     rows = []
     for bs in batches:
-        x = torch.randn(bs, 3, 224, 224, device=device)
+        x = torch.randn(bs, 3, *size, device=device)
         xcl = x.contiguous(memory_format=torch.channels_last)
 
         def loop(be: Backend, inp: torch.Tensor) -> Callable[[], int]:
@@ -147,10 +138,10 @@ def bench_model(backends: dict[str, Backend], device: torch.device, batches: lis
 
 # --------------------------------------------------------------------------- 2. evaluate e2e
 def bench_evaluate(lm, backends: dict[str, Backend], cfgs: dict[str, RunConfig], device, n: int, policies: list[str],
-                   workers: int, rounds: int, tmp: Path) -> list[dict]:
+                   workers: int, rounds: int, tmp: Path, folder: Path = SAMPLE) -> list[dict]:
     """Each policy's photos in ``rounds`` consecutive parts; every part is evaluated by every
     backend in turn, so a change in the shared machine's speed hits all backends alike."""
-    data = detect_dataset(SAMPLE, lm.class_names).head(n)
+    data = detect_dataset(folder, lm.class_names).head(n)
     bounds = [round(i * len(data) / rounds) for i in range(rounds + 1)]
     parts = [LabelledImages(data.paths[a:b], data.labels[a:b], data.layout, data.source)
              for a, b in zip(bounds, bounds[1:]) if b > a]
@@ -196,11 +187,13 @@ class _Softmax(torch.nn.Module):
         return torch.softmax(self.m(x), -1)
 
 
-def bench_ttach(lm, ort_backend: Backend, cfg: RunConfig, x: torch.Tensor, repeats: int, device) -> list[dict]:
+def bench_ttach(lm, ort_backend: Backend, cfg: RunConfig, x: torch.Tensor, repeats: int, device,
+                names: tuple[str, ...] = ("hflip", "d4")) -> list[dict]:
     import ttach
 
     rows = []
-    for name, theirs in (("hflip", ttach.aliases.hflip_transform()), ("d4", ttach.aliases.d4_transform())):
+    for name in names:
+        theirs = {"hflip": ttach.aliases.hflip_transform, "d4": ttach.aliases.d4_transform}[name]()
         ours = ttakit.ClassificationTTA(lm.model, name, run_config=cfg, norm=lm.normalization,
                                         data_config=lm.data_config, backend=ort_backend)
         wrapper = ttach.ClassificationTTAWrapper(_Softmax(lm.model), theirs, merge_mode="mean")
@@ -221,7 +214,7 @@ def bench_ttach(lm, ort_backend: Backend, cfg: RunConfig, x: torch.Tensor, repea
 
 
 # --------------------------------------------------------------------------- 4. exported graphs
-def bench_graphs(lm, tmp: Path, batches: list[int], repeats: int) -> list[dict]:
+def bench_graphs(lm, tmp: Path, batches: list[int], repeats: int, seconds: float = 0.5) -> list[dict]:
     import onnxruntime as ort
 
     sessions = {}
@@ -235,7 +228,7 @@ def bench_graphs(lm, tmp: Path, batches: list[int], repeats: int) -> list[dict]:
         x = np.random.default_rng(0).standard_normal((bs, 3, *lm.input_size), dtype=np.float32)
         sessions["none"].run(None, {"images": x})
         single = timed(lambda: sessions["none"].run(None, {"images": x}), torch.device("cpu"))
-        calls = max(1, round(0.5 / single))  # about half a second per measurement: short calls are noisy
+        calls = max(1, round(seconds / single))  # about half a second per measurement: short calls are noisy
 
         def loop(s) -> Callable[[], None]:
             return lambda: [s.run(None, {"images": x}) for _ in range(calls)]
@@ -249,8 +242,8 @@ def bench_graphs(lm, tmp: Path, batches: list[int], repeats: int) -> list[dict]:
 
 # --------------------------------------------------------------------------- report
 def tables(meta: dict, model_rows, eval_rows, ttach_rows, graph_rows, names: list[str]) -> str:
-    out = [f"Machine: {meta['machine']}; torch {torch.__version__}, {meta['versions']}; model tf_efficientnet_lite0 "
-           f"at 224 px; load average {meta['load_start']} at start, {meta['load_end']} at the end; {meta['date']}.",
+    out = [f"Machine: {meta['machine']}; torch {torch.__version__}, {meta['versions']}; model {meta['model']} "
+           f"; load average {meta['load_start']} at start, {meta['load_end']} at the end; {meta['date']}.",
            "", f"Command: `{meta['cmd']}`", ""]
     if model_rows:
         ref = "torch" if "torch" in names else names[0]
@@ -285,7 +278,7 @@ def tables(meta: dict, model_rows, eval_rows, ttach_rows, graph_rows, names: lis
     return "\n".join(out)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--backends", default=None,
@@ -301,18 +294,25 @@ def main() -> None:
     p.add_argument("--micro-batch", default="auto", help="'auto' (tuned per backend, cached) or a number")
     p.add_argument("--ttach-images", type=int, default=32, help="photos of the ttach part (0 skips it)")
     p.add_argument("--skip-graphs", action="store_true", help="skip the exported-graph part")
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, 40 photos, 8 for ttach")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: timm's tiny test model, 1 repeat, 4 photos (2 for ttach, hflip only), batches 1 and 4")
     p.add_argument("--out", default=None, help="also write the tables here")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    print(provenance(__file__, argv))
     if args.quick:
-        args.repeats, args.images, args.ttach_images, args.seconds, args.rounds = 1, 40, 8, 0.3, 2
+        args.repeats, args.images, args.ttach_images, args.seconds, args.rounds = 1, 4, 2, 0.05, 1
+        args.batches, args.micro_batch, args.workers, args.policies = "1,4", "4", 0, "hflip"
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     names = (args.backends or ("torch,torch-bf16,torch-compile,onnxruntime-cuda,onnxruntime-tensorrt" if gpu
                                else "torch,onnxruntime,openvino")).split(",")
     load_start = load_avg()
     torch.manual_seed(0)
-    lm = ttakit.load_model()
+    lm = load_bench_model(args.quick)
     lm.model.to(device)
     prepare_model(lm.model, default_run_config(device))
     backends: dict[str, Backend] = {}
@@ -330,23 +330,27 @@ def main() -> None:
             pass
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        model_rows = bench_model(backends, device, [int(b) for b in args.batches.split(",")], args.repeats, args.seconds)
+        folder = quick_folders(tmp / "photos", args.images)["clean"] if args.quick else SAMPLE
+        model_rows = bench_model(backends, device, [int(b) for b in args.batches.split(",")], args.repeats, args.seconds,
+                                 lm.input_size)
         cfgs = {k: run_config_for(k, be, lm, device, args.micro_batch) for k, be in backends.items()}
         log("run configs: " + ", ".join(f"{k} {c.micro_batch}{' cl' if c.channels_last else ''}" for k, c in cfgs.items()))
         eval_rows = []
-        if args.images and SAMPLE.is_dir() and not gpu:
+        if args.images and folder.is_dir() and not gpu:
             eval_rows = bench_evaluate(lm, backends, cfgs, device, args.images, args.policies.split(","), args.workers,
-                                       args.rounds, tmp)
+                                       args.rounds, tmp, folder)
         ttach_rows = []
         if args.ttach_images and "onnxruntime" in backends:
-            ttach_rows = bench_ttach(lm, backends["onnxruntime"], cfgs["onnxruntime"], photos(lm, args.ttach_images),
-                                     args.repeats, device)
+            ttach_rows = bench_ttach(lm, backends["onnxruntime"], cfgs["onnxruntime"], photos(lm, args.ttach_images, folder),
+                                     args.repeats, device, ("hflip",) if args.quick else ("hflip", "d4"))
             prepare_model(lm.model, default_run_config(device))
-        graph_rows = [] if args.skip_graphs or gpu else bench_graphs(lm, tmp, [1, 16], args.repeats + 2)
+        graph_batches = [1] if args.quick else [1, 16]
+        graph_rows = [] if args.skip_graphs or gpu else bench_graphs(lm, tmp, graph_batches, args.repeats + 2,
+                                                                             0.05 if args.quick else 0.5)
     machine = (torch.cuda.get_device_name(device) if gpu else f"{platform.processor() or platform.machine()}, "
                f"{os.cpu_count()} cores")
-    meta = {"machine": machine, "versions": ", ".join(versions), "date": date.today().isoformat(),
-            "load_start": load_start, "load_end": load_avg(), "cmd": "python " + " ".join(sys.argv)}
+    meta = {"machine": machine, "model": f"{lm.name} at {lm.input_size[-1]} px", "versions": ", ".join(versions), "date": date.today().isoformat(),
+            "load_start": load_start, "load_end": load_avg(), "cmd": "python " + " ".join(sys.argv if argv is None else [__file__, *argv])}
     text = tables(meta, model_rows, eval_rows, ttach_rows, graph_rows, names)
     print(text)
     if args.out:

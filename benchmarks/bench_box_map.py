@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -19,13 +21,20 @@ from pycocotools.coco import COCO
 from ttakit.evaluation.box_map import coco_map, match_table, per_image_map, weighted_map
 from ttakit.evaluation.stats import compare_statistic
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import provenance  # noqa: E402
 
-def main() -> None:
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--dets", type=int, default=20, help="detections per image and row")
     ap.add_argument("--resamples", type=int, default=1000)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="smoke run: 20 images, 50 resamples")
+    args = ap.parse_args(argv)
+    print(provenance(__file__, argv))
+    if args.quick:
+        args.images, args.resamples = 20, 50
     g = np.random.default_rng(0)
     n, n_cat = args.images, 80
     anns: list[dict] = []

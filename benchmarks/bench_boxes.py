@@ -18,14 +18,19 @@ import argparse
 import math
 import platform
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 from ensemble_boxes import weighted_boxes_fusion as eb_wbf
 
 from ttakit.tasks.boxes import weighted_boxes_fusion
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import provenance  # noqa: E402
 
 
 def realistic_detections(n_objects: int = 100, n_views: int = 10, per_view: int = 10, n_classes: int = 20,
@@ -89,12 +94,13 @@ def agree(ours, theirs, size) -> float:
     return float(diff)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each contender")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--quick", action="store_true", help="1,000 boxes, 2 repeats")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    print(provenance(__file__, argv))
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # ensemble_boxes warns about every clipped box
     per_view, repeats = (1, 2) if args.quick else (10, args.repeats)

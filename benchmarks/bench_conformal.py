@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,10 +31,13 @@ import torch
 import ttakit
 from ttakit.evaluation.conformal import ConformalOptions, bootstrap_counts, conformal_metrics, greedy_set_size
 from ttakit.evaluation.search import greedy_search
-from ttakit.evaluation.store import load_logits
+from ttakit.evaluation.classify_logits import load_logits
 from ttakit.merge import merge_logits
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import ROOT, provenance  # noqa: E402
+from bench_source_views import quick_logits  # noqa: E402
+
 PRESETS = ("hflip", "tutorial")
 TUNED = "plain, tuned temperature"  # plain at the temperature the set-size search picks for it alone
 
@@ -117,7 +122,7 @@ def run(name: str, folder: Path, alpha: float, score: str, args: argparse.Namesp
     return lines, summary
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--logits", type=Path, default=ROOT / "runs" / "bench_source_views")
     p.add_argument("--sets", nargs="+", default=["corrupted", "clean"])
@@ -130,8 +135,28 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=5)
     p.add_argument("--table", type=Path, default=None, help="also write the Markdown table here")
     p.add_argument("--json", type=Path, default=None, help="also write every figure here")
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run on the logits of bench_source_views.py --quick (made here, in a temporary folder): "
+                   "alpha 0.5 (8 photos calibrate nothing finer), THR, 2 repeats x 5 splits, 20 resamples, budget 2")
+    args = p.parse_args(argv)
+    print(provenance(__file__, argv))
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small tensors: one thread is fastest on a shared machine
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            args.logits = quick_logits(Path(tmp))
+            args.alphas, args.scores, args.outer, args.splits, args.bootstrap, args.budget = [0.5], ["thr"], 2, 5, 20, 2
+        lines, everything = conformal_tables(args)
+    torch.set_num_threads(threads)
+    print("\n".join(lines))
+    if args.table:
+        args.table.write_text("\n".join(lines) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(everything, indent=1))
+
+
+def conformal_tables(args: argparse.Namespace) -> tuple[list[str], dict]:
+    """The table's lines and every figure, per stored set, alpha and score."""
     lines = ["| data | alpha | score | policy | coverage % (± MC) | mean set size | vs plain [95% CI] | "
              "vs plain at tuned T [95% CI] | singletons | worst-decile class coverage |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -148,11 +173,7 @@ def main() -> None:
                 everything[f"{name}/{alpha:g}/{score}"] = summary
                 print("\n".join(rows), flush=True)
     lines.append(f"\n{args.outer} search/measure repeats x {args.splits} splits; {time.perf_counter() - t0:.0f} s, no model time.")
-    print("\n".join(lines))
-    if args.table:
-        args.table.write_text("\n".join(lines) + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(everything, indent=1))
+    return lines, everything
 
 
 if __name__ == "__main__":

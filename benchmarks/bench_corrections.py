@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,12 +27,14 @@ from ttakit.datasets import detect_dataset
 from ttakit.evaluation.evaluate import EvalOptions, evaluate
 from ttakit.evaluation.search import kfold_estimate
 from ttakit.evaluation.stats import compare
-from ttakit.evaluation.store import load_logits
+from ttakit.evaluation.classify_logits import load_logits
 from ttakit.policy import Policy, create_policy, parse_policy
 from ttakit.presets import source_pool
 
-ROOT = Path(__file__).resolve().parents[1]
-SETS = {"corrupted": ROOT / "runs" / "imagenet-corrupt", "clean": ROOT.parent / "shared" / "imagenet-sample"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import ROOT, SAMPLE, load_bench_model, provenance, quick_folders  # noqa: E402
+
+SETS = {"corrupted": ROOT / "runs" / "imagenet-corrupt", "clean": SAMPLE}
 # Each correction alone (on the model's own input stage), then with the re-sampled view that helps most.
 ALONE = ("autocontrast=1", "equalize", "gamma=0.7", "unsharp=2:250:0", "median=3")
 COMBINED = ("input=256:1.0|autocontrast=1", "input=256:1.0|unsharp=2:250:0")
@@ -68,8 +72,12 @@ def run_set(lm: ttakit.LoadedModel, name: str, folder: Path, args: argparse.Name
     data = detect_dataset(folder, lm.class_names)
     cfg = lm.data_config
     base = Policy(parse_policy(source_pool(cfg), cfg))
-    extra = Policy(parse_policy(" + ".join(ALONE + COMBINED), cfg))
     pool = create_policy("search_pool + corrections", cfg)
+    extra_views = parse_policy(" + ".join(ALONE + COMBINED), cfg)
+    # The `corrections` preset's input stages follow the model's size: a model of another size
+    # than the default's (a quick run's) names them otherwise than COMBINED.
+    have = set(base.view_names) | {v.name for v in extra_views}
+    extra = Policy(extra_views + tuple(v for v in pool.views if v.name not in have))
     b_logits, labels, b_names, t_base = stored_logits(lm, data, base, args.base_out / name, args.workers)
     c_logits, c_labels, c_names, t_corr = stored_logits(lm, data, extra, args.out / name, args.workers)
     if not torch.equal(labels, c_labels):
@@ -116,26 +124,39 @@ def print_breakdown(name: str, folder: Path, files: list[str], names: list[str],
         print(f"| {v} | " + " | ".join(cells) + " |")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "corrections", help="folder of the correction views' logits")
-    p.add_argument("--base-out", type=Path, default=ROOT / "runs" / "bench_source_views",
-                   help="folder of the re-sampled views' logits")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder of the correction views' logits (default runs/corrections)")
+    p.add_argument("--base-out", type=Path, default=None,
+                   help="folder of the re-sampled views' logits (default runs/bench_source_views)")
     p.add_argument("--budget", type=int, default=5)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--sets", nargs="+", choices=sorted(SETS), default=list(SETS), help="data sets to run")
     p.add_argument("--table", type=Path, default=None, help="also write the table here")
-    args = p.parse_args()
-    lm = ttakit.load_model()
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: timm's tiny test model on 8 photos and a corrupted copy, 2 folds, budget 2, "
+                   "logits in a temporary folder unless --out / --base-out")
+    args = p.parse_args(argv)
+    print(provenance(__file__, argv))
+    lm = load_bench_model(args.quick)
     lines = ["| data / policy | views | top-1 | vs plain (pt, 95% CI) | NLL | verdict | notes |",
              "|---|---|---|---|---|---|---|"]
-    for name, folder in ((n, SETS[n]) for n in args.sets):
-        if not folder.is_dir():
-            print(f"skipping {name}: {folder} not found")
-            continue
-        lines += run_set(lm, name, folder, args)
-        print("\n".join(lines), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = SETS
+        if args.quick:
+            sets = quick_folders(Path(tmp) / "photos", 8)
+            args.folds, args.budget, args.workers = 2, 2, 0
+        runs = Path(tmp) if args.quick else ROOT / "runs"
+        args.out = args.out or runs / "corrections"
+        args.base_out = args.base_out or runs / "bench_source_views"
+        for name, folder in ((n, sets[n]) for n in args.sets):
+            if not folder.is_dir():
+                print(f"skipping {name}: {folder} not found")
+                continue
+            lines += run_set(lm, name, folder, args)
+            print("\n".join(lines), flush=True)
     if args.table:
         args.table.write_text("\n".join(lines) + "\n")
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,22 +26,29 @@ import torch
 import ttakit
 from ttakit.runtime.backends import OnnxRuntimeBackend, create_backend
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "imagenet-sample"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import SAMPLE, load_bench_model, provenance, quick_folders  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--policy", default="hflip")
     ap.add_argument("--micro-batches", default="4,16", help="also time these micro-batches (both sides)")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="smoke run: timm's tiny test model, 2 photos, 1 repeat")
+    args = ap.parse_args(argv)
+    print(provenance(__file__, argv))
+    if args.quick:
+        args.images, args.repeats, args.micro_batches = 2, 1, "2"
     import onnxruntime as ort
 
     load0 = os.getloadavg()[0]
-    lm = ttakit.load_model()
-    files = sorted(SAMPLE.glob("*.JPEG"))[: args.images]
-    x = ttakit.preprocess(files, lm.transform()) if files else torch.randn(args.images, 3, *lm.input_size)
+    lm = load_bench_model(args.quick)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = quick_folders(Path(tmp), args.images)["clean"] if args.quick else SAMPLE
+        files = sorted(folder.glob("*.JPEG"))[: args.images]
+        x = ttakit.preprocess(files, lm.transform()) if files else torch.randn(args.images, 3, *lm.input_size)
     backend = create_backend("onnxruntime", lm.model, input_size=lm.input_size, key=lm.name)
     so = ort.SessionOptions()
     so.log_severity_level = 3

@@ -25,11 +25,12 @@ from PIL import Image
 
 import ttakit
 from ttakit.evaluation.search import greedy_search
-from ttakit.evaluation.store import load_logits
+from ttakit.evaluation.classify_logits import load_logits
 from ttakit import export_tta
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT.parent / "shared" / "imagenet-sample"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import ROOT, SAMPLE, load_bench_model, provenance, quick_folders  # noqa: E402
+
 FALLBACK = "identity + hflip + input=256:1|hflip + input=288:1 + input=224:0.875:tl|hflip"
 ODD = [(97, 300), (640, 160), (224, 224), (1024, 768), (150, 113), (333, 500)]  # (W, H) of extra copies
 
@@ -45,22 +46,29 @@ def searched_policy(budget: int = 5) -> str:
     return " + ".join(dict.fromkeys(names[order[c]] for c in res.cols))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--policy", default=None)
     ap.add_argument("--merge", default="mean")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: timm's tiny test model, 2 photos and 2 odd copies, the fixed policy")
+    args = ap.parse_args(argv)
+    print(provenance(__file__, argv))
     import onnxruntime as ort
     import openvino as ov
 
     print(f"load average {os.getloadavg()[0]:.1f} at start", file=sys.stderr)
-    policy = args.policy or searched_policy()
-    lm = ttakit.load_model()
+    policy = args.policy or (FALLBACK if args.quick else searched_policy())
+    lm = load_bench_model(args.quick)
+    odd = ODD[:2] if args.quick else ODD
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        files = sorted(SAMPLE.glob("*.JPEG"))[: args.images]
-        for i, (w, h) in enumerate(ODD):  # resized, thin, tall and upsampled copies of sample photos
+        if args.quick:
+            args.images = 2
+        folder = quick_folders(tmp / "photos", args.images)["clean"] if args.quick else SAMPLE
+        files = sorted(folder.glob("*.JPEG"))[: args.images]
+        for i, (w, h) in enumerate(odd):  # resized, thin, tall and upsampled copies of sample photos
             ttakit.load_image(files[i]).resize((w, h), Image.BICUBIC).save(tmp / f"odd_{w}x{h}.png")
         files += sorted(tmp.glob("odd_*.png"))
         t0 = time.perf_counter()

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import timm
 import torch
@@ -21,6 +23,9 @@ import ttakit
 from ttakit.merge import merge_logits
 from ttakit.runtime.loop import run_views
 from ttakit.tasks.deaugment import merge_dense
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import provenance  # noqa: E402
 
 
 def _median(fn, repeats: int) -> float:
@@ -32,10 +37,15 @@ def _median(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=15)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 repeat")
+    args = ap.parse_args(argv)
+    print(provenance(__file__, argv))
+    if args.quick:
+        args.repeats = 1
+    threads = torch.get_num_threads()
     torch.manual_seed(0)
     torch.set_num_threads(1)
     net = timm.create_model("test_resnet", num_classes=10).eval()
@@ -66,6 +76,7 @@ def main() -> None:
                 t_bare.append(_median(bare, 1))
             mo, mb = statistics.median(t_ours) * 1e3, statistics.median(t_bare) * 1e3
             print(f"| {name} | {mo:.1f} | {mb:.1f} | {mo / mb:.2f} |")
+    torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

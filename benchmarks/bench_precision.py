@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_backends import SAMPLE, bench_model, load_avg, log  # noqa: E402 - the shared helpers
+from bench_backends import bench_model  # noqa: E402 - the shared helpers
+from bench_common import SAMPLE, cpu, load_avg, load_bench_model, log, provenance, quick_folders  # noqa: E402
 
 import ttakit  # noqa: E402
 from ttakit.datasets import calibration_photos, detect_dataset  # noqa: E402
@@ -37,19 +38,6 @@ from ttakit.runtime.precision import cpu_precisions  # noqa: E402
 
 GOALS = {"bf16": (1.8, 0.995), "int8": (2.5, 0.99)}  # (speed vs onnxruntime fp32, top-1 agreement)
 REFERENCE = "onnxruntime fp32"
-
-
-def cpu_name() -> str:
-    """``lscpu``'s model name and the CPU's AMX / AVX-512 bf16, fp16 and VNNI flags."""
-    name, flags = "unknown CPU", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            name = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
-    wanted = [f for f in sorted(flags) if f.startswith("amx") or f in ("avx512_bf16", "avx512_fp16", "avx512_vnni")]
-    return f"{name} ({', '.join(wanted) or 'no AMX or AVX-512 bf16/fp16/VNNI'})"
 
 
 def contenders(lm: ttakit.LoadedModel, calibration: torch.Tensor) -> dict[str, Backend]:
@@ -72,10 +60,10 @@ def contenders(lm: ttakit.LoadedModel, calibration: torch.Tensor) -> dict[str, B
 
 
 def agreement(lm: ttakit.LoadedModel, backends: dict[str, Backend], files: list[Path], held_out: set[Path],
-              batch: int) -> dict[str, dict[str, float]]:
+              batch: int, folder: Path = SAMPLE) -> dict[str, dict[str, float]]:
     """Per contender: top-1 agreement with fp32 torch (all photos; photos not calibrated on),
     the largest probability difference and top-1 accuracy, decoding each chunk once."""
-    data = detect_dataset(SAMPLE, lm.class_names)
+    data = detect_dataset(folder, lm.class_names)
     labels = {Path(f): y for f, y in zip(data.paths, data.labels)}
     stats = {k: {"same": 0, "same_held": 0, "right": 0, "max_dp": 0.0} for k in backends}
     n_held = 0
@@ -104,8 +92,8 @@ def agreement(lm: ttakit.LoadedModel, backends: dict[str, Backend], files: list[
 
 def table(meta: dict, speed: dict[str, float], agree: dict[str, dict[str, float]]) -> str:
     ref = speed[REFERENCE]
-    out = [f"CPU: {meta['cpu']}, {meta['cores']} cores; torch {torch.__version__}, {meta['versions']}; "
-           f"tf_efficientnet_lite0 at 224 px, micro-batch {meta['batch']}; load average {meta['load_start']} at start, "
+    out = [f"CPU: {meta['cpu']}; torch {torch.__version__}, {meta['versions']}; "
+           f"{meta['model']}, micro-batch {meta['batch']}; load average {meta['load_start']} at start, "
            f"{meta['load_end']} at the end; {meta['date']}.", "", f"Command: `{meta['cmd']}`", "",
            f"| backend | precision | view-images/s | vs {REFERENCE} | goal | top-1 = fp32 ({meta['n']} photos) | "
            f"top-1 = fp32 (not calibrated on) | max prob diff | top-1 |",
@@ -121,36 +109,47 @@ def table(meta: dict, speed: dict[str, float], agree: dict[str, dict[str, float]
     return "\n".join(out) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=500, help="sample photos of the agreement part")
     p.add_argument("--batch", type=int, default=32, help="micro-batch of the speed part")
     p.add_argument("--seconds", type=float, default=2.0, help="time per contender per round")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--calibration", type=int, default=64, help="photos int8 is calibrated on")
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, 0.5 s, 50 photos")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: timm's tiny test model, 1 repeat, 0.05 s, 4 photos (2 to calibrate int8)")
     p.add_argument("--out", default=None, help="also write the table here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    print(provenance(__file__, argv))
     if args.quick:
-        args.repeats, args.seconds, args.images = 1, 0.5, 50
+        args.repeats, args.seconds, args.images, args.calibration, args.batch = 1, 0.05, 4, 2, 4
     load_start = load_avg()
     torch.manual_seed(0)
-    lm = ttakit.load_model()
-    files = sorted(SAMPLE.glob("*.JPEG"))[: args.images]
-    if not files:
-        raise SystemExit(f"no sample photos at {SAMPLE}")
-    calib_files = calibration_photos(SAMPLE, args.calibration)
+    lm = load_bench_model(args.quick)
     with tempfile.TemporaryDirectory() as cache:  # a fresh cache: every check is measured (and printed)
+        folder = quick_folders(Path(cache) / "photos", args.images)["clean"] if args.quick else SAMPLE
+        files = sorted(folder.glob("*.JPEG"))[: args.images]
+        if not files:
+            raise SystemExit(f"no sample photos at {SAMPLE}")
+        calib_files = calibration_photos(folder, args.calibration)
+        old_cache = os.environ.get("TTAKIT_CACHE")
         os.environ["TTAKIT_CACHE"] = cache
-        backends = contenders(lm, ttakit.preprocess(calib_files, lm.transform()))
-        log(f"CPU precisions: {', '.join(cpu_precisions())}; contenders: {', '.join(backends)}")
-        rows = bench_model(backends, torch.device("cpu"), [args.batch], args.repeats, args.seconds)
-        speed = {k: rows[0][k] for k in backends}
-        agree = agreement(lm, backends, files, set(files) - set(calib_files), args.batch)
+        try:
+            backends = contenders(lm, ttakit.preprocess(calib_files, lm.transform()))
+            log(f"CPU precisions: {', '.join(cpu_precisions())}; contenders: {', '.join(backends)}")
+            rows = bench_model(backends, torch.device("cpu"), [args.batch], args.repeats, args.seconds, lm.input_size)
+            speed = {k: rows[0][k] for k in backends}
+            agree = agreement(lm, backends, files, set(files) - set(calib_files), args.batch, folder)
+        finally:
+            if old_cache is None:
+                del os.environ["TTAKIT_CACHE"]
+            else:
+                os.environ["TTAKIT_CACHE"] = old_cache
     versions = ", ".join(f"{m} {__import__(m).__version__.split('-')[0]}" for m in ("onnxruntime", "openvino"))
-    meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "versions": versions, "batch": args.batch, "n": len(files),
+    meta = {"cpu": cpu(), "versions": versions, "batch": args.batch, "n": len(files),
+            "model": f"{lm.name} at {lm.input_size[-1]} px",
             "load_start": load_start, "load_end": load_avg(), "date": date.today().isoformat(),
-            "cmd": "python " + " ".join(sys.argv)}
+            "cmd": "python " + " ".join(sys.argv if argv is None else [__file__, *argv])}
     text = table(meta, speed, agree)
     print(text)
     if args.out:

@@ -27,6 +27,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,8 +37,12 @@ from PIL import Image
 
 import ttakit
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import provenance  # noqa: E402
+
 K = 150
 SIDE = 512
+QUICK = (8, 128)  # classes and side of a quick run's part 1
 POLICY = "hflip*(identity+rot90=2+vflip)"  # 6 views, the identity among them
 
 
@@ -59,54 +64,52 @@ class RandomSegmenter(torch.nn.Module):
         return torch.nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear") if self.full else y
 
 
-def load(k: int = K, full: bool = False) -> ttakit.LoadedModel:
-    config = {"input_size": (3, SIDE, SIDE), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.25,) * 3,
+def load(k: int = K, full: bool = False, side: int = SIDE) -> ttakit.LoadedModel:
+    config = {"input_size": (3, side, side), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.25,) * 3,
               "crop_pct": 1.0, "crop_mode": "squash"}
     return ttakit.LoadedModel(RandomSegmenter(k, full).eval(), "random150", "random", config, [str(i) for i in range(k)])
 
 
-def make_data(root: Path, n: int) -> None:
+def make_data(root: Path, n: int, k: int = K, side: int = SIDE) -> None:
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     for i in range(n):
         if (root / "masks" / f"p{i:05d}.png").exists():
             continue
         g = np.random.default_rng(i)
-        blocks = g.integers(0, K, (8, 8))
-        mask = np.kron(blocks, np.ones((SIDE // 8, SIDE // 8), np.int64)).astype(np.uint8)
-        colour = g.integers(0, 255, (K, 3)).astype(np.uint8)
-        photo = colour[mask] // 2 + g.integers(0, 128, (SIDE, SIDE, 3)).astype(np.uint8)
+        blocks = g.integers(0, k, (8, 8))
+        mask = np.kron(blocks, np.ones((side // 8, side // 8), np.int64)).astype(np.uint8)
+        colour = g.integers(0, 255, (k, 3)).astype(np.uint8)
+        photo = colour[mask] // 2 + g.integers(0, 128, (side, side, 3)).astype(np.uint8)
         Image.fromarray(photo).save(root / "images" / f"p{i:05d}.jpg", quality=85)
         Image.fromarray(mask).save(root / "masks" / f"p{i:05d}.png")
 
 
-def part_scale(data: Path, out: Path, n: int) -> dict:
+def part_scale(data: Path, out: Path, n: int, k: int = K, side: int = SIDE) -> dict:
     from ttakit.datasets import find_masked_images
     from ttakit.evaluation.evaluate import EvalOptions
     from ttakit.evaluation.segment_eval import SegmentScoring, evaluate_segmentation
     from ttakit.runtime.config import RunConfig
 
-    torch.set_num_threads(2)
     shutil.rmtree(out, ignore_errors=True)
     ds = find_masked_images(data / "images", data / "masks").head(n)
     t0 = time.perf_counter()
-    res = evaluate_segmentation(load(), ds, [ttakit.create_policy(POLICY)], out_dir=out, run_config=RunConfig(),
-                                scoring=SegmentScoring(K), options=EvalOptions(workers=0, quiet=True))
+    res = evaluate_segmentation(load(k, side=side), ds, [ttakit.create_policy(POLICY)], out_dir=out, run_config=RunConfig(),
+                                scoring=SegmentScoring(k), options=EvalOptions(workers=0, quiet=True))
     dt = time.perf_counter() - t0
     disk = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return {"photos": n, "views": res["results"][POLICY]["views"], "seconds_per_photo": dt / n, "disk_bytes": disk,
+    return {"photos": n, "side": side, "classes": k, "views": res["results"][POLICY]["views"], "seconds_per_photo": dt / n, "disk_bytes": disk,
             "store": res["store"], "miou_plain": res["results"]["plain"]["miou"],
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def part_large() -> dict:
+def part_large(side: int = 4096) -> dict:
     from ttakit.tasks.dense import SegmentationTTA
     from ttakit.tasks.window import WindowConfig
 
-    torch.set_num_threads(2)
     lm = load(8, full=True)  # an (8, 4096, 4096) stitched map
     g = torch.Generator().manual_seed(0)
-    photo = torch.randint(0, 256, (3, 4096, 4096), dtype=torch.uint8, generator=g)
+    photo = torch.randint(0, 256, (3, side, side), dtype=torch.uint8, generator=g)
     seg = SegmentationTTA(lm.model, "hflip", window=WindowConfig(512, 0.25, "gaussian", batch=4, stitch_device="cpu"),
                           norm=lm.normalization, data_config=lm.data_config)
     t0 = time.perf_counter()
@@ -117,17 +120,17 @@ def part_large() -> dict:
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def make_large(root: Path) -> None:
-    """One 4096 x 4096 JPEG of the part-2 pixels and a block mask of 8 classes."""
+def make_large(root: Path, side: int = 4096) -> None:
+    """One ``side`` x ``side`` (default 4096) JPEG of the part-2 pixels and a block mask of 8 classes."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     if (root / "masks" / "big.png").exists():
         return
     g = torch.Generator().manual_seed(0)
-    photo = torch.randint(0, 256, (3, 4096, 4096), dtype=torch.uint8, generator=g)
+    photo = torch.randint(0, 256, (3, side, side), dtype=torch.uint8, generator=g)
     Image.fromarray(photo.permute(1, 2, 0).numpy()).save(root / "images" / "big.jpg", quality=90)
     blocks = np.random.default_rng(0).integers(0, 8, (16, 16))
-    Image.fromarray(np.kron(blocks, np.ones((256, 256), np.int64)).astype(np.uint8)).save(root / "masks" / "big.png")
+    Image.fromarray(np.kron(blocks, np.ones((side // 16, side // 16), np.int64)).astype(np.uint8)).save(root / "masks" / "big.png")
 
 
 def part_large_eval(data: Path, out: Path) -> dict:
@@ -150,37 +153,61 @@ def part_large_eval(data: Path, out: Path) -> dict:
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=1000, help="photos of part 1 (default 1000)")
     parser.add_argument("--data", type=Path, default=Path("/tmp/ttakit_bench_segment_scale"), help="data folder")
     parser.add_argument("--part", choices=["scale", "large", "large-eval"], default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run in this process (so its peak RSS is not the part's own): 2 photos of 128 px "
+                        "and 8 classes, a 1024 px photo for part 2, data in a temporary folder")
+    args = parser.parse_args(argv)
     if args.part == "scale":
+        torch.set_num_threads(2)
         print(json.dumps(part_scale(args.data / "data", args.data / "eval", args.photos)))
         return
     if args.part == "large":
+        torch.set_num_threads(2)
         print(json.dumps(part_large()))
         return
     if args.part == "large-eval":
+        torch.set_num_threads(2)
         make_large(args.data / "large")
         print(json.dumps(part_large_eval(args.data / "large", args.data / "large_eval")))
         return
-    make_data(args.data / "data", args.photos)
-    print(f"load: {Path('/proc/loadavg').read_text().split()[:3]}")
-    for part in ("scale", "large", "large-eval"):
-        cmd = [sys.executable, __file__, "--part", part, "--photos", str(args.photos), "--data", str(args.data)]
-        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-        if part == "scale":
-            print(f"part 1: {r['photos']} photos of {SIDE} px, {K} classes, {r['views']} views: "
-                  f"peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB (goal <= 3), disk {r['disk_bytes'] / 1e9:.3f} GB "
-                  f"(goal <= 1; maps {r['store']['map_grid']} {r['store']['dtype']}), {r['seconds_per_photo']:.2f} s/photo")
-        elif part == "large":
-            print(f"part 2: one 4096 x 4096 photo, 512 px tiles x hflip -> {r['output']}: "
-                  f"peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB (goal < 2), {r['seconds']:.1f} s")
-        else:
-            print(f"part 3: that photo through windowed evaluation, decoded once: "
-                  f"peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB (goal < 2), {r['seconds']:.1f} s")
+    print(provenance(__file__, argv))
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            args.photos, args.data = 2, Path(tmp)
+        make_data(args.data / "data", args.photos, *QUICK if args.quick else (K, SIDE))
+        print(f"load: {Path('/proc/loadavg').read_text().split()[:3]}")
+        for part in ("scale", "large", "large-eval"):
+            report(part, run_part(part, args))
+
+
+def run_part(part: str, args: argparse.Namespace) -> dict:
+    """One part's figures: in a process of its own (its own peak RSS), or here in a quick run."""
+    if args.quick:
+        if part == "large-eval":
+            make_large(args.data / "large", 512)
+            return part_large_eval(args.data / "large", args.data / "large_eval")
+        return part_scale(args.data / "data", args.data / "eval", args.photos, *QUICK) if part == "scale" else part_large(1024)
+    cmd = [sys.executable, __file__, "--part", part, "--photos", str(args.photos), "--data", str(args.data)]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+
+def report(part: str, r: dict) -> None:
+    if part == "scale":
+        print(f"part 1: {r['photos']} photos of {r['side']} px, {r['classes']} classes, {r['views']} views: "
+              f"peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB (goal <= 3), disk {r['disk_bytes'] / 1e9:.3f} GB "
+              f"(goal <= 1; maps {r['store']['map_grid']} {r['store']['dtype']}), {r['seconds_per_photo']:.2f} s/photo")
+    elif part == "large":
+        side = r["output"][-1]
+        print(f"part 2: one {side} x {side} photo, 512 px tiles x hflip -> {r['output']}: "
+              f"peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB (goal < 2), {r['seconds']:.1f} s")
+    else:
+        print(f"part 3: that photo through windowed evaluation, decoded once: "
+              f"peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB (goal < 2), {r['seconds']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ measured on the photos it was chosen on. Prints a Markdown table; ``--out FILE``
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,10 +22,13 @@ import ttakit
 from ttakit.datasets import detect_dataset
 from ttakit.evaluation.evaluate import EvalOptions, evaluate
 from ttakit.evaluation.search import SearchOptions, kfold_estimate, search_policy
-from ttakit.evaluation.store import load_logits
+from ttakit.evaluation.classify_logits import load_logits
 
-ROOT = Path(__file__).resolve().parents[1]
-SETS = {"corrupted": ROOT / "runs" / "imagenet-corrupt", "clean": ROOT.parent / "shared" / "imagenet-sample"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import ROOT, SAMPLE, load_bench_model, provenance, quick_folders  # noqa: E402
+
+SETS = {"corrupted": ROOT / "runs" / "imagenet-corrupt", "clean": SAMPLE}
+QUICK_PHOTOS = 8  # enough for 2 folds and conformal splits in the benchmarks that read these logits
 PRESETS = ("hflip", "fixres", "tutorial")
 
 
@@ -59,23 +64,42 @@ def run_set(lm: ttakit.LoadedModel, name: str, folder: Path, out: Path, budget: 
     return rows
 
 
-def main() -> None:
+def quick_logits(root: Path) -> Path:
+    """Quick runs of the benchmarks that read this one's logits: the pool of timm's tiny test
+    model on a few photos and their corrupted copy, stored under ``root/{clean,corrupted}``."""
+    lm = load_bench_model(True)
+    for name, folder in quick_folders(root / "photos", QUICK_PHOTOS).items():
+        run_set(lm, name, folder, root, 2, 2, 0)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_source_views")
+    p.add_argument("--out", type=Path, default=None, help="folder of the logits (default runs/bench_source_views)")
     p.add_argument("--budget", type=int, default=5)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--table", type=Path, default=None, help="also write the table here")
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke run: timm's tiny test model on {QUICK_PHOTOS} photos and a corrupted copy, 2 folds, "
+                   "budget 2, logits in a temporary folder unless --out")
+    args = p.parse_args(argv)
+    print(provenance(__file__, argv))
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    lm = ttakit.load_model()
-    lines = ["| data | policy | views | top-1 | NLL | calibrated NLL | notes |", "|---|---|---|---|---|---|---|"]
-    for name, folder in SETS.items():
-        if not folder.is_dir():
-            print(f"skipping {name}: {folder} not found")
-            continue
-        lines += run_set(lm, name, folder, args.out, args.budget, args.folds, args.workers)
-        print("\n".join(lines), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = SETS
+        if args.quick:
+            args.budget, args.folds, args.workers = 2, 2, 0
+            sets = quick_folders(Path(tmp) / "photos", QUICK_PHOTOS)
+        out = args.out or (Path(tmp) if args.quick else ROOT / "runs" / "bench_source_views")
+        lm = load_bench_model(args.quick)
+        lines = ["| data | policy | views | top-1 | NLL | calibrated NLL | notes |", "|---|---|---|---|---|---|---|"]
+        for name, folder in sets.items():
+            if not folder.is_dir():
+                print(f"skipping {name}: {folder} not found")
+                continue
+            lines += run_set(lm, name, folder, out, args.budget, args.folds, args.workers)
+            print("\n".join(lines), flush=True)
     if args.table:
         args.table.write_text("\n".join(lines) + "\n")
 

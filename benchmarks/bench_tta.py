@@ -29,7 +29,8 @@ from PIL import Image
 import ttakit
 from ttakit.runtime.config import RunConfig, timed, tune_run_config
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "imagenet-sample"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import SAMPLE, load_bench_model, provenance, quick_folders  # noqa: E402
 
 
 # --------------------------------------------------------------------------- contenders
@@ -88,11 +89,11 @@ def tutorial_loop(lm: ttakit.LoadedModel, crops: list[Image.Image], views: list,
     return torch.cat(out)
 
 
-def load_batch(lm: ttakit.LoadedModel, n: int) -> tuple[torch.Tensor, list[Image.Image]]:
+def load_batch(lm: ttakit.LoadedModel, n: int, folder: Path = SAMPLE) -> tuple[torch.Tensor, list[Image.Image]]:
     """n photos (random noise pictures where the sample folder is absent): tensors and the
     224-px PIL crops the tutorial loop starts from."""
     tf = lm.transform()
-    files = sorted(SAMPLE.glob("*.JPEG"))[:n] if SAMPLE.is_dir() else []
+    files = sorted(folder.glob("*.JPEG"))[:n] if folder.is_dir() else []
     ims = [ttakit.load_image(f) for f in files] or [
         Image.fromarray((torch.rand(300, 400, 3) * 255).byte().numpy()) for _ in range(n)]
     crops = []
@@ -103,8 +104,8 @@ def load_batch(lm: ttakit.LoadedModel, n: int) -> tuple[torch.Tensor, list[Image
     return torch.stack([tf(im) for im in ims]), crops
 
 
-def bench_views(lm, device, cfg, batch, repeats, names, log) -> list[dict]:
-    x, crops = load_batch(lm, batch)
+def bench_views(lm, device, cfg, batch, repeats, names, log, folder: Path = SAMPLE) -> list[dict]:
+    x, crops = load_batch(lm, batch, folder)
     x = x.to(device)
     rows = []
     plain = ttakit.ClassificationTTA(lm.model, "none", run_config=cfg, norm=lm.normalization)
@@ -194,13 +195,15 @@ def run_evaluate(limit: int, out: Path, device: str, workers: int, policy: str) 
     return time.perf_counter() - t0, peak
 
 
-def bench_evaluate(lm, device, cfg, log, n: int, workers: int, policy: str, repeats: int) -> dict:
+def bench_evaluate(lm, device, cfg, log, n: int, workers: int, policy: str, repeats: int, folder: Path = SAMPLE,
+                   rss: bool = True) -> dict:
     """End-to-end evaluate (decode, resize, views, forward, merge, metrics, files) in this
-    process, against forward-only on pre-decoded tensors; peak RSS of whole CLI runs."""
+    process, against forward-only on pre-decoded tensors; peak RSS of whole CLI runs (of the
+    default model on the sample photos; not measured with ``rss=False``)."""
     from ttakit.datasets import detect_dataset
-    from ttakit.evaluate import EvalOptions, evaluate
+    from ttakit.evaluation.evaluate import EvalOptions, evaluate
 
-    data = detect_dataset(SAMPLE, lm.class_names).head(n)
+    data = detect_dataset(folder, lm.class_names).head(n)
     pol = [ttakit.create_policy(policy)]
     opts = EvalOptions(batch_size=32, workers=workers, quiet=True)
     # Forward-only: the same images pre-decoded, the same policy and run config.
@@ -214,9 +217,11 @@ def bench_evaluate(lm, device, cfg, log, n: int, workers: int, policy: str, repe
             e2e_t.append(timed(lambda: evaluate(lm, data, pol, out_dir=Path(tmp) / f"e2e{r}", run_config=cfg, options=opts,
                                                 device=device), device))
             fwd_t.append(timed(lambda: [tta(x[i : i + 32]) for i in range(0, len(x), 32)], device))
-        _, peak_n = run_evaluate(n, Path(tmp) / "a", device.type, workers, policy)
         small = max(20, n // 5)
-        _, peak_small = run_evaluate(small, Path(tmp) / "b", device.type, workers, policy)
+        peak_n = peak_small = 0
+        if rss:
+            _, peak_n = run_evaluate(n, Path(tmp) / "a", device.type, workers, policy)
+            _, peak_small = run_evaluate(small, Path(tmp) / "b", device.type, workers, policy)
     e2e, fwd = n / statistics.median(e2e_t), n / statistics.median(fwd_t)
     # The tutorial loop, decoding included, on a subset.
     tf = lm.transform()
@@ -244,7 +249,7 @@ def bench_evaluate(lm, device, cfg, log, n: int, workers: int, policy: str, repe
 
 
 def table(rows: list[dict], evs: list[dict], meta: dict) -> str:
-    lines = [f"Machine: {meta['machine']}; torch {torch.__version__}; model tf_efficientnet_lite0 at 224 px; "
+    lines = [f"Machine: {meta['machine']}; torch {torch.__version__}; model {meta['model']}; "
              f"batch {meta['batch']}; run config {meta['cfg']}; {meta['date']}.", "",
              f"Command: `{meta['cmd']}`", "",
              "| views | V | plain img/s | ttakit view-img/s | ttach view-img/s | tutorial view-img/s | overhead (target <= 1.05) | vs ttach (target >= 2) | vs tutorial |",
@@ -260,12 +265,13 @@ def table(rows: list[dict], evs: list[dict], meta: dict) -> str:
         for ev in evs:
             lines.append(
                 f"| {ev['policy']} | {ev['n']} | {ev['e2e_img_s']:.1f} | {ev['forward_img_s']:.1f} | {ev['e2e_vs_forward']:.2f} | "
-                f"{ev['tutorial_img_s']:.1f} | {ev['e2e_vs_tutorial']:.1f}x | {ev['peak_rss_mb']:.0f} MiB | "
-                f"{ev['peak_rss_small_mb']:.0f} MiB ({ev['small_n']}) | {ev['rss_ratio']:.2f} |")
+                f"{ev['tutorial_img_s']:.1f} | {ev['e2e_vs_tutorial']:.1f}x | " + (
+                    f"{ev['peak_rss_mb']:.0f} MiB | {ev['peak_rss_small_mb']:.0f} MiB ({ev['small_n']}) | "
+                    f"{ev['rss_ratio']:.2f} |" if ev["peak_rss_mb"] else "- | - | - |"))
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=32)
@@ -275,29 +281,38 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--evaluate-policies", default="hflip,d4", help="policies of the end-to-end part")
     p.add_argument("--amp", choices=("bf16", "fp16"), default=None)
-    p.add_argument("--quick", action="store_true", help="smoke run: batch 8, 1 repeat, 40 images")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: timm's tiny test model, hflip, batch 2, 1 repeat, 4 images, no peak-memory runs")
     p.add_argument("--out", default=None, help="write the Markdown table here")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    print(provenance(__file__, argv))
     if args.quick:
-        args.batch, args.repeats, args.evaluate_images = 8, 1, 40
+        args.batch, args.repeats, args.evaluate_images, args.views, args.evaluate_policies = 2, 1, 4, "hflip", "hflip"
     device = torch.device(args.device)
     torch.manual_seed(0)
-    lm = ttakit.load_model()
+    lm = load_bench_model(args.quick)
     lm.model.to(device)
-    cfg = tune_run_config(lm.model, lm.input_size, device)
+    cfg = RunConfig(4, False) if args.quick else tune_run_config(lm.model, lm.input_size, device)
     if args.amp:
         cfg = RunConfig(cfg.micro_batch, cfg.channels_last, {"bf16": torch.bfloat16, "fp16": torch.float16}[args.amp])
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     log(f"run config: {cfg}")
-    rows = bench_views(lm, device, cfg, args.batch, args.repeats, [v for v in args.views.split(",") if v], log)
-    evs = []
-    if args.evaluate_images and SAMPLE.is_dir():
-        evs = [bench_evaluate(lm, device, cfg, log, args.evaluate_images, args.workers, p, args.repeats)
-               for p in args.evaluate_policies.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = quick_folders(Path(tmp), args.evaluate_images)["clean"] if args.quick else SAMPLE
+        rows = bench_views(lm, device, cfg, args.batch, args.repeats, [v for v in args.views.split(",") if v], log, folder)
+        evs = []
+        if args.evaluate_images and folder.is_dir():
+            evs = [bench_evaluate(lm, device, cfg, log, args.evaluate_images, 0 if args.quick else args.workers, p,
+                                  args.repeats, folder, rss=not args.quick)
+                   for p in args.evaluate_policies.split(",")]
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    meta = {"machine": machine, "batch": args.batch, "cfg": f"micro-batch {cfg.micro_batch}, channels_last {cfg.channels_last}",
-            "date": date.today().isoformat(), "cmd": "python " + " ".join(sys.argv)}
+    meta = {"machine": machine, "model": f"{lm.name} at {lm.input_size[-1]} px", "batch": args.batch, "cfg": f"micro-batch {cfg.micro_batch}, channels_last {cfg.channels_last}",
+            "date": date.today().isoformat(), "cmd": "python " + " ".join(sys.argv if argv is None else [__file__, *argv])}
     text = table(rows, evs, meta)
     print(text)
     if args.out:

@@ -18,16 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from ttakit.evaluation.search import _correct_and_nll, choice_probs, greedy_search, kfold_estimate
+from ttakit.evaluation.search import choice_probs, correct_and_nll, greedy_search, kfold_estimate
 from ttakit.evaluation.metrics import TEMPERATURES
 from ttakit.evaluation.stats import compare
-from ttakit.evaluation.store import load_logits
+from ttakit.evaluation.classify_logits import load_logits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import provenance  # noqa: E402
+from bench_source_views import quick_logits  # noqa: E402
 
 SETS = ("clean", "corrupted")
 
@@ -58,12 +64,19 @@ def load(runs: Path) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tenso
     return logits, labels, [names[i] for i in order], which
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=Path("runs/bench_source_views"))
     ap.add_argument("--folds", type=int, default=5)
-    args = ap.parse_args()
-    logits, labels, names, which = load(args.runs)
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run on the logits of bench_source_views.py --quick (made here, in a temporary folder), "
+                    "2 folds")
+    args = ap.parse_args(argv)
+    print(provenance(__file__, argv))
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            args.runs, args.folds = quick_logits(Path(tmp)), 2
+        logits, labels, names, which = load(args.runs)
     print(f"{len(labels)} photos ({', '.join(f'{s} {int((which == i).sum())}' for i, s in enumerate(SETS))}), "
           f"{len(names)} candidate views\n")
     print("| budget | objective | views per fold | held-out top-1 (plain) | held-out NLL (plain) | clean top-1 (plain) | "
@@ -91,7 +104,7 @@ def main() -> None:
             train = torch.cat([p for j, p in enumerate(folds) if j != i])
             cols = list(greedy_search(logits[train], labels[train], budget, "nll", temperatures=(1.0,)).cols)
             seen[" + ".join(names[c] for c in cols)] += 1
-            rows[held] = torch.cat([_correct_and_nll(choice_probs(logits[held], c, 1.0), labels[held])
+            rows[held] = torch.cat([correct_and_nll(choice_probs(logits[held], c, 1.0), labels[held])
                                     for c in (cols, [0])], 1)
         best = " + ".join(names[c] for c in greedy_search(logits, labels, budget, "nll", temperatures=(1.0,)).cols)
         per_set = [f"{rows[which == i, 0].mean():.2%} ({rows[which == i, 2].mean():.2%})" for i in range(len(SETS))]
@@ -117,14 +130,18 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     candidates = ["identity + hflip", "identity + input=256:1|hflip", "identity + input=256:1",
                   "input=256:1 + input=256:1|hflip", "identity + input=224:1 + input=256:1|hflip"]
+    missing = [c for c in candidates if not all(v.strip() in names for v in c.split(" + "))]
+    if missing:  # the pool of a model of another input size (a quick run's) names its stages otherwise
+        print(f"(not in this pool: {'; '.join(missing)})")
+    candidates = [c for c in candidates if c not in missing]
     searched = [" + ".join(names[c] for c in greedy_search(logits, labels, b, "nll", temperatures=t).cols)
                 for b in (2, 3) for t in ((1.0,), TEMPERATURES)]
     for text in dict.fromkeys(candidates + searched):
         cols = [names.index(v.strip()) for v in text.split(" + ")]
         for i, s in enumerate(SETS):
             m = which == i
-            pol = _correct_and_nll(choice_probs(logits[m], cols, 1.0), labels[m])
-            pl = _correct_and_nll(choice_probs(logits[m], [0], 1.0), labels[m])
+            pol = correct_and_nll(choice_probs(logits[m], cols, 1.0), labels[m])
+            pl = correct_and_nll(choice_probs(logits[m], [0], 1.0), labels[m])
             c = compare(pl[:, 0].numpy(), pol[:, 0].numpy(), pl[:, 1].numpy(), pol[:, 1].numpy())
             print(f"| {text} | {s} | {pol[:, 0].mean():.2%} | {pl[:, 0].mean():.2%} | {c.fixed} / {c.broken} | "
                   f"{c.p_value:.3f} | {c.delta_nll:+.4f} ({c.ci_nll[0]:+.4f}, {c.ci_nll[1]:+.4f}) |")

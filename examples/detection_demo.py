@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,10 +44,11 @@ from ttakit.data import input_transform
 from ttakit.errors import WeightsError
 from ttakit.tasks.detect import Detections, LoadedDetector
 
-__all__ = ["CLASSES", "CenterNet", "DATA_CONFIG", "load_detector", "make_dataset", "super_class", "train"]
+__all__ = ["CLASSES", "CenterNet", "DATA_CONFIG", "SIZE", "backbone_features", "load_detector", "make_dataset", "object_crop", "rough_mask",
+           "sample_files", "square_crop", "super_class", "train"]
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT.parent / "shared" / "imagenet-sample"
+SAMPLE = Path(os.environ.get("TTAKIT_SAMPLE") or ROOT.parent / "shared" / "imagenet-sample")
 DEFAULT_OUT = ROOT / "runs" / "detection_demo"
 CLASSES = ["bird", "dog", "other_animal", "object"]
 SIZE = 256  # the detector's input side
@@ -65,14 +68,14 @@ def super_class(index: int) -> int:
 
 
 # --------------------------------------------------------------------------- 1. the data
-def _square(img: Image.Image, side: int) -> Image.Image:
+def square_crop(img: Image.Image, side: int) -> Image.Image:
     s = side / min(img.size)
     img = img.resize((max(side, round(img.width * s)), max(side, round(img.height * s))), Image.BICUBIC)
     left, top = (img.width - side) // 2, (img.height - side) // 2
     return img.crop((left, top, left + side, top + side))
 
 
-def _object(img: Image.Image) -> Image.Image:
+def object_crop(img: Image.Image) -> Image.Image:
     """The centre 70% of a photo (its object), at most 192 px on its long side."""
     w, h = img.size
     crop = img.crop((round(0.15 * w), round(0.15 * h), round(0.85 * w), round(0.85 * h)))
@@ -80,7 +83,7 @@ def _object(img: Image.Image) -> Image.Image:
     return crop.resize((max(1, round(crop.width * s)), max(1, round(crop.height * s))), Image.BICUBIC)
 
 
-def _mask(w: int, h: int, rng: np.random.Generator) -> Image.Image:
+def rough_mask(w: int, h: int, rng: np.random.Generator) -> Image.Image:
     """A rough rounded mask that touches the four sides of its box (so the box is exact)."""
     yy, xx = np.mgrid[0:h, 0:w]
     u, v = (xx + 0.5) / w * 2 - 1, (yy + 0.5) / h * 2 - 1
@@ -116,30 +119,38 @@ def _compose(rng: np.random.Generator, backgrounds: list[tuple[int, Image.Image]
             x, y = int(rng.integers(0, SIZE - w + 1)), int(rng.integers(0, SIZE - h + 1))
             box = [float(x), float(y), float(x + w), float(y + h)]
             if all(_iou(box, b) < 0.1 for b, _ in placed):
-                canvas.paste(obj.resize((w, h), Image.BICUBIC), (x, y), _mask(w, h, rng))
+                canvas.paste(obj.resize((w, h), Image.BICUBIC), (x, y), rough_mask(w, h, rng))
                 placed.append((box, label))
                 break
     return canvas, placed
 
 
-def make_dataset(out: Path, n_train: int = 1200, n_test: int = 250, seed: int = 0) -> dict[str, Path]:
+def sample_files(n: int | None = None) -> list[Path]:
+    """The sample's photos, sorted (``n`` of them spread over the sorted list, when given)."""
+    photos = sorted(SAMPLE.glob("*.JPEG"))
+    if len(photos) < min(n or 100, 100):
+        raise SystemExit(f"needs the photos of {SAMPLE}")
+    return photos if n is None else photos[:: max(1, len(photos) // n)][:n]
+
+
+def make_dataset(out: Path, n_train: int = 1200, n_test: int = 250, seed: int = 0,
+                 photos: int | None = None) -> dict[str, Path]:
     """Write ``OUT/data/{train,test}/*.jpg`` and ``OUT/data/{train,test}.json`` (COCO; category
-    ids 1-4 in :data:`CLASSES` order); nothing is redone when they exist."""
+    ids 1-4 in :data:`CLASSES` order) from ``photos`` sample photos (default all); nothing is
+    redone when they exist."""
     data = out / "data"
     files = {s: data / f"{s}.json" for s in ("train", "test")}
     if all(p.exists() for p in files.values()):
         return files
     wnids = timm.data.ImageNetInfo().label_names()
     index = {w: i for i, w in enumerate(wnids)}
-    photos = sorted(SAMPLE.glob("*.JPEG"))
-    if len(photos) < 100:
-        raise SystemExit(f"needs the photos of {SAMPLE}")
+    photos = sample_files(photos)
     decoded = [ttakit.load_image(p) for p in photos]
     labels = [super_class(index[p.name.split("_", 1)[0]]) for p in photos]
     for split, n, offset in (("train", n_train, 0), ("test", n_test, 10_000_000)):
         mine = [i for i in range(len(photos)) if (i % 5 == 4) == (split == "test")]  # split by source photo
-        backgrounds = [(i, _square(decoded[i], SIZE)) for i in mine]
-        objects = [(i, labels[i], _object(decoded[i])) for i in mine]
+        backgrounds = [(i, square_crop(decoded[i], SIZE)) for i in mine]
+        objects = [(i, labels[i], object_crop(decoded[i])) for i in mine]
         folder = data / split
         folder.mkdir(parents=True, exist_ok=True)
         images, anns = [], []
@@ -254,7 +265,7 @@ def _loss(heat: Tensor, box: Tensor, t_heat: Tensor, t_reg: Tensor, mask: Tensor
 
 
 @torch.inference_mode()
-def _backbone_features(backbone: nn.Module, folder: Path, names: list[str], batch: int = 16) -> list[Tensor]:
+def backbone_features(backbone: nn.Module, folder: Path, names: list[str], batch: int = 16) -> list[Tensor]:
     """Stride 8/16/32 features of every image, computed once (float16 to halve the memory)."""
     tf = input_transform(None, DATA_CONFIG)  # exactly what the evaluation feeds the model
     parts: list[list[Tensor]] = [[], [], []]
@@ -284,7 +295,7 @@ def train(out: Path, annotations: Path, epochs: int = 20, batch: int = 32, lr: f
         feats = [stored[f"f{i}"] for i in range(3)]
     else:
         backbone = ttakit.load_model().model.eval().to(memory_format=torch.channels_last)
-        feats = _backbone_features(backbone, annotations.parent / "train", names)
+        feats = backbone_features(backbone, annotations.parent / "train", names)
         save_file({f"f{i}": f for i, f in enumerate(feats)}, str(cache))
     grid = SIZE // STRIDE
     targets = [_targets(by_image[im["id"]], grid) for im in doc["images"]]
@@ -321,23 +332,37 @@ def _table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(out: Path, threads: int | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", type=Path, default=None, help="output folder (default: runs/detection_demo)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 20 sample photos, 8 training and 4 held-out images, 1 epoch, hflip with NMS; "
+                        "in a temporary folder unless OUT is given")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        run(args.out or (Path(tmp) if args.quick else DEFAULT_OUT), args.threads, args.quick)
+
+
+def run(out: Path, threads: int | None = None, quick: bool = False) -> None:
+    """Make the data, train the head and print the table (see the module docstring)."""
     from ttakit.cli import main as ttakit_cli
 
     if threads:  # on a CPU shared with other jobs, one thread each runs faster than two fighting
         torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    files = make_dataset(out)
+    files = make_dataset(out, 8, 4, photos=20) if quick else make_dataset(out)
     t1 = time.perf_counter()
     weights = out / "detector.safetensors"
     if not weights.exists():
-        train(out, files["train"])
+        train(out, files["train"], epochs=1 if quick else 20)
     t2 = time.perf_counter()
+    policies = ["hflip"] if quick else ["hflip", "multiscale", "hflip*multiscale"]
     code = ttakit_cli([
         "evaluate", "--task", "detect", str(out / "data" / "test"), "--annotations", str(files["test"]),
         "--detector", f"{Path(__file__).resolve()}:load_detector", "--weights", str(weights),
-        "--tta", "hflip", "--tta", "multiscale", "--tta", "hflip*multiscale", "--box-merge", "nms", "--box-merge", "wbf",
+        *(a for p in policies for a in ("--tta", p)), "--box-merge", "nms", *([] if quick else ["--box-merge", "wbf"]),
         "--out", str(out / "eval"), "--workers", "0", "--quiet",
     ])
     if code:
@@ -349,8 +374,4 @@ def main(out: Path, threads: int | None = None) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT, help="output folder (default: runs/detection_demo)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args()
-    main(args.out, args.threads)
+    main()

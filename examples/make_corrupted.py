@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,14 +86,28 @@ def corrupt_folder(src: Path, dst: Path) -> dict[str, str]:
     return applied
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("src", type=Path, help="folder of photos (e.g. ../shared/imagenet-sample)")
-    p.add_argument("dst", type=Path, help="output folder")
-    args = p.parse_args()
-    applied = corrupt_folder(args.src, args.dst)
-    counts = {name: sum(v == name for v in applied.values()) for name, _ in CORRUPTIONS}
-    print(f"wrote {len(applied)} photos to {args.dst}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    p.add_argument("src", type=Path, nargs="?", help="folder of photos (e.g. ../shared/imagenet-sample)")
+    p.add_argument("dst", type=Path, nargs="?", help="output folder")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: the first 4 photos of SRC (default ../shared/imagenet-sample), into a temporary "
+                   "folder unless DST is given")
+    args = p.parse_args(argv)
+    if not args.quick and (args.src is None or args.dst is None):
+        p.error("SRC and DST are required (but for --quick)")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = args.src, args.dst or Path(tmp) / "corrupted"
+        if args.quick:
+            sample = src or Path(os.environ.get("TTAKIT_SAMPLE") or Path(__file__).resolve().parents[2] / "shared"
+                                 / "imagenet-sample")
+            src = Path(tmp) / "photos"
+            src.mkdir()
+            for f in sorted(sample.glob("*.JPEG"))[:4]:
+                (src / f.name).write_bytes(f.read_bytes())
+        applied = corrupt_folder(src, dst)
+        counts = {name: sum(v == name for v in applied.values()) for name, _ in CORRUPTIONS}
+        print(f"wrote {len(applied)} photos to {dst}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 if __name__ == "__main__":

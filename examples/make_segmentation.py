@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -37,12 +38,11 @@ from PIL import Image
 
 import ttakit
 from detection_demo import CLASSES as OBJECT_CLASSES  # run as a script: its sibling is importable
-from detection_demo import SIZE, _mask, _object, _square, super_class
+from detection_demo import SIZE, object_crop, rough_mask, sample_files, square_crop, super_class
 
 __all__ = ["CLASSES", "make_segmentation", "paste_objects", "sample_photos"]
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT.parent / "shared" / "imagenet-sample"
 DEFAULT_OUT = ROOT / "runs" / "segmentation_demo" / "data"
 CLASSES = ["background", *OBJECT_CLASSES]
 MAX_OBJECTS = 3
@@ -68,7 +68,7 @@ def paste_objects(rng: np.random.Generator, canvas: Image.Image, labels: np.ndar
         w, h = (long_side, long_side / aspect) if aspect >= 1 else (long_side * aspect, long_side)
         w, h = max(16, min(width, round(w))), max(16, min(height, round(h)))
         x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-        alpha = _mask(w, h, rng)
+        alpha = rough_mask(w, h, rng)
         canvas.paste(obj.resize((w, h), Image.BICUBIC), (x, y), alpha)
         covered = np.asarray(alpha) >= 128  # the pixel is at least half object
         labels[y:y + h, x:x + w][covered] = 1 + cls
@@ -84,19 +84,19 @@ def _compose(rng: np.random.Generator, backgrounds: list[tuple[int, Image.Image]
     return canvas, labels
 
 
-def sample_photos() -> tuple[list[Path], list[int]]:
-    """The sample's photos (sorted) and each one's super-class."""
-    photos = sorted(SAMPLE.glob("*.JPEG"))
-    if len(photos) < 100:
-        raise SystemExit(f"needs the photos of {SAMPLE}")
+def sample_photos(n: int | None = None) -> tuple[list[Path], list[int]]:
+    """The sample's photos (sorted; ``n`` of them spread over the list, when given) and each one's super-class."""
+    photos = sample_files(n)
     index = {w: i for i, w in enumerate(timm.data.ImageNetInfo().label_names())}
     return photos, [super_class(index[p.name.split("_", 1)[0]]) for p in photos]
 
 
-def make_segmentation(out: Path = DEFAULT_OUT, n_train: int = 1000, n_test: int = 250) -> dict[str, Path]:
-    """Write the train and test splits under ``out`` (see the module docstring); an image whose
-    photo and mask both exist is not redone. Returns ``{split: folder}``."""
-    photos, labels = sample_photos()
+def make_segmentation(out: Path = DEFAULT_OUT, n_train: int = 1000, n_test: int = 250,
+                      photos: int | None = None) -> dict[str, Path]:
+    """Write the train and test splits under ``out`` from ``photos`` sample photos (default all;
+    see the module docstring); an image whose photo and mask both exist is not redone.
+    Returns ``{split: folder}``."""
+    photos, labels = sample_photos(photos)
     out.mkdir(parents=True, exist_ok=True)
     (out / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     folders = {}
@@ -111,8 +111,8 @@ def make_segmentation(out: Path = DEFAULT_OUT, n_train: int = 1000, n_test: int 
         if not todo:
             continue
         decoded = {i: ttakit.load_image(photos[i]) for i in mine}
-        backgrounds = [(i, _square(decoded[i], SIZE)) for i in mine]
-        objects = [(i, labels[i], _object(decoded[i])) for i in mine]
+        backgrounds = [(i, square_crop(decoded[i], SIZE)) for i in mine]
+        objects = [(i, labels[i], object_crop(decoded[i])) for i in mine]
         for stem in todo:
             img, label_map = _compose(_rng(stem), backgrounds, objects)
             img.save(folder / "images" / f"{stem}.jpg", quality=92)
@@ -120,11 +120,22 @@ def make_segmentation(out: Path = DEFAULT_OUT, n_train: int = 1000, n_test: int 
     return folders
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT, help="output folder")
+    parser.add_argument("out", nargs="?", type=Path, default=None, help="output folder")
     parser.add_argument("--train", type=int, default=1000, help="training images (default 1000)")
     parser.add_argument("--test", type=int, default=250, help="held-out images (default 250)")
-    args = parser.parse_args()
-    for split, folder in make_segmentation(args.out, args.train, args.test).items():
-        print(f"{split}: {folder}")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 4 + 2 images from 20 photos, in a temporary folder unless OUT is given")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            args.train, args.test = 4, 2
+        out = args.out or (Path(tmp) if args.quick else DEFAULT_OUT)
+        folders = make_segmentation(out, args.train, args.test, 20 if args.quick else None)
+        for split, folder in folders.items():
+            print(f"{split}: wrote {len(list((folder / 'masks').glob('*.png')))} images and masks to {folder}")
+
+
+if __name__ == "__main__":
+    main()

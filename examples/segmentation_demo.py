@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from ttakit.models import LoadedModel
 # a package: its sibling is loaded by path, however this file was loaded).
 _SIBLING = Path(__file__).resolve().with_name("detection_demo.py")
 CenterNet = import_callable(f"{_SIBLING}:CenterNet", "example")
-_backbone_features = import_callable(f"{_SIBLING}:_backbone_features", "example")
+backbone_features = import_callable(f"{_SIBLING}:backbone_features", "example")
 
 __all__ = ["CLASSES", "DATA_CONFIG", "SegDecoder", "Segmenter", "load_segmenter", "plain_miou", "train"]
 
@@ -114,7 +115,7 @@ def train(out: Path, data: Path, epochs: int = 12, batch: int = 32, lr: float = 
         feats = [stored[f"f{i}"] for i in range(len(stored))]
     else:
         backbone = ttakit.load_model().model.eval().to(memory_format=torch.channels_last)
-        feats = _backbone_features(backbone, folder / "images", [f"{s}.jpg" for s in stems])
+        feats = backbone_features(backbone, folder / "images", [f"{s}.jpg" for s in stems])
         save_file({f"f{i}": f for i, f in enumerate(feats)}, str(cache))
     # Soft targets at stride 4: each cell's class shares (cheaper than a loss at full size, and
     # a cell on an object's edge says it is mixed).
@@ -180,7 +181,20 @@ def table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(out: Path, threads: int | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", type=Path, default=None, help="output folder (default: runs/segmentation_demo)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 4 training and 2 held-out images from 20 photos, 1 epoch, hflip; "
+                        "in a temporary folder unless OUT is given")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        run(args.out or (Path(tmp) if args.quick else DEFAULT_OUT), args.threads, args.quick)
+
+
+def run(out: Path, threads: int | None = None, quick: bool = False) -> None:
+    """Make the data, train the decoder and print the table (see the module docstring)."""
     from make_segmentation import make_segmentation  # its sibling script (run as a script: importable)
 
     from ttakit.cli import main as ttakit_cli
@@ -189,18 +203,18 @@ def main(out: Path, threads: int | None = None) -> None:
         torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    folders = make_segmentation(out / "data")
+    folders = make_segmentation(out / "data", 4, 2, photos=20) if quick else make_segmentation(out / "data")
     t1 = time.perf_counter()
     weights = out / "segmenter.safetensors"
     if not weights.exists():
-        train(out, out / "data")
+        train(out, out / "data", epochs=1 if quick else 12)
     t2 = time.perf_counter()
     print(f"plain held-out mIoU (numpy check): {plain_miou(load_segmenter(weights), folders['test']):.4f}")
     t3 = time.perf_counter()
     code = ttakit_cli([
         "evaluate", "--task", "segment", str(folders["test"] / "images"), "--masks", str(folders["test"] / "masks"),
         "--model", f"{Path(__file__).resolve()}:load_segmenter", "--weights", str(weights),
-        "--num-classes", str(len(CLASSES)), *(a for p in POLICIES for a in ("--tta", p)),
+        "--num-classes", str(len(CLASSES)), *(a for p in POLICIES[:1 if quick else None] for a in ("--tta", p)),
         "--out", str(out / "eval"), "--workers", "0", "--quiet",
     ])
     t4 = time.perf_counter()
@@ -211,8 +225,4 @@ def main(out: Path, threads: int | None = None) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT, help="output folder (default: runs/segmentation_demo)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args()
-    main(args.out, args.threads)
+    main()

@@ -24,6 +24,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,13 @@ MODES: dict[str, tuple[tuple[str, ...], WindowConfig | None]] = {
 }
 
 
-def run_mode(mode: str, out: Path, weights: Path) -> dict[str, Any]:
-    """One evaluation (in this process): its results.json, seconds and peak RSS."""
+def run_mode(mode: str, out: Path, weights: Path, quick: bool = False) -> dict[str, Any]:
+    """One evaluation (in this process): its results.json, seconds and peak RSS (``quick``: the
+    first policy of the mode only)."""
     load = import_callable(f"{Path(__file__).resolve().with_name('segmentation_demo.py')}:load_segmenter", "example")
     lm = load(weights)
     names, window = MODES[mode]
+    names = names[:1] if quick else names
     policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in names]
     data = find_masked_images(out / "mosaics" / "images", out / "mosaics" / "masks")
     t0 = time.perf_counter()
@@ -99,30 +102,56 @@ def table(out: Path, runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT, help="output folder")
-    parser.add_argument("--weights", type=Path, required=True, help="the demo segmenter's decoder weights")
+    parser.add_argument("out", nargs="?", type=Path, default=None, help="output folder")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="the demo segmenter's decoder weights (required, but for --quick)")
     parser.add_argument("--n", type=int, default=40, help="mosaics (default 40)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--mode", choices=list(MODES), default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run in this process: one 512 px mosaic, the first policy of each mode, a decoder "
+                        "with random weights unless --weights; in a temporary folder unless OUT is given")
+    args = parser.parse_args(argv)
+    if args.weights is None and not args.quick:
+        parser.error("--weights is required (the decoder weights examples/segmentation_demo.py writes)")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.mode:
-        print(json.dumps(run_mode(args.mode, args.out, args.weights)))
+        print(json.dumps(run_mode(args.mode, args.out or DEFAULT_OUT, args.weights)))
         return
     from make_segmentation_mosaics import make_mosaics  # its sibling script (run as a script: importable)
 
-    make_mosaics(args.out / "mosaics", args.n)
-    runs = {}
-    for mode in MODES:
-        cmd = [sys.executable, __file__, str(args.out), "--weights", str(args.weights), "--mode", mode]
-        cmd += ["--threads", str(args.threads)] if args.threads else []
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{mode}: {runs[mode]['seconds']:.0f} s, peak RSS {runs[mode]['peak_rss_bytes'] / 1e9:.2f} GB", flush=True)
-    print(table(args.out, runs))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or (Path(tmp) if args.quick else DEFAULT_OUT)
+        if args.quick:
+            make_mosaics(out / "mosaics", 1, 2, 30)
+            args.weights = args.weights or random_decoder(out / "random_decoder.safetensors")
+        else:
+            make_mosaics(out / "mosaics", args.n)
+        runs = {}
+        for mode in MODES:
+            if args.quick:
+                runs[mode] = run_mode(mode, out, args.weights, quick=True)
+            else:
+                cmd = [sys.executable, __file__, str(out), "--weights", str(args.weights), "--mode", mode]
+                cmd += ["--threads", str(args.threads)] if args.threads else []
+                done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+                runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{mode}: {runs[mode]['seconds']:.0f} s, peak RSS {runs[mode]['peak_rss_bytes'] / 1e9:.2f} GB",
+                  flush=True)
+        print(table(out, runs))
+
+
+def random_decoder(path: Path) -> Path:
+    """The demo segmenter's decoder with random weights, saved at ``path`` (a quick run's stand-in)."""
+    from safetensors.torch import save_file
+    from segmentation_demo import CLASSES, SegDecoder  # its sibling script (run as a script: importable)
+
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in SegDecoder(len(CLASSES)).state_dict().items()}, str(path))
+    return path
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -56,13 +57,37 @@ class PhotoGraph:
         return self.class_names[i] if self.class_names else str(i)
 
 
+def quick_graph(path: Path) -> tuple[str, list[str]]:
+    """A quick run's graph and photo: timm's tiny test model (random weights) exported with
+    ``input=photo`` by ttakit, and the photo bundled with ttakit. Only a quick run imports
+    ttakit (and torch); serving an exported graph never does."""
+    import ttakit
+
+    lm = ttakit.load_model("test_efficientnet", weights="random")
+    ttakit.export_tta(lm.model, "none+input=96:1|hflip", path, merge="sum", input="photo", data_config=lm.data_config)
+    return str(path), [str(ttakit.example_image_path())]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("graph", help="the .onnx file written by ttakit export --input photo")
-    p.add_argument("photos", nargs="+", help="image files")
+    p.add_argument("graph", nargs="?", help="the .onnx file written by ttakit export --input photo")
+    p.add_argument("photos", nargs="*", help="image files")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: a graph of timm's tiny test model exported here, on the photo bundled with ttakit")
     args = p.parse_args(argv)
+    if args.quick:
+        with tempfile.TemporaryDirectory() as tmp:
+            args.graph, args.photos = quick_graph(Path(tmp) / "tta.onnx")
+            return serve(args)
+    if not args.graph or not args.photos:
+        p.error("GRAPH and at least one photo are required (but for --quick)")
+    return serve(args)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Print (or write as JSON) the top-k classes of every photo."""
     graph = PhotoGraph(args.graph)
     results = []
     for path in args.photos:

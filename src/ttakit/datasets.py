@@ -25,7 +25,7 @@ from .data import load_image
 from .errors import DatasetError, ImageLoadError
 
 __all__ = [
-    "DecodeLoader", "ImageList", "LabelledImages", "MaskedImages", "calibration_photos", "detect_dataset",
+    "DecodeLoader", "ImageList", "LabelledImages", "MaskedImages", "calibration_photos", "collate_decoded", "detect_dataset",
     "find_masked_images", "load_mask", "make_loader",
 ]
 
@@ -237,7 +237,19 @@ class ImageList(Dataset):
         return i, self.transform(photo), None
 
 
-def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
+def collate_decoded(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    """Collate :class:`ImageList` items into ``(indices, batch, skipped)``.
+
+    ``batch`` is one stacked tensor, or one per input stage when the items are dicts;
+    ``skipped`` holds ``(index, reason)`` of photos that could not be decoded. The collate
+    function of :func:`make_loader` (and of a torch ``DataLoader`` over an ``ImageList``).
+
+    Example:
+        >>> import torch
+        >>> idx, x, bad = collate_decoded([(0, torch.zeros(3, 2, 2), None), (1, None, "truncated")])
+        >>> idx, tuple(x.shape), bad
+        ([0], (1, 3, 2, 2), [(1, 'truncated')])
+    """
     ok = [(i, x) for i, x, _ in items if x is not None]
     bad = [(i, r) for i, x, r in items if x is None]
     if not ok:
@@ -331,4 +343,4 @@ def make_loader(
     """A loader over ``paths`` yielding, for each list of indices in ``batches``,
     ``(indices, images (B, C, H, W) or a dict of such batches, or None, skipped [(index, reason)])``,
     decoded by ``workers`` threads (:class:`DecodeLoader`)."""
-    return DecodeLoader(ImageList(paths, transform), batches, _collate, workers)
+    return DecodeLoader(ImageList(paths, transform), batches, collate_decoded, workers)

@@ -40,6 +40,8 @@ __all__ = [
     "SearchOptions",
     "SearchResult",
     "calibrated_temperature",
+    "choice_probs",
+    "correct_and_nll",
     "greedy_search",
     "kfold_estimate",
     "learn_weights",
@@ -174,7 +176,13 @@ def learn_weights(logits: Tensor, labels: Tensor, cols: Sequence[int], steps: in
 
 def choice_probs(logits: Tensor, cols: Sequence[int], temperature: float,
                  weights: Sequence[float] | None = None) -> Tensor:
-    """``(N, C)`` probabilities of the mean merge of ``cols`` at ``temperature``."""
+    """``(N, C)`` probabilities of the mean merge of ``cols`` at ``temperature``.
+
+    Example:
+        >>> import torch
+        >>> choice_probs(torch.zeros(4, 3, 10), [0, 2], 1.0).shape
+        torch.Size([4, 10])
+    """
     w = None if weights is None else torch.tensor(weights)
     return merge_logits(logits[:, list(cols)], "mean", w, temperature)
 
@@ -186,8 +194,15 @@ def evaluate_choice(logits: Tensor, labels: Tensor, cols: Sequence[int], tempera
     return {"top1": topk_accuracy(probs, labels), "nll": nll_metric(probs, labels)}
 
 
-def _correct_and_nll(probs: Tensor, labels: Tensor) -> Tensor:
-    """``(N, 2)``: each image's top-1 correctness (0/1) and NLL."""
+def correct_and_nll(probs: Tensor, labels: Tensor) -> Tensor:
+    """``(N, 2)``: each image's top-1 correctness (0/1) and NLL.
+
+    Example:
+        >>> import torch
+        >>> correct_and_nll(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 0])).round(decimals=3)
+        tensor([[1.0000, 0.1050],
+                [0.0000, 1.6090]], dtype=torch.float64)
+    """
     p = probs.gather(1, labels[:, None])[:, 0].double()
     return torch.stack([(probs.argmax(-1) == labels).double(), -p.clamp_min(1e-12).log()], 1)
 
@@ -239,7 +254,7 @@ def kfold_estimate(
         a = evaluate_choice(logits[held], labels[held], cols, t, w)
         b = evaluate_choice(logits[held], labels[held], [0], plain_t)
         if per_image:
-            rows[held] = torch.cat([_correct_and_nll(choice_probs(logits[held], c, tt, ww), labels[held])
+            rows[held] = torch.cat([correct_and_nll(choice_probs(logits[held], c, tt, ww), labels[held])
                                     for c, tt, ww in ((cols, t, w), ([0], plain_t, None))], 1)
         n = len(held) / N
         tta_top1 += a["top1"] * n
