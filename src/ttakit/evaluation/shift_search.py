@@ -38,7 +38,7 @@ from ..merge import merge_logits
 from ..policy import Policy
 from .conformal import set_size_objective
 from .conformal_families import greedy_set_size_families, leave_one_family_out
-from .search import _correct_and_nll, calibrated_temperature, choice_probs, greedy_search
+from .search import correct_and_nll, calibrated_temperature, choice_probs, greedy_search
 from .shift_streams import StreamLogits
 from .stats import compare
 
@@ -57,8 +57,8 @@ def _lofo_accuracy(logits: Tensor, plain: Tensor, labels: Tensor, families: Tens
         held, rest = families == f, families != f
         res = greedy_search(logits[rest], labels[rest], budget, objective)
         t_plain = calibrated_temperature(plain[rest], labels[rest]) if objective == "nll" else 1.0
-        rows[held, :2] = _correct_and_nll(choice_probs(logits[held], res.cols, res.temperature), labels[held])
-        rows[held, 2:] = _correct_and_nll(torch.softmax(plain[held].double() / t_plain, -1), labels[held])
+        rows[held, :2] = correct_and_nll(choice_probs(logits[held], res.cols, res.temperature), labels[held])
+        rows[held, 2:] = correct_and_nll(torch.softmax(plain[held].double() / t_plain, -1), labels[held])
         per_family[int(f)] = {"cols": list(res.cols), "temperature": res.temperature,
                               "top1": float(rows[held, 0].mean()), "plain_top1": float(rows[held, 2].mean()),
                               "nll": float(rows[held, 1].mean()), "plain_nll": float(rows[held, 3].mean())}
