@@ -12,7 +12,8 @@ with ``hflip``, the model's logits upsampled to its input (8 classes: the merged
 
 Part 3: the same photo (as a JPEG, with a mask) through windowed evaluation
 (``evaluate_segmentation(..., window=WindowConfig(512))``, ``hflip``): the pipeline decodes the
-photo once and the tiles are cut from that decode. Goal: peak RSS < 2 GB.
+photo once and the tiles are cut from that decode. Each view is stitched whole there (it is
+counted alone for per_view.json), so this part needs more than part 2; no goal yet, measured.
 
 Each part runs in its own process, so its peak RSS (``ru_maxrss``) is its own.
 
@@ -206,8 +207,8 @@ def report(part: str, r: dict) -> None:
         print(f"part 2: one {side} x {side} photo, 512 px tiles x hflip -> {r['output']}: "
               f"peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB (goal < 2), {r['seconds']:.1f} s")
     else:
-        print(f"part 3: that photo through windowed evaluation, decoded once: "
-              f"peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB (goal < 2), {r['seconds']:.1f} s")
+        print(f"part 3: that photo through windowed evaluation, decoded once: "  # no goal yet
+              f"peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB, {r['seconds']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -192,7 +192,8 @@ def compute_outputs(
         seconds = torch.zeros(len(views), dtype=torch.float64)
         if x is not None:
             sizes = [tuple(s) for s in x.pop("photo_size").tolist()]
-            inputs = RenderedInputs(x, sizes, x.pop("photo", None)).to(device)
+            photos = x.pop("photo", None)  # the decoded photos, for a task that keeps them
+            inputs = RenderedInputs(x, sizes, photos).to(device)
             outs: list[Any] = []
             own: list[dict[str, Tensor] | None] = []
             with torch.inference_mode():
