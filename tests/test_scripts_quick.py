@@ -30,7 +30,7 @@ OWN_PROCESS = {"bench_backends.py", "bench_ort_overhead.py", "bench_photo_graph.
 # Extra arguments of a quick run ({tmp}: the test's temporary folder).
 ARGS: dict[str, list[str]] = {}
 # What a script's quick run prints besides its provenance line (a Markdown table unless noted).
-PRINTS: dict[str, str] = {"bench_box_map.py": "paired bootstrap", "bench_segment_scale.py": "part 2: ",
+PRINTS: dict[str, str] = {"bench_box_map.py": "paired bootstrap", "bench_shift_families.py": "family          change", "bench_segment_scale.py": "part 2: ",
                           "make_corrupted.py": "wrote 4 photos", "make_segmentation.py": "wrote",
                           "make_segmentation_mosaics.py": "wrote", "serve_onnx.py": "policy "}
 
