@@ -17,6 +17,7 @@ how stored outputs are merged and scored, and how a policy is compared with plai
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from ..data import InputRenderer
 from ..datasets import make_loader
-from ..errors import DatasetError
+from ..errors import DatasetError, MissingExtraError
 from ..models import LoadedModel
 from ..policy import Policy, parse_view
 from ..runtime.backends import Backend
@@ -336,6 +337,10 @@ def run_evaluation(
     }
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "per_view.json").write_text(json.dumps(scored.per_view, indent=2) + "\n")
-    written = task.finish(out, lm, options)
+    try:
+        written = task.finish(out, lm, options)
+    except MissingExtraError as e:  # results.json and the CSVs stand without the pages
+        print(f"ttakit: {e}", file=sys.stderr)
+        written = []
     dist.barrier()
     return {**doc, "per_view": scored.per_view, "written": written}
