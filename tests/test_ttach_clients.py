@@ -239,3 +239,25 @@ def test_keypoints_wrapper_on_square_images():
     x[0, :, 3, 11] = 1.0
     x[1, :, 12, 2] = 1.0
     _close(*_both(client, x))
+
+
+def test_functional_has_ttachs_names_and_signatures():
+    import inspect
+
+    theirs = pytest.importorskip("ttach.functional")
+    names = [n for n, f in vars(theirs).items() if inspect.isfunction(f) and f.__module__ == theirs.__name__]
+    assert len(names) >= 20
+    for n in names:
+        ours = getattr(dropin.functional, n)
+        assert [(p.name, p.default) for p in inspect.signature(ours).parameters.values()] == \
+            [(p.name, p.default) for p in inspect.signature(getattr(theirs, n)).parameters.values()], n
+
+
+def test_antialias_is_there_when_asked():
+    x = _images(1, 32, 32)
+    plain = dropin.Scale([0.5], interpolation="bilinear")
+    smooth = dropin.Scale([0.5], interpolation="bilinear", antialias=True)
+    a, b = plain.apply_aug_image(x, scale=0.5), smooth.apply_aug_image(x, scale=0.5)
+    assert torch.equal(a, TF.interpolate(x, size=(16, 16), mode="bilinear"))
+    assert torch.allclose(b, TF.interpolate(x, size=(16, 16), mode="bilinear", antialias=True), atol=1e-6)
+    assert not torch.allclose(a, b, atol=1e-3)
