@@ -14,8 +14,10 @@ each step's methods in turn (the built-in steps still through ttakit's transform
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,7 +42,7 @@ def deaugment_keypoints(keypoints: Tensor, t: Transform | None) -> Tensor:
     return (Fn.transform_points(keypoints * 2 - 1, m_inv) + 1) / 2
 
 
-_PACKAGE = __name__.rsplit(".", 1)[0]  # ttakit.compat.ttach
+_HERE = Path(__file__).resolve().parent  # this package's folder: where its own methods are written
 _METHODS = ("ttakit_transform", "apply_aug_image", "apply_deaug_mask", "apply_deaug_label", "apply_deaug_keypoints")
 
 
@@ -58,11 +60,20 @@ def is_native(transform: BaseTransform) -> bool:
         >>> is_native(T.Multiply([2])), is_native(Louder([2]))
         (True, False)
     """
-    cls = type(transform)
     if any(m in vars(transform) for m in _METHODS):
         return False
-    owners = [next(c for c in cls.__mro__ if m in vars(c)) for m in _METHODS]
-    return owners[0] is not BaseTransform and all(c.__module__.startswith(_PACKAGE) for c in owners)
+    owners = [next(c for c in type(transform).__mro__ if m in vars(c)) for m in _METHODS]
+    return owners[0] is not BaseTransform and all(_written_here(vars(c)[m]) for c, m in zip(owners, _METHODS))
+
+
+def _written_here(method: Any) -> bool:
+    code = getattr(method, "__code__", None)
+    return code is not None and _in_this_folder(code.co_filename)
+
+
+@functools.lru_cache(maxsize=None)
+def _in_this_folder(filename: str) -> bool:
+    return Path(filename).resolve().parent == _HERE
 
 
 class BaseTransform:
