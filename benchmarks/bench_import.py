@@ -71,11 +71,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                 times[name].append(dt)
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med["torch+torchvision"]
-    print(f"{'statement':34s} {'median s':>9s} {'/ torch+tv':>11s} {'/ ttach':>8s}  heavy modules loaded")
+    print(f"{'statement':42s} {'median s':>9s} {'/ torch+tv':>11s} {'/ ttach':>8s}  heavy modules loaded")
     for name, statement in STATEMENTS.items():
         vs_ttach = f"{med[name] / med['ttach']:.2f}" if "ttach" in med else "-"
         mods = ", ".join(m for m in loaded[name] if m != "torch") or "-"
-        print(f"{statement:34s} {med[name]:9.3f} {med[name] / base:11.2f} {vs_ttach:>8s}  {mods}")
+        print(f"{statement:42s} {med[name]:9.3f} {med[name] / base:11.2f} {vs_ttach:>8s}  {mods}")
     print(f"ttakit / (torch, torchvision) = {med['ttakit'] / base:.2f} (goal <= 1.10); "
           f"{repeats} round(s), interleaved; load average after {_load()}")
     return med
