@@ -10,6 +10,10 @@ Part 2: one 4096 x 4096 photo segmented by ``SegmentationTTA(..., window=WindowC
 with ``hflip``, the model's logits upsampled to its input (8 classes: the merged map alone is
 8 x 4096^2 floats, 0.5 GB). Goal: peak RSS < 2 GB.
 
+Part 3: the same photo (as a JPEG, with a mask) through windowed evaluation
+(``evaluate_segmentation(..., window=WindowConfig(512))``, ``hflip``): the pipeline decodes the
+photo once and the tiles are cut from that decode. Goal: peak RSS < 2 GB.
+
 Each part runs in its own process, so its peak RSS (``ru_maxrss``) is its own.
 
 Run: ``flock /tmp/heavy.lock python benchmarks/bench_segment_scale.py [--photos 1000] [--data DIR]``.
@@ -113,11 +117,44 @@ def part_large() -> dict:
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+def make_large(root: Path) -> None:
+    """One 4096 x 4096 JPEG of the part-2 pixels and a block mask of 8 classes."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    if (root / "masks" / "big.png").exists():
+        return
+    g = torch.Generator().manual_seed(0)
+    photo = torch.randint(0, 256, (3, 4096, 4096), dtype=torch.uint8, generator=g)
+    Image.fromarray(photo.permute(1, 2, 0).numpy()).save(root / "images" / "big.jpg", quality=90)
+    blocks = np.random.default_rng(0).integers(0, 8, (16, 16))
+    Image.fromarray(np.kron(blocks, np.ones((256, 256), np.int64)).astype(np.uint8)).save(root / "masks" / "big.png")
+
+
+def part_large_eval(data: Path, out: Path) -> dict:
+    from ttakit.datasets import find_masked_images
+    from ttakit.evaluation.evaluate import EvalOptions
+    from ttakit.evaluation.segment_eval import SegmentScoring, evaluate_segmentation
+    from ttakit.runtime.config import RunConfig
+    from ttakit.tasks.window import WindowConfig
+
+    torch.set_num_threads(2)
+    shutil.rmtree(out, ignore_errors=True)
+    ds = find_masked_images(data / "images", data / "masks")
+    t0 = time.perf_counter()
+    res = evaluate_segmentation(load(8, full=True), ds, [ttakit.create_policy("hflip")], out_dir=out,
+                                run_config=RunConfig(), scoring=SegmentScoring(8),
+                                options=EvalOptions(batch_size=1, workers=0, quiet=True),
+                                window=WindowConfig(512, 0.25, "gaussian", batch=4, stitch_device="cpu"))
+    dt = time.perf_counter() - t0
+    return {"miou_hflip": res["results"]["hflip"]["miou"], "seconds": dt,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=1000, help="photos of part 1 (default 1000)")
     parser.add_argument("--data", type=Path, default=Path("/tmp/ttakit_bench_segment_scale"), help="data folder")
-    parser.add_argument("--part", choices=["scale", "large"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--part", choices=["scale", "large", "large-eval"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part == "scale":
         print(json.dumps(part_scale(args.data / "data", args.data / "eval", args.photos)))
@@ -125,17 +162,24 @@ def main() -> None:
     if args.part == "large":
         print(json.dumps(part_large()))
         return
+    if args.part == "large-eval":
+        make_large(args.data / "large")
+        print(json.dumps(part_large_eval(args.data / "large", args.data / "large_eval")))
+        return
     make_data(args.data / "data", args.photos)
     print(f"load: {Path('/proc/loadavg').read_text().split()[:3]}")
-    for part in ("scale", "large"):
+    for part in ("scale", "large", "large-eval"):
         cmd = [sys.executable, __file__, "--part", part, "--photos", str(args.photos), "--data", str(args.data)]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         if part == "scale":
             print(f"part 1: {r['photos']} photos of {SIDE} px, {K} classes, {r['views']} views: "
                   f"peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB (goal <= 3), disk {r['disk_bytes'] / 1e9:.3f} GB "
                   f"(goal <= 1; maps {r['store']['map_grid']} {r['store']['dtype']}), {r['seconds_per_photo']:.2f} s/photo")
-        else:
+        elif part == "large":
             print(f"part 2: one 4096 x 4096 photo, 512 px tiles x hflip -> {r['output']}: "
+                  f"peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB (goal < 2), {r['seconds']:.1f} s")
+        else:
+            print(f"part 3: that photo through windowed evaluation, decoded once: "
                   f"peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB (goal < 2), {r['seconds']:.1f} s")
 
 

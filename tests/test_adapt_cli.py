@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -57,13 +58,35 @@ def test_evaluate_adds_a_row_per_policy_and_method(run_args, tmp_path, capsys):
     assert row["top1"] == pytest.approx(float((pred == torch.tensor(data.labels)).float().mean()))
 
 
-def test_predict_adapts_on_its_photos(tmp_path, capsys):
-    from ttakit import example_image_path
+def test_predict_adapts_on_its_photos(run_args, tmp_path, capsys):
+    """predict --adapt shows what the library's adapted ClassificationTTA predicts, and that
+    differs from plain TTA (a random batch-norm model on photos unlike its running statistics)."""
+    from ttakit import ClassificationTTA
+    from ttakit.adapt import AdaptOptions
+    from ttakit.datasets import detect_dataset
+    from ttakit.models import load_model
+    from ttakit.predict import predict_images
 
-    cat = str(example_image_path())
-    code = main(["predict", cat, cat, cat, "--tta", "hflip", "--adapt", "bn", "--adapt-batch", "2", "--json"])
-    doc = json.loads(capsys.readouterr().out)
-    assert code == 0 and len(doc["images"]) == 3
+    weights = tmp_path / "sharp.pth"  # the random head made sharp: probabilities far from uniform
+    state = torch.load(run_args[6], weights_only=True)
+    torch.save({**state, "fc.weight": state["fc.weight"] * 20}, weights)
+    args = [*run_args[1:6], str(weights)]  # --model test_resnet --labels L --weights W
+    lm = load_model("test_resnet", weights=weights, labels=run_args[4])
+    paths = list(detect_dataset(run_args[0], lm.class_names).paths[:4])
+
+    def tta_probs(images):  # (N, C): each photo's merged probability of every class
+        return torch.tensor([[next(s["prob"] for s in im["tta"] if s["index"] == c) for c in range(3)] for im in images])
+
+    def cli(*extra):
+        assert main(["predict", *paths, *args, "--tta", "hflip", "--json", *extra]) == 0
+        return tta_probs(json.loads(capsys.readouterr().out)["images"])
+
+    plain, adapted = cli(), cli("--adapt", "bn", "--adapt-batch", "2")
+    assert (adapted - plain).abs().max() > 0.005  # adaptation changes what predict shows (by ~0.01 here)
+    tta = ClassificationTTA(lm.model, "hflip", norm=lm.normalization, data_config=lm.data_config, adapt="bn",
+                            adapt_options=AdaptOptions(batch=2))
+    library = tta_probs([{"tta": [dataclasses.asdict(s) for s in p.tta]} for p in predict_images(lm, paths, tta, k=3)])
+    torch.testing.assert_close(adapted, library, atol=1e-5, rtol=0)
 
 
 def test_abbreviations_are_off_for_every_command():

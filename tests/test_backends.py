@@ -21,11 +21,14 @@ from ttakit.runtime.onnx_cache import CachedExport, weights_digest
 from ttakit.runtime.config import tune_run_config
 from ttakit.runtime.precision import CPU_PRECISIONS_ENV, PRECISIONS, ParityFigures, cpu_precisions, parity, parity_inputs
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("openvino")
-
 SIZE = (64, 64)
 RUNTIMES = ("onnxruntime", "openvino")
+
+
+def _needs(*runtimes: str) -> None:
+    """Skip this test where a runtime it runs is not installed (the others run without them)."""
+    for name in runtimes:
+        pytest.importorskip(name)
 
 
 def _tiny() -> torch.nn.Module:
@@ -53,6 +56,7 @@ def tiny() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def backends(cache, tiny) -> dict:
+    _needs(*RUNTIMES)
     return {name: create_backend(name, tiny, input_size=SIZE, key="test_resnet") for name in RUNTIMES}
 
 
@@ -103,6 +107,7 @@ def test_other_weights_are_another_export(backends, cache):
 
 
 def test_size_specialised_model_is_exported_per_size(cache):
+    _needs("onnxruntime")
     class FixedPool(torch.nn.Module):  # its trace bakes the input size into the pooling kernel
         def __init__(self) -> None:
             super().__init__()
@@ -155,6 +160,7 @@ def test_tune_run_config_takes_a_backend(backends):
 
 
 def test_names_precisions_and_missing_packages_fail_with_what_to_do(tiny, monkeypatch):
+    _needs(*RUNTIMES)
     assert list(BACKENDS) == ["torch", "onnxruntime", "openvino"]
     with pytest.raises(UnknownNameError, match="unknown backend 'tensorflow'.*; choose one of torch, onnxruntime, openvino"):
         create_backend("tensorflow", tiny, input_size=SIZE, key="t")
@@ -203,6 +209,7 @@ def _forced(monkeypatch, have: bool, precision: str) -> None:
 @pytest.mark.parametrize("have", [True, False], ids=["cpu-has-it", "cpu-lacks-it"])
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_openvino_reduced_precision_runs_and_agrees_or_is_refused(tiny, cache, monkeypatch, capsys, have, precision):
+    _needs("openvino")
     _forced(monkeypatch, have, precision)
     if not have:
         with pytest.raises(BackendError, match=f"this CPU has no native {precision} for openvino .*use precision fp32") as e:
@@ -227,6 +234,7 @@ def test_openvino_reduced_precision_runs_and_agrees_or_is_refused(tiny, cache, m
 @pytest.mark.parametrize("have", [True, False], ids=["cpu-has-it", "cpu-lacks-it"])
 @pytest.mark.parametrize("name", RUNTIMES)
 def test_int8_calibrated_on_photos_agrees_or_is_refused(tiny, cache, monkeypatch, have, name):
+    _needs(name)
     _forced(monkeypatch, have, "int8")
     calibration = _calibration()
     if not have:
@@ -284,6 +292,7 @@ def test_export_check_rejects_a_wrong_runtime_answer(tiny):
 
 @pytest.mark.slow
 def test_real_photos_same_answers_as_torch(sample_dir, default_lm, cache):
+    _needs(*RUNTIMES)
     lm = default_lm
     files = sorted(sample_dir.glob("*.JPEG"))[:8]  # the 500-photo figure comes from bench_backends.py
     x = ttakit.preprocess(files, lm.transform())

@@ -178,7 +178,7 @@ def test_shared_run_flags_are_honoured_for_every_task(task):
 
 def test_detection_refuses_an_onnx_backend_in_one_line(capsys, tmp_path):
     argv = ["evaluate", "--task", "detect", str(tmp_path), "--annotations", str(tmp_path / "c.json"), "--model",
-            "fasterrcnn_mobilenet_v3_large_320_fpn", "--out", str(tmp_path / "o")]
+            "fasterrcnn_mobilenet_v3_large_320_fpn", "--weights", "random", "--out", str(tmp_path / "o")]
     (tmp_path / "c.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [],
                                                  "categories": [{"id": 1, "name": "x"}]}))
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")

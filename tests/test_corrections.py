@@ -169,7 +169,7 @@ def test_evaluate_stores_each_corrected_view_under_its_own_name(real_photos, tmp
         (tmp_path / "data" / name).mkdir(parents=True)
         photo.save(tmp_path / "data" / name / "0.png")
     torch.manual_seed(0)
-    lm = ttakit.load_model("test_resnet", num_classes=3, labels=tmp_path / "labels.txt")
+    lm = ttakit.load_model("test_resnet", weights="random", num_classes=3, labels=tmp_path / "labels.txt")
     data = detect_dataset(tmp_path / "data", classes)
     policies = [create_policy("autocontrast=1 + equalize"), create_policy("identity + gamma=0.7|hflip")]
     evaluate(lm, data, policies, out_dir=tmp_path / "out", run_config=RC,

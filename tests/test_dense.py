@@ -134,9 +134,13 @@ def test_max_merge_and_unseen_pixels():
     out = SegmentationTTA(model, "crop=tl:20", merge="max", run_config=RC).predict(x)
     assert out.output.shape == (1, 4, 40, 40)
     assert float(out.coverage[..., :20, :20].min()) == 1.0 and float(out.coverage[..., 25:, 25:].max()) == 0.0
-    # Where the crop saw, the per-pixel model's own map; where no view saw, nothing (zero).
+    # Where the crop saw, the per-pixel model's own map; where no view saw, the same merge over
+    # every view unmasked (MaskedMerge's rule): here the crop's map continued from its corner,
+    # still probabilities (never zero).
     torch.testing.assert_close(out.output[..., :20, :20], plain[..., :20, :20], atol=1e-6, rtol=0)
-    assert float(out.output[..., 25:, 25:].abs().max()) == 0.0
+    torch.testing.assert_close(out.output[..., 25:, 25:], plain[..., 19:20, 19:20].expand(-1, -1, 15, 15),
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.output.sum(1), torch.ones(1, 40, 40))
     # With the identity view too, max over the views that saw each pixel is the plain map everywhere.
     both = SegmentationTTA(model, "identity+crop=tl:20", merge="max", run_config=RC)(x)
     torch.testing.assert_close(both, plain, atol=1e-6, rtol=0)

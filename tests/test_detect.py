@@ -485,9 +485,9 @@ def test_predict_and_views_task_detect(tmp_path, capsys):
     png = tmp_path / "views.png"
     assert main(["views", str(photo), *common, "--out", str(png)]) == 0
     assert "4 views" in capsys.readouterr().out and Image.open(png).size[0] > 600
-    # a torchvision model by name, random weights
+    # a torchvision model by name, random weights (asked for)
     assert main(["predict", str(photo), "--task", "detect", "--detector", "fasterrcnn_mobilenet_v3_large_320_fpn",
-                 "--num-classes", "3", "--tta", "hflip", "--json"]) == 0
+                 "--weights", "random", "--num-classes", "3", "--tta", "hflip", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "fasterrcnn_mobilenet_v3_large_320_fpn"
     mine = ["--detector", f"{__file__}:make_detector"]
     for bad, says in ((["--detector", "no_such_module_xyz:f"], "cannot import 'no_such_module_xyz'"),

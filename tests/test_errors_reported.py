@@ -73,11 +73,11 @@ def test_export_check_without_onnxruntime_is_an_error(tmp_path, monkeypatch):
 
 
 def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, capsys):
-    from ttakit.evaluation.store import LogitStore
+    from ttakit.evaluation.store import OutputStore
 
-    LogitStore(tmp_path, {"model": "a", "views": ["identity"]})
+    OutputStore(tmp_path, {"model": "a", "views": ["identity"]})
     with pytest.raises(TTAKitError, match="use another `out_dir`") as e:
-        LogitStore(tmp_path, {"model": "b", "views": ["identity"]})
+        OutputStore(tmp_path, {"model": "b", "views": ["identity"]})
     assert "--out" not in str(e.value)
     assert translate(str(e.value)).endswith("use another --out, or delete this folder to start over")
     assert translate("`options.strict=True`; `task='segment'`; `check=False`") == "--strict; --task segment; --no-check"

@@ -18,7 +18,7 @@ from ttakit.errors import DatasetError
 from ttakit.evaluation.evaluate import ClassifyScoring, ClassifyTask, EvalOptions, evaluate, union_views
 from ttakit.evaluation.pipeline import compute_outputs
 from ttakit.evaluation.classify_logits import data_hash, load_logits
-from ttakit.evaluation.store import LogitStore, fingerprint, plan_chunks
+from ttakit.evaluation.store import OutputStore, fingerprint, plan_chunks
 from ttakit.evaluation.metrics import MetricAccumulator, ece, nll, topk_accuracy
 from ttakit.evaluation.search import greedy_search, kfold_estimate, learn_weights, pick_adaptive_threshold
 
@@ -83,7 +83,7 @@ def tiny_lm(tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(CLASSES))
     torch.manual_seed(0)
-    return load_model("test_resnet", num_classes=3, labels=labels)
+    return load_model("test_resnet", weights="random", num_classes=3, labels=labels)
 
 
 def test_layouts(folder, tmp_path, tiny_lm):
@@ -211,7 +211,7 @@ def test_resume_gives_the_same_results(tiny_lm, folder, tmp_path):
     # An interrupted run: only the first two chunks were written before it stopped.
     data = detect_dataset(folder, CLASSES)
     views = union_views([create_policy("hflip"), create_policy("d4")])
-    store = LogitStore(tmp_path / "part", fingerprint(tiny_lm, data, views, 4, {"data_hash": data_hash(data)}))
+    store = OutputStore(tmp_path / "part", fingerprint(tiny_lm, data, views, 4, {"data_hash": data_hash(data)}))
     options = EvalOptions(batch_size=4, workers=0)
     task = ClassifyTask(tiny_lm.class_names, torch.tensor(data.labels))
     compute_outputs(task, tiny_lm, data, views, store, RunConfig(8, False), options, torch.device("cpu"),

@@ -21,7 +21,6 @@ from ttakit.errors import ConfigError, PolicyError, ShapeError
 from ttakit.policy import Policy, parse_policy
 from ttakit import export_tta
 
-ort = pytest.importorskip("onnxruntime")
 try:  # OpenVINO is checked where it is installed; the onnxruntime tests run without it
     import openvino as ov
 except ImportError:
@@ -33,8 +32,14 @@ ALL_VIEWS = "identity + hflip + rot90(1,2,3) + ten_crop(0.875) + scale(0.9,1.1) 
             "shift(8:-4) + rotate(10) + brightness(0.9) + contrast(1.2) + vflip|rot90=1"
 
 
+def _ort():
+    """ONNX Runtime: the tests that run a graph need it (they alone skip without it)."""
+    return pytest.importorskip("onnxruntime")
+
+
 def runtimes(path, input_name: str = "images") -> dict:
     """The graph loaded in both runtimes (OpenVINO where installed): ``{name: images (or photos) -> probs}``."""
+    ort = _ort()
     so = ort.SessionOptions()
     so.log_severity_level = 3
     session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -70,6 +75,7 @@ def all_views_policy() -> Policy:
 
 
 def test_every_transform_matches_classification_tta_in_both_runtimes(tiny, x, all_views_policy, tmp_path):
+    _ort()  # exporting checks the graph in ONNX Runtime
     # tsharpen: the merge whose log-sum-exp needed an exportable stand-in (OpenVINO misreads ReduceLogSumExp).
     path = export_tta(tiny, all_views_policy, tmp_path / "g.onnx", merge="tsharpen", input_size=SIZE)
     ref = ttakit.ClassificationTTA(tiny, all_views_policy, "tsharpen")(x).numpy()
@@ -80,6 +86,7 @@ def test_every_transform_matches_classification_tta_in_both_runtimes(tiny, x, al
 
 @pytest.mark.parametrize("merge", ["mean", "gmean", "sum", "logit_mean", "max"])
 def test_every_merge_and_dynamic_batch(tiny, merge, tmp_path):
+    _ort()  # exporting checks the graph in ONNX Runtime
     pol = Policy(parse_policy("hflip*rot90(0,1)"), weights=(1.0, 2.0, 0.5, 1.0), temperature=0.8)
     path = export_tta(tiny, pol, tmp_path / "m.onnx", merge=merge, input_size=SIZE)
     graph = runtimes(path)
@@ -91,6 +98,7 @@ def test_every_merge_and_dynamic_batch(tiny, merge, tmp_path):
 
 
 def test_views_of_one_size_share_one_model_call(tiny, tmp_path):
+    _ort()  # exporting checks the graph in ONNX Runtime
     import onnx
 
     path = export_tta(tiny, "d4", tmp_path / "d4.onnx", input_size=SIZE, check=False)
@@ -102,6 +110,7 @@ def test_views_of_one_size_share_one_model_call(tiny, tmp_path):
 
 
 def test_segmentation_graph_matches_segmentation_tta(x, tmp_path):
+    _ort()  # exporting checks the graph in ONNX Runtime
     torch.manual_seed(1)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
                               torch.nn.Conv2d(6, 4, 3, stride=2, padding=1)).eval()
@@ -116,6 +125,7 @@ def test_segmentation_graph_matches_segmentation_tta(x, tmp_path):
 
 
 def test_refusals_say_why(tiny, tmp_path):
+    _ort()  # export_tta looks for ONNX Runtime (its check) before it reads the policy
     out = tmp_path / "x.onnx"
     with pytest.raises(PolicyError, match="input stage 'input=256:1'.*preprocessed images"):
         export_tta(tiny, "identity + input=256:1.0", out, input_size=SIZE)
@@ -149,6 +159,7 @@ def photos(tmp_path_factory) -> list[Path]:
 
 
 def test_photo_graph_matches_ttakit_on_photos_of_any_size_in_both_runtimes(tiny, photos, tmp_path):
+    _ort()  # exporting checks the graph in ONNX Runtime
     pol = Policy(parse_policy(PHOTO_POLICY), weights=(2, 1, 1, 1, 0.5, 1), temperature=1.5)
     path = export_tta(tiny, pol, tmp_path / "photo.onnx", merge="gmean", input="photo", data_config=PHOTO_CFG)
     ref = ttakit.ClassificationTTA(tiny, pol, "gmean", data_config=PHOTO_CFG)(photos).numpy()  # PIL rendering
@@ -163,6 +174,7 @@ def test_photo_graph_matches_ttakit_on_photos_of_any_size_in_both_runtimes(tiny,
 
 
 def test_photo_graph_without_input_stages_is_the_tensor_graph_after_preprocessing(tiny, photos, tmp_path):
+    _ort()  # exporting checks the graph in ONNX Runtime
     path = export_tta(tiny, "hflip*rot90(0,1)", tmp_path / "p.onnx", input="photo", data_config=PHOTO_CFG)
     ref = ttakit.ClassificationTTA(tiny, "hflip*rot90(0,1)", data_config=PHOTO_CFG)(photos).numpy()
     for i, photo in enumerate(photos):
@@ -172,6 +184,7 @@ def test_photo_graph_without_input_stages_is_the_tensor_graph_after_preprocessin
 
 
 def test_photo_graph_metadata_and_refusals(tiny, tmp_path):
+    _ort()  # exporting checks the graph in ONNX Runtime
     import onnx
 
     path = export_tta(tiny, "none+input=72:1|hflip", tmp_path / "m.onnx", merge="sum", input="photo",
@@ -197,6 +210,7 @@ def test_photo_graph_metadata_and_refusals(tiny, tmp_path):
 
 
 def test_serve_example_runs_without_torch(tiny, photos, tmp_path):
+    _ort()  # the example serves with ONNX Runtime
     path = export_tta(tiny, "none+input=72:1|hflip", tmp_path / "s.onnx", merge="sum", input="photo",
                       data_config=PHOTO_CFG, metadata={"ttakit.class_names": [f"class{i}" for i in range(10)]})
     example = Path(__file__).parents[1] / "examples" / "serve_onnx.py"
@@ -213,8 +227,9 @@ def test_serve_example_runs_without_torch(tiny, photos, tmp_path):
 
 
 def test_cli_export_writes_one_graph_with_its_metadata(tmp_path, capsys):
+    ort = _ort()
     out = tmp_path / "hflip.onnx"
-    code = main(["export", "--model", "test_resnet", "--tta", "hflip", "--merge", "gmean", "--input-size", "64",
+    code = main(["export", "--model", "test_resnet", "--weights", "random", "--tta", "hflip", "--merge", "gmean", "--input-size", "64",
                  "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -225,10 +240,11 @@ def test_cli_export_writes_one_graph_with_its_metadata(tmp_path, capsys):
     assert json.loads(meta["ttakit.data_config"])["input_size"] == [3, 64, 64]
     probs = sess.run(["probs"], {"images": np.zeros((2, 3, 64, 64), np.float32)})[0]
     assert probs.shape == (2, 1000) and np.allclose(probs.sum(-1), 1, atol=1e-5)
-    code = main(["export", "--model", "test_resnet", "--tta", "input=256:1.0", "--out", str(tmp_path / "y.onnx")])
+    code = main(["export", "--model", "test_resnet", "--weights", "random", "--tta", "input=256:1.0", "--out",
+                 str(tmp_path / "y.onnx")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("ttakit: error: ") and err.count("\n") == 1 and "preprocessed images" in err
-    code = main(["export", "--model", "test_resnet", "--tta", "input=72:1.0|hflip", "--input-size", "64",
+    code = main(["export", "--model", "test_resnet", "--weights", "random", "--tta", "input=72:1.0|hflip", "--input-size", "64",
                  "--input", "photo", "--out", str(tmp_path / "p.onnx")])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -255,6 +271,7 @@ def _numpy_preprocess(path, cfg) -> np.ndarray:
 
 @pytest.mark.slow
 def test_default_model_graph_on_photos(sample_dir, default_lm, tmp_path):
+    _ort()  # exporting checks the graph in ONNX Runtime
     lm = default_lm
     files = sorted(sample_dir.glob("*.JPEG"))[:4]
     x = ttakit.preprocess(files, lm.transform())
@@ -269,6 +286,7 @@ def test_default_model_graph_on_photos(sample_dir, default_lm, tmp_path):
 
 @pytest.mark.slow
 def test_default_model_photo_graph_on_real_photos(sample_dir, default_lm, tmp_path):
+    _ort()  # exporting checks the graph in ONNX Runtime
     lm = default_lm
     policy = "identity + input=256:1|hflip + input=224:0.875:tl"
     files = sorted(sample_dir.glob("*.JPEG"))[:4]  # the 500-photo figure comes from bench_photo_graph.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -96,22 +97,22 @@ def test_hub_weights_offline_fail_with_one_line(monkeypatch):
 
     # What HF_HUB_OFFLINE=1 does, without waiting for this machine's closed network to time out.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(WeightsError, match="pass a local file with --weights PATH"):
+    with pytest.raises(WeightsError, match=r"test_resnet: .*`weights=FILE`.*`weights='random'`"):
         load_model("test_resnet", weights="hub")
 
 
 def test_labels_files(tmp_path):
     txt = tmp_path / "labels.txt"
     txt.write_text("\n".join(f"thing {i}" for i in range(10)) + "\n\n")
-    assert load_model("test_resnet", num_classes=10, labels=txt).class_names[9] == "thing 9"
+    assert load_model("test_resnet", weights="random", num_classes=10, labels=txt).class_names[9] == "thing 9"
     js = tmp_path / "labels.json"
     js.write_text(json.dumps([f"c{i}" for i in range(10)]))
-    assert load_model("test_resnet", num_classes=10, labels=js).class_names[0] == "c0"
+    assert load_model("test_resnet", weights="random", num_classes=10, labels=js).class_names[0] == "c0"
     js.write_text("__import__('os').system('echo pwned')")
     with pytest.raises(ModelLoadError, match="labels JSON is not valid"):
-        load_model("test_resnet", num_classes=10, labels=js)
+        load_model("test_resnet", weights="random", num_classes=10, labels=js)
     with pytest.raises(ModelLoadError, match="3 class names for a model with 10 outputs"):
-        load_model("test_resnet", num_classes=10, labels=["a", "b", "c"])
+        load_model("test_resnet", weights="random", num_classes=10, labels=["a", "b", "c"])
 
 
 # --------------------------------------------------------------------------- images
@@ -177,7 +178,8 @@ def test_decompression_bomb_guard_stays_on(tmp_path, monkeypatch):
         load_image(path)
 
 
-def test_random_weights_are_announced():
-    with pytest.warns(UserWarning, match="test_resnet has random weights"):
-        lm = load_model("test_resnet")
+def test_random_weights_only_when_asked_for_and_then_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lm = load_model("test_resnet", weights="random")
     assert lm.weights == "random"

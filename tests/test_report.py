@@ -68,7 +68,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             _photo(data / name / f"{name}{i}.png", 10 * c + i, left)
     (data / "fox" / "broken.png").write_bytes(b"\x89PNG not really")  # skipped, not fatal
     torch.manual_seed(0)
-    lm = load_model("test_resnet", num_classes=3, labels=CLASSES)
+    lm = load_model("test_resnet", weights="random", num_classes=3, labels=CLASSES)
     # 64 px inputs keep the run fast; the report must draw views at this size.
     lm = dataclasses.replace(lm, model=FlipSensitive(lm.model).eval(),
                              data_config={**lm.data_config, "input_size": (3, 64, 64)})

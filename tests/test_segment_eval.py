@@ -15,10 +15,12 @@ import ttakit
 from ttakit.cli import main
 from ttakit.datasets import find_masked_images, load_mask
 from ttakit.evaluation.evaluate import EvalOptions
-from ttakit.evaluation.seg_metrics import boundary_counts, boundary_iou, confusion, miou
+from ttakit.evaluation.seg_stats import image_stats, stats_scores
 from ttakit.evaluation.segment_eval import SegmentScoring, evaluate_segmentation, row_masks
 from ttakit.runtime.config import RunConfig
 from ttakit.tasks.segment import load_segmenter
+
+from seg_reference import boundary_counts, boundary_iou, confusion, miou
 
 K = 3
 RC = RunConfig(16, False)
@@ -186,11 +188,12 @@ def test_boundary_iou_sees_edges_that_miou_hardly_does():
     truth[8:56, 8:56] = 1
     shifted = torch.roll(truth, 2, 1)  # the same square, 2 px to the right
     valid = torch.ones(64, 64, dtype=torch.bool)
-    ok = boundary_counts(truth, truth, valid, 2)
-    off = boundary_counts(truth, shifted, valid, 2)
-    assert float(boundary_iou(ok.numpy())) == 1.0
-    m_off = float(miou(confusion(truth, shifted, valid, 2).numpy()))
-    assert float(boundary_iou(off.numpy())) < m_off - 0.2  # edges off by 2 px: boundary IoU drops far more
+    ok = stats_scores(image_stats(truth, truth, valid, 2).numpy())
+    off = stats_scores(image_stats(truth, shifted, valid, 2).numpy())
+    assert ok["boundary_iou"] == 1.0 and ok["miou"] == 1.0
+    assert off["miou"] == pytest.approx(float(miou(confusion(truth, shifted, valid, 2).numpy())))
+    assert off["boundary_iou"] == pytest.approx(float(boundary_iou(boundary_counts(truth, shifted, valid, 2).numpy())))
+    assert off["boundary_iou"] < off["miou"] - 0.2  # edges off by 2 px: boundary IoU drops far more
 
 
 def test_segment_command_line_and_refusals(masked, tmp_path, capsys):
@@ -232,7 +235,7 @@ def test_segment_runs_on_an_onnx_backend(masked, tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("d", [1, 2, 5])
 def test_boundary_erosion_equals_scipy(d):
     ndimage = pytest.importorskip("scipy.ndimage")
-    from ttakit.evaluation.seg_metrics import _erode
+    from seg_reference import _erode
 
     g = np.random.default_rng(d)
     maps = g.uniform(size=(3, 23, 31)) > 0.15

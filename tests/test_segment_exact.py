@@ -197,8 +197,8 @@ def test_windowed_evaluate_equals_monai_scored_in_numpy(noisy, tmp_path, capsys)
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_boundary_counts_equal_the_per_class_erosion(seed):
-    """image_stats' one-band boundary counts equal seg_metrics' per-class erosion bands (checked against scipy)."""
-    from ttakit.evaluation.seg_metrics import boundary_counts
+    """image_stats' one-band boundary counts equal the reference per-class erosion bands (checked against scipy)."""
+    from seg_reference import boundary_counts
 
     g = torch.Generator().manual_seed(seed)
     k = 5

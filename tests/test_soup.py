@@ -97,16 +97,40 @@ def real_ingredients(tmp_path_factory):
     return base, paths, xte, yte, d
 
 
-def test_real_ingredients_soup_is_as_good_as_the_best(real_ingredients):
+def _average(states):
+    """The plain average of state dicts, written out here: floats averaged in float64 and cast
+    back, integer buffers (equal across these ingredients, or counters) the largest."""
+    return {k: torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype) if v.is_floating_point()
+            else torch.stack([s[k] for s in states]).max(0).values for k, v in states[0].items()}
+
+
+def test_real_ingredients_greedy_soup_is_the_greedy_rule_replayed(real_ingredients):
     base, paths, xte, yte, _ = real_ingredients
     model = timm.create_model("test_resnet", num_classes=3).eval()
     score = accuracy_scorer(model, xte, yte)
-    singles = [score(load_file(str(p))) for p in paths]
+    states = [load_file(str(p)) for p in paths]
+    singles = [score(s) for s in states]
     assert min(singles) > 0.5  # the heads learned the task
-    uni = score(uniform_soup(paths))
     greedy = greedy_soup(paths, score)
-    assert greedy.soup_score >= max(singles)  # the greedy rule never drops below its best ingredient
-    assert uni >= min(singles)
+    assert greedy.scores == tuple(singles)
+    assert list(greedy.order) == sorted(range(len(paths)), key=lambda i: -singles[i])
+    # The rule replayed by hand: the best ingredient, then each next one kept when the average
+    # of the soup so far and it scores no lower on the held-out images.
+    chosen, current = [greedy.order[0]], singles[greedy.order[0]]
+    for i in greedy.order[1:]:
+        s = score(_average([states[j] for j in [*chosen, i]]))
+        if s >= current:
+            chosen, current = [*chosen, i], s
+    assert len(chosen) >= 2  # here the rule really mixes ingredients (a best-single soup would not show it)
+    assert greedy.chosen == tuple(chosen)
+    want = _average([states[j] for j in chosen])  # the soup's weights: the mean of the chosen ingredients
+    assert set(greedy.state_dict) == set(want)
+    for k, v in want.items():
+        torch.testing.assert_close(greedy.state_dict[k], v, rtol=0, atol=1e-7)
+    assert greedy.soup_score == current == score(greedy.state_dict)  # its score, recomputed
+    uniform = uniform_soup(paths)
+    torch.testing.assert_close(uniform["fc.weight"], _average(states)["fc.weight"], rtol=0, atol=1e-7)
+    assert score(uniform) >= min(singles)
 
 
 def test_soup_cli_and_evaluate_with_soup_weights(real_ingredients, tmp_path, capsys):

@@ -14,7 +14,6 @@ from ttakit.tasks.dense import SegmentationTTA
 from ttakit.tasks.window import WindowConfig, plan_windows, sliding_window_tta, tile_starts
 from ttakit.views import View
 
-monai_inferers = pytest.importorskip("monai.inferers")
 TILE = 16
 
 
@@ -30,6 +29,7 @@ def _softmax(net):
 
 
 def _monai(net, x, cfg: WindowConfig):
+    monai_inferers = pytest.importorskip("monai.inferers")  # the reference: only the tests comparing with it skip
     return monai_inferers.sliding_window_inference(
         x, list(cfg.size), 3, _softmax(net), overlap=cfg.overlap, mode=cfg.blend, sigma_scale=cfg.sigma_scale,
         padding_mode=cfg.padding_mode, cval=cfg.padding_value)

@@ -243,8 +243,9 @@ def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, 
     if not ok:
         return [], None, bad  # type: ignore[return-value]
     first = ok[0][1]
-    if isinstance(first, dict):  # one (B, C, h, w) batch per input stage
-        x = {k: torch.stack([x[k] for _, x in ok]) for k in first}
+    if isinstance(first, dict):  # one (B, C, h, w) batch per input stage; other values (photos) as a list
+        x = {k: torch.stack([x[k] for _, x in ok]) if isinstance(first[k], torch.Tensor) else [x[k] for _, x in ok]
+             for k in first}
     else:
         x = torch.stack([x for _, x in ok])
     return [i for i, _ in ok], x, bad  # type: ignore[return-value]

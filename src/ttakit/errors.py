@@ -1,4 +1,4 @@
-"""Exceptions raised by ttakit.
+"""The ``TTAKitError`` family: every error ttakit raises on purpose, one line on the command line.
 
 Every error the library raises on purpose derives from :class:`TTAKitError`, so the command
 line can print one line instead of a traceback, and users can catch one type.

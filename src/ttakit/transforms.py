@@ -169,7 +169,12 @@ class Shift(Transform):
 
     def invert_dense(self, y: Tensor, mask: Tensor, image_size: Size, grid_size: Size) -> tuple[Tensor, Tensor]:
         if tuple(grid_size) == tuple(image_size) == tuple(y.shape[-2:]):  # same grid: exact
-            return Fn.shift(y, -self.dx, -self.dy), Fn.shift(mask, -self.dx, -self.dy)
+            # The map continues from its edge where the view saw nothing (as resampled inverses
+            # pad with the border), so a pixel no view saw still gets a prediction; the mask says so.
+            H, W = y.shape[-2:]
+            rows = (torch.arange(H, device=y.device) + self.dy).clamp(0, H - 1)
+            cols = (torch.arange(W, device=y.device) + self.dx).clamp(0, W - 1)
+            return y[..., rows[:, None], cols], Fn.shift(mask, -self.dx, -self.dy)
         return super().invert_dense(y, mask, image_size, grid_size)
 
     def graph_steps(self, size: Size, norm: Normalization) -> list[nn.Module]:

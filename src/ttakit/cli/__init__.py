@@ -2,27 +2,29 @@
 
 Every command resolves its strings (model, policy, merge) once, calls library functions and
 prints. Errors that ttakit raises on purpose become one ``ttakit: error: ...`` line on stderr
-and exit status 2.
+and exit status 2; warnings shown during a command are one ``ttakit: warning: ...`` line each.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import TextIO
 
 import torch
 
 from .. import __version__
 from ..errors import TTAKitError
 from ..runtime.distributed import DistContext
-from . import calibrate, evaluate, export, predict, report, search, soup
+from . import calibrate, evaluate, export, models, predict, report, search, soup
 from .flags import translate
 
 __all__ = ["build_parser", "main"]
 
 # Each command module adds its subcommands; registered statically, in help order.
-_COMMANDS = (predict, evaluate, search, calibrate, soup, report, export)
+_COMMANDS = (predict, evaluate, search, calibrate, soup, report, export, models)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,18 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """A warning in the command's own voice: one ``ttakit: warning: ...`` line, no source echo."""
+    print(f"ttakit: warning: {translate(' '.join(str(message).split()))}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ttakit`` console script."""
     args = build_parser().parse_args(argv)
-    try:
-        DistContext.init()  # under torchrun: join its process group (nothing is started otherwise)
-        return int(args.func(args) or 0)
-    except TTAKitError as e:
-        print(f"ttakit: error: {translate(str(e))}", file=sys.stderr)  # parameters named as flags
-        return 2
-    except KeyboardInterrupt:
-        print("ttakit: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    with warnings.catch_warnings():  # restores the caller's warning display afterwards
+        warnings.showwarning = _show_warning
+        try:
+            DistContext.init()  # under torchrun: join its process group (nothing is started otherwise)
+            return int(args.func(args) or 0)
+        except TTAKitError as e:
+            print(f"ttakit: error: {translate(str(e))}", file=sys.stderr)  # parameters named as flags
+            return 2
+        except KeyboardInterrupt:
+            print("ttakit: interrupted", file=sys.stderr)
+            return 130
+        finally:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()

@@ -33,6 +33,7 @@ from ..runtime.distributed import DistContext
 from ..tasks.classify import CONFIDENCE, ClassificationTTA
 
 __all__ = [
+    "WEIGHTS_HELP",
     "Loaded",
     "adapt_options",
     "add_adapt_args",
@@ -52,9 +53,15 @@ __all__ = [
     "progress_bar",
     "resolve_device",
     "verdict_lines",
+    "weights_note",
 ]
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# --weights of every command that loads a model by name.
+WEIGHTS_HELP = ("FILE: a .pth/.pt/.safetensors state dict; 'random': random weights (untrained, for tests); "
+                "'hub': the hub's pretrained weights. Default: pretrained weights, embedded where their package is "
+                "installed (see 'ttakit models'), else from the hub (timm, torchvision), cached after one download")
 
 
 def _int_at_least(low: int, kind: str) -> Callable[[str], int]:
@@ -87,9 +94,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None, metavar="SPEC",
                    help=f"timm model name (default: {DEFAULT_MODEL}), or MODULE:FUNCTION / path/file.py:FUNCTION "
                    "returning an nn.Module or a LoadedModel (every task; torchvision names for --task detect/segment)")
-    g.add_argument("--weights", default=None,
-                   help="'hub' for timm's pretrained weights, or a .pth/.pt/.safetensors file "
-                   "(default: the embedded ImageNet weights of the default model)")
+    g.add_argument("--weights", default=None, metavar="FILE|random|hub", help=WEIGHTS_HELP)
     g.add_argument("--labels", default=None, help="class names: one per line, or a JSON list")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--amp", choices=sorted(AMP), default=None, help="autocast dtype on GPU")
@@ -153,6 +158,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", required=True, help="output folder (reused to resume an interrupted run)")
     g.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def weights_note(weights: str) -> str:
+    """Where a model's weights came from, as a header shows it: random ones said plainly."""
+    return "RANDOM weights, untrained: --weights random" if weights == "random" else weights
 
 
 def resolve_device(name: str | None) -> torch.device:

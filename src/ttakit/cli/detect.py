@@ -3,8 +3,8 @@
 The detector is named by ``--detector``: ``MODULE:FUNCTION`` or ``path/file.py:FUNCTION`` (a
 callable returning a detection ``nn.Module`` or a :class:`~ttakit.tasks.detect.LoadedDetector`,
 given ``weights=PATH`` when ``--weights`` is), or a torchvision detection model name such as
-``fasterrcnn_mobilenet_v3_large_320_fpn`` (random weights unless ``--weights PATH``;
-``--num-classes``, default 91). Boxes are merged by ``--box-merge`` (wbf, nms, soft_nms,
+``fasterrcnn_mobilenet_v3_large_320_fpn`` (its pretrained COCO weights unless ``--weights
+PATH`` or ``--weights random``; ``--num-classes``, default 91). Boxes are merged by ``--box-merge`` (wbf, nms, soft_nms,
 concat) with ``--box-option [MERGE.]KEY=VALUE`` options.
 """
 
@@ -29,7 +29,7 @@ from ..runtime.distributed import DistContext
 from ..tasks.boxes import list_box_merges
 from ..tasks.detect import DetectionResult, DetectionTTA, LoadedDetector, load_detector
 from ..viz import _figure, _save
-from .common import eval_options, metric_table, positive_int, prepare_run, print_written, progress_bar
+from .common import eval_options, metric_table, positive_int, prepare_run, print_written, progress_bar, weights_note
 
 __all__ = [
     "add_detect_args",
@@ -50,7 +50,7 @@ def add_detect_args(p: argparse.ArgumentParser, tasks: Sequence[str], evaluate: 
     g.add_argument("--detector", default=None, metavar="SPEC",
                    help="alias of --model for --task detect: MODULE:FUNCTION or path/file.py:FUNCTION returning a "
                    "detection model, or a torchvision detection model name (e.g. fasterrcnn_mobilenet_v3_large_320_fpn; "
-                   "random weights unless --weights)")
+                   "pretrained COCO weights unless --weights FILE or --weights random)")
     g.add_argument("--num-classes", type=positive_int, default=None,
                    help="classes of the model (detect: a torchvision detector's, default 91; segment: required)")
     if evaluate:
@@ -135,7 +135,7 @@ def _document(det: LoadedDetector, tta: DetectionTTA, paths: Sequence[str], res:
 def _format(doc: dict[str, Any], det: LoadedDetector, threshold: float) -> str:
     lines = []
     for img in doc["images"]:
-        lines += [img["path"], f"  detector {det.name} ({det.weights}); policy {len(doc['policy'])} views, "
+        lines += [img["path"], f"  detector {det.name} ({weights_note(det.weights)}); policy {len(doc['policy'])} views, "
                   f"merge {doc['merge']}; boxes scoring >= {threshold:g}"]
         lines.append(f"  {'#':>3}  {'label':<24} {'score':>7}  box (x1, y1, x2, y2) in photo pixels")
         for k, d in enumerate(img["detections"], 1):

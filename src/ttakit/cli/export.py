@@ -12,7 +12,7 @@ from ..policy import create_policy, list_presets
 from ..runtime.onnx_cache import DEFAULT_OPSET
 from ..runtime.export import INPUTS, export_graph
 from ..tasks.export import GRAPH_HEADS, graph_head
-from .common import positive_int
+from .common import WEIGHTS_HELP, positive_int
 
 __all__ = ["register"]
 
@@ -76,9 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tasks = "; ".join(f"{name}: {GRAPH_HEADS.get(name).summary}" for name in GRAPH_HEADS.names())
     p.add_argument("--task", choices=GRAPH_HEADS.names(), default="classify", help=f"{tasks} (default: classify)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name (default: {DEFAULT_MODEL})")
-    p.add_argument("--weights", default=None,
-                   help="'hub' for timm's pretrained weights, or a .pth/.pt/.safetensors file "
-                   "(default: the embedded ImageNet weights of the default model)")
+    p.add_argument("--weights", default=None, metavar="FILE|random|hub", help=WEIGHTS_HELP)
     p.add_argument("--labels", default=None, help="class names: one per line, or a JSON list (stored in the graph)")
     p.add_argument("--input-size", type=_size, default=None, metavar="SIZE",
                    help="input SIZE or HxW of the graph (default: the model's data config)")

@@ -14,7 +14,7 @@ from ..models import LoadedModel
 from ..predict import ClassScore, ImagePrediction, predict_images
 from ..tasks.classify import ClassificationTTA
 from ..viz import save_view_grid
-from .common import add_adapt_args, add_model_args, add_policy_args, classification_tta, load, positive_int
+from .common import add_adapt_args, add_model_args, add_policy_args, classification_tta, load, positive_int, weights_note
 from .detect import add_detect_args, cmd_predict as _cmd_predict_detect, cmd_views as _cmd_views_detect
 
 __all__ = ["DEFAULT_POLICY", "format_predictions", "predictions_to_json", "register"]
@@ -62,7 +62,7 @@ def format_predictions(lm: LoadedModel, tta: ClassificationTTA, preds: Sequence[
     adaptive = f", adaptive below {tta.adaptive:g}" if tta.adaptive is not None else ""
     for p in preds:
         lines.append(f"{p.path}")
-        lines.append(f"  model {lm.name} ({lm.weights}); policy {tta.policy.name} ({len(tta.views)} views), "
+        lines.append(f"  model {lm.name} ({weights_note(lm.weights)}); policy {tta.policy.name} ({len(tta.views)} views), "
                      f"merge {tta.merge_name}{adaptive}")
         lines.append(f"  {'#':>2}  {'plain':<{width + 8}}   {'tta':<{width + 8}}")
         for r in range(max(len(p.plain), len(p.tta))):

@@ -1,1 +1,1 @@
-"""Scoring TTA on labelled data: the logits store, metrics, paired statistics, search, the report."""
+"""Scoring TTA on labelled data: the store of every task's per-view outputs, metrics, paired statistics, search, the report."""

@@ -1,7 +1,7 @@
 """Classification's stored logits: their identity in a fingerprint, reading them back, and merging them into a row's predictions.
 
 The logits of a classification run are stored as they are, ``(n, U, C)`` per chunk (see
-:class:`~ttakit.evaluation.store.LogitStore`); every later use (scoring, the report,
+:class:`~ttakit.evaluation.store.OutputStore`); every later use (scoring, the report,
 calibration, search) sends them through the one classification path here.
 
 Example:
@@ -28,7 +28,7 @@ from ..errors import DatasetError
 from ..tasks.classify import ClassificationResult, ClassifyRule, classify_views, get_confidence
 from ..views import View
 from .scoring import PolicyRun
-from .store import LogitStore
+from .store import OutputStore
 
 __all__ = ["ClassifyScoring", "classify_stored", "data_hash", "load_logits"]
 
@@ -69,7 +69,7 @@ def load_logits(out_dir: str | Path) -> tuple[Tensor, Tensor, list[str], Tensor]
     meta = Path(out_dir) / "logits" / "run.json"
     if not meta.exists():
         raise DatasetError(f"{out_dir}: no saved logits (evaluate into `out_dir={str(out_dir)!r}` first)")
-    store = LogitStore(out_dir, json.loads(meta.read_text()))
+    store = OutputStore(out_dir, json.loads(meta.read_text()))
     parts = [p for p, _ in store.chunks()]
     return (
         torch.cat([p["logits"] for p in parts]),

@@ -38,14 +38,14 @@ from ..tasks.detect.deaugment import check_box_views, deaugment_detections
 from ..tasks.geometry import Geometry
 from ..views import View
 from .box_map import coco_gt, coco_map, match_table, per_image_map, weighted_map
-from .rows import PerImageCsv, row_header, timing
+from .rows import PerImageCsv, Row
 from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, view_columns
 from .report import write_report
 from .report_gallery import detection_from_folder, gallery_page
 from .task_registry import EVAL_TASKS, ReportSettings, ReportSpec, TaskColumns
 from .scoring import EvalOptions, PolicyRun, policy_runs
 from .stats import compare_statistic
-from .store import LogitStore
+from .store import OutputStore
 
 __all__ = [
     "CocoImages",
@@ -179,23 +179,21 @@ def _coco_rows(dets: Detections, image_ids: Sequence[int], categories: Tensor | 
     return rows[ok].numpy()
 
 
-@dataclass
-class _Row:
-    """Streaming state of one results row: its COCO result rows, boxes per image, model time."""
+@dataclass(kw_only=True)
+class _Row(Row):
+    """One detection row: the shared :class:`~ttakit.evaluation.rows.Row`, its merge options,
+    its COCO result rows and boxes per image."""
 
-    run: PolicyRun
-    cols: list[int]
     options: BoxMergeOptions | None
     rows: list[np.ndarray] = field(default_factory=list)
     boxes: list[int] = field(default_factory=list)
-    seconds: float = 0.0
 
     def add(self, vd: ViewDetections, ids: Sequence[int], seconds: Tensor, scoring: DetectScoring,
             categories: Tensor | None) -> None:
         dets = _merged(vd, self.run, self.cols, self.options, scoring.max_detections)
         self.rows.append(_coco_rows(dets, ids, categories))
         self.boxes += [len(d["scores"]) for d in dets]
-        self.seconds += float(seconds[self.cols].sum())
+        self.charge(seconds)
 
     def table(self) -> np.ndarray:
         return np.concatenate(self.rows) if self.rows else np.zeros((0, 7))
@@ -259,11 +257,11 @@ class DetectTask:
         return {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long),
                 "image": torch.zeros(0, dtype=torch.long), "view": torch.zeros(0, dtype=torch.long)}
 
-    def score(self, store: LogitStore, data: CocoImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
+    def score(self, store: OutputStore, data: CocoImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
         names = list(store.fingerprint["views"])
         opts = self.options or box_options_for_run([r.merge for r in runs if not r.is_plain], self.scoring.merge_options)
         singles = single_view_runs(store)
-        rows = [_Row(r, cols, opts.get(r.merge))
+        rows = [_Row(r, cols, options=opts.get(r.merge))
                 for r, cols in zip([*runs, *singles], view_columns(store, [*runs, *singles]))]
         categories = torch.tensor(data.category_ids) if self.scoring.label_map == "index" else None
         skipped: list[dict[str, Any]] = []
@@ -279,7 +277,7 @@ class DetectTask:
         tables = {r.run.key: match_table(gt, r.table(), evaluated) for r in rows[:len(runs)]}
         per_image = {k: per_image_map(t) for k, t in tables.items()}  # (N,) each image's own AP
         results = {
-            r.run.key: {**row_header(r.run), **coco_map(gt, r.table(), evaluated), **timing(r.seconds, len(evaluated))}
+            r.run.key: r.entry(coco_map(gt, r.table(), evaluated), len(evaluated))
             for r in rows[:len(runs)]
         }
         self._write_per_image(out / "per_image.csv", data, indices, rows[:len(runs)], per_image)

@@ -30,11 +30,11 @@ from ..views import View
 from .metrics import TEMPERATURES, MetricAccumulator
 from .pipeline import Scored, run_evaluation, single_view_runs, stored_chunks, view_columns
 from .report import write_report
-from .rows import PerImageCsv, row_header, timing
+from .rows import PerImageCsv, Row
 from .classify_logits import ClassifyScoring, classify_stored, data_hash
 from .scoring import EvalOptions, PolicyRun, policy_runs, union_views
 from .stats import compare
-from .store import LogitStore
+from .store import OutputStore
 
 __all__ = [
     "ClassifyScoring",
@@ -53,27 +53,22 @@ __all__ = [
 
 # --------------------------------------------------------------------------- scoring
 @dataclass
-class RowScores:
-    """Streaming state of one results row.
+class RowScores(Row):
+    """Streaming state of one classification row: the shared :class:`~ttakit.evaluation.rows.Row`
+    (run, cols, seconds; adaptive rows count the share of model time they would spend) and:
 
     Attributes:
-        run: the row.
-        cols: union-view column of each of the policy's views.
         acc: metrics accumulator.
         calib_nll: ``(T,)`` NLL sums at each calibration temperature.
         correct: per-image top-1 correctness, chunk by chunk.
         nll: per-image NLL, chunk by chunk.
-        seconds: model time spent (adaptive: the share it would spend).
         forwards: view-forwards spent.
     """
 
-    run: PolicyRun
-    cols: list[int]
     acc: MetricAccumulator = field(default_factory=MetricAccumulator)
     calib_nll: Tensor = field(default_factory=lambda: torch.zeros(len(TEMPERATURES), dtype=torch.float64))
     correct: list[Tensor] = field(default_factory=list)
     nll: list[Tensor] = field(default_factory=list)
-    seconds: float = 0.0
     forwards: int = 0
 
     def add(self, res: ClassificationResult, logits: Tensor, labels: Tensor, seconds: Tensor, plain_right: Tensor) -> Tensor:
@@ -95,18 +90,16 @@ class RowScores:
         if res.view_forwards < n * len(self.cols):  # adaptive: the plain forward, the rest for the unsure share
             self.seconds += float(seconds[0]) + unsure * float(seconds[others].sum())
         else:
-            self.seconds += float(seconds[self.cols].sum())
+            self.charge(seconds)
         self.forwards += res.view_forwards
         return res.probs
 
     def result(self, adaptive: bool) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            **row_header(self.run),
+        entry = self.entry({
             **self.acc.compute(),
             "nll_calibrated": float(self.calib_nll.min() / max(self.acc.n, 1)),
             "temperature_calibrated": TEMPERATURES[int(self.calib_nll.argmin())],
-            **timing(self.seconds, self.acc.n),
-        }
+        }, self.acc.n)
         if adaptive:
             entry["forwards_fraction"] = self.forwards / max(self.acc.n * len(self.cols), 1)
         return entry
@@ -140,7 +133,7 @@ class Scores:
 
 
 def score(
-    store: LogitStore,
+    store: OutputStore,
     data: LabelledImages,
     runs: Sequence[PolicyRun],
     class_names: Sequence[str],
@@ -225,7 +218,7 @@ class ClassifyTask:
     def empty(self, views: Sequence[View]) -> dict[str, Tensor]:
         return {"labels": torch.zeros(0, dtype=torch.long), "logits": torch.zeros(0, len(views), len(self.class_names))}
 
-    def score(self, store: LogitStore, data: LabelledImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
+    def score(self, store: OutputStore, data: LabelledImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
         scores = score(store, data, runs, self.class_names, self.scoring, out / "per_image.csv", bool(self.extras))
         for extra in self.extras:
             for key, fields in extra(scores.probs, scores.labels).items():

@@ -4,7 +4,7 @@ A labelled evaluation flows the same way for classification, detection and segme
 the photos of a chunk are decoded once in decoding threads, which also render every input
 stage the views need; all distinct views of all policies run in one
 :func:`~ttakit.runtime.loop.run_views` call; the task de-augments and packs each view's
-output and the :class:`~ttakit.evaluation.store.LogitStore` writes the chunk at once (so a
+output and the :class:`~ttakit.evaluation.store.OutputStore` writes the chunk at once (so a
 killed run resumes, and a later run asking only for stored views costs no model time); under
 torchrun the chunks are dealt out to the ranks and gathered on rank 0; then the task's scorer
 builds one row per policy x merge from the stored outputs, and each policy is compared with
@@ -38,7 +38,7 @@ from ..runtime.distributed import DistContext
 from ..runtime.loop import RenderedInputs, run_views
 from ..views import View
 from .scoring import EvalOptions, PolicyRun, union_views
-from .store import LogitStore, fingerprint, plan_chunks
+from .store import OutputStore, fingerprint, plan_chunks
 
 __all__ = [
     "EvalTask",
@@ -101,14 +101,16 @@ class EvalTask(Protocol):
     def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int]) -> dict[str, Tensor]:
         """A chunk's per-view model outputs, de-augmented, as tensors to store. (A task may also
         define ``run_chunk(model, inputs, views, indices)``, returning the tensors to store after
-        running the views itself, or ``None`` to let the pipeline run them.)"""
+        running the views itself, or ``None`` to let the pipeline run them; and set
+        ``keeps_photos = True`` to find each chunk's decoded photos in ``inputs.photos``, decoded
+        once by the pipeline, with only the plain input rendered.)"""
         ...
 
     def empty(self, views: Sequence[View]) -> dict[str, Tensor]:
         """The stored tensors of a chunk in which no photo could be read."""
         ...
 
-    def score(self, store: LogitStore, data: Any, runs: Sequence[PolicyRun], out: Path) -> Scored:
+    def score(self, store: OutputStore, data: Any, runs: Sequence[PolicyRun], out: Path) -> Scored:
         """Every row's metrics from the stored chunks (per-image files written into ``out``)."""
         ...
 
@@ -124,13 +126,15 @@ class EvalTask(Protocol):
 # --------------------------------------------------------------------------- compute
 class _SizedRenderer:
     """Every input stage of a photo plus its ``(H, W)`` (outputs are mapped back to photo
-    pixels)."""
+    pixels), and the decoded photo itself when ``keep`` (a task that runs its views at each
+    photo's own size: the photo is decoded once, here)."""
 
-    def __init__(self, renderer: InputRenderer) -> None:
-        self.renderer = renderer
+    def __init__(self, renderer: InputRenderer, keep: bool = False) -> None:
+        self.renderer, self.keep = renderer, keep
 
-    def __call__(self, img: Image.Image) -> dict[str, Tensor]:
-        return {**self.renderer(img), "photo_size": torch.tensor([img.height, img.width])}
+    def __call__(self, img: Image.Image) -> dict[str, Any]:
+        photo = {"photo": img} if self.keep else {}
+        return {**self.renderer(img), "photo_size": torch.tensor([img.height, img.width]), **photo}
 
 
 def compute_outputs(
@@ -138,7 +142,7 @@ def compute_outputs(
     lm: LoadedModel,
     data: Images,
     views: Sequence[View],
-    store: LogitStore,
+    store: OutputStore,
     run_config: RunConfig,
     options: EvalOptions,
     device: torch.device,
@@ -162,7 +166,10 @@ def compute_outputs(
         progress(sum(e - s for s, e in chunks) - sum(e - s for s, e in todo))
     if not todo:
         return
-    renderer = _SizedRenderer(InputRenderer({v.stage for v in views}, lm.data_config))
+    # A task that keeps the decoded photos renders its views' stages from them itself: the
+    # pipeline renders only the plain input (the chunk's batch) and hands the photos on.
+    keep = bool(getattr(task, "keeps_photos", False))
+    renderer = _SizedRenderer(InputRenderer(() if keep else {v.stage for v in views}, lm.data_config), keep)
     loader = make_loader(data.paths, renderer, [range(s, e) for s, e in todo], options.workers)
 
     def view_pixels(v: View) -> float:
@@ -180,7 +187,7 @@ def compute_outputs(
         seconds = torch.zeros(len(views), dtype=torch.float64)
         if x is not None:
             sizes = [tuple(s) for s in x.pop("photo_size").tolist()]
-            inputs = RenderedInputs(x, sizes).to(device)
+            inputs = RenderedInputs(x, sizes, x.pop("photo", None)).to(device)
             outs: list[Any] = []
             own: list[dict[str, Tensor] | None] = []
             with torch.inference_mode():
@@ -200,7 +207,7 @@ def compute_outputs(
 
 
 # --------------------------------------------------------------------------- scoring helpers
-def view_columns(store: LogitStore, runs: Sequence[PolicyRun]) -> list[list[int]]:
+def view_columns(store: OutputStore, runs: Sequence[PolicyRun]) -> list[list[int]]:
     """Each row's stored column of each of its views.
 
     Raises:
@@ -213,12 +220,12 @@ def view_columns(store: LogitStore, runs: Sequence[PolicyRun]) -> list[list[int]
         raise DatasetError(f"view {e.args[0]!r} is not in the stored outputs of {store.dir.parent}") from e
 
 
-def single_view_runs(store: LogitStore) -> list[PolicyRun]:
+def single_view_runs(store: OutputStore) -> list[PolicyRun]:
     """One row per stored view (its metric alone, for ``per_view.json``)."""
     return [PolicyRun(n, Policy((parse_view(n),), name=n), "none") for n in store.fingerprint["views"]]
 
 
-def stored_chunks(store: LogitStore, data: Images, skipped: list[dict[str, Any]]) -> Iterator[dict[str, Tensor]]:
+def stored_chunks(store: OutputStore, data: Images, skipped: list[dict[str, Any]]) -> Iterator[dict[str, Tensor]]:
     """The stored chunks that hold images, in order; unreadable files are added to ``skipped``."""
     for payload, bad in store.chunks():
         skipped += [{"path": data.paths[i], "reason": reason} for i, reason in bad]
@@ -249,7 +256,7 @@ def row_predictions(
     row = doc["results"][key]
     weights = None if row.get("weights") is None else tuple(row["weights"])
     run = PolicyRun(key, Policy(tuple(parse_view(n) for n in row["view_names"]), weights=weights), row["merge"])
-    store = LogitStore(out, json.loads((out / subdir / "run.json").read_text()), subdir)
+    store = OutputStore(out, json.loads((out / subdir / "run.json").read_text()), subdir)
     cols = view_columns(store, [run])[0]
     doc["stored_views"] = list(store.fingerprint["views"])
     found: dict[int, Any] = {}
@@ -307,7 +314,7 @@ def run_evaluation(
         fp["backend"] = backend.label
         if getattr(backend, "check", None):  # the precision check's figures, for the record (not compared)
             fp["backend_check"] = backend.check
-    store = dist.run_once(lambda: LogitStore(out, fp, task.subdir))
+    store = dist.run_once(lambda: OutputStore(out, fp, task.subdir))
     views = [parse_view(n) for n in store.fingerprint["views"]]  # a reused run may hold more views
     mine = dist.shard(plan_chunks(len(data), options.batch_size))
     report = progress if dist.is_main else None

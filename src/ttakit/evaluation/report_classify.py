@@ -30,7 +30,7 @@ from .metrics import ECE_BINS
 from .report_conformal import conformal_part
 from .run_folder import (RowData, find_policy, read_csv, resolve_class_names, resolve_data_config,
                          score_rows)
-from .store import LogitStore
+from .store import OutputStore
 from .task_registry import EVAL_TASKS, ReportSettings, ReportSpec
 from .thumbnails import Thumbnails
 
@@ -174,7 +174,7 @@ def classification_page(
     """The page context of a classification folder (see :func:`~ttakit.evaluation.report.write_report`)."""
     if not (out / "logits" / "run.json").exists():
         raise DatasetError(f"{out}: no saved logits (run 'ttakit evaluate ... --out {out}' first)")
-    store = LogitStore(out, json.loads((out / "logits" / "run.json").read_text()))
+    store = OutputStore(out, json.loads((out / "logits" / "run.json").read_text()))
     cfg, note = resolve_data_config(data_config, store.fingerprint)
     rows, labels, n_classes = score_rows(store, doc, scoring or ClassifyScoring(), cfg)
     notes = [f"{r.key}: top-1 recomputed from the stored logits ({r.acc.compute()['top1']:.2%}) differs from "

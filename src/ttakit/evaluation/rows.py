@@ -1,8 +1,11 @@
-"""One row schema and one per-image CSV for every task: a row's header and timing, ``per_image.csv``.
+"""One row type and one per-image CSV for every task: :class:`Row`, its header and timing, ``per_image.csv``.
 
-Every task's ``results.json`` row starts the same way (:func:`row_header`: merge, views,
-view_names, weights when the policy has them), then holds the task's metrics, then its model
-time (:func:`timing`: seconds, images_per_s). Every task's ``per_image.csv`` has the same
+Every task's scorer keeps one :class:`Row` per results row while it streams over the stored
+chunks (the policy run, its views' stored columns, its model time), extended with the task's
+own state (a metric accumulator, per-image counts, merged boxes). Every task's
+``results.json`` row (:meth:`Row.entry`) starts the same way (:func:`row_header`: merge,
+views, view_names, weights when the policy has them), then holds the task's metrics, then its
+model time (:func:`timing`: seconds, images_per_s). Every task's ``per_image.csv`` has the same
 shape (:class:`PerImageCsv`): ``index`` (the dataset index), ``path``, the task's columns about
 the image itself (its label, mask or COCO id), then each row's per-image metrics as
 ``<row key>_<metric>``.
@@ -13,19 +16,25 @@ Example:
     >>> run = PolicyRun("hflip", create_policy("hflip"), "mean")
     >>> row_header(run) | timing(2.0, 10)
     {'merge': 'mean', 'views': 2, 'view_names': ['identity', 'hflip'], 'seconds': 2.0, 'images_per_s': 5.0}
+    >>> row = Row(run, [0, 1]); row.charge(torch.tensor([0.5, 1.5, 9.0]))
+    >>> row.entry({"top1": 0.5}, 10)
+    {'merge': 'mean', 'views': 2, 'view_names': ['identity', 'hflip'], 'top1': 0.5, 'seconds': 2.0, 'images_per_s': 5.0}
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from torch import Tensor
+
 from .scoring import PolicyRun
 
-__all__ = ["PerImageCsv", "row_header", "timing"]
+__all__ = ["PerImageCsv", "Row", "row_header", "timing"]
 
 
 def row_header(run: PolicyRun) -> dict[str, Any]:
@@ -43,6 +52,32 @@ def row_header(run: PolicyRun) -> dict[str, Any]:
 def timing(seconds: float, n_images: int) -> dict[str, Any]:
     """The fields every task's row closes with: its model time and throughput."""
     return {"seconds": round(seconds, 4), "images_per_s": round(n_images / seconds, 2) if seconds > 0 else None}
+
+
+@dataclass
+class Row:
+    """One results row while it is scored, the same for every task. A task's scorer extends it
+    with its own streaming state (fields after these, keyword-only) and builds the row's
+    ``results.json`` entry with :meth:`entry`.
+
+    Attributes:
+        run: the row (a policy with one merge).
+        cols: the stored column of each of the policy's views.
+        seconds: model time spent on the row's views so far.
+    """
+
+    run: PolicyRun
+    cols: list[int]
+    seconds: float = 0.0
+
+    def charge(self, seconds: Tensor) -> None:
+        """Add one chunk's model time: ``seconds`` ``(U,)`` of every stored view, summed over
+        the row's own views."""
+        self.seconds += float(seconds[self.cols].sum())
+
+    def entry(self, metrics: Mapping[str, Any], n_images: int) -> dict[str, Any]:
+        """The ``results.json`` row: :func:`row_header`, the task's ``metrics``, :func:`timing`."""
+        return {**row_header(self.run), **metrics, **timing(self.seconds, n_images)}
 
 
 def _cell(value: Any) -> Any:

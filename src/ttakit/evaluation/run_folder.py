@@ -1,4 +1,4 @@
-"""What a report reads back from an evaluation folder: its rows rescored from the stored logits, names, configs.
+"""What the classification report reads back from an evaluation folder: its rows rescored from the stored logits, names, configs.
 
 Nothing here runs a model: each ``results.json`` row is rebuilt as a :class:`PolicyRun`, and its
 merged probabilities are recomputed chunk by chunk from ``logits/`` through the one
@@ -31,7 +31,7 @@ from .charts import colour
 from .metrics import MetricAccumulator
 from .classify_logits import ClassifyScoring, classify_stored
 from .scoring import PolicyRun
-from .store import LogitStore
+from .store import OutputStore
 
 __all__ = ["RowData", "find_policy", "read_csv", "rebuild_run", "resolve_class_names", "resolve_data_config",
            "score_rows"]
@@ -153,7 +153,7 @@ def find_policy(out: Path, given: str | Path | None) -> dict[str, Any] | None:
     return None
 
 
-def score_rows(store: LogitStore, doc: Mapping[str, Any], scoring: ClassifyScoring,
+def score_rows(store: OutputStore, doc: Mapping[str, Any], scoring: ClassifyScoring,
                data_config: Mapping[str, Any] | None) -> tuple[list[RowData], Tensor, int]:
     """Every results row recomputed from the stored logits: ``(rows, labels (N,), classes)``.
 

@@ -1,8 +1,11 @@
-"""Rows of an evaluation and how stored logits become each row's predictions.
+"""The rows of an evaluation (a policy with one merge) and the run options every task shares.
 
 The pieces every task's scorer and the report need: the row definition (a policy with one
-merge) and the run options. Classification's own scoring choices (adaptive threshold,
-confidence) and reading of stored logits are in :mod:`~ttakit.evaluation.classify_logits`.
+merge, :class:`PolicyRun`, built by :func:`policy_runs`), the distinct views of a run's
+policies and the run options. How a task turns its stored outputs into a row's predictions
+is the task's own: classification's (stored logits, adaptive threshold, confidence) is in
+:mod:`~ttakit.evaluation.classify_logits`; a row's streaming state is
+:class:`~ttakit.evaluation.rows.Row`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ image is kept as a ``(5, K)`` integer array and no pixel map is stored:
     0 intersection  (true class c and predicted c)
     1 predicted area (predicted c)
     2 true area      (true c)
-    3 boundary intersection, 4 boundary union  (Boundary IoU bands of class c, see seg_metrics)
+    3 boundary intersection, 4 boundary union  (Boundary IoU bands of class c, see edge_band)
 
 all over the valid pixels (inside the part of the photo the model saw, not the ignore index).
 The union of class ``c`` is ``predicted + true - intersection``. The prediction is the argmax of
@@ -43,9 +43,10 @@ _GROUP_ELEMENTS = 1 << 24  # floats of one channel group of a full-resolution ma
 def edge_band(labels: Tensor, ratio: float = 0.02) -> Tensor:
     """``(H, W)`` bool: the pixels within ``d = max(1, round(ratio x diagonal))`` of a contour of
     their own class region (the outside counting as another class), i.e. whose ``(2d+1)^2``
-    window leaves the photo or holds another label. Class ``c``'s Boundary-IoU band
-    (:func:`~ttakit.evaluation.seg_metrics.class_bands`) is this band where the label is ``c``;
-    found here with two separable min/max filters, whatever the number of classes."""
+    window leaves the photo or holds another label. Class ``c``'s Boundary-IoU band (Cheng et
+    al., CVPR 2021: the class region minus its erosion by a ``(2d+1)`` square) is this band
+    where the label is ``c``; found here with two separable min/max filters, whatever the
+    number of classes (checked against the per-class erosion in the tests)."""
     h, w = labels.shape
     d = max(1, round(ratio * math.hypot(h, w)))
     x = labels.float()[None, None]

@@ -45,7 +45,7 @@ from ..tasks.dense import DENSE_MERGES
 from ..tasks.geometry import Geometry
 from ..tasks.window import WindowConfig
 from ..views import View
-from .rows import PerImageCsv, row_header, timing
+from .rows import PerImageCsv, Row
 from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, view_columns
 from .report import write_report
 from .report_gallery import segmentation_from_folder, gallery_page
@@ -54,7 +54,7 @@ from .scoring import EvalOptions, PolicyRun, policy_runs
 from .seg_stats import SegmentationStats, budget_side, edge_band, image_stats, photo_argmax, stats_miou
 from .segment_windows import RowPlan, window_chunk
 from .stats import compare_statistic
-from .store import LogitStore
+from .store import OutputStore
 
 __all__ = ["SegmentScoring", "SegmentTask", "evaluate_segmentation", "row_masks"]
 
@@ -117,23 +117,16 @@ def _row_signature(run: PolicyRun) -> str:
     return _signature(run.merge, run.policy.view_names, run.policy.weights)
 
 
-@dataclass
-class _Row:
-    """One row's streamed counts, whether every image was scored exactly, and its model time."""
+@dataclass(kw_only=True)
+class _Row(Row):
+    """One segmentation row: the shared :class:`~ttakit.evaluation.rows.Row`, its streamed
+    counts and whether every image was scored exactly."""
 
-    run: PolicyRun
-    cols: list[int]
     stats: SegmentationStats
     exact: bool = True
-    seconds: float = 0.0
 
     def result(self, n: int) -> dict[str, Any]:
-        return {
-            **row_header(self.run),
-            **self.stats.compute(),
-            "exact": self.exact,
-            **timing(self.seconds, n),
-        }
+        return self.entry({**self.stats.compute(), "exact": self.exact}, n)
 
 
 def _merge(y: Tensor, m: Tensor, merge: str, weights: Sequence[float] | None) -> Tensor:
@@ -178,6 +171,12 @@ class SegmentTask:
     window: WindowConfig | None = None  # sliding-window inference at each photo's own size
     _runs: list[PolicyRun] = field(default_factory=list, repr=False)  # the rows asked for (scored in pack)
     _data: MaskedImages | None = field(default=None, repr=False)
+
+    @property
+    def keeps_photos(self) -> bool:
+        """With a window, each chunk carries its decoded photos (tiled at their own size): each
+        photo is decoded once, by the pipeline."""
+        return self.window is not None
 
     def runs(self, policies: Sequence[Policy], merges: Sequence[str] | None) -> list[PolicyRun]:
         self._runs = policy_runs(policies, merges, resolve=DENSE_MERGES.get, default=_default_dense_merge)
@@ -282,6 +281,8 @@ class SegmentTask:
             return None
         if self._data is None:
             raise DatasetError("SegmentTask.run_chunk: fingerprint(data) was not called first (it names the masks)")
+        if inputs.photos is None:
+            raise DatasetError("SegmentTask.run_chunk: the chunk holds no decoded photos (keeps_photos asks for them)")
         sizes = [tuple(s) for s in inputs.photo_sizes]  # type: ignore[union-attr]
         truths = self._truths(self._data, indices, sizes)
         asked = {_row_signature(r) for r in self._runs}
@@ -289,7 +290,7 @@ class SegmentTask:
                 self._rows_to_count([v.name for v in views])]
         grid, dtype = self._store_plan(self.window.size, len(views))
         device = next(iter(inputs.batches.values())).device
-        counts, y, m = window_chunk(model, [self._data.paths[i] for i in indices], truths, views, rows, self.window,
+        counts, y, m = window_chunk(model, inputs.photos, truths, views, rows, self.window,
                                     self.lm.normalization, self.lm.data_config, self.run_config, device, self.scoring.num_classes,
                                     self.scoring.boundary_ratio, grid)
         n, u, k = len(indices), len(views), self.scoring.num_classes
@@ -333,10 +334,10 @@ class SegmentTask:
         return torch.stack([image_stats(t, photo_argmax(probs[j], tuple(t.shape), win), valid, k, ratio, bands)
                             for j, (t, valid, bands, win) in enumerate(truths)])
 
-    def score(self, store: LogitStore, data: MaskedImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
+    def score(self, store: OutputStore, data: MaskedImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
         singles = single_view_runs(store)
         k = self.scoring.num_classes
-        rows = [_Row(r, cols, SegmentationStats(k))
+        rows = [_Row(r, cols, stats=SegmentationStats(k))
                 for r, cols in zip([*runs, *singles], view_columns(store, [*runs, *singles]))]
         skipped: list[dict[str, Any]] = []
         indices: list[int] = []
@@ -355,7 +356,7 @@ class SegmentTask:
                 else:  # a row added to a resumed run: from the reduced maps, and marked so
                     row.stats.update(self._from_maps(row, payload, data))
                     row.exact = False
-                row.seconds += float(payload["seconds"][row.cols].sum())
+                row.charge(payload["seconds"])
         n = len(indices)
         results = {r.run.key: r.result(n) for r in rows[:len(runs)]}
         per_view = {r.run.key: r.result(n)["miou"] for r in rows[len(runs):]}

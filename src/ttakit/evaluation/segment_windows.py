@@ -3,8 +3,8 @@
 With a :class:`~ttakit.tasks.window.WindowConfig` the segmenter sees each photo at its own
 size, cut into tiles (:func:`~ttakit.tasks.window.stitch_views`: the tiles of consecutive
 views share forwards). As each view's stitched map arrives it is counted alone (for
-``per_view.json``) and added into the running merge of every row that holds it (``mean``:
-weighted sums over the pixels the view saw; ``max``: a running maximum); once a photo's views
+``per_view.json``) and added into the running merge of every row that holds it (the one
+masked merge, :class:`~ttakit.tasks.masked_merge.MaskedMerge`, as without a window); once a photo's views
 are all in, every row's merged map is counted exactly against the mask
 (:func:`~ttakit.evaluation.seg_stats.image_stats`). Memory: one merged map per multi-view
 row plus the views in flight, for one photo at a time.
@@ -18,9 +18,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from ..tasks.dense import window_inputs
+from ..tasks.masked_merge import MaskedMerge
 from ..tasks.window import WindowConfig, stitch_views
 from ..transforms import Normalization
 from ..runtime.config import RunConfig
@@ -41,48 +43,23 @@ class RowPlan:
     boundary: bool = True  # False: a view counted only for its mIoU alone
 
 
-class _Merging:
-    """One row's running merge over the views of one photo.
+def _merging(row: RowPlan) -> tuple[MaskedMerge, dict[int, float]]:
+    """One row's running merge over the views of one photo, and each of its views' weight.
 
     Example:
-        >>> m = _Merging(RowPlan("k", [0, 1], "mean", None))
-        >>> m.add(0, torch.ones(1, 2, 1, 2), torch.ones(1, 1, 1, 2))
-        >>> m.add(1, torch.zeros(1, 2, 1, 2), torch.tensor([[[[1.0, 0.0]]]]))   # view 1 saw one pixel
-        >>> m.result()[0, 0].tolist()
+        >>> acc, weight = _merging(RowPlan("k", [0, 1], "mean", None))
+        >>> acc.add(torch.ones(1, 2, 1, 2), torch.ones(1, 1, 1, 2), weight[0])
+        >>> acc.add(torch.zeros(1, 2, 1, 2), torch.tensor([[[[1.0, 0.0]]]]), weight[1])   # view 1 saw one pixel
+        >>> acc.result()[0, 0].tolist()
         [[0.5, 1.0]]
     """
-
-    def __init__(self, row: RowPlan) -> None:
-        self.row = row
-        w = [1.0] * len(row.cols) if row.weights is None else list(row.weights)
-        self.weight = dict(zip(row.cols, w))
-        self.num: Tensor | None = None
-        self.den: Tensor | None = None
-        self.plain: Tensor | None = None  # unmasked weighted sum: the fallback where no view saw a pixel
-        self.wsum = 0.0
-
-    def add(self, u: int, y: Tensor, m: Tensor) -> None:
-        w = self.weight[u]
-        if self.row.merge == "max":
-            v = torch.where(m > 0, y, torch.full_like(y, -torch.inf))
-            self.num = v if self.num is None else torch.maximum(self.num, v)
-            return
-        self.num = w * m * y if self.num is None else self.num + w * m * y
-        self.den = w * m if self.den is None else self.den + w * m
-        self.plain = w * y if self.plain is None else self.plain + w * y
-        self.wsum += w
-
-    def result(self) -> Tensor:
-        assert self.num is not None
-        if self.row.merge == "max":
-            return self.num.nan_to_num(neginf=0.0)
-        assert self.den is not None and self.plain is not None
-        return torch.where(self.den > 0, self.num / self.den.clamp_min(1e-12), self.plain / self.wsum)
+    w = [1.0] * len(row.cols) if row.weights is None else [float(v) for v in row.weights]
+    return MaskedMerge(row.merge), dict(zip(row.cols, w))
 
 
 def window_chunk(
     model: Callable[[Tensor], Any],
-    paths: Sequence[str],
+    photos: Sequence[Image.Image],
     truths: Sequence[tuple[Tensor, Tensor, Tensor, Any]],
     views: Sequence[View],
     rows: Sequence[RowPlan],
@@ -95,18 +72,18 @@ def window_chunk(
     ratio: float,
     store_grid: tuple[int, int] | None,
 ) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
-    """Count every row on the photos ``paths`` (their masks, valid pixels and truth bands in
+    """Count every row on the decoded ``photos`` (the pipeline's: none is decoded again; their masks, valid pixels and truth bands in
     ``truths``); returns ``{row key: (n, 5, K) counts}`` and, when ``store_grid`` is given, the
     reduced per-view maps ``(n, U, K, h, w)`` and masks ``(n, U, 1, h, w)`` (each photo's maps
     squashed onto that grid)."""
     counts: dict[str, list[Tensor]] = {r.key: [] for r in rows}
     maps, masks = [], []
-    for path, (t, valid, bands, _) in zip(paths, truths):
-        images, stages = window_inputs(path, views, norm, data_config)  # (1, 3, H, W) at the photo's own size
+    for photo, (t, valid, bands, _) in zip(photos, truths):
+        images, stages = window_inputs(photo, views, norm, data_config)  # (1, 3, H, W) at the photo's own size
         images = images.to(device)
         size = tuple(t.shape)
         singles = {r.cols[0]: r for r in rows if len(r.cols) == 1}
-        merging = [_Merging(r) for r in rows if len(r.cols) > 1]
+        merging = {r.key: _merging(r) for r in rows if len(r.cols) > 1}
         small_y: list[Tensor] = [torch.zeros(0)] * len(views)
         small_m: list[Tensor] = [torch.zeros(0)] * len(views)
 
@@ -117,17 +94,18 @@ def window_chunk(
         def sink(u: int, y: Tensor, m: Tensor) -> None:
             if u in singles:
                 count(singles[u], y)
-            for mg in merging:
-                if u in mg.weight:
-                    mg.add(u, y, m)
+            for acc, weight in merging.values():
+                if u in weight:
+                    acc.add(y, m, weight[u])
             if store_grid is not None:
                 small_y[u] = F.interpolate(y.float(), size=store_grid, mode="area").cpu()
                 small_m[u] = F.interpolate(m.float(), size=store_grid, mode="area").cpu()
 
         stitch_views(model, images, views, config, sink, activation=lambda y: torch.softmax(y, 1), norm=norm,
                      run_config=run_config, stages=stages)
-        for mg in merging:
-            count(mg.row, mg.result())
+        for r in rows:
+            if r.key in merging:
+                count(r, merging[r.key][0].result())
         if store_grid is not None:
             maps.append(torch.cat(small_y))  # (U, K, h, w)
             masks.append(torch.cat(small_m))

@@ -1,9 +1,18 @@
-"""The on-disk store of per-view logits: one file per chunk, a run fingerprint, resume and reuse.
+"""The on-disk store of every task's per-view outputs: one file per chunk, a run fingerprint, resume and reuse.
 
 A run of ``ttakit evaluate`` is split into *chunks* of ``batch_size`` images. Each chunk's
-per-view logits ``(n, U, C)`` (``U`` = distinct views over all policies, the identity first)
-are written to ``DIR/logits/`` as soon as they are computed, so a killed run resumes at the
-first missing chunk, and a later run that asks only for views the folder holds reuses them.
+per-view outputs (``U`` = distinct views over all policies, the identity first) are written
+as soon as they are computed, so a killed run resumes at the first missing chunk, and a later
+run that asks only for views the folder holds reuses them. What a chunk holds is the task's:
+classification's logits ``(n, U, C)``, segmentation's class maps and their masks,
+detection's de-augmented boxes; every chunk also holds ``indices`` and ``seconds``.
+
+The layout of a run folder (kept as it is, so folders written by earlier versions resume)::
+
+    DIR/<subdir>/run.json                        the fingerprint (see :func:`fingerprint`)
+    DIR/<subdir>/chunk_<start:09d>.safetensors   one chunk's tensors; metadata "skipped"
+
+``subdir`` is the task's: ``logits`` (classification), ``segmentation``, ``detections``.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from ..errors import DatasetError
 from ..models import LoadedModel
 from ..views import View
 
-__all__ = ["LogitStore", "fingerprint", "plan_chunks"]
+__all__ = ["LogitStore", "OutputStore", "fingerprint", "plan_chunks"]
 
 
 def plan_chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -40,12 +49,12 @@ def plan_chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
 _NOT_COMPARED = ("views", "backend_check")
 
 
-class LogitStore:
-    """``DIR/logits/``: one safetensors file per chunk plus ``run.json``, the fingerprint of
+class OutputStore:
+    """``DIR/<subdir>/``: one safetensors file per chunk plus ``run.json``, the fingerprint of
     what was asked. A later run on the same folder must ask the same model, data and chunking,
-    and views that the folder holds (the same or fewer): it then reuses the stored logits.
-    ``subdir`` names the folder (other tasks store their per-view outputs the same way, e.g.
-    ``detections``)."""
+    and views that the folder holds (the same or fewer): it then reuses the stored outputs.
+    ``subdir`` names the folder: each task's own (``logits`` for classification, the default;
+    ``segmentation``; ``detections``)."""
 
     def __init__(self, out_dir: str | Path, fingerprint: dict[str, Any], subdir: str = "logits") -> None:
         self.dir = Path(out_dir) / subdir
@@ -88,6 +97,9 @@ class LogitStore:
     def chunks(self) -> Iterator[tuple[dict[str, Tensor], list[tuple[int, str]]]]:
         for start, _ in plan_chunks(self.fingerprint["n_images"], self.fingerprint["batch_size"]):
             yield self.read(start)
+
+
+LogitStore = OutputStore  # the old name (it stores every task's outputs, not only logits); deprecated
 
 
 def fingerprint(

@@ -1,5 +1,7 @@
-"""What every backend is: the :class:`Backend` interface, the :data:`BACKENDS` registry and the
-torch backend (the ``nn.Module`` as it is, or under autocast).
+"""What every backend is: the ``Backend`` interface, the ``BACKENDS`` registry and the torch backend.
+
+:class:`Backend` is what the view loop calls like a model; :data:`BACKENDS` holds every
+backend by name; the torch backend runs the ``nn.Module`` as it is, or under autocast.
 
 :mod:`ttakit.runtime.graph_backends` adds the ONNX runtimes; :mod:`ttakit.runtime.backends`
 is where users build one by name.

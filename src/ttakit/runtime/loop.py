@@ -96,12 +96,16 @@ class TensorInputs:
 class RenderedInputs:
     """Photos already rendered for each input stage a policy needs: ``{key: (B, C, h, w)}``
     keyed by stage name (``identity`` for the model's own preprocessing), as
-    :class:`ttakit.data.InputRenderer` builds them from one decode per photo."""
+    :class:`ttakit.data.InputRenderer` builds them from one decode per photo. ``photos``: the
+    decoded photos themselves, when a task asked for them (it runs its views at each photo's
+    own size), so no photo is decoded twice."""
 
-    def __init__(self, batches: Mapping[str, Tensor], photo_sizes: Sequence[tuple[int, int]] | None = None) -> None:
+    def __init__(self, batches: Mapping[str, Tensor], photo_sizes: Sequence[tuple[int, int]] | None = None,
+                 photos: Sequence[Any] | None = None) -> None:
         self.batches = dict(batches)
         # (H, W) of each source photo: what maps an input stage back onto the plain input.
         self.photo_sizes = None if photo_sizes is None else [tuple(s) for s in photo_sizes]
+        self.photos = None if photos is None else list(photos)  # decoded PIL photos, kept on the host
         sizes = {k: v.shape[0] for k, v in self.batches.items()}
         if len(set(sizes.values())) != 1:
             raise ShapeError("rendered inputs", "one batch size for every input stage", tuple(sizes.values()))
@@ -128,10 +132,12 @@ class RenderedInputs:
 
     def take(self, rows: Tensor) -> RenderedInputs:
         sizes = None if self.photo_sizes is None else [self.photo_sizes[i] for i in rows.tolist()]
-        return RenderedInputs({k: v[rows.to(v.device)] for k, v in self.batches.items()}, sizes)
+        photos = None if self.photos is None else [self.photos[i] for i in rows.tolist()]
+        return RenderedInputs({k: v[rows.to(v.device)] for k, v in self.batches.items()}, sizes, photos)
 
     def to(self, device: torch.device | str) -> RenderedInputs:
-        return RenderedInputs({k: v.to(device, non_blocking=True) for k, v in self.batches.items()}, self.photo_sizes)
+        return RenderedInputs({k: v.to(device, non_blocking=True) for k, v in self.batches.items()}, self.photo_sizes,
+                              self.photos)
 
 
 def as_view_inputs(x: Tensor | ViewInputs) -> ViewInputs:

@@ -27,6 +27,7 @@ from ..runtime.export import GraphHead, normalised_weights
 from ..views import View
 from .export import GRAPH_HEADS
 from .geometry import Geometry
+from .masked_merge import FOLDS, merge_stack
 from .plan import TASKS, AllViews, Fetch
 
 __all__ = [
@@ -51,24 +52,20 @@ ACTIVATIONS.add("sigmoid", torch.sigmoid)
 ACTIVATIONS.add("none", lambda y: y)  # also written None: merge the logits
 
 
-def _masked_mean(ys: Tensor, masks: Tensor, weights: Tensor) -> Tensor:
-    """``ys`` (V, B, K, H, W), ``masks`` (V, 1|B, 1, H, W), ``weights`` (V,) -> (B, K, H, W)."""
-    w = masks * weights.view(-1, 1, 1, 1, 1)
-    total = w.sum(0)  # (B, 1, H, W)
-    merged = (ys * w).sum(0) / total.clamp_min(1e-12)
-    # A pixel no view saw falls back to the plain average of the (border-padded) predictions.
-    fallback = (ys * weights.view(-1, 1, 1, 1, 1)).sum(0) / weights.sum()
-    return torch.where(total > 0, merged, fallback)
+def _stacked(name: str) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    def merge(ys: Tensor, masks: Tensor, weights: Tensor) -> Tensor:
+        """``ys (V, B, K, H, W)``, ``masks (V, 1|B, 1, H, W)``, ``weights (V,)`` -> ``(B, K, H, W)``."""
+        return merge_stack(ys, masks, weights, name)
+
+    merge.__name__ = merge.__qualname__ = f"masked_{name}"
+    return merge
 
 
-def _masked_max(ys: Tensor, masks: Tensor, weights: Tensor) -> Tensor:
-    valid = (masks > 0) & (weights.view(-1, 1, 1, 1, 1) > 0)
-    return torch.where(valid, ys, torch.full_like(ys, -torch.inf)).max(0).values.nan_to_num(neginf=0.0)
-
-
+# Every dense merge is the one masked merge (:mod:`~ttakit.tasks.masked_merge`: a pixel no
+# view saw is the same merge over every view, unmasked), over stacked views.
 DENSE_MERGES = Registry[Callable[[Tensor, Tensor, Tensor], Tensor]]("dense merge", sort=False)
-DENSE_MERGES.add("mean", _masked_mean)
-DENSE_MERGES.add("max", _masked_max)
+for _name in FOLDS.names():
+    DENSE_MERGES.add(_name, _stacked(_name))
 
 
 def _variance(ys: Tensor, masks: Tensor, merged: Tensor) -> Tensor:
@@ -177,11 +174,14 @@ def merge_maps(Y: Tensor, M: Tensor, weights: Tensor | None = None, *,
                ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Merge de-augmented maps ``Y (V, B, K, H, W)`` over the views that saw each pixel (masks
     ``M``), weighted by ``weights (V,)`` (``None``: equal): ``(merged, uncertainty or None,
-    coverage (1|B, 1, H, W))``."""
-    w = torch.ones(Y.shape[0]) if weights is None else torch.as_tensor(weights)
-    merged = _resolve(DENSE_MERGES, merge)(Y, M, w.to(Y))  # type: ignore[misc]
+    coverage (1|B, 1, H, W))``, the coverage counting the views of weight > 0 that saw each
+    pixel. Every registered merge is :class:`~ttakit.tasks.masked_merge.MaskedMerge`'s (a
+    pixel no view saw: the same merge over every view, unmasked)."""
+    w = (torch.ones(Y.shape[0]) if weights is None else torch.as_tensor(weights)).to(Y)
+    merged = _resolve(DENSE_MERGES, merge)(Y, M, w)  # type: ignore[misc]
     unc_fn = _resolve(UNCERTAINTIES, uncertainty)
-    return merged, (unc_fn(Y, M, merged) if unc_fn else None), M.sum(0)
+    coverage = (M[w > 0] > 0).sum(0).to(Y.dtype)  # (1|B, 1, H, W)
+    return merged, (unc_fn(Y, M, merged) if unc_fn else None), coverage
 
 
 def merge_dense(views: Sequence[View], outs: Sequence[Any], geometry: Geometry, weights: Tensor | None = None, *,
@@ -329,7 +329,8 @@ TASKS.add("keypoints", lambda policy, **options: KeypointsHead(_weights(policy),
 class SegmentGraph(GraphHead):
     """Segmentation's export head: each view's ``(N, K, h, w)`` map through a softmax, undone
     by the view's :meth:`~ttakit.views.View.graph_inverse_steps` (exact on any grid: flips and
-    quarter turns), then the ``mean`` of :data:`DENSE_MERGES` with the policy's view weights,
+    quarter turns), then the ``mean`` of :data:`DENSE_MERGES` (every view saw every pixel: the
+    weighted mean) with the policy's view weights,
     as :class:`SegmentHead` merges them. ``merge`` is the dense merge's (``mean`` only).
 
     Raises:
@@ -359,9 +360,10 @@ class SegmentGraph(GraphHead):
                 raise PolicyError(f"segmentation export takes flips and quarter turns only (undone exactly in the "
                                   f"graph); view {v.name!r}: {e}") from e
         self.undo = nn.ModuleList(undo)
-        self.merge = DENSE_MERGES.get("mean")
         self.register_buffer("weights", normalised_weights(policy))
 
     def forward(self, outs: list[Tensor]) -> Tensor:
         ys = torch.stack([undo(torch.softmax(y.float(), dim=1)) for y, undo in zip(outs, self.undo)])  # (V, N, K, h, w)
-        return self.merge(ys, ys.new_ones((len(outs), 1, 1, 1, 1)), self.weights)  # every view saw every pixel
+        # Every view saw every pixel, so the masked mean is the weighted mean (weights sum to 1),
+        # written as one graph op rather than a loop of data-dependent steps.
+        return (ys * self.weights.view(-1, 1, 1, 1, 1)).sum(0)

@@ -17,8 +17,9 @@ import torchvision
 from torch import Tensor, nn
 
 from ..callables import is_callable_spec, load_module_spec
-from ..errors import ModelLoadError, WeightsError
-from ..models import LoadedModel, load_state_dict
+from ..errors import ModelLoadError
+from ..models import LoadedModel
+from ..torchvision_models import torchvision_model
 
 __all__ = ["load_segmenter", "whole_photo_config"]
 
@@ -51,15 +52,14 @@ def _torchvision_segmenter(name: str, weights: str | None, num_classes: int) -> 
     if name not in known:
         raise ModelLoadError(f"unknown segmenter {name!r}: give MODULE:FUNCTION or a torchvision segmentation "
                              f"model ({', '.join(sorted(known))})")
-    model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes,
-                                         aux_loss=False)
-    if weights:
-        try:
-            model.load_state_dict(load_state_dict(weights))
-        except RuntimeError as e:
-            raise WeightsError(f"{weights}: does not fit {name} ({str(e).splitlines()[0]})") from e
+    pretrained = weights in (None, "hub")
+    # Pretrained segmenters come with their auxiliary head; only the main output is used.
+    model, source, classes = torchvision_model(name, weights, num_classes, "segmenter",
+                                               **({} if pretrained else {"aux_loss": False}))
+    if getattr(model, "aux_classifier", None) is not None:
+        model.aux_classifier = None
     config = {"input_size": (3, 320, 320), "interpolation": "bilinear", **_IMAGENET, "crop_pct": 1.0, "crop_mode": "squash"}
-    return LoadedModel(_MainOutput(model), name, weights or "random", config, [str(i) for i in range(num_classes)])
+    return LoadedModel(_MainOutput(model), name, source, config, list(classes or [str(i) for i in range(num_classes)]))
 
 
 def load_segmenter(spec: str, num_classes: int, weights: str | None = None,
@@ -67,15 +67,18 @@ def load_segmenter(spec: str, num_classes: int, weights: str | None = None,
     """Resolve a segmenter of ``num_classes`` classes: ``MODULE:FUNCTION`` or
     ``path/file.py:FUNCTION`` (a callable returning an ``nn.Module`` or a
     :class:`~ttakit.models.LoadedModel`; given ``weights=`` when ``weights`` is), or a
-    torchvision segmentation model name (``torchvision:NAME`` or ``NAME``; random weights
-    unless ``weights`` is a state dict).
+    torchvision segmentation model name (``torchvision:NAME`` or ``NAME``). A torchvision
+    name's ``weights``: ``None`` (default) for its pretrained weights (the ``DEFAULT`` of
+    its torchvision weights enum, downloaded once; their classes fix ``num_classes``, 21 for
+    the VOC ones), ``"random"`` for random weights, or a state dict file.
 
     Raises:
         ModelLoadError: nothing importable or known under that name, or not a module.
-        WeightsError: the weights do not fit.
+        WeightsError: the weights do not fit; pretrained weights offline (the message names
+            the ways out) or of another ``num_classes``.
 
     Example:
-        >>> seg = load_segmenter("lraspp_mobilenet_v3_large", 3)
+        >>> seg = load_segmenter("lraspp_mobilenet_v3_large", 3, weights="random")
         >>> seg.weights, seg.data_config["crop_mode"], tuple(seg.model(torch.zeros(1, 3, 64, 64)).shape)
         ('random', 'squash', (1, 3, 64, 64))
     """

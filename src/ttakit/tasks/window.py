@@ -16,7 +16,9 @@ a forward with its views. A view whose inverse is exact on any grid (flips, quar
 photometric changes) is undone tile by tile and added straight into the merged map, each tile
 divided by that view's own weight sum (known before any forward), so no per-view map is held;
 any other view (zoom, rotation) or a ``max`` merge is stitched in its own frame and then undone
-whole, with the mask of the pixels it saw. Peak memory is the merged map plus one step's tiles,
+whole, with the mask of the pixels it saw. Both go into the one masked merge
+(:class:`~ttakit.tasks.masked_merge.MaskedMerge`), so a pixel no view saw gets the same answer
+as without a window. Peak memory is the merged map plus one step's tiles,
 never the photo times the views. The stitched maps may live on another device
 (``stitch_device="cpu"``) than the model.
 
@@ -49,6 +51,7 @@ from ..runtime.config import RunConfig
 from ..runtime.loop import run_views
 from ..transforms import Normalization
 from ..views import View
+from .masked_merge import FOLDS, MaskedMerge
 from .window_plan import (BLENDS, Size, WindowConfig, WindowPlan, exact_on_tiles, frame_matrix, importance_map,
                           plan_windows, stage_key, tile_starts)
 
@@ -82,24 +85,19 @@ class _Stitcher:
     def __init__(self, size: Size, views: Sequence[View], weights: Tensor, config: WindowConfig, merge: str,
                  device: torch.device, sink: Callable[[int, Tensor, Tensor], None] | None = None,
                  stages: Mapping[str, tuple[Tensor, Tensor | None]] | None = None) -> None:
-        if merge not in ("mean", "max"):
-            raise ConfigError(f"sliding-window TTA merges by mean or max, got {merge!r}")
-        self.size, self.config, self.merge, self.device, self.sink = size, config, merge, device, sink
+        if merge not in FOLDS.names():
+            raise ConfigError(f"sliding-window TTA merges by {' or '.join(FOLDS.names())}, got {merge!r}")
+        self.size, self.config, self.device, self.sink = size, config, device, sink
+        self.merged = MaskedMerge(merge)  # the one masked merge: tiles of exact views go straight in
         self.weights = weights.double() / weights.double().sum()  # (V,) shares of the mean
         self.tilings = []
         self.stages = dict(stages or {})
         for i, v in enumerate(views):
             frame = tuple(self.stages[stage_key(v)][0].shape[-2:]) if v.stage is not None else size
             self.tilings.append(_ViewTiling(i, v, plan_windows(v.output_size(frame), config.size, config.overlap),
-                                            exact_on_tiles(v) and merge == "mean" and sink is None, frame))
+                                            exact_on_tiles(v) and self.merged.fold.linear and sink is None, frame))
             self.tilings[-1].left = len(self.tilings[-1].plan.windows)
         self.z: tuple[float, float] | None = None
-        self.out: Tensor | None = None  # (B, K, H', W') merged
-        # Summed view weights / views that saw each pixel: 0-dim while every view so far saw the
-        # whole photo (flips, quarter turns: the common case), (1, 1, H', W') once one did not,
-        # so a large photo holds no two extra full-size maps it does not need.
-        self.den: Tensor | None = None
-        self.seen: Tensor | None = None
         self._counts: dict[tuple, Tensor] = {}  # the latest tile plan's summed blend weights
         self.weight_out: Tensor | None = None  # (1, 1, h', w') tile weights on the output grid
 
@@ -132,10 +130,6 @@ class _Stitcher:
         if tuple(y.shape[-2:]) != (th, tw):
             w = F.interpolate(w, y.shape[-2:], mode="nearest-exact")
         self.weight_out = w.to(self.device)
-        fill = -torch.inf if self.merge == "max" else 0.0
-        self.out = torch.full((y.shape[0], y.shape[1], *self.out_size), fill, device=self.device)
-        self.den = torch.zeros((), device=self.device)
-        self.seen = torch.zeros((), device=self.device)
 
     def _count(self, t: _ViewTiling) -> Tensor:
         # Views tiled alike (a flip and the identity) share one count map: one full-size map
@@ -156,14 +150,17 @@ class _Stitcher:
     # -- adding tiles
     def add(self, t: _ViewTiling, y0: int, x0: int, y: Tensor) -> None:
         """Add one tile's activated output ``(B, K, h', w')`` of view ``t`` at padded ``(y0, x0)``."""
-        if self.out is None:
+        if self.z is None:
             self.start(y)
         th, tw = t.plan.tile
         sy, sx = _scaled(y0, y0 + th, self.z[0]), _scaled(x0, x0 + tw, self.z[1])  # type: ignore[index]
         full, crop = self.grid(t.plan.size, t.plan.pad)
         if t.count is None:
             t.count = self._count(t)
-            if not t.exact:
+            if t.exact:  # added tile by tile, straight into the merged map
+                self.merged.open_view((y.shape[0], y.shape[1], *self.out_size), float(self.weights[t.index]),
+                                      self.device)
+            else:
                 t.num = torch.zeros((y.shape[0], y.shape[1], *full), device=self.device)
         y = y.to(self.device) * self.weight_out  # (B, K, h', w')
         if t.exact:
@@ -190,13 +187,12 @@ class _Stitcher:
         if t.view.output_size(self.out_size) != vgrid:
             raise ShapeError("view output grid", str(t.view.output_size(self.out_size)), vgrid)
         part, _ = t.view.invert_dense(part, (y1 - y0, x1 - x0), (y1 - y0, x1 - x0))
-        self.out[..., y0:y1, x0:x1] += float(self.weights[t.index]) * part  # type: ignore[index]
+        self.merged.add_part(part, slice(y0, y1), slice(x0, x1))
 
     def _finish(self, t: _ViewTiling, crop: tuple[slice, slice]) -> None:
         w = float(self.weights[t.index])
         if t.exact:
-            self.den = self.den + w  # type: ignore[operator]
-            self.seen = self.seen + 1  # type: ignore[operator]
+            self.merged.close_view()
         else:
             vmap = (t.num / t.count)[..., crop[0], crop[1]]  # type: ignore[operator]
             y, m = t.view.invert_dense(vmap, t.frame, self.frame_grid(t.frame))
@@ -213,26 +209,14 @@ class _Stitcher:
         t.count = t.num = None
 
     def merge_view(self, y: Tensor, m: Tensor, w: float) -> None:
-        """Merge a whole view map ``(B, K, H', W')`` seen where ``m (1, 1, H', W')`` > 0."""
-        if self.out is None:
-            self.start(y)
-        y, m = y.to(self.device), m.to(self.device)
-        if self.merge == "mean":
-            self.out += w * m * y  # type: ignore[operator]
-            self.den = self.den + w * m  # type: ignore[operator]
-        else:
-            self.out = torch.where(m > 0, torch.maximum(self.out, y), self.out)  # type: ignore[arg-type]
-            self.den = self.den + (m > 0).float()  # type: ignore[operator]
-        self.seen = self.seen + (m > 0).float()  # type: ignore[operator]
+        """Merge a whole view map ``(B, K, H', W')`` seen where ``m (1|B, 1, H', W')`` > 0."""
+        self.merged.add(y.to(self.device), m.to(self.device), w)
 
     def result(self) -> tuple[Tensor, Tensor]:
-        """The merged map and the number of views that saw each pixel."""
-        assert self.out is not None and self.den is not None and self.seen is not None
-        out = self.out  # in place: the merged map is the largest tensor here, never copied
-        if self.merge == "mean":
-            out.div_(self.den.clamp_min(1e-12))
-        out.masked_fill_(self.den <= 0, 0.0)
-        return out, self.seen.expand(1, 1, *self.out_size)  # a view: no copy when 0-dim
+        """The merged map (finished in place: the largest tensor here, never copied) and the
+        number of views that saw each pixel."""
+        coverage = self.merged.coverage
+        return self.merged.result(), coverage
 
 
 def _pairs(tilings: Sequence[_ViewTiling]) -> Iterator[tuple[_ViewTiling, int, int]]:
@@ -246,6 +230,18 @@ def _run_tiles(model: Callable[[Tensor], Any], images: Tensor, stitcher: _Stitch
     """Stream every (view, tile) pair through the model in steps of ``config.batch`` tiles."""
     B, th, tw = images.shape[0], *config.size
     rendered: dict[int, Tensor] = {}  # view index -> its padded photo (at most the views of one step)
+
+    # Flips and quarter turns of the unpadded photo: a view's tile is the view of the photo's
+    # tile under it (exact), so these views hold no rendered copy of the whole photo.
+    cut = {t.index for t in stitcher.tilings if exact_on_tiles(t.view) and not any(t.plan.pad)
+           and all(v.geometric for v in t.view.transforms)}
+
+    def tile(t: _ViewTiling, y0: int, x0: int) -> Tensor:
+        if t.index in cut:
+            box = torch.tensor([[x0, y0, x0 + tw, y0 + th]], dtype=torch.float64)
+            a, b, c, d = (round(float(v)) for v in t.view.invert_boxes(box, t.frame)[0])
+            return t.view.apply(images[..., b:d, a:c], norm)
+        return view_photo(t)[..., y0:y0 + th, x0:x0 + tw]
 
     def view_photo(t: _ViewTiling) -> Tensor:
         if t.index not in rendered:
@@ -265,7 +261,7 @@ def _run_tiles(model: Callable[[Tensor], Any], images: Tensor, stitcher: _Stitch
         step.append(pair)
         if len(step) < config.batch and i + 1 < len(pairs):
             continue
-        tiles = torch.cat([view_photo(t)[..., y0:y0 + th, x0:x0 + tw] for t, y0, x0 in step])  # (n B, C, th, tw)
+        tiles = torch.cat([tile(t, y0, x0) for t, y0, x0 in step])  # (n B, C, th, tw)
         out = run_views(model, tiles, identity, norm, run_config)[0]
         check_shape("segmentation output", out.shape, "(N, K, h, w)")
         out = activation(out.float())
@@ -322,7 +318,9 @@ def sliding_window_tta(
         config: tiles, overlap, blending, padding, tiles per step, stitching device.
         weights: ``(V,)`` view weights (equal if ``None``).
         activation: applied to each tile's output before blending (softmax, sigmoid, none).
-        merge: ``mean`` (weighted, over the views that saw each pixel) or ``max``.
+        merge: ``mean`` (weighted, over the views that saw each pixel) or ``max``; a pixel no
+            view saw is the same merge over every view, unmasked
+            (:class:`~ttakit.tasks.masked_merge.MaskedMerge`).
         norm: the model's input normalisation (photometric views need it).
         run_config: micro-batch, memory format and autocast of the view loop.
         stages: the photos of views with an input stage or corrections, by :func:`stage_key`:

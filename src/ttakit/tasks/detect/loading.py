@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 import torchvision
 
 from ...callables import is_callable_spec, load_module_spec
-from ...errors import ModelLoadError, WeightsError
-from ...models import LoadedModel, load_state_dict
+from ...errors import ModelLoadError
+from ...models import LoadedModel
+from ...torchvision_models import torchvision_model
 
 __all__ = ["LoadedDetector", "load_detector"]
 
@@ -39,18 +40,14 @@ def _torchvision_detector(name: str, weights: str | None, num_classes: int | Non
     known = torchvision.models.list_models(module=torchvision.models.detection)
     if name not in known:
         raise ModelLoadError(f"unknown torchvision detection model {name!r}; known: {', '.join(sorted(known))}")
-    model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes or 91)
-    if weights:
-        state = load_state_dict(weights)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise WeightsError(f"{weights}: does not fit {name} ({str(e).splitlines()[0]})") from e
-    classes = [str(i) for i in range(num_classes or 91)]
-    if num_classes in (None, 91):  # the COCO label ids torchvision uses, named
-        meta = torchvision.models.get_model_weights(name).DEFAULT.meta.get("categories")  # type: ignore[union-attr]
-        classes = list(meta) if meta else classes
-    return LoadedDetector(model.eval(), name, weights or "random", dict(_TORCHVISION_DATA), classes)
+    pretrained = weights in (None, "hub")
+    model, source, classes = torchvision_model(name, weights, num_classes if pretrained else num_classes or 91, "detector")
+    if classes is None:
+        classes = [str(i) for i in range(num_classes or 91)]
+        if num_classes in (None, 91):  # the COCO label ids torchvision uses, named
+            meta = torchvision.models.get_model_weights(name).DEFAULT.meta.get("categories")  # type: ignore[union-attr]
+            classes = list(meta) if meta else classes
+    return LoadedDetector(model.eval(), name, source, dict(_TORCHVISION_DATA), list(classes))
 
 
 def load_detector(spec: str, weights: str | None = None, num_classes: int | None = None,
@@ -58,15 +55,18 @@ def load_detector(spec: str, weights: str | None = None, num_classes: int | None
     """Resolve a detector: ``MODULE:FUNCTION`` or ``path/file.py:FUNCTION`` (a callable
     returning an ``nn.Module`` in torchvision's output format or a :class:`LoadedDetector`;
     called with ``weights=`` when ``weights`` is given), or a torchvision detection model
-    name (``torchvision:NAME`` or ``NAME``, random weights unless ``weights`` is a state dict;
-    ``num_classes`` defaults to COCO's 91).
+    name (``torchvision:NAME`` or ``NAME``). A torchvision name's ``weights``: ``None``
+    (default) for its pretrained weights (the ``DEFAULT`` of its torchvision weights enum,
+    downloaded once; COCO's 91 classes, so ``num_classes`` must be ``None`` or 91),
+    ``"random"`` for random weights, or a state dict file (``num_classes`` defaults to 91).
 
     Raises:
         ModelLoadError: nothing importable or known under that name.
-        WeightsError: the weights do not fit.
+        WeightsError: the weights do not fit; pretrained weights offline (the message names
+            the ways out) or of another ``num_classes``.
 
     Example:
-        >>> det = load_detector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3)
+        >>> det = load_detector("fasterrcnn_mobilenet_v3_large_320_fpn", weights="random", num_classes=3)
         >>> det.weights, det.class_names
         ('random', ['0', '1', '2'])
     """
