@@ -172,7 +172,10 @@ def test_wbf_bit_exact_in_float64():
     b = (b.double() / torch.tensor([SIZE[1], SIZE[0], SIZE[1], SIZE[0]])).clamp(0, 1)
     ours = weighted_boxes_fusion(b, s.double(), lab, v, 4, [1.0, 0.7, 1.3, 0.9])
     theirs = run_eb(eb_wbf, *per_view_lists(b, s, lab, v, 4, size=(1, 1)), weights=[1.0, 0.7, 1.3, 0.9])
-    assert_same(ours, theirs, atol=0.0, size=(1, 1))
+    # ensemble_boxes' float32 rounding follows NumPy 2's promotion rules (NEP 50); under NumPy 1's
+    # value-based casting its own results move by up to one float32 ulp.
+    exact = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+    assert_same(ours, theirs, atol=0.0 if exact else 1.2e-7, size=(1, 1))
 
 
 # --------------------------------------------------------------------------- WBF behaviour

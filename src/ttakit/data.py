@@ -19,12 +19,9 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-import timm
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from .corrections import Corrected, Correction, correct
 from .errors import ImageLoadError, ShapeError
@@ -114,7 +111,9 @@ def to_photo(item: PhotoLike) -> Image.Image:
     if isinstance(item, Tensor):
         if item.dtype != torch.uint8 or item.ndim != 3 or item.shape[0] not in (1, 3):
             raise ShapeError("photo tensor", "(1|3, H, W) uint8", item.shape)
-        return to_rgb(TF.to_pil_image(item.cpu()))
+        from torchvision.transforms.functional import to_pil_image  # noqa: PLC0415 - torchvision loads on first use
+
+        return to_rgb(to_pil_image(item.cpu()))
     return load_image(item)
 
 
@@ -127,11 +126,15 @@ class _InputStage:
     """PIL photo -> normalised ``(C, S, S)``: resize the short side, cut the window, normalise."""
 
     def __init__(self, source: Input, data_config: Mapping[str, Any]) -> None:
+        from torchvision.transforms import InterpolationMode  # noqa: PLC0415 - torchvision loads on first use
+
         self.source = source
         self.interpolation = InterpolationMode(data_config.get("interpolation", "bicubic"))
         self.mean, self.std = list(data_config["mean"]), list(data_config["std"])
 
     def __call__(self, img: Image.Image) -> Tensor:
+        from torchvision.transforms import functional as TF  # noqa: PLC0415 - torchvision loads on first use
+
         s = self.source
         img = TF.resize(img, s.scale_size(), interpolation=self.interpolation)  # short side >= s.size
         top, left = window_corner((img.height, img.width), s.size, s.position)
@@ -169,6 +172,8 @@ def input_transform(source: Input | Corrected | None, data_config: Mapping[str, 
     if isinstance(source, Corrected):
         return _CorrectedStage(source.corrections, input_transform(source.source, data_config))
     if source is None:
+        import timm.data  # noqa: PLC0415 - timm loads on first use
+
         return timm.data.create_transform(**data_config, is_training=False)
     return _InputStage(source, data_config)
 

@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "ImageLoadError",
+    "MissingExtraError",
     "ModelLoadError",
     "PolicyError",
     "ShapeError",
@@ -43,6 +44,11 @@ class DatasetError(TTAKitError, ValueError):
 
 class BackendError(TTAKitError, RuntimeError):
     """An inference backend is missing (install its extra) or could not run the model."""
+
+
+class MissingExtraError(BackendError, ImportError):
+    """A feature needs an optional extra that is not installed; the message names it
+    (``pip install 'ttakit[report]'``)."""
 
 
 class PolicyError(TTAKitError, ValueError):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from ._optional import require
 from .runtime.loop import ViewInputs, as_view_inputs
 from .transforms import Normalization
 from .views import View
@@ -23,10 +24,14 @@ def denormalize(x: Tensor, norm: Normalization) -> Tensor:
 
 
 def _figure():  # noqa: ANN202 - matplotlib types
-    import matplotlib
+    """matplotlib's pyplot on the Agg backend.
 
+    Raises:
+        MissingExtraError: matplotlib is not installed (the ``report`` extra).
+    """
+    matplotlib = require("matplotlib", "report", "drawing views")
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     return plt
 

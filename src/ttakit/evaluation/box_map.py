@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import require
+
 __all__ = ["MatchTable", "coco_gt", "coco_map", "match_table", "per_image_map", "weighted_map"]
 
 _RECALLS = np.linspace(0.0, 1.00, 101, endpoint=True)  # COCO's recall thresholds
@@ -28,7 +30,7 @@ _RECALLS = np.linspace(0.0, 1.00, 101, endpoint=True)  # COCO's recall threshold
 
 def coco_gt(annotations: str) -> Any:
     """pycocotools' ``COCO`` of an annotation file (its progress prints silenced)."""
-    from pycocotools.coco import COCO
+    COCO = require("pycocotools.coco", "coco", "COCO box mAP").COCO
 
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(annotations)
@@ -38,7 +40,7 @@ def coco_map(gt: Any, rows: np.ndarray, image_ids: Sequence[int]) -> dict[str, f
     """COCO box mAP@[.5:.95], mAP@.5 and mAP@.75 (pycocotools' ``COCOeval``) of detections
     ``rows (M, 7)``: ``image_id, x, y, w, h, score, category_id``, over ``image_ids``
     (``None`` where no image has ground truth)."""
-    from pycocotools.cocoeval import COCOeval
+    COCOeval = require("pycocotools.cocoeval", "coco", "COCO box mAP").COCOeval
 
     if len(rows) == 0:  # loadRes cannot take an empty list; nothing detected scores 0
         has_gt = bool(gt.getAnnIds(imgIds=list(image_ids)))
@@ -73,7 +75,7 @@ class MatchTable:
 def match_table(gt: Any, rows: np.ndarray, image_ids: Sequence[int]) -> MatchTable:
     """Match detections ``rows (M, 7)`` (as :func:`coco_map` takes them) to the ground truth
     of ``image_ids`` with pycocotools (area ``all``, at most 100 detections per image)."""
-    from pycocotools.cocoeval import COCOeval
+    COCOeval = require("pycocotools.cocoeval", "coco", "COCO box mAP").COCOeval
 
     ids = list(image_ids)
     pos = {i: k for k, i in enumerate(ids)}
@@ -105,7 +107,7 @@ def match_table(gt: Any, rows: np.ndarray, image_ids: Sequence[int]) -> MatchTab
 
 def _empty_results(gt: Any) -> Any:
     """A results object without detections (``loadRes`` refuses an empty list)."""
-    from pycocotools.coco import COCO
+    COCO = require("pycocotools.coco", "coco", "COCO box mAP").COCO
 
     res = COCO()
     res.dataset = {"images": list(gt.dataset["images"]), "categories": list(gt.dataset["categories"]),
@@ -191,7 +193,7 @@ def _index(thresholds: Sequence[float], iou: float) -> int:
 
 def _toy_gt() -> Any:
     """Two images, one box each (for the doctest)."""
-    from pycocotools.coco import COCO
+    COCO = require("pycocotools.coco", "coco", "COCO box mAP").COCO
 
     gt = COCO()
     gt.dataset = {"images": [{"id": 1}, {"id": 2}], "categories": [{"id": 1, "name": "a"}],

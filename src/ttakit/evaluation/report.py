@@ -28,16 +28,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from .._optional import require
 from ..errors import DatasetError
 from ..files import write_atomic
 from ..runtime.config import torch_threads as _torch_threads
 from .classify_logits import ClassifyScoring
 from .task_registry import ReportSettings, ReportSpec, get_task
+
+if TYPE_CHECKING:
+    import jinja2
 
 __all__ = ["render_page", "write_report"]
 
@@ -76,7 +78,9 @@ def write_report(
     Raises:
         DatasetError: the folder has no ``results.json`` or no stored outputs.
         UnknownNameError: its task is not registered.
+        MissingExtraError: Jinja2 is not installed (``pip install 'ttakit[report]'``).
     """
+    require("jinja2", "report", "report.html")  # refused before any work
     out = Path(out_dir)
     if not (out / "results.json").exists():
         raise DatasetError(f"{out}: no results.json (evaluate into `out_dir={str(out)!r}` first)")
@@ -101,7 +105,12 @@ def render_page(doc: Mapping[str, Any], context: Mapping[str, Any], sections: st
 
 
 def _environment() -> jinja2.Environment:
-    """The Jinja2 environment of the packaged templates (autoescaped: names and paths are text)."""
+    """The Jinja2 environment of the packaged templates (autoescaped: names and paths are text).
+
+    Raises:
+        MissingExtraError: Jinja2 is not installed (the ``report`` extra).
+    """
+    jinja2 = require("jinja2", "report", "report.html")
     return jinja2.Environment(
         loader=jinja2.PackageLoader("ttakit.evaluation", "templates"),
         autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined,

@@ -9,13 +9,13 @@ is where users build one by name.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from .._optional import require
 from ..errors import BackendError, ConfigError
 from ..registry import Registry
 from .config import RunConfig, default_run_config
@@ -33,10 +33,7 @@ def _check_precision(precision: str) -> None:
 
 
 def _import(module: str, extra: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise BackendError(f"the {module} backend needs {module}: pip install 'ttakit[{extra}]'") from e
+    return require(module, extra, f"the {module} backend")
 
 
 class Backend(ABC):

@@ -17,17 +17,20 @@ Example:
 
 from __future__ import annotations
 
-from . import aliases, base, transforms
-from .base import Compose, Merger
+from . import aliases, base, functional, transforms
+from .base import BaseTransform, Compose, DualTransform, ImageOnlyTransform, Merger
 from .transforms import Add, FiveCrops, HorizontalFlip, Multiply, Resize, Rotate90, Scale, VerticalFlip
 from .wrappers import ClassificationTTAWrapper, KeypointsTTAWrapper, SegmentationTTAWrapper
 
 __all__ = [
     "Add",
+    "BaseTransform",
     "ClassificationTTAWrapper",
     "Compose",
+    "DualTransform",
     "FiveCrops",
     "HorizontalFlip",
+    "ImageOnlyTransform",
     "KeypointsTTAWrapper",
     "Merger",
     "Multiply",
@@ -38,5 +41,6 @@ __all__ = [
     "VerticalFlip",
     "aliases",
     "base",
+    "functional",
     "transforms",
 ]

@@ -5,12 +5,19 @@ A ttach transform here knows, for each of its parameter values, the ttakit
 applies it, de-augmenting a mask or keypoints uses its exact inverse. A :class:`Transformer`
 (one combination of a :class:`Compose`) is a :class:`~ttakit.views.View`; it remembers the size
 of the image it augmented, so a mask comes back on exactly that image's grid.
+
+A user's own transform (a subclass of :class:`DualTransform` or :class:`ImageOnlyTransform`
+with its own ``apply_aug_image`` and ``apply_deaug_*``, or a built-in transform with one of
+them overridden) is not a ttakit transform: a combination holding one runs as ttach runs it,
+each step's methods in turn (the built-in steps still through ttakit's transforms).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +28,7 @@ from ...errors import ArgumentError
 from ...transform_base import Normalization, Transform
 from ...views import View
 
-__all__ = ["BaseTransform", "Compose", "DualTransform", "ImageOnlyTransform", "Merger", "Transformer"]
+__all__ = ["BaseTransform", "Compose", "DualTransform", "ImageOnlyTransform", "Merger", "Transformer", "is_native"]
 
 # ttach's images are whatever the model takes; photometric views here never normalise.
 RAW = Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -34,6 +41,40 @@ def deaugment_keypoints(keypoints: Tensor, t: Transform | None) -> Tensor:
         return keypoints
     m_inv = torch.linalg.inv(t.matrix((1, 1)))  # resolution-free transforms: any size gives the map
     return (Fn.transform_points(keypoints * 2 - 1, m_inv) + 1) / 2
+
+
+_HERE = Path(__file__).resolve().parent  # this package's folder: where its own methods are written
+_METHODS = ("ttakit_transform", "apply_aug_image", "apply_deaug_mask", "apply_deaug_label", "apply_deaug_keypoints")
+
+
+def is_native(transform: BaseTransform) -> bool:
+    """Whether ``transform`` augments and de-augments as this package's own transforms do (its
+    class may be a user's subclass that changes only ``__init__``): then it is a ttakit
+    transform. A user's transform, or a built-in one with any of :data:`_METHODS` overridden
+    (in its class or on the instance), runs its own methods, as in ttach.
+
+    Example:
+        >>> from ttakit.compat.ttach import transforms as T
+        >>> class Louder(T.Multiply):
+        ...     def apply_aug_image(self, image, factor=1, **kwargs):
+        ...         return image * factor * 2
+        >>> is_native(T.Multiply([2])), is_native(Louder([2]))
+        (True, False)
+    """
+    if any(m in vars(transform) for m in _METHODS):
+        return False
+    owners = [next(c for c in type(transform).__mro__ if m in vars(c)) for m in _METHODS]
+    return owners[0] is not BaseTransform and all(_written_here(vars(c)[m]) for c, m in zip(owners, _METHODS))
+
+
+def _written_here(method: Any) -> bool:
+    code = getattr(method, "__code__", None)
+    return code is not None and _in_this_folder(code.co_filename)
+
+
+@functools.lru_cache(maxsize=None)
+def _in_this_folder(filename: str) -> bool:
+    return Path(filename).resolve().parent == _HERE
 
 
 class BaseTransform:
@@ -95,21 +136,29 @@ class DualTransform(BaseTransform):
 
 
 class Transformer:
-    """One combination of a :class:`Compose`: a ttakit :class:`~ttakit.views.View`."""
+    """One combination of a :class:`Compose`: a ttakit :class:`~ttakit.views.View` when every
+    step is one of the drop-in's own transforms (``view``), else (``view`` is ``None``) the
+    steps' own methods in turn, as ttach runs them."""
 
     def __init__(self, steps: Sequence[tuple[BaseTransform, Any]]) -> None:
         self.steps = list(steps)  # (ttach transform, its parameter value), in augmentation order
-        self.view = View(tuple(t for t in (s.ttakit_transform(p) for s, p in self.steps) if t is not None))
+        native = all(is_native(s) for s, _ in self.steps)
+        self.view = View(tuple(t for t in (s.ttakit_transform(p) for s, p in self.steps) if t is not None)) if native else None
         self.image_size: tuple[int, int] | None = None  # of the last image augmented
 
     def augment_image(self, image: Tensor) -> Tensor:
         self.image_size = tuple(image.shape[-2:])  # type: ignore[assignment]
+        if self.view is None:
+            for s, p in self.steps:
+                image = s.apply_aug_image(image, **{s.pname: p})
+            return image
         return self.view.apply(image, RAW)
 
     def deaugment_mask(self, mask: Tensor) -> Tensor:
         """The mask mapped back onto the grid of the image :meth:`augment_image` was given
-        (scaled by the model's output stride); without one, transform by transform as ttach does."""
-        if self.image_size is None or not all(s.masks_ok for s, _ in self.steps):
+        (scaled by the model's output stride); without one, or with a user's transform among
+        the steps, transform by transform as ttach does."""
+        if self.view is None or self.image_size is None or not all(s.masks_ok for s, _ in self.steps):
             for s, p in reversed(self.steps):
                 mask = s.apply_deaug_mask(mask, **{s.pname: p})
             return mask
@@ -118,6 +167,8 @@ class Transformer:
         return self.view.invert_dense(mask, self.image_size, grid)[0]
 
     def deaugment_label(self, label: Tensor) -> Tensor:
+        for s, p in reversed(self.steps):
+            label = s.apply_deaug_label(label, **{s.pname: p})
         return label
 
     def deaugment_keypoints(self, keypoints: Tensor) -> Tensor:

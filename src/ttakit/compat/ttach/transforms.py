@@ -61,21 +61,26 @@ def _interpolation(interpolation: Any, align_corners: Any) -> None:
         check_bool("align_corners", align_corners)
 
 
-def _resize(x: Tensor, size: tuple[int, int], mode: str, align_corners: bool | None) -> Tensor:
-    if align_corners:  # ttakit resamples with pixel edges aligned; corners aligned only on request
-        return F.interpolate(x, size=size, mode=mode, align_corners=True)
-    return Fn.resize(x, size, mode=mode)
+def _resize(x: Tensor, size: tuple[int, int], mode: str, align_corners: bool | None, antialias: bool) -> Tensor:
+    """``F.interpolate`` to ``size`` as ttach calls it; antialiased (bilinear/bicubic shrinking)
+    only when asked."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    antialias = antialias and mode in ("bilinear", "bicubic")
+    return F.interpolate(x, size=size, mode=mode, align_corners=align_corners, antialias=antialias)
 
 
 @dataclass(frozen=True)
 class Interpolate(Transform):
     """ttach's ``Scale`` (by ``factor``) and ``Resize`` (to ``size``) as a ttakit transform: the
-    whole image resampled with ``mode``; a mask goes back onto the exact original grid."""
+    whole image resampled with ``mode`` (as ttach, not antialiased unless ``antialias``); a mask
+    goes back onto the exact original grid."""
 
-    size: tuple[int, int] | None = None
-    factor: float | None = None
-    mode: str = "nearest"
-    align_corners: bool | None = None
+    size: tuple[int, int] | None = None  # the output size (Resize), or
+    factor: float | None = None  # the factor of each side, rounded (Scale)
+    mode: str = "nearest"  # F.interpolate's mode
+    align_corners: bool | None = None  # F.interpolate's align_corners
+    antialias: bool = False  # antialias bilinear/bicubic shrinking, image and mask side (ttach does not)
 
     key: ClassVar[str] = "ttach_resize"
 
@@ -93,10 +98,11 @@ class Interpolate(Transform):
         return max(1, round(size[0] * self.factor)), max(1, round(size[1] * self.factor))  # type: ignore[operator]
 
     def apply(self, x: Tensor, norm: Normalization) -> Tensor:
-        return _resize(x, self.output_size(tuple(x.shape[-2:])), self.mode, self.align_corners)
+        return _resize(x, self.output_size(tuple(x.shape[-2:])), self.mode, self.align_corners, self.antialias)
 
     def invert_dense(self, y: Tensor, mask: Tensor, image_size: tuple[int, int], grid_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        return _resize(y, tuple(grid_size), self.mode, self.align_corners), Fn.resize(mask, grid_size, mode="nearest")
+        return (_resize(y, tuple(grid_size), self.mode, self.align_corners, self.antialias),
+                Fn.resize(mask, grid_size, mode="nearest"))
 
 
 @dataclass(frozen=True)
@@ -172,22 +178,26 @@ class Rotate90(DualTransform):
 
 class Scale(DualTransform):
     """Resize images by each factor in ``scales`` with ``interpolation`` (the identity 1 is
-    added); a mask comes back to the size it had."""
+    added); a mask comes back to the size it had. ``antialias=True`` (not in ttach) antialiases
+    bilinear/bicubic shrinking."""
 
     identity_param = 1
 
-    def __init__(self, scales: Sequence[float], interpolation: str = "nearest", align_corners: bool | None = None) -> None:
+    def __init__(self, scales: Sequence[float], interpolation: str = "nearest", align_corners: bool | None = None,
+                 antialias: bool = False) -> None:
         scales = _values("Scale scales", scales, check_positive)  # a factor of 0 has no pixels
         _interpolation(interpolation, align_corners)
+        check_bool("antialias", antialias)
         if self.identity_param not in scales:
             scales = [self.identity_param, *scales]
-        self.interpolation, self.align_corners = interpolation, align_corners
+        self.interpolation, self.align_corners, self.antialias = interpolation, align_corners, antialias
         super().__init__("scale", list(scales))
 
     def ttakit_transform(self, value: Any) -> Transform | None:
         if value == self.identity_param:
             return None
-        return Interpolate(factor=float(value), mode=self.interpolation, align_corners=self.align_corners)
+        return Interpolate(factor=float(value), mode=self.interpolation, align_corners=self.align_corners,
+                           antialias=self.antialias)
 
     def source_size(self, t: Transform, size: tuple[int, int]) -> tuple[int, int]:
         f = t.factor  # type: ignore[attr-defined]
@@ -196,23 +206,26 @@ class Scale(DualTransform):
 
 class Resize(DualTransform):
     """Resize images to each ``(H, W)`` in ``sizes``; masks go back to ``original_size``
-    (in the wrappers, to the size of the image given, even without ``original_size``)."""
+    (in the wrappers, to the size of the image given, even without ``original_size``).
+    ``antialias=True`` (not in ttach) antialiases bilinear/bicubic shrinking."""
 
     def __init__(self, sizes: Sequence[tuple[int, int]], original_size: tuple[int, int] | None = None,
-                 interpolation: str = "nearest", align_corners: bool | None = None) -> None:
+                 interpolation: str = "nearest", align_corners: bool | None = None, antialias: bool = False) -> None:
         sizes = _values("Resize sizes", sizes, check_size)
         original_size = None if original_size is None else check_size("original_size", original_size)
         _interpolation(interpolation, align_corners)
+        check_bool("antialias", antialias)
         if original_size is not None and original_size not in sizes:
             sizes = [original_size, *sizes]
-        self.interpolation, self.align_corners = interpolation, align_corners
+        self.interpolation, self.align_corners, self.antialias = interpolation, align_corners, antialias
         self.original_size = original_size
         super().__init__("size", list(sizes))
 
     def ttakit_transform(self, value: Any) -> Transform | None:
         if self.original_size is not None and tuple(value) == tuple(self.original_size):
             return None
-        return Interpolate(size=tuple(value), mode=self.interpolation, align_corners=self.align_corners)
+        return Interpolate(size=tuple(value), mode=self.interpolation, align_corners=self.align_corners,
+                           antialias=self.antialias)
 
     def apply_deaug_mask(self, mask: Tensor, *args: Any, **params: Any) -> Tensor:
         if self.original_size is None:

@@ -30,13 +30,17 @@ __all__ = ["ClassificationTTAWrapper", "KeypointsTTAWrapper", "SegmentationTTAWr
 def _run(model: nn.Module, transforms: Compose, image: Tensor, args: tuple[Any, ...],
          key: str | None) -> tuple[list[Transformer], list[Tensor]]:
     """Every combination's raw output (``key`` picked from dict outputs), one model call per
-    view on the whole batch, through a ttakit :class:`~ttakit.Plan`."""
+    view on the whole batch, through a ttakit :class:`~ttakit.Plan` (a combination holding a
+    user's own transform is augmented by its own methods, as in ttach)."""
     steps = list(transforms)
     for t in steps:
         t.image_size = tuple(image.shape[-2:])  # the grid each view's mask goes back to
-    plan = Plan(Policy(tuple(t.view for t in steps)), "outputs", norm=RAW, micro_batch=max(1, image.shape[0]))
     with kept_as_given(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
-        outs = plan.run(lambda x: model(x, *args), image)
+        if all(t.view is not None for t in steps):
+            plan = Plan(Policy(tuple(t.view for t in steps)), "outputs", norm=RAW, micro_batch=max(1, image.shape[0]))
+            outs = plan.run(lambda x: model(x, *args), image)
+        else:
+            outs = [model(t.augment_image(image), *args) for t in steps]
     return steps, [o if key is None else o[key] for o in outs]
 
 
