@@ -16,6 +16,7 @@ import torch
 from .. import __version__
 from ..errors import TTAKitError
 from ..runtime.distributed import DistContext
+from ..task_spec import load_task_modules
 from . import calibrate, evaluate, export, predict, report, search, soup
 from .flags import translate
 
@@ -48,8 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_task_modules(argv: Sequence[str] | None) -> None:
+    """Import the modules that register tasks before the parser is built (their options are
+    flags): the built-in ones, entry points, ``TTAKIT_TASK_MODULES`` and ``--task-module``."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--task-module", action="append", default=[])
+    load_task_modules(pre.parse_known_args(sys.argv[1:] if argv is None else list(argv))[0].task_module)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ttakit`` console script."""
+    try:
+        _load_task_modules(argv)
+    except TTAKitError as e:
+        print(f"ttakit: error: {translate(str(e))}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         DistContext.init()  # under torchrun: join its process group (nothing is started otherwise)

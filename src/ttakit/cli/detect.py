@@ -21,18 +21,17 @@ from PIL import Image
 
 from ..data import example_image_path, load_image
 from ..errors import ConfigError
-from ..evaluation.detect_eval import LABEL_MAPS, DetectScoring, evaluate_detection, load_coco_images
+from ..evaluation.detect_eval import DetectScoring, evaluate_detection, load_coco_images
 from ..models import load_class_names
 from ..policy import create_policy
 from ..runtime.config import RunConfig
 from ..runtime.distributed import DistContext
-from ..tasks.boxes import list_box_merges
+from ..tasks.boxes.options import parse_box_options
 from ..tasks.detect import DetectionResult, DetectionTTA, LoadedDetector, load_detector
 from ..viz import _figure, _save
-from .common import eval_options, metric_table, positive_int, prepare_run, print_written, progress_bar
+from .common import eval_options, metric_table, prepare_run, print_written, progress_bar
 
 __all__ = [
-    "add_detect_args",
     "cmd_evaluate",
     "cmd_predict",
     "cmd_views",
@@ -41,62 +40,11 @@ __all__ = [
 ]
 
 
-def add_detect_args(p: argparse.ArgumentParser, tasks: Sequence[str], evaluate: bool = False) -> None:
-    """``--task`` (one of the command's ``tasks``, the first the default) and the detection
-    options (``--detector``, ``--box-merge``, ...)."""
-    p.add_argument("--task", choices=list(tasks), default=tasks[0],
-                   help="classify (default), detect (object detection)" + (", segment (with --masks)" if evaluate else ""))
-    g = p.add_argument_group("detection (--task detect)")
-    g.add_argument("--detector", default=None, metavar="SPEC",
-                   help="alias of --model for --task detect: MODULE:FUNCTION or path/file.py:FUNCTION returning a "
-                   "detection model, or a torchvision detection model name (e.g. fasterrcnn_mobilenet_v3_large_320_fpn; "
-                   "random weights unless --weights)")
-    g.add_argument("--num-classes", type=positive_int, default=None,
-                   help="classes of the model (detect: a torchvision detector's, default 91; segment: required)")
-    if evaluate:
-        g.add_argument("--annotations", default=None, metavar="COCO_JSON",
-                       help="COCO annotations whose images[].file_name are paths in DATA")
-        g.add_argument("--box-merge", action="append", default=None, choices=list_box_merges(),
-                       help="box merge (repeatable; default: wbf)")
-        g.add_argument("--label-map", choices=LABEL_MAPS, default="index",
-                       help="index: label i is the i-th category by id (default); id: labels are category ids")
-    else:
-        g.add_argument("--box-merge", default="wbf", choices=list_box_merges(), help="box merge (default: wbf)")
-        g.add_argument("--score-threshold", type=float, default=0.3,
-                       help="show boxes scoring at least this (default: 0.3)")
-    g.add_argument("--box-option", action="append", default=None, metavar="[MERGE.]KEY=VALUE",
-                   help="box-merge option, e.g. iou_threshold=0.6, wbf.conf_type=max (repeatable)")
-
-
-def parse_box_options(items: Sequence[str] | None) -> dict[str, Any]:
-    """``KEY=VALUE`` strings to options; values read as JSON where they can be (numbers,
-    true/false), else kept as text.
-
-    Example:
-        >>> parse_box_options(["iou_threshold=0.6", "wbf.conf_type=max"])
-        {'iou_threshold': 0.6, 'wbf.conf_type': 'max'}
-    """
-    out: dict[str, Any] = {}
-    for item in items or ():
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"--box-option expects KEY=VALUE (e.g. iou_threshold=0.6), got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value.strip()
-    return out
-
-
 def _load(args: argparse.Namespace) -> tuple[LoadedDetector, torch.device, RunConfig]:
     spec = args.detector or args.model
     if not spec:
         raise ConfigError("--task detect needs --model (or --detector) MODULE:FUNCTION or a torchvision detection "
                           "model name (e.g. fasterrcnn_mobilenet_v3_large_320_fpn)")
-    if getattr(args, "merge", None):
-        raise ConfigError("--merge is for classification; with --task detect use --box-merge")
-    if getattr(args, "adaptive", None) is not None:
-        raise ConfigError("--adaptive is for classification; leave it out with --task detect")
     names = load_class_names(args.labels) if args.labels else None
     det = load_detector(spec, args.weights, args.num_classes, names)
     loaded = prepare_run(det, args, kind="detector", exportable=False, tunable=False)
@@ -104,7 +52,7 @@ def _load(args: argparse.Namespace) -> tuple[LoadedDetector, torch.device, RunCo
 
 
 def _tta(det: LoadedDetector, cfg: RunConfig, args: argparse.Namespace) -> DetectionTTA:
-    return DetectionTTA(det.model, args.tta, args.box_merge, merge_options=parse_box_options(args.box_option),
+    return DetectionTTA(det.model, args.tta, args.box_merge or "wbf", merge_options=parse_box_options(args.box_option),
                         norm=det.normalization, run_config=cfg, data_config=det.data_config)
 
 

@@ -10,14 +10,13 @@ from ..evaluation.adapt_rows import add_rows, evaluate_adapted
 from ..evaluation.evaluate import evaluate
 from ..evaluation.precision import evaluate_precision
 from ..input_check import precropped_note
-from ..policy import create_policy
-from ..errors import ConfigError
-from .calibrate import add_conformal_args, conformal_extras, conformal_lines
-from .common import adapt_options, add_adapt_args, add_data_args, add_policy_args, classify_scoring, eval_options, load, load_data, print_written, progress_bar, verdict_lines
-from .detect import add_detect_args, cmd_evaluate as _cmd_evaluate_detect
-from .segment import add_segment_args, cmd_evaluate_segment
+from ..policy import create_policy, list_presets
+from ..task_spec import resolve
+from .calibrate import conformal_extras, conformal_lines
+from .common import adapt_options, add_data_args, classify_scoring, eval_options, load, load_data, print_written, progress_bar, verdict_lines
+from .options import add_task_arguments, task_values
 
-__all__ = ["EVALUATE", "format_table", "register"]
+__all__ = ["evaluate_classify", "format_table", "register"]
 
 
 def format_table(results: dict[str, Any], per_view: dict[str, float] | None = None) -> str:
@@ -41,14 +40,12 @@ def format_table(results: dict[str, Any], per_view: dict[str, float] | None = No
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    return EVALUATE[args.task](args)  # the task, looked up once
+    spec, _ = task_values(args, "evaluate")  # the task, looked up once; its options checked
+    return int(resolve(spec.commands["evaluate"])(args) or 0)
 
 
-def _cmd_evaluate_classify(args: argparse.Namespace) -> int:
-    if args.masks:
-        raise ConfigError("--masks is for --task segment; add that --task")
-    if args.annotations:
-        raise ConfigError("--annotations is for --task detect; add that --task")
+def evaluate_classify(args: argparse.Namespace) -> int:
+    """``ttakit evaluate`` (classification): the table, verdicts, conformal sets, adapted rows."""
     options = eval_options(args)
     lm, dev, cfg, backend = load(args)
     # Rows are named by the policy exactly as written (a preset, text or a JSON path).
@@ -81,17 +78,12 @@ def _cmd_evaluate_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-# Each task's evaluate command, by the --task name (the first is the default).
-EVALUATE = {"classify": _cmd_evaluate_classify, "detect": _cmd_evaluate_detect, "segment": cmd_evaluate_segment}
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``evaluate`` to the command parser."""
     p = sub.add_parser("evaluate", help="score plain and TTA policies on a labelled dataset")
     add_data_args(p)
-    add_policy_args(p, many=True)
-    add_detect_args(p, list(EVALUATE), evaluate=True)
-    add_segment_args(p)
-    add_conformal_args(p)
-    add_adapt_args(p, many=True)
+    p.add_argument("--tta", action="append", default=None, metavar="POLICY",
+                   help=f"policy (repeatable; default: hflip): preset ({', '.join(list_presets())}), policy text or "
+                   "JSON file")
+    add_task_arguments(p, "evaluate")
     p.set_defaults(func=_cmd_evaluate)

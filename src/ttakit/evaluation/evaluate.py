@@ -28,7 +28,7 @@ from ..runtime.loop import RenderedInputs
 from ..tasks.classify import ClassificationResult
 from ..views import View
 from .metrics import TEMPERATURES, MetricAccumulator
-from .pipeline import Scored, run_evaluation, single_view_runs, stored_chunks, view_columns
+from .pipeline import EvalJob, EvalTask, Scored, run_evaluation, single_view_runs, stored_chunks, view_columns
 from .report import write_report
 from .rows import PerImageCsv, row_header, timing
 from .classify_logits import ClassifyScoring, classify_stored, data_hash
@@ -193,7 +193,7 @@ def score(
 
 # --------------------------------------------------------------------------- the task
 @dataclass(frozen=True)
-class ClassifyTask:
+class ClassifyTask(EvalTask):
     """Classification in the pipeline: per-view logits ``(n, U, C)`` stored as they are.
 
     Attributes:
@@ -218,7 +218,8 @@ class ClassifyTask:
     def fingerprint(self, data: LabelledImages) -> dict[str, Any]:
         return {"data_hash": data_hash(data)}
 
-    def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int]) -> dict[str, Tensor]:
+    def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int],
+             job: EvalJob) -> dict[str, Tensor]:
         logits = torch.stack([o.float().cpu() for o in outs], dim=1)  # (n, U, C)
         return {"labels": self.labels[torch.tensor(indices, dtype=torch.long)], "logits": logits}
 

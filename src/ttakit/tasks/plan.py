@@ -11,8 +11,9 @@ them with the task's head. ttakit never holds the model::
         batch.put(my_runtime(batch.array))
     merged = plan.result()
 
-A task is a head registered in :data:`TASKS` by its own module (``classify``, ``segment``,
-``keypoints``, ``detect``, and ``outputs``: the raw per-view outputs): ``schedule`` says which
+A task's head is part of its :class:`~ttakit.task_spec.TaskSpec`, registered by its own module
+(``classify``, ``segment``, ``keypoints``, ``detect``, and ``outputs``: the raw per-view
+outputs; see :func:`~ttakit.task_spec.get_task`): ``schedule`` says which
 rows and views to run (adaptive classification runs the plain view first), ``finish`` turns
 the outputs into the result. The task wrappers (:class:`~ttakit.ClassificationTTA`, ...) are a
 plan with a torch module or backend feeding :meth:`Batch.put`.
@@ -32,14 +33,14 @@ from torch import Tensor
 
 from ..data import InputRenderer, PhotoLike, to_photo
 from ..errors import ConfigError, ShapeError
+from ..task_spec import TaskSpec, get_task, register_task
 from ..policy import Policy, PolicyLike, create_policy
-from ..registry import Registry
 from ..runtime.loop import RenderedInputs, ViewInputs, as_view_inputs, tree_cat, tree_slice, tree_take, view_chunks
 from ..transforms import Normalization
 from ..views import View
 from .geometry import Geometry
 
-__all__ = ["TASKS", "AllViews", "Batch", "Fetch", "Images", "OutputsHead", "Plan", "TaskHead", "as_inputs"]
+__all__ = ["AllViews", "Batch", "Fetch", "Images", "OutputsHead", "Plan", "TaskHead", "as_inputs"]
 
 # What a plan (and a wrapper) accepts: preprocessed (B, C, H, W) float images (a tensor or a
 # numpy array), inputs already rendered per input stage, or photos (one or a list of paths,
@@ -77,9 +78,7 @@ class OutputsHead(AllViews):
         return fetch(None, views)
 
 
-# name -> factory(policy, **options) -> TaskHead; each task's module registers its own.
-TASKS = Registry[Callable[..., TaskHead]]("task", sort=False)
-TASKS.add("outputs", lambda policy: OutputsHead())
+register_task(TaskSpec("outputs", "the raw per-view outputs", head=lambda policy: OutputsHead()))
 
 
 def as_inputs(x: Images, views: Sequence[View], data_config: Mapping[str, Any] | None,
@@ -259,7 +258,7 @@ class Plan:
         self.micro_batch = micro_batch
         self.device = device
         if isinstance(task, str):
-            self.head: TaskHead = TASKS.get(task)(self.policy, **options)
+            self.head: TaskHead = get_task(task).part("head")(self.policy, **options)
         elif options:
             raise ConfigError(f"options {sorted(options)} go to a task given by name; this head is already built")
         else:
