@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
-from ..evaluation.adapt_rows import add_rows, evaluate_adapted
-from ..evaluation.evaluate import evaluate
-from ..evaluation.precision import evaluate_precision
+from ..evaluation.api import evaluate
 from ..input_check import precropped_note
-from ..policy import create_policy, list_presets
+from ..policy import list_presets
 from ..task_spec import resolve
-from .calibrate import conformal_extras, conformal_lines
-from .common import adapt_options, add_data_args, classify_scoring, eval_options, load, load_data, print_written, progress_bar, verdict_lines
+from .calibrate import conformal_lines
+from .common import add_data_args, eval_options, load, load_data, print_written, progress_bar, verdict_lines
 from .options import add_task_arguments, task_values
 
 __all__ = ["evaluate_classify", "format_table", "register"]
@@ -45,36 +42,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def evaluate_classify(args: argparse.Namespace) -> int:
-    """``ttakit evaluate`` (classification): the table, verdicts, conformal sets, adapted rows."""
+    """``ttakit evaluate`` (classification): :func:`ttakit.evaluate` of the flags; the table,
+    verdicts, conformal sets, adapted rows and the fp32 check printed."""
     options = eval_options(args)
-    lm, dev, cfg, backend = load(args)
-    # Rows are named by the policy exactly as written (a preset, text or a JSON path).
-    policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
-    data = load_data(args, lm, args.data)
-    note = precropped_note(data.paths, lm.data_config)
+    run = load(args)
+    data = load_data(args, run.lm, args.data)
+    note = precropped_note(data.paths, run.lm.data_config)
     if note:
         print(note)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
-        res = evaluate(lm, data, policies, out_dir=args.out, merges=args.merge, run_config=cfg,
-                       scoring=classify_scoring(args), options=options, device=dev, progress=bar, backend=backend, extras=conformal_extras(args))
-    against_fp32: dict[str, Any] = {}
-    if backend.precision != "fp32":  # its plain top-1 against fp32 on the same images, paired (every rank runs)
-        with progress_bar(len(data.head(options.limit)), "fp32 plain", options.quiet) as bar:
-            against_fp32 = evaluate_precision(lm, data, args.out, backend, options, dev, progress=bar)
+        res = evaluate(run, data, args.tta, task=args.task, out_dir=args.out, options=options, progress=bar,
+                       **args.given_options)
     if not res:  # not rank 0
         return 0
-    if args.adapt:  # adapted rows: the data once more, as a stream (they cannot reuse the stored logits)
-        with progress_bar(len(data.head(options.limit)), "adapt", options.quiet) as bar:
-            rows = evaluate_adapted(lm, data, policies, args.merge, args.adapt, adapt_options(args), cfg, options, dev,
-                                    progress=bar, scoring=classify_scoring(args))
-        res["results"].update(rows)
-        add_rows(args.out, rows)
-    print(format_table(res["results"], res["per_view"]))
-    for line in conformal_lines(res["results"]):  # none without --conformal
+    print(format_table(res.results, res.per_view))
+    for line in conformal_lines(res.results):  # none without --conformal
         print(line)
-    if against_fp32:
-        print(against_fp32["verdict"])
-    print_written(res, args.out)
+    if res.against_fp32:
+        print(res.against_fp32["verdict"])
+    print_written(dict(res.doc), args.out)
     return 0
 
 

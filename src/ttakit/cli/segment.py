@@ -10,18 +10,14 @@ pairs each photo of IMAGES with the PNG of MASKS that has its file stem (pixel =
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 from ..datasets import find_masked_images
 from ..errors import ConfigError
-from ..evaluation.segment_eval import SegmentScoring, evaluate_segmentation
+from ..evaluation.api import evaluate
 from ..models import load_class_names
-from ..policy import create_policy
 from ..runtime.distributed import DistContext
-from ..tasks.dense import DENSE_MERGES
 from ..tasks.segment import load_segmenter
-from ..tasks.window import WindowConfig
 from .common import eval_options, metric_table, prepare_run, print_written, progress_bar
 
 __all__ = ["byte_size", "cmd_evaluate_segment", "format_segment_table", "store_line"]
@@ -69,33 +65,25 @@ def store_line(res: dict[str, Any]) -> str:
 
 
 def cmd_evaluate_segment(args: argparse.Namespace) -> int:
-    """``ttakit evaluate --task segment IMAGES --masks MASKS --model SPEC --num-classes K``."""
+    """``ttakit evaluate --task segment IMAGES --masks MASKS --model SPEC --num-classes K``:
+    :func:`ttakit.evaluate` of the flags, the table printed."""
     if not args.masks:
         raise ConfigError("--task segment needs --masks FOLDER (one PNG per photo, pixel = class index)")
     if not args.model or not args.num_classes:
         raise ConfigError("--task segment needs --model MODULE:FUNCTION (or a torchvision segmentation name) "
                           "and --num-classes K")
-    for m in args.merge or ():
-        DENSE_MERGES.get(m)  # mean or max: one error naming them
     options = eval_options(args)
     data = find_masked_images(args.data, args.masks)
     names = load_class_names(args.labels) if args.labels else None
-    loaded = prepare_run(load_segmenter(args.model, args.num_classes, args.weights, names), args, kind="segmenter")
+    run = prepare_run(load_segmenter(args.model, args.num_classes, args.weights, names), args, kind="segmenter")
     if DistContext.current().is_main:
         print(f"data: {data.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
-    lm = loaded.lm
-    policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
-    scoring = SegmentScoring(args.num_classes, args.ignore_index, args.store_budget, args.store_size)
-    backend = None if loaded.backend.label == "torch" else loaded.backend
-    window = None if args.tile is None else WindowConfig(args.tile, args.overlap, args.blend, batch=args.window_batch,
-                                                         stitch_device=args.stitch_device)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
-        res = evaluate_segmentation(lm, data, policies, out_dir=args.out, merges=args.merge,
-                                    run_config=loaded.run_config, scoring=scoring, options=options,
-                                    device=loaded.device, progress=bar, backend=backend, window=window)
+        res = evaluate(run, data, args.tta, task=args.task, out_dir=args.out, options=options, progress=bar,
+                       **args.given_options)
     if not res:  # not rank 0
         return 0
-    print(format_segment_table(res["results"], res["per_view"]))
-    print(store_line(res))
-    print_written(res, args.out)
+    print(format_segment_table(res.results, res.per_view))
+    print(store_line(dict(res.doc)))
+    print_written(dict(res.doc), args.out)
     return 0

@@ -32,7 +32,6 @@ from ..models import LoadedModel
 from ..policy import Policy
 from ..runtime.config import RunConfig
 from ..runtime.loop import RenderedInputs
-from ..tasks.boxes.options import parse_box_options
 from ..tasks.boxes import BoxMergeOptions, box_options_for_run, get_box_merge, list_box_merges
 from ..tasks.detect import DETECT_COLUMNS, Detections, LoadedDetector, ViewDetections
 from ..tasks.detect.deaugment import check_box_views, deaugment_detections
@@ -53,8 +52,6 @@ __all__ = [
     "DetectScoring",
     "DetectTask",
     "evaluate_detection",
-    "detect_data",
-    "detect_task",
     "load_coco_images",
     "row_detections",
 ]
@@ -345,25 +342,6 @@ def evaluate_detection(
     task = DetectTask(det, data, scoring, run_config)
     return run_evaluation(task, det, data, policies, out_dir=out_dir, merges=merges, run_config=run_config,
                           options=options, device=device, progress=progress)
-
-
-def detect_data(source: str | Path, det: LoadedModel, options: Mapping[str, Any]) -> CocoImages:
-    """The task's data loader: the images of ``source`` named by the ``annotations`` option's COCO file.
-
-    Raises:
-        ConfigError: no ``annotations``.
-    """
-    if not options.get("annotations"):
-        raise ConfigError("task 'detect' needs `annotations` (a COCO JSON naming the images of the data)")
-    return load_coco_images(source, options["annotations"])
-
-
-def detect_task(det: LoadedDetector, data: CocoImages, run_config: RunConfig, scoring: DetectScoring | None,
-                options: Mapping[str, Any]) -> DetectTask:
-    """The task's evaluation: ``scoring`` (default: from the ``box_option`` and ``label_map`` options)."""
-    if scoring is None:
-        scoring = DetectScoring(parse_box_options(options.get("box_option")), options.get("label_map") or "index")
-    return DetectTask(det, data, scoring, run_config)
 
 
 def row_detections(out_dir: str | Path, key: str, indices: Sequence[int]) -> list[Detections]:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..datasets import MaskedImages, find_masked_images, load_mask
+from ..datasets import MaskedImages, load_mask
 from ..errors import ConfigError, DatasetError, ShapeError
 from ..models import LoadedModel
 from ..policy import Policy
@@ -57,7 +57,7 @@ from .segment_windows import RowPlan, window_chunk
 from .stats import compare_statistic
 from .store import LogitStore
 
-__all__ = ["SegmentScoring", "SegmentTask", "evaluate_segmentation", "row_masks", "segment_data", "segment_task"]
+__all__ = ["SegmentScoring", "SegmentTask", "evaluate_segmentation", "row_masks"]
 
 
 @dataclass(frozen=True)
@@ -449,32 +449,6 @@ def evaluate_segmentation(
     task = SegmentTask(lm, scoring, run_config, window=window)
     return run_evaluation(task, lm, data, policies, out_dir=out_dir, merges=merges, run_config=run_config,
                           options=options, device=device, progress=progress, backend=backend)
-
-
-def segment_data(source: str | Path, lm: LoadedModel, options: Mapping[str, Any]) -> MaskedImages:
-    """The task's data loader: the photos of ``source`` paired with the ``masks`` option's PNGs.
-
-    Raises:
-        ConfigError: no ``masks`` folder.
-    """
-    if not options.get("masks"):
-        raise ConfigError("task 'segment' needs `masks` (a folder of one PNG per photo, pixel = class index)")
-    return find_masked_images(source, options["masks"])
-
-
-def segment_task(lm: LoadedModel, data: MaskedImages, run_config: RunConfig, scoring: SegmentScoring | None,
-                 options: Mapping[str, Any]) -> SegmentTask:
-    """The task's evaluation: ``scoring`` (default: from the ``num_classes``, ``ignore_index``,
-    ``store_budget`` and ``store_size`` options) and, with ``tile``, sliding windows
-    (``overlap``, ``blend``, ``window_batch``, ``stitch_device``)."""
-    if scoring is None:
-        scoring = SegmentScoring(options.get("num_classes") or len(lm.class_names), options.get("ignore_index", 255),
-                                 options.get("store_budget", 512 * 2**20), options.get("store_size"))
-    window = options.get("window")
-    if window is None and options.get("tile") is not None:
-        window = WindowConfig(options["tile"], options.get("overlap", 0.25), options.get("blend", "constant"),
-                              batch=options.get("window_batch", 4), stitch_device=options.get("stitch_device"))
-    return SegmentTask(lm, scoring, run_config, window=window)
 
 
 def row_masks(out_dir: str | Path, key: str, indices: Sequence[int]) -> list[np.ndarray]:

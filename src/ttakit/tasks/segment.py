@@ -115,8 +115,8 @@ SEGMENT_COLUMNS = TaskColumns("miou", "mIoU", (("miou", "mIoU"), ("pixel_acc", "
 _SEG, _WIN = "segmentation (--task segment; the classes are --num-classes)", "sliding windows (--task segment)"
 register_task(TaskSpec(
     "segment", "per-pixel classes (with --masks)", head=segment_head, graph_head=SegmentGraph,
-    evaluation="ttakit.evaluation.segment_eval:segment_task", load_model=segmenter_for_task,
-    load_data="ttakit.evaluation.segment_eval:segment_data", report="ttakit.evaluation.segment_eval:page",
+    evaluation="ttakit.evaluation.task_parts:segment_task", load_model=segmenter_for_task,
+    load_data="ttakit.evaluation.task_parts:segment_data", report="ttakit.evaluation.segment_eval:page",
     columns=SEGMENT_COLUMNS, result=DenseResult, commands={"evaluate": "ttakit.cli.segment:cmd_evaluate_segment"},
     options=(
         Option("merge", "dense merge (repeatable; default: the policy's, else mean)", choices=tuple(DENSE_MERGES.names()),

@@ -44,8 +44,8 @@ DETECT_COLUMNS = TaskColumns("map", "mAP", (("map", "mAP@[.5:.95]"), ("map50", "
 _ALL, _DET = ("predict", "views", "evaluate"), "detection (--task detect)"
 register_task(TaskSpec(
     "detect", "object detection (with --annotations)", head=detect_head,
-    evaluation="ttakit.evaluation.detect_eval:detect_task", load_model=detector_for_task,
-    load_data="ttakit.evaluation.detect_eval:detect_data", report="ttakit.evaluation.detect_eval:page",
+    evaluation="ttakit.evaluation.task_parts:detect_task", load_model=detector_for_task,
+    load_data="ttakit.evaluation.task_parts:detect_data", report="ttakit.evaluation.detect_eval:page",
     columns=DETECT_COLUMNS, result=DetectionResult, merge_option="box_merge",
     commands={"predict": "ttakit.cli.detect:cmd_predict", "views": "ttakit.cli.detect:cmd_views",
               "evaluate": "ttakit.cli.detect:cmd_evaluate"},
