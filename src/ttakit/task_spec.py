@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -247,7 +248,7 @@ def list_tasks(command: str | None = None) -> list[str]:
 
 
 def _owners(name: str, command: str) -> list[str]:
-    return [n for n, s in _TASKS.items() if name in s.options_of(command)]
+    return [n for n in list_tasks() if name in _TASKS.get(n).options_of(command)]
 
 
 def check_options(spec: TaskSpec, command: str, given: Mapping[str, Any],
@@ -265,8 +266,10 @@ def check_options(spec: TaskSpec, command: str, given: Mapping[str, Any],
     for name in given:
         if name not in taken:
             owners = _owners(name, command)
-            where = f" (it is for: {', '.join(owners)})" if owners else ""
-            raise ConfigError(f"{named(name)} is not an option of task {spec.name!r}{where}")
+            close = difflib.get_close_matches(name, list(taken), n=1)
+            where = "; ".join(([f"it is for: {', '.join(owners)}"] if owners else [])
+                              + ([f"did you mean {named(close[0])}?"] if close else []))
+            raise ConfigError(f"{named(name)} is not an option of task {spec.name!r}" + (f" ({where})" if where else ""))
     values = {n: given.get(n, o.default) for n, o in taken.items()}
     for name in given:
         for need in taken[name].requires:
