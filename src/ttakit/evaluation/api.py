@@ -6,6 +6,8 @@ and which :class:`~ttakit.evaluation.pipeline.EvalTask` runs through the one pip
 result is an :class:`EvaluationResult`: the rows with their paired statistics, and the folder.
 
 Example:
+    >>> [p.name for p in named_policies(["hflip", "d4"], {}, default="hflip")]  # rows are named as written
+    ['hflip', 'd4']
     >>> res = ttakit.evaluate("examples/segmentation_demo.py:load", "photos/", task="segment", masks="masks/",
     ...                       num_classes=2, policies=["hflip"], out_dir="runs/seg")  # doctest: +SKIP
     >>> res.results["hflip"]["delta_miou"], res.out  # doctest: +SKIP

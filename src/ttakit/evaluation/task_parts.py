@@ -3,6 +3,12 @@
 :class:`~ttakit.task_spec.TaskSpec` names these by ``"module:attribute"`` (``tasks/`` never
 imports ``evaluation/``); :func:`ttakit.evaluate <ttakit.evaluation.api.evaluate>` calls them
 with the options it was given, checked against the spec.
+
+Example:
+    >>> lm = LoadedModel(torch.nn.Identity(), "seg", "none", {"input_size": (3, 8, 8)}, ["a", "b", "c"])
+    >>> task = segment_task(lm, None, RunConfig(), None, {"num_classes": 3, "tile": 64, "blend": "gaussian"})
+    >>> task.scoring.num_classes, task.window.blend
+    (3, 'gaussian')
 """
 
 from __future__ import annotations
