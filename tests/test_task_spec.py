@@ -80,7 +80,6 @@ def test_an_unknown_task_module_is_one_line(capsys):
     (["evaluate", "--task", "detect", "--merge", "mean"],
      "--merge is not an option of task 'detect' (it is for: classify, segment; did you mean --box-merge?)"),
     (["evaluate", "--conformal-score", "aps"], "--conformal-score does nothing without --conformal"),
-    (["evaluate", "--confidence", "margin"], "--confidence does nothing without --adaptive"),
     (["predict", "--task", "detect", "--topk", "3"], "--topk is not an option of task 'detect' (it is for: classify)"),
     (["predict", "--adapt-batch", "8"], "--adapt-batch does nothing without --adapt"),
 ])
