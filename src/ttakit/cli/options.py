@@ -1,10 +1,11 @@
 """Task options as flags: each task's declared :class:`~ttakit.task_spec.Option` becomes one flag, checked against the task chosen.
 
 A command that runs tasks (``predict``, ``views``, ``evaluate``) takes ``--task`` and the flags
-of every registered task's options for that command; nothing here names a task. A flag is
-given a default only once the task is known (:func:`task_values`), so an option the user gave
-is told apart from one left out: a flag the chosen task does not take, or one that would do
-nothing given the others (``--overlap`` without ``--tile``), is refused in one line.
+of every registered task's options for that command; nothing here names a task. Every flag
+parses to ``None`` (a switch to ``False``) when left out and gets its declared default only once
+the task is known (:func:`task_values`), so an option the user gave is told apart from one left
+out: a flag the chosen task does not take, or one that would do nothing given the others
+(``--overlap`` without ``--tile``), is refused in one line.
 
 Example:
     >>> p = argparse.ArgumentParser()
@@ -58,16 +59,15 @@ def command_options(command: str) -> dict[str, tuple[Option, list[str]]]:
 
 
 def add_options(p: argparse.ArgumentParser, options: Sequence[tuple[Option, Sequence[str]]], command: str) -> None:
-    """One flag per option (``--help`` names the tasks that take it); no defaults: an option
-    left out is absent from the parsed arguments until :func:`task_values` fills it in."""
+    """One flag per option (``--help`` names the tasks that take it); an option left out parses
+    to ``None`` (a switch to ``False``) until :func:`task_values` gives it its default."""
     groups: dict[str, Any] = {}
     for opt, owners in options:
         title = opt.group or f"--task {owners[0]}"
         g = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))
-        kwargs: dict[str, Any] = {"dest": opt.name, "default": argparse.SUPPRESS,
-                                  "help": f"{opt.help} [--task {', '.join(owners)}]"}
+        kwargs: dict[str, Any] = {"dest": opt.name, "default": None, "help": f"{opt.help} [--task {', '.join(owners)}]"}
         if opt.type == "switch":
-            kwargs["action"] = "store_true"
+            kwargs.update(action="store_true", default=False)
         else:
             kwargs.update(type=TYPES[opt.type], action="append" if command in opt.many else "store")
             if opt.choices is not None:
@@ -98,7 +98,8 @@ def task_values(args: argparse.Namespace, command: str) -> tuple[TaskSpec, dict[
         ConfigError: an option the task does not take, or one that does nothing without another.
     """
     spec = get_task(args.task)
-    given = {name: getattr(args, name) for name in command_options(command) if hasattr(args, name)}
+    given = {name: getattr(args, name) for name in command_options(command)
+             if getattr(args, name, None) not in (None, False)}
     values = check_options(spec, command, given, flag_of)
     for name, value in values.items():
         setattr(args, name, value)
