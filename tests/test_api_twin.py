@@ -108,3 +108,5 @@ def test_readme_evaluate_example_and_its_python_twin_agree(example, tmp_path, ca
     assert py_doc == cli_doc and py_views == cli_views
     assert res.out == tmp_path / "py" and res.results.keys() == cli_doc["results"].keys()
     assert res.verdicts and all(r["key"] in cli_doc["results"] for r in res.rows)
+    headline = res.columns.metrics[0][1]
+    assert headline in res.table() and all(key[:34] in res.table() for key in cli_doc["results"])

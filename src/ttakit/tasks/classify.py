@@ -28,7 +28,7 @@ from ..runtime.loop import ViewInputs, as_view_inputs, model_runner
 from ..transforms import Normalization
 from ..views import View
 from .base import Images, TTABase
-from ..task_spec import Option, TaskSpec, register_task
+from ..task_spec import Option, TaskColumns, TaskSpec, register_task
 from .geometry import Geometry
 from .plan import Fetch
 
@@ -414,6 +414,7 @@ register_task(TaskSpec(
     evaluation="ttakit.evaluation.classify_eval:classify_task", load_model="ttakit.runtime.prepare:load_classifier",
     load_data="ttakit.evaluation.classify_eval:classify_data", report="ttakit.evaluation.report_classify:page",
     template="_classify.html.j2", result=ClassificationResult,
+    columns=TaskColumns("top1", "top-1", (("top1", "top-1"), ("top5", "top-5")), "top-1"),
     commands={"predict": "ttakit.cli.predict:predict_classify", "views": "ttakit.cli.predict:views_classify",
               "evaluate": "ttakit.cli.evaluate:evaluate_classify"},
     default_policy={"predict": DEFAULT_POLICY, "views": DEFAULT_POLICY},
