@@ -83,13 +83,16 @@ class EvaluationResult:
         cols = self.columns.metrics if self.columns else ()
         percent = self.columns is None or self.columns.percent
 
-        def cell(v: Any) -> str:
-            return f"{'-':>10}" if v is None else f"{v:10.2%}" if percent else f"{v:10.4g}"
+        widths = [max(10, len(h)) for _, h in cols]
 
-        head = f"{'policy':<34} {'merge':<9} {'views':>5} " + " ".join(f"{h[:10]:>10}" for _, h in cols)
+        def cell(v: Any, w: int) -> str:
+            return f"{'-':>{w}}" if v is None else f"{v:{w}.2%}" if percent else f"{v:{w}.4g}"
+
+        head = f"{'policy':<34} {'merge':<9} {'views':>5} " + " ".join(f"{h:>{w}}" for (_, h), w in zip(cols, widths))
         lines = [head, "-" * len(head)]
         for key, r in self.results.items():
-            lines.append(f"{key[:34]:<34} {r['merge']:<9} {r['views']:>5} " + " ".join(cell(r.get(k)) for k, _ in cols))
+            cells = " ".join(cell(r.get(k), w) for (k, _), w in zip(cols, widths))
+            lines.append(f"{key[:34]:<34} {r['merge']:<9} {r['views']:>5} {cells}")
         return "\n".join(lines)
 
     def __getitem__(self, key: str) -> Any:
