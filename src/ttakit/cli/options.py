@@ -99,7 +99,7 @@ def task_values(args: argparse.Namespace, command: str) -> tuple[TaskSpec, dict[
     """
     spec = get_task(args.task)
     given = {name: getattr(args, name) for name in command_options(command)
-             if getattr(args, name, None) not in (None, False)}
+             if getattr(args, name, None) is not None and getattr(args, name) is not False}  # 0.0 is given
     values = check_options(spec, command, given, flag_of)
     for name, value in values.items():
         setattr(args, name, value)
