@@ -275,7 +275,8 @@ def check_options(spec: TaskSpec, command: str, given: Mapping[str, Any],
         for need in taken[name].requires:
             other, eq, value = need.partition("=")
             actual = values.get(other)
-            if (eq and str(actual) != value) or (not eq and actual in (None, False, (), [])):
+            missing = actual is None or actual is False or (isinstance(actual, (tuple, list)) and not actual)
+            if (eq and str(actual) != value) or (not eq and missing):
                 what = f"{named(other)} {value}" if eq else named(other)
                 raise ConfigError(f"{named(name)} does nothing without {what}: leave it out or add {what}")
     return values
