@@ -153,7 +153,7 @@ def test_report_command_rerenders_without_a_model(run_dir, monkeypatch, capsys):
         raise AssertionError("ttakit report must not load a model")
 
     monkeypatch.setattr(ttakit.models, "load_model", no_model)
-    monkeypatch.setattr(ttakit.cli.common, "load_model", no_model)
+    monkeypatch.setattr(ttakit.runtime.prepare, "load_model", no_model)  # what the commands load models with
     monkeypatch.setattr("timm.create_model", no_model)  # the data config comes from the stored run
     (run_dir / "report.html").unlink()
     assert main(["report", str(run_dir)]) == 0

@@ -1,9 +1,7 @@
-"""A task added from this file alone: per-pixel regression (each pixel's grey level) scored by RMSE.
-
-It is registered here and nowhere else, and runs through the one pipeline (evaluate, paired
-statistics against plain, resume), under torchrun with two processes, and into the report:
-no ttakit module knows its name. Run as a script (``python tests/test_toy_task.py OUT DATA``),
-it evaluates into OUT, which is how the torchrun test starts its ranks.
+"""The toy task of ``toy_task_plugin`` (registered there, once, outside the package) through
+``ttakit.evaluate``, resume, torchrun, the report and the command line. Run as a script
+(``python tests/test_toy_task.py OUT DATA``), it evaluates into OUT, which is how the torchrun
+test starts its ranks.
 """
 
 from __future__ import annotations
@@ -12,152 +10,17 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
 
-import ttakit
-from ttakit.evaluation.pipeline import Scored, run_evaluation, stored_chunks, view_columns
-from ttakit.evaluation.report import write_report
-from ttakit.evaluation.report_gallery import gallery_page
-from ttakit.evaluation.rows import PerImageCsv, row_header, timing
-from ttakit.evaluation.scoring import EvalOptions, PolicyRun, policy_runs
-from ttakit.evaluation.stats import compare_statistic
-from ttakit.evaluation.store import LogitStore
-from ttakit.evaluation.task_registry import EVAL_TASKS, ReportSpec, TaskColumns
-from ttakit.runtime.config import RunConfig
+from toy_task_plugin import NAME, SIZE, GreyGuess, Photos, evaluate_toy, grey, loaded  # beside this file
+
+from ttakit.cli import main
 from ttakit.runtime.distributed import DistContext
-from ttakit.tasks.deaugment import deaugment_maps
-from ttakit.tasks.geometry import Geometry
-
-NAME = "toy_rmse"
-SIZE = 32
-CONFIG = {"input_size": (3, SIZE, SIZE), "interpolation": "bilinear", "mean": (0.0,) * 3, "std": (1.0,) * 3,
-          "crop_pct": 1.0, "crop_mode": "center"}
-RC = RunConfig(8, False)
-COLUMNS = TaskColumns("rmse", "RMSE", (("rmse", "RMSE"),), "RMSE", percent=False, higher_is_better=False)
-
-
-class GreyGuess(torch.nn.Module):
-    """Guesses each pixel's grey level from a 3x3 neighbourhood, lopsidedly (so flips matter)."""
-
-    calls = 0
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 1, 3, padding=1)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.weight[0, :, 1, 1] = torch.tensor([0.25, 0.5, 0.1])
-            self.conv.weight[0, :, 1, 2] = 0.05  # the right neighbour: a flip sees the left one
-            self.conv.bias.fill_(0.02)
-
-    def forward(self, x: Tensor) -> Tensor:
-        GreyGuess.calls += len(x)
-        return self.conv(x)
-
-
-def grey(path: str) -> np.ndarray:
-    """The truth: the photo's grey level in [0, 1] (ITU-R 601-2 luma, as PIL's ``L``)."""
-    return np.asarray(Image.open(path).convert("L"), dtype=np.float64) / 255.0
-
-
-@dataclass(frozen=True)
-class Photos:
-    """The dataset: photos whose own grey levels are the per-pixel targets."""
-
-    paths: tuple[str, ...]
-    source: str
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def head(self, n: int | None) -> Photos:
-        return self if n is None else Photos(self.paths[:n], self.source)
-
-
-def rmse_of(sq: np.ndarray, px: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """RMSE over all pixels of images weighted ``w (r, n)`` from per-image squared-error sums."""
-    return np.sqrt((w @ sq) / (w @ px))
-
-
-@dataclass
-class ToyTask:
-    """Per-pixel regression in the pipeline: de-augmented maps stored, merged by a masked mean."""
-
-    name: str = NAME
-    subdir: str = "regression"
-
-    def runs(self, policies, merges):
-        return policy_runs(policies, merges, resolve=lambda m: m, default=lambda p: "mean")
-
-    def fingerprint(self, data: Photos) -> dict[str, Any]:
-        return {"task": NAME}
-
-    def pack(self, outs, inputs, views, indices) -> dict[str, Tensor]:
-        y, m = deaugment_maps(views, outs, Geometry.of(inputs, CONFIG), activation=None)  # (U, n, 1, H, W), (U, 1|n, 1, H, W)
-        m = m.expand(-1, y.shape[1], -1, -1, -1)
-        return {"maps": y.transpose(0, 1).float().cpu(), "masks": m.transpose(0, 1).float().cpu()}
-
-    def empty(self, views) -> dict[str, Tensor]:
-        return {"maps": torch.zeros(0, len(views), 1, SIZE, SIZE), "masks": torch.zeros(0, len(views), 1, SIZE, SIZE)}
-
-    def score(self, store: LogitStore, data: Photos, runs: Sequence[PolicyRun], out: Path) -> Scored:
-        cols = view_columns(store, runs)
-        sq = {r.key: [] for r in runs}
-        seconds = {r.key: 0.0 for r in runs}
-        skipped: list[dict[str, Any]] = []
-        indices: list[int] = []
-        for payload in stored_chunks(store, data, skipped):
-            here = payload["indices"].tolist()
-            indices += here
-            truth = torch.from_numpy(np.stack([grey(data.paths[i]) for i in here])).float()[:, None]  # (n, 1, H, W)
-            for r, c in zip(runs, cols):
-                y, m = payload["maps"][:, c], payload["masks"][:, c]  # (n, V, 1, H, W)
-                merged = (y * m).sum(1) / m.sum(1).clamp_min(1e-12)
-                sq[r.key].append(((merged - truth) ** 2).flatten(1).sum(1).double())
-                seconds[r.key] += float(payload["seconds"][c].sum())
-        px = np.full(len(indices), SIZE * SIZE, dtype=np.float64)
-        state = {k: torch.cat(v).numpy() for k, v in sq.items()}
-        results = {r.key: {**row_header(r), "rmse": float(rmse_of(state[r.key], px, np.ones((1, len(px))))[0]),
-                           **timing(seconds[r.key], len(indices))} for r in runs}
-        with PerImageCsv(out / "per_image.csv", [], [r.key for r in runs], ["rmse"]) as table:
-            for j, i in enumerate(indices):
-                table.write(i, data.paths[i], [], [float(np.sqrt(state[r.key][j] / px[j])) for r in runs])
-        return Scored(results, {}, skipped, (state, px))
-
-    def compare(self, scored: Scored, key: str):
-        state, px = scored.state
-        cmp = compare_statistic(lambda w: rmse_of(state[key], px, w) - rmse_of(state["plain"], px, w), len(px),
-                                "rmse", 500)
-        return cmp.to_dict(), cmp.verdict(key, "RMSE")
-
-    def finish(self, out, lm, options) -> list[str]:
-        return [str(write_report(out))]
-
-
-def _page(out, doc, per_view, s):
-    return gallery_page(out, doc, per_view, s.class_names, s.max_gallery, columns=COLUMNS)
-
-
-if NAME not in EVAL_TASKS:
-    EVAL_TASKS.add(NAME, ReportSpec(_page, COLUMNS))
-
-
-def loaded() -> ttakit.LoadedModel:
-    return ttakit.LoadedModel(GreyGuess().eval(), "grey-guess", "none", CONFIG, ["grey"])
-
-
-def evaluate_toy(data: Photos, out: Path, batch_size: int = 3) -> dict[str, Any]:
-    policies = [ttakit.create_policy("hflip")]
-    return run_evaluation(ToyTask(), loaded(), data, policies, out_dir=out, run_config=RC,
-                          options=EvalOptions(batch_size=batch_size, workers=0, quiet=True))
 
 
 def make_photos(root: Path) -> Photos:
@@ -188,8 +51,8 @@ def _reference_rmse(data: Photos, flip: bool) -> float:
     return float(np.sqrt(err / n))
 
 
-def _without_timing(doc: dict[str, Any]) -> dict[str, Any]:
-    doc = json.loads(json.dumps(doc))
+def _without_timing(doc: Any) -> dict[str, Any]:
+    doc = json.loads(json.dumps(dict(getattr(doc, "doc", doc))))
     for r in doc["results"].values():
         r.pop("seconds"), r.pop("images_per_s")
     return doc
@@ -224,6 +87,59 @@ def test_toy_task_evaluates_compares_resumes_and_reports(tmp_path):
     again = evaluate_toy(data, out)
     assert GreyGuess.calls == 1 * 2  # the last chunk (6.png, broken.png): its one photo, two views
     assert _without_timing(again)["results"] == _without_timing(res)["results"]
+    assert res.out == out and [r["key"] for r in res.rows] == ["plain", "hflip"] and res.verdicts == [rows["hflip"]["verdict"]]
+
+
+def _rows_close(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert list(a) == list(b)
+    for key in a:
+        assert abs(a[key]["rmse"] - b[key]["rmse"]) < 1e-6 and a[key]["view_names"] == b[key]["view_names"], key
+
+
+def test_toy_task_from_the_command_line_evaluates_resumes_and_reports(tmp_path):
+    """A fresh process: the task exists only once --task-module has imported its module."""
+    data = make_photos(tmp_path / "photos")
+    reference = evaluate_toy(data, tmp_path / "python")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    env.pop("TTAKIT_TASK_MODULES", None)
+    argv = [sys.executable, "-m", "ttakit", "evaluate", str(tmp_path / "photos"), "--task", NAME, "--out",
+            str(tmp_path / "cli"), "--batch-size", "3", "--workers", "0", "--device", "cpu", "--quiet"]
+    unknown = subprocess.run(argv, capture_output=True, text=True, timeout=240, env=env)
+    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr and NAME in unknown.stderr, unknown.stderr
+    run = subprocess.run(argv + ["--task-module", "toy_task_plugin"], capture_output=True, text=True, timeout=240,
+                         env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    doc = json.loads((tmp_path / "cli" / "results.json").read_text())
+    assert doc["task"] == NAME and doc["n_skipped"] == 1
+    _rows_close(doc["results"], reference.results)
+    assert "RMSE" in run.stdout and "hflip: RMSE" in run.stdout and (tmp_path / "cli" / "report.html").exists()
+    # resume, in this process (the module is imported here already): only the lost chunk runs again
+    sorted((tmp_path / "cli" / "regression").glob("chunk_*.safetensors"))[0].unlink()
+    GreyGuess.calls = 0
+    assert main(argv[3:] + ["--task-module", "toy_task_plugin"]) == 0
+    assert GreyGuess.calls == 3 * 2  # the first chunk: three photos, two views
+    _rows_close(json.loads((tmp_path / "cli" / "results.json").read_text())["results"], reference.results)
+
+
+def test_toy_task_predicts_from_the_command_line(tmp_path, capsys, monkeypatch):
+    data = make_photos(tmp_path / "photos")
+    monkeypatch.setenv("TTAKIT_TASK_MODULES", "toy_task_plugin")
+    code = main(["predict", data.paths[0], "--task", NAME, "--tta", "hflip", "--device", "cpu", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    doc = json.loads(out)
+    x = torch.from_numpy(np.asarray(Image.open(data.paths[0]).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        plain = loaded().model(x)
+        flipped = (plain + loaded().model(x.flip(-1)).flip(-1)) / 2
+    assert doc["task"] == NAME and doc["policy"] == ["identity", "hflip"]
+    assert abs(doc["images"][0]["plain"]["mean_grey"] - float(plain.mean())) < 1e-5
+    assert abs(doc["images"][0]["tta"]["mean_grey"] - float(flipped.mean())) < 1e-5
+    # an option the toy task does not take is refused, naming it and who takes it
+    code = main(["predict", data.paths[0], "--task", NAME, "--adaptive", "0.5", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == "ttakit: error: --adaptive is not an option of task 'toy_rmse' (it is for: classify)"
 
 
 def test_toy_task_under_torchrun_matches_one_process(tmp_path):

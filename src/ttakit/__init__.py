@@ -40,7 +40,14 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers and editor
     from .tasks.plan import Plan
     from .transforms import Brightness, Contrast, Crop, HFlip, Normalization, Resize, Rot90, Rotate, Scale, Shift, Transform, VFlip
     from .views import View
-    from .evaluation.evaluate import evaluate
+    from .evaluation.api import EvaluationResult, evaluate
+    from .evaluation.classify_logits import ClassifyScoring
+    from .evaluation.detect_eval import DetectScoring
+    from .evaluation.scoring import EvalOptions
+    from .evaluation.segment_eval import SegmentScoring
+    from .runtime.prepare import PreparedRun, prepare_run
+    from .task_spec import Option, TaskColumns, TaskSpec, get_task, list_tasks, register_task
+    from .tasks.window import WindowConfig
     from .tasks.export import export_tta
 
 __version__ = "0.1.0"
@@ -63,13 +70,20 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "tasks.plan": ("Plan",),
     "transforms": ("Brightness", "Contrast", "Crop", "HFlip", "Normalization", "Resize", "Rot90", "Rotate", "Scale", "Shift", "Transform", "VFlip"),
     "views": ("View",),
-    "evaluation.evaluate": ("evaluate",),
+    "runtime.prepare": ("PreparedRun", "prepare_run"),
+    "task_spec": ("Option", "TaskColumns", "TaskSpec", "get_task", "list_tasks", "register_task"),
+    "tasks.window": ("WindowConfig",),
+    "evaluation.api": ("EvaluationResult", "evaluate"),
+    "evaluation.classify_logits": ("ClassifyScoring",),
+    "evaluation.detect_eval": ("DetectScoring",),
+    "evaluation.scoring": ("EvalOptions",),
+    "evaluation.segment_eval": ("SegmentScoring",),
     "tasks.export": ("export_tta",),
 }
 _LAZY = {name: f"{__name__}.{module}" for module, names in _EXPORTS.items() for name in names}
 # Looking up ttakit.Plan registers the built-in tasks ("classify", "segment", "detect", ...),
 # as `import ttakit` did when it imported them all.
-_TASK_MODULES = ("ttakit.tasks.classify", "ttakit.tasks.deaugment", "ttakit.tasks.detect")
+_TASK_MODULES = ("ttakit.tasks.classify", "ttakit.tasks.segment", "ttakit.tasks.dense", "ttakit.tasks.detect")
 
 
 def __getattr__(name: str) -> Any:
@@ -96,6 +110,7 @@ __all__ = [
     "Brightness",
     "ClassificationResult",
     "ClassificationTTA",
+    "ClassifyScoring",
     "ConfigError",
     "Contrast",
     "Crop",
@@ -103,7 +118,10 @@ __all__ = [
     "DatasetError",
     "DenseResult",
     "DetectionResult",
+    "DetectScoring",
     "DetectionTTA",
+    "EvalOptions",
+    "EvaluationResult",
     "HFlip",
     "ImageLoadError",
     "Input",
@@ -111,24 +129,30 @@ __all__ = [
     "LoadedModel",
     "ModelLoadError",
     "Normalization",
+    "Option",
     "Plan",
     "Policy",
     "PolicyError",
+    "PreparedRun",
     "Registry",
     "Resize",
     "Rot90",
     "Rotate",
     "RunConfig",
     "Scale",
+    "SegmentScoring",
     "SegmentationTTA",
     "ShapeError",
     "Shift",
+    "TaskColumns",
+    "TaskSpec",
     "TTAKitError",
     "Transform",
     "UnknownNameError",
     "VFlip",
     "View",
     "WeightsError",
+    "WindowConfig",
     "create_adapter",
     "create_policy",
     "default_run_config",
@@ -136,10 +160,12 @@ __all__ = [
     "example_image_path",
     "export_tta",
     "get_merge",
+    "get_task",
     "greedy_soup",
     "list_adapters",
     "list_merges",
     "list_presets",
+    "list_tasks",
     "load_class_names",
     "load_detector",
     "load_image",
@@ -147,10 +173,12 @@ __all__ = [
     "load_policy",
     "merge_logits",
     "parse_policy",
+    "prepare_run",
     "preprocess",
     "product",
     "register_merge",
     "register_preset",
+    "register_task",
     "save_policy",
     "uniform_soup",
     "union",

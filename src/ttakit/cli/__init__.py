@@ -18,6 +18,7 @@ import torch
 from .. import __version__
 from ..errors import TTAKitError
 from ..runtime.distributed import DistContext
+from ..task_spec import load_task_modules
 from . import calibrate, evaluate, export, models, predict, report, search, soup
 from .flags import translate
 
@@ -56,8 +57,21 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     print(f"ttakit: warning: {translate(' '.join(str(message).split()))}", file=file or sys.stderr)
 
 
+def _load_task_modules(argv: Sequence[str] | None) -> None:
+    """Import the modules that register tasks before the parser is built (their options are
+    flags): the built-in ones, entry points, ``TTAKIT_TASK_MODULES`` and ``--task-module``."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--task-module", action="append", default=[])
+    load_task_modules(pre.parse_known_args(sys.argv[1:] if argv is None else list(argv))[0].task_module)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ttakit`` console script."""
+    try:
+        _load_task_modules(argv)
+    except TTAKitError as e:
+        print(f"ttakit: error: {translate(str(e))}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():  # restores the caller's warning display afterwards
         warnings.showwarning = _show_warning

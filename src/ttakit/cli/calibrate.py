@@ -11,14 +11,13 @@ from typing import Any
 from ..conformal import SCORES, Calibration, calibrate, prediction_sets
 from ..conformal_record import calibration_record
 from ..errors import ConfigError
-from ..evaluation.conformal import ConformalOptions, ConformalScorer
 from ..evaluation.evaluate import evaluate
 from ..evaluation.classify_logits import classify_stored, load_logits
 from ..evaluation.scoring import policy_runs
 from ..policy import Policy, create_policy, save_policy
 from .common import add_data_args, add_policy_args, classify_scoring, eval_options, load, load_data, progress_bar
 
-__all__ = ["add_conformal_args", "calibrated_policy", "conformal_extras", "conformal_lines", "register",
+__all__ = ["add_conformal_args", "calibrated_policy", "conformal_lines", "register",
            "set_size_search_lines"]
 
 
@@ -30,13 +29,6 @@ def add_conformal_args(p: argparse.ArgumentParser) -> None:
                    "search --objective set_size makes them small")
     g.add_argument("--conformal-score", choices=SCORES.names(), default="thr",
                    help="non-conformity score of the sets: thr, aps, raps; *_rand randomised (default: thr)")
-
-
-def conformal_extras(args: argparse.Namespace) -> list[ConformalScorer]:
-    """The evaluation extras ``--conformal`` asks for (none without it)."""
-    if args.conformal is None:
-        return []
-    return [ConformalScorer(ConformalOptions(alpha=args.conformal, score=args.conformal_score))]
 
 
 def set_size_search_lines(meta: Mapping[str, Any]) -> list[str]:

@@ -10,27 +10,23 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from ..adapt import AdaptOptions, list_adapters
-from ..data import preprocess
-from ..datasets import LabelledImages, calibration_photos, detect_dataset
-from ..callables import is_callable_spec, load_module_spec
-from ..errors import ConfigError
+from ..datasets import LabelledImages, detect_dataset
 from ..evaluation.classify_logits import ClassifyScoring
 from ..evaluation.scoring import EvalOptions
 from ..merge import list_merges
-from ..models import DEFAULT_MODEL, LoadedModel, load_class_names, load_model
+from ..models import DEFAULT_MODEL, LoadedModel
 from ..policy import Policy, create_policy, list_presets
-from ..runtime.backends import PRECISIONS, Backend, TorchBackend, create_backend, list_backends
-from ..runtime.config import RunConfig, default_run_config, tune_run_config
+from ..runtime.backends import PRECISIONS, Backend, list_backends
+from ..runtime.config import RunConfig
+from ..runtime.prepare import AMP, PreparedRun, load_classifier, resolve_device
+from ..runtime.prepare import prepare_run as run_setup
 from ..runtime.distributed import DistContext
-from ..runtime.precision import check_calibration_used
 from ..tasks.classify import CONFIDENCE, ClassificationTTA
 
 __all__ = [
@@ -57,8 +53,6 @@ __all__ = [
     "verdict_lines",
     "weights_note",
 ]
-
-AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # --weights of every command that loads a model by name.
 WEIGHTS_HELP = ("FILE: a .pth/.pt/.safetensors state dict; 'random': random weights (untrained, for tests); "
@@ -183,101 +177,24 @@ def weights_note(weights: str) -> str:
     return "RANDOM weights, untrained: --weights random" if weights == "random" else weights
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """``--device``: ``None`` means CUDA when available, else CPU."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"unknown device {name!r} (use cpu, cuda or cuda:N)") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available")
-    return dev
+Loaded = PreparedRun  # what the model options resolve to (see :func:`load`)
 
 
-class Loaded(NamedTuple):
-    """What the model options resolve to (see :func:`load`)."""
-
-    lm: LoadedModel
-    device: torch.device
-    run_config: RunConfig
-    backend: Backend  # what runs lm.model: pass it to classification_tta / evaluate
-
-
-def load_classifier(spec: str | None, weights: str | None, labels: str | None) -> LoadedModel:
-    """``--model`` of a classifier: a timm name (default: the embedded model), or
-    ``MODULE:FUNCTION`` returning an ``nn.Module`` (its classes named by ``--labels``, else
-    numbered) or a :class:`~ttakit.models.LoadedModel`."""
-    if not spec or not is_callable_spec(spec):
-        return load_model(spec or DEFAULT_MODEL, weights=weights, labels=labels)
-
-    names = load_class_names(labels) if labels else None
-
-    def wrap(model: torch.nn.Module, config: dict[str, Any]) -> LoadedModel:
-        if names is not None:
-            return LoadedModel(model.eval(), spec, weights or "(loader's)", config, names)
-        with torch.inference_mode():  # numbered classes, as many as the model has outputs
-            n = model.eval()(torch.zeros(1, *config["input_size"])).shape[-1]
-        return LoadedModel(model.eval(), spec, weights or "(loader's)", config, [str(i) for i in range(n)])
-
-    lm = load_module_spec(spec, weights, "model", LoadedModel, wrap)
-    return lm if names is None else replace(lm, class_names=names)
-
-
-def load(args: argparse.Namespace) -> Loaded:
+def load(args: argparse.Namespace) -> PreparedRun:
     """The classifier, device, run config and backend that the model options name."""
     return prepare_run(load_classifier(args.model, args.weights, args.labels), args)
 
 
 def prepare_run(lm: LoadedModel, args: argparse.Namespace, *, kind: str = "classifier", exportable: bool = True,
-                tunable: bool = True) -> Loaded:
-    """Device, run config and backend of any task's model, from the shared run flags
-    (``--device``, ``--backend``, ``--precision``, ``--amp``, ``--micro-batch``, ``--compile``):
-    each is honoured or refused with one error. ``kind`` names the model in errors;
-    ``exportable``: its output exports to ONNX (a detector's per-image box lists do not);
-    ``tunable``: ``--micro-batch auto`` can time it on one tensor batch.
-
-    Raises:
-        ConfigError: a flag this model cannot honour (an ONNX backend for a model that does not
-            export; ``--amp``/``--compile`` with an ONNX backend; ``--micro-batch auto`` untimed).
-    """
-    dev = resolve_device(args.device)
-    lm.model.to(dev)
-    name, precision = getattr(args, "backend", "torch"), getattr(args, "precision", "fp32")
-    if name != "torch" and not exportable:
-        raise ConfigError(f"--backend {name} cannot run a {kind} (its outputs do not export to ONNX); "
-                          f"leave --backend out for a {kind}")
-    if name != "torch" and (args.amp or getattr(args, "compile", False)):
-        raise ConfigError(f"--amp and --compile are for the torch backend; with --backend {name} use --precision")
-    check_calibration_used(precision, getattr(args, "calibration", None))  # calibration photos act, or are refused
-    if name == "torch":
-        TorchBackend.accept(precision)  # int8 is refused in one line
-    calibration = _calibration(args, lm) if precision == "int8" and name != "torch" else None
-    backend = None if name == "torch" else create_backend(
-        name, lm.model, input_size=lm.input_size, key=lm.name, precision=precision, device=dev,
-        calibration=calibration, verbose=not getattr(args, "quiet", False))
-    if args.micro_batch == "auto":
-        if not tunable:
-            raise ConfigError(f"--micro-batch auto measures a classifier; give a number for a {kind}")
-        cfg = tune_run_config(lm.model if backend is None else backend, lm.input_size, dev)
-    else:
-        cfg = default_run_config(dev) if backend is None else backend.run_config(dev)
-        if args.micro_batch:
-            cfg = replace(cfg, micro_batch=args.micro_batch)
-    if args.amp or (backend is None and precision in ("bf16", "fp16")):
-        cfg = replace(cfg, amp_dtype=AMP[args.amp or precision])
-    if getattr(args, "compile", False):
-        lm = replace(lm, model=torch.compile(lm.model))
-    return Loaded(lm, dev, cfg, backend or TorchBackend(lm.model))
-
-
-def _calibration(args: argparse.Namespace, lm: LoadedModel) -> torch.Tensor:
-    """Model inputs made from ``--calibration`` photos (default: spread over DATA), for int8."""
-    folder = getattr(args, "calibration", None) or getattr(args, "data", None)
-    if folder is None:
-        raise ConfigError("--precision int8 needs your photos to calibrate on: add --calibration DIR")
-    return preprocess(calibration_photos(folder), lm.transform())
+                tunable: bool = True) -> PreparedRun:
+    """:func:`ttakit.prepare_run <ttakit.runtime.prepare.prepare_run>` of the shared run flags
+    (``--device``, ``--backend``, ``--precision``, ``--calibration``, ``--amp``,
+    ``--micro-batch``, ``--compile``); int8 calibrates on DATA unless ``--calibration`` says."""
+    return run_setup(lm, device=args.device, backend=getattr(args, "backend", "torch"),
+                     precision=getattr(args, "precision", "fp32"), amp=args.amp,
+                     calibration=getattr(args, "calibration", None), calibration_default=getattr(args, "data", None),
+                     micro_batch=args.micro_batch, compile=getattr(args, "compile", False), kind=kind,
+                     exportable=exportable, tunable=tunable, verbose=not getattr(args, "quiet", False))
 
 
 def classification_tta(lm: LoadedModel, cfg: RunConfig, args: argparse.Namespace,

@@ -11,7 +11,6 @@ concat) with ``--box-option [MERGE.]KEY=VALUE`` options.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -21,18 +20,18 @@ from PIL import Image
 
 from ..data import example_image_path, load_image
 from ..errors import ConfigError
-from ..evaluation.detect_eval import LABEL_MAPS, DetectScoring, evaluate_detection, load_coco_images
-from ..models import load_class_names
-from ..policy import create_policy
+from ..evaluation.api import evaluate
+from ..evaluation.detect_eval import load_coco_images
 from ..runtime.config import RunConfig
 from ..runtime.distributed import DistContext
-from ..tasks.boxes import list_box_merges
-from ..tasks.detect import DetectionResult, DetectionTTA, LoadedDetector, load_detector
+from ..tasks.boxes.options import parse_box_options
+from ..runtime.prepare import PreparedRun
+from ..tasks.detect import DetectionResult, DetectionTTA, LoadedDetector
+from ..tasks.detect.loading import detector_for_task
 from ..viz import _figure, _save
-from .common import eval_options, metric_table, positive_int, prepare_run, print_written, progress_bar, weights_note
+from .common import eval_options, metric_table, prepare_run, print_written, progress_bar, weights_note
 
 __all__ = [
-    "add_detect_args",
     "cmd_evaluate",
     "cmd_predict",
     "cmd_views",
@@ -41,70 +40,16 @@ __all__ = [
 ]
 
 
-def add_detect_args(p: argparse.ArgumentParser, tasks: Sequence[str], evaluate: bool = False) -> None:
-    """``--task`` (one of the command's ``tasks``, the first the default) and the detection
-    options (``--detector``, ``--box-merge``, ...)."""
-    p.add_argument("--task", choices=list(tasks), default=tasks[0],
-                   help="classify (default), detect (object detection)" + (", segment (with --masks)" if evaluate else ""))
-    g = p.add_argument_group("detection (--task detect)")
-    g.add_argument("--detector", default=None, metavar="SPEC",
-                   help="alias of --model for --task detect: MODULE:FUNCTION or path/file.py:FUNCTION returning a "
-                   "detection model, or a torchvision detection model name (e.g. fasterrcnn_mobilenet_v3_large_320_fpn; "
-                   "pretrained COCO weights unless --weights FILE or --weights random)")
-    g.add_argument("--num-classes", type=positive_int, default=None,
-                   help="classes of the model (detect: a torchvision detector's, default 91; segment: required)")
-    if evaluate:
-        g.add_argument("--annotations", default=None, metavar="COCO_JSON",
-                       help="COCO annotations whose images[].file_name are paths in DATA")
-        g.add_argument("--box-merge", action="append", default=None, choices=list_box_merges(),
-                       help="box merge (repeatable; default: wbf)")
-        g.add_argument("--label-map", choices=LABEL_MAPS, default="index",
-                       help="index: label i is the i-th category by id (default); id: labels are category ids")
-    else:
-        g.add_argument("--box-merge", default="wbf", choices=list_box_merges(), help="box merge (default: wbf)")
-        g.add_argument("--score-threshold", type=float, default=0.3,
-                       help="show boxes scoring at least this (default: 0.3)")
-    g.add_argument("--box-option", action="append", default=None, metavar="[MERGE.]KEY=VALUE",
-                   help="box-merge option, e.g. iou_threshold=0.6, wbf.conf_type=max (repeatable)")
-
-
-def parse_box_options(items: Sequence[str] | None) -> dict[str, Any]:
-    """``KEY=VALUE`` strings to options; values read as JSON where they can be (numbers,
-    true/false), else kept as text.
-
-    Example:
-        >>> parse_box_options(["iou_threshold=0.6", "wbf.conf_type=max"])
-        {'iou_threshold': 0.6, 'wbf.conf_type': 'max'}
-    """
-    out: dict[str, Any] = {}
-    for item in items or ():
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"--box-option expects KEY=VALUE (e.g. iou_threshold=0.6), got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value.strip()
-    return out
-
-
-def _load(args: argparse.Namespace) -> tuple[LoadedDetector, torch.device, RunConfig]:
-    spec = args.detector or args.model
-    if not spec:
-        raise ConfigError("--task detect needs --model (or --detector) MODULE:FUNCTION or a torchvision detection "
-                          "model name (e.g. fasterrcnn_mobilenet_v3_large_320_fpn)")
-    if getattr(args, "merge", None):
-        raise ConfigError("--merge is for classification; with --task detect use --box-merge")
-    if getattr(args, "adaptive", None) is not None:
-        raise ConfigError("--adaptive is for classification; leave it out with --task detect")
-    names = load_class_names(args.labels) if args.labels else None
-    det = load_detector(spec, args.weights, args.num_classes, names)
-    loaded = prepare_run(det, args, kind="detector", exportable=False, tunable=False)
-    return loaded.lm, loaded.device, loaded.run_config  # type: ignore[return-value]
+def _load(args: argparse.Namespace) -> PreparedRun:
+    """The detector (:func:`~ttakit.tasks.detect.loading.detector_for_task`: ``--detector``, else
+    ``--model``) and its run (:func:`ttakit.prepare_run`)."""
+    det = detector_for_task(args.model, args.weights, args.labels, {"detector": args.detector,
+                                                                    "num_classes": args.num_classes})
+    return prepare_run(det, args, kind="detector", exportable=False, tunable=False)
 
 
 def _tta(det: LoadedDetector, cfg: RunConfig, args: argparse.Namespace) -> DetectionTTA:
-    return DetectionTTA(det.model, args.tta, args.box_merge, merge_options=parse_box_options(args.box_option),
+    return DetectionTTA(det.model, args.tta, args.box_merge or "wbf", merge_options=parse_box_options(args.box_option),
                         norm=det.normalization, run_config=cfg, data_config=det.data_config)
 
 
@@ -155,7 +100,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """``ttakit predict --task detect``: merged boxes per photo, and each view's."""
     paths = [str(p) for p in (args.images or [example_image_path()])]
     images = [load_image(p) for p in paths]  # a bad file fails before the model loads
-    det, _, cfg = _load(args)
+    det, _, cfg, _ = _load(args)
     tta = _tta(det, cfg, args)
     doc = _document(det, tta, paths, tta.predict(images, keep_views=True), args.score_threshold)
     if args.json:
@@ -184,7 +129,7 @@ def cmd_views(args: argparse.Namespace) -> int:
     """``ttakit views --task detect``: each view's boxes mapped back onto the photo, and the
     merged boxes, one panel each."""
     photo = load_image(args.image)
-    det, _, cfg = _load(args)
+    det, _, cfg, _ = _load(args)
     tta = _tta(det, cfg, args)
     doc = _document(det, tta, [args.image], tta.predict([photo], keep_views=True), args.score_threshold)["images"][0]
     panels = [(v["detections"], f"{v['name']}\n{len(v['detections'])} boxes") for v in doc["views"]]
@@ -210,21 +155,20 @@ def format_detection_table(results: dict[str, Any], per_view: dict[str, Any] | N
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """``ttakit evaluate --task detect DATA --annotations coco.json``."""
+    """``ttakit evaluate --task detect DATA --annotations coco.json``: :func:`ttakit.evaluate`
+    of the flags, the table printed."""
     if not args.annotations:
         raise ConfigError("--task detect needs --annotations COCO_JSON naming the images of DATA")
     options = eval_options(args)
     data = load_coco_images(args.data, args.annotations)
-    det, dev, cfg = _load(args)
+    run = _load(args)
     if DistContext.current().is_main:
         print(f"data: {data.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
-    policies = [dataclasses.replace(create_policy(t, det.data_config), name=t) for t in (args.tta or ["hflip"])]
-    scoring = DetectScoring(parse_box_options(args.box_option), args.label_map)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
-        res = evaluate_detection(det, data, policies, out_dir=args.out, merges=args.box_merge, run_config=cfg,
-                                 scoring=scoring, options=options, device=dev, progress=bar)
+        res = evaluate(run, data, args.tta, task=args.task, out_dir=args.out, options=options, progress=bar,
+                       **args.given_options)
     if not res:  # not rank 0
         return 0
-    print(format_detection_table(res["results"], res["per_view"]))
-    print_written(res, args.out)
+    print(format_detection_table(res.results, res.per_view))
+    print_written(dict(res.doc), args.out)
     return 0

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
-from ..adapt import check_adaptable
-from ..evaluation.adapt_rows import evaluate_adapted
-from ..evaluation.evaluate import evaluate
-from ..evaluation.precision import evaluate_precision
+from ..evaluation.api import evaluate
 from ..input_check import precropped_note
-from ..policy import create_policy
-from ..errors import ConfigError
-from .calibrate import add_conformal_args, conformal_extras, conformal_lines
-from .common import adapt_from_policies, adapt_options, add_adapt_args, add_data_args, add_policy_args, classify_scoring, eval_options, load, load_data, print_written, progress_bar, verdict_lines
-from .detect import add_detect_args, cmd_evaluate as _cmd_evaluate_detect
-from .segment import add_segment_args, cmd_evaluate_segment
+from ..policy import create_policy, list_presets
+from ..task_spec import resolve
+from .calibrate import conformal_lines
+from .common import adapt_from_policies, add_data_args, eval_options, load, load_data, print_written, progress_bar, verdict_lines
+from .options import add_task_arguments, task_values
 
-__all__ = ["EVALUATE", "format_table", "register"]
+__all__ = ["evaluate_classify", "format_table", "register"]
 
 
 def format_table(results: dict[str, Any], per_view: dict[str, float] | None = None) -> str:
@@ -42,60 +37,42 @@ def format_table(results: dict[str, Any], per_view: dict[str, float] | None = No
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    return EVALUATE[args.task](args)  # the task, looked up once
+    spec, _ = task_values(args, "evaluate")  # the task, looked up once; its options checked
+    return int(resolve(spec.commands["evaluate"])(args) or 0)
 
 
-def _cmd_evaluate_classify(args: argparse.Namespace) -> int:
-    if args.masks:
-        raise ConfigError("--masks is for --task segment; add that --task")
-    if args.annotations:
-        raise ConfigError("--annotations is for --task detect; add that --task")
+def evaluate_classify(args: argparse.Namespace) -> int:
+    """``ttakit evaluate`` (classification): :func:`ttakit.evaluate` of the flags; the table,
+    verdicts, conformal sets, adapted rows and the fp32 check printed."""
     options = eval_options(args)
-    lm, dev, cfg, backend = load(args)
-    for method in args.adapt or ():  # refused before any photo is read, not after the plain evaluation
-        check_adaptable(method, lm.model)
-    # Rows are named by the policy exactly as written (a preset, text or a JSON path).
-    policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
-    data = load_data(args, lm, args.data)
-    for note in (adapt_from_policies(policies, args, many=True), precropped_note(data.paths, lm.data_config)):
+    run = load(args)
+    data = load_data(args, run.lm, args.data)
+    carried = adapt_from_policies([create_policy(t, run.lm.data_config) for t in (args.tta or ["hflip"])], args, many=True)
+    if carried and "adapt" not in args.given_options:  # a policy file's own adaptation (search --shifts)
+        args.given_options.update(adapt=args.adapt, adapt_batch=args.adapt_batch)
+    for note in (carried, precropped_note(data.paths, run.lm.data_config)):
         if note:
             print(note)
-
-    def adapted_rows() -> dict[str, Any]:  # the data once more, as a stream (they cannot reuse the stored logits)
-        with progress_bar(len(data.head(options.limit)), "adapt", options.quiet) as bar:
-            return evaluate_adapted(lm, data, policies, args.merge, args.adapt, adapt_options(args), cfg, options, dev,
-                                    progress=bar, scoring=classify_scoring(args))
-
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
-        res = evaluate(lm, data, policies, out_dir=args.out, merges=args.merge, run_config=cfg,
-                       scoring=classify_scoring(args), options=options, device=dev, progress=bar, backend=backend,
-                       extras=conformal_extras(args), more_rows=[adapted_rows] if args.adapt else [])
-    against_fp32: dict[str, Any] = {}
-    if backend.precision != "fp32":  # its plain top-1 against fp32 on the same images, paired (every rank runs)
-        with progress_bar(len(data.head(options.limit)), "fp32 plain", options.quiet) as bar:
-            against_fp32 = evaluate_precision(lm, data, args.out, backend, options, dev, progress=bar)
+        res = evaluate(run, data, args.tta, task=args.task, out_dir=args.out, options=options, progress=bar,
+                       **args.given_options)
     if not res:  # not rank 0
         return 0
-    print(format_table(res["results"], res["per_view"]))
-    for line in conformal_lines(res["results"]):  # none without --conformal
+    print(format_table(res.results, res.per_view))
+    for line in conformal_lines(res.results):  # none without --conformal
         print(line)
-    if against_fp32:
-        print(against_fp32["verdict"])
-    print_written(res, args.out)
+    if res.against_fp32:
+        print(res.against_fp32["verdict"])
+    print_written(dict(res.doc), args.out)
     return 0
-
-
-# Each task's evaluate command, by the --task name (the first is the default).
-EVALUATE = {"classify": _cmd_evaluate_classify, "detect": _cmd_evaluate_detect, "segment": cmd_evaluate_segment}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``evaluate`` to the command parser."""
     p = sub.add_parser("evaluate", help="score plain and TTA policies on a labelled dataset")
     add_data_args(p)
-    add_policy_args(p, many=True)
-    add_detect_args(p, list(EVALUATE), evaluate=True)
-    add_segment_args(p)
-    add_conformal_args(p)
-    add_adapt_args(p, many=True)
+    p.add_argument("--tta", action="append", default=None, metavar="POLICY",
+                   help=f"policy (repeatable; default: hflip): preset ({', '.join(list_presets())}), policy text or "
+                   "JSON file")
+    add_task_arguments(p, "evaluate")
     p.set_defaults(func=_cmd_evaluate)

@@ -11,7 +11,8 @@ from ..models import DEFAULT_MODEL, load_model
 from ..policy import create_policy, list_presets
 from ..runtime.onnx_cache import DEFAULT_OPSET
 from ..runtime.export import INPUTS, export_graph
-from ..tasks.export import GRAPH_HEADS, graph_head
+from ..task_spec import DEFAULT_TASK, get_task
+from ..tasks.export import graph_head, graph_tasks
 from .common import WEIGHTS_HELP, positive_int
 
 __all__ = ["register"]
@@ -73,8 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", choices=INPUTS, default="tensor",
                    help="tensor: the graph takes preprocessed (N, 3, H, W) images; photo: decoded (N, H, W, 3) uint8 "
                    "RGB photos of any size, every input stage rendered inside the graph (default: tensor)")
-    tasks = "; ".join(f"{name}: {GRAPH_HEADS.get(name).summary}" for name in GRAPH_HEADS.names())
-    p.add_argument("--task", choices=GRAPH_HEADS.names(), default="classify", help=f"{tasks} (default: classify)")
+    tasks = "; ".join(f"{name}: {get_task(name).part('graph_head').summary}" for name in graph_tasks())
+    p.add_argument("--task", choices=graph_tasks(), default=DEFAULT_TASK, help=f"{tasks} (default: {DEFAULT_TASK})")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name (default: {DEFAULT_MODEL})")
     p.add_argument("--weights", default=None, metavar="FILE|random|hub", help=WEIGHTS_HELP)
     p.add_argument("--labels", default=None, help="class names: one per line, or a JSON list (stored in the graph)")

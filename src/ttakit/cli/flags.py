@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from ..task_spec import get_task, list_tasks
+
 __all__ = ["PARAMETER_FLAGS", "translate"]
 
 # parameter (as library errors write it) -> the flag that sets it
@@ -35,14 +37,28 @@ PARAMETER_FLAGS = {
     "objective": "--objective",
     "conformal": "--conformal",
     "check": "--no-check",
+    "device": "--device",
+    "backend": "--backend",
+    "precision": "--precision",
+    "calibration": "--calibration",
+    "micro_batch": "--micro-batch",
+    "compile": "--compile",
+    "model": "--model",
+    "detector": "--detector",
+    "box_option": "--box-option",
 }
+
+def _option_flags() -> dict[str, str]:
+    """Every registered task's options, by name: the flag each is given."""
+    return {o.name: o.flag for t in list_tasks() for o in get_task(t).options}
+
 
 _PARAMETER = re.compile(r"`([A-Za-z_][\w.]*)(?:=([^`]*))?`")
 
 
 def _flag(match: re.Match[str]) -> str:
     name, value = match.group(1), match.group(2)
-    flag = PARAMETER_FLAGS.get(name)
+    flag = PARAMETER_FLAGS.get(name) or _option_flags().get(name)
     if flag is None:
         return match.group(0)
     if value is None or value in ("True", "None") or flag == "--no-check":

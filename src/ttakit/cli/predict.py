@@ -6,25 +6,21 @@ import argparse
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..data import example_image_path, load_image
 from ..input_check import precropped_note
 from ..models import LoadedModel
+from ..policy import list_presets
 from ..predict import ClassScore, ImagePrediction, predict_images
-from ..tasks.classify import ClassificationTTA
+from ..task_spec import resolve
+from ..tasks.classify import DEFAULT_POLICY, ClassificationTTA
 from ..viz import save_view_grid
-from .common import add_adapt_args, add_model_args, add_policy_args, classification_tta, load, positive_int, weights_note
-from .detect import add_detect_args, cmd_predict as _cmd_predict_detect, cmd_views as _cmd_views_detect
+from .common import add_model_args, classification_tta, load, weights_note
+from .options import add_task_arguments, task_values
 
-__all__ = ["DEFAULT_POLICY", "format_predictions", "predictions_to_json", "register"]
-
-# predict's and views' default policy: what a greedy search over the default search pool
-# chooses on the sample photos and their corrupted copy, at temperature 1 (as predict shows
-# probabilities) with a budget of 2-3 views, in 4 of 5 folds and on all photos; its 5-fold
-# held-out top-1 beats plain (benchmarks/choose_predict_default.py; README, "Why predict's
-# default policy"). The flip alone is one flag away: --tta hflip.
-DEFAULT_POLICY = "contrast=1.2 + input=224:1"
+__all__ = ["DEFAULT_POLICY", "format_predictions", "predict_classify", "predictions_to_json", "register",
+           "views_classify"]
 
 
 def predictions_to_json(lm: LoadedModel, tta: ClassificationTTA, preds: Sequence[ImagePrediction]) -> dict[str, Any]:
@@ -85,26 +81,21 @@ def format_predictions(lm: LoadedModel, tta: ClassificationTTA, preds: Sequence[
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _with_default_policy(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill in ``--tta`` when it was not given: the task's default (:data:`DEFAULT_POLICY`
-    for classification, ``hflip`` for detection: its default has no evidence behind another
-    choice yet)."""
-    if args.tta is None:
-        args.tta = TASKS[args.task].policy
-    return args
+def _run_task(command: str) -> Callable[[argparse.Namespace], int]:
+    """``command`` of the chosen task, its options checked and ``--tta`` at the task's default
+    when not given (classification: :data:`DEFAULT_POLICY`; others: ``hflip``)."""
+
+    def run(args: argparse.Namespace) -> int:
+        spec, _ = task_values(args, command)
+        if args.tta is None:
+            args.tta = spec.policy_for(command)
+        return int(resolve(spec.commands[command])(args) or 0)
+
+    return run
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    args = _with_default_policy(args)
-    return TASKS[args.task].predict(args)
-
-
-def _cmd_views(args: argparse.Namespace) -> int:
-    args = _with_default_policy(args)
-    return TASKS[args.task].views(args)
-
-
-def _predict_classify(args: argparse.Namespace) -> int:
+def predict_classify(args: argparse.Namespace) -> int:
+    """``ttakit predict`` (classification): plain and TTA top-k of each photo."""
     paths = args.images or [str(example_image_path())]
     images = [load_image(p) for p in paths]  # a bad file fails before the model loads
     lm, _, cfg, backend = load(args)
@@ -120,7 +111,8 @@ def _predict_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _views_classify(args: argparse.Namespace) -> int:
+def views_classify(args: argparse.Namespace) -> int:
+    """``ttakit views`` (classification): the views as the model sees them, each with its top-1."""
     image = load_image(args.image)
     lm, _, cfg, backend = load(args)
     tta = classification_tta(lm, cfg, args, backend)
@@ -135,17 +127,10 @@ def _views_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Commands(NamedTuple):
-    """One task's ``predict`` and ``views`` commands and its default policy."""
-
-    predict: Callable[[argparse.Namespace], int]
-    views: Callable[[argparse.Namespace], int]
-    policy: str
-
-
-# Each task's commands, by the --task name (the first is the default).
-TASKS = {"classify": _Commands(_predict_classify, _views_classify, DEFAULT_POLICY),
-         "detect": _Commands(_cmd_predict_detect, _cmd_views_detect, "hflip")}
+def _add_policy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", default=None, metavar="POLICY",
+                   help=f"preset ({', '.join(list_presets())}), policy text such as 'hflip*scale(0.9,1,1.1)', or a "
+                   f"JSON file (default: the task's; classify: {DEFAULT_POLICY})")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -153,19 +138,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="plain vs TTA top-k for images (default: a bundled cat photo)")
     p.add_argument("images", nargs="*", help="image files (default: the bundled example photo)")
     add_model_args(p)
-    add_policy_args(p)
-    p.set_defaults(tta=None)  # classify: DEFAULT_POLICY; detect keeps hflip (see _with_default_policy)
-    add_detect_args(p, list(TASKS))
-    p.add_argument("--topk", type=positive_int, default=5, help="classes to show (default: 5)")
+    _add_policy(p)
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
-    add_adapt_args(p)
-    p.set_defaults(func=_cmd_predict)
+    add_task_arguments(p, "predict")
+    p.set_defaults(func=_run_task("predict"))
 
     p = sub.add_parser("views", help="save a picture of the views as the model sees them")
     p.add_argument("image", help="image file")
     p.add_argument("--out", required=True, help="output picture (.png)")
     add_model_args(p)
-    add_policy_args(p)
-    p.set_defaults(tta=None)  # classify: DEFAULT_POLICY; detect keeps hflip (see _with_default_policy)
-    add_detect_args(p, list(TASKS))
-    p.set_defaults(func=_cmd_views)
+    _add_policy(p)
+    add_task_arguments(p, "views")
+    p.set_defaults(func=_run_task("views"))

@@ -10,45 +10,17 @@ pairs each photo of IMAGES with the PNG of MASKS that has its file stem (pixel =
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 from ..datasets import find_masked_images
 from ..errors import ConfigError
-from ..evaluation.segment_eval import SegmentScoring, evaluate_segmentation
+from ..evaluation.api import evaluate
 from ..models import load_class_names
-from ..policy import create_policy
 from ..runtime.distributed import DistContext
-from ..tasks.dense import DENSE_MERGES
 from ..tasks.segment import load_segmenter
-from ..tasks.window import WindowConfig
-from .common import eval_options, metric_table, positive_int, prepare_run, print_written, progress_bar
+from .common import eval_options, metric_table, prepare_run, print_written, progress_bar
 
-__all__ = ["add_segment_args", "byte_size", "cmd_evaluate_segment", "format_segment_table", "store_line"]
-
-
-def add_segment_args(p: argparse.ArgumentParser) -> None:
-    """The segmentation options of ``ttakit evaluate`` (``--masks``, ``--ignore-index``, ...)."""
-    g = p.add_argument_group("segmentation (--task segment; the classes are --num-classes)")
-    g.add_argument("--masks", default=None, metavar="FOLDER",
-                   help="one PNG per photo, same file stem, pixel = class index (palette or grey PNG)")
-    g.add_argument("--ignore-index", type=int, default=255, help="mask value that is not scored (default: 255)")
-    g.add_argument("--store-budget", type=byte_size, default=512 * 2**20, metavar="SIZE",
-                   help="disk for reduced per-view maps, kept only for reuse (the report's gallery, a policy added "
-                   "on a resumed run; rows from them are marked not exact); e.g. 2GB, 300MB, 0 for none "
-                   "(default: 512MB). Every row asked for is scored exactly, at full resolution, in the one pass")
-    w = p.add_argument_group("sliding windows (--task segment): segment each photo at its own size, in tiles")
-    w.add_argument("--tile", type=positive_int, default=None, metavar="PX",
-                   help="tile side in photo pixels; each view of the photo is tiled and stitched (default: no tiles, "
-                   "the whole photo resized to the model's input)")
-    w.add_argument("--overlap", type=float, default=0.25, help="share of a tile overlapping the next (default: 0.25)")
-    w.add_argument("--blend", default="constant", help="tile weights: constant or gaussian (default: constant)")
-    w.add_argument("--stitch-device", default=None, metavar="DEVICE",
-                   help="where stitched maps are kept, e.g. cpu (default: the model's device)")
-    w.add_argument("--window-batch", type=positive_int, default=4, metavar="N",
-                   help="tiles per step; forwards mix tiles and views (default: 4)")
-    g.add_argument("--store-size", type=positive_int, default=None,
-                   help="a cap on the long side of the stored maps (default: what the budget allows)")
+__all__ = ["byte_size", "cmd_evaluate_segment", "format_segment_table", "store_line"]
 
 
 def format_segment_table(results: dict[str, Any], per_view: dict[str, Any] | None = None) -> str:
@@ -93,35 +65,25 @@ def store_line(res: dict[str, Any]) -> str:
 
 
 def cmd_evaluate_segment(args: argparse.Namespace) -> int:
-    """``ttakit evaluate --task segment IMAGES --masks MASKS --model SPEC --num-classes K``."""
+    """``ttakit evaluate --task segment IMAGES --masks MASKS --model SPEC --num-classes K``:
+    :func:`ttakit.evaluate` of the flags, the table printed."""
     if not args.masks:
         raise ConfigError("--task segment needs --masks FOLDER (one PNG per photo, pixel = class index)")
     if not args.model or not args.num_classes:
         raise ConfigError("--task segment needs --model MODULE:FUNCTION (or a torchvision segmentation name) "
                           "and --num-classes K")
-    if args.adaptive is not None or args.annotations or args.box_merge or args.box_option:
-        raise ConfigError("--adaptive, --annotations and --box-* are not for --task segment")
-    for m in args.merge or ():
-        DENSE_MERGES.get(m)  # mean or max: one error naming them
     options = eval_options(args)
     data = find_masked_images(args.data, args.masks)
     names = load_class_names(args.labels) if args.labels else None
-    loaded = prepare_run(load_segmenter(args.model, args.num_classes, args.weights, names), args, kind="segmenter")
+    run = prepare_run(load_segmenter(args.model, args.num_classes, args.weights, names), args, kind="segmenter")
     if DistContext.current().is_main:
         print(f"data: {data.describe()}" + (f" (first {args.limit} used)" if args.limit else ""))
-    lm = loaded.lm
-    policies = [dataclasses.replace(create_policy(t, lm.data_config), name=t) for t in (args.tta or ["hflip"])]
-    scoring = SegmentScoring(args.num_classes, args.ignore_index, args.store_budget, args.store_size)
-    backend = None if loaded.backend.label == "torch" else loaded.backend
-    window = None if args.tile is None else WindowConfig(args.tile, args.overlap, args.blend, batch=args.window_batch,
-                                                         stitch_device=args.stitch_device)
     with progress_bar(len(data.head(options.limit)), "evaluate", options.quiet) as bar:
-        res = evaluate_segmentation(lm, data, policies, out_dir=args.out, merges=args.merge,
-                                    run_config=loaded.run_config, scoring=scoring, options=options,
-                                    device=loaded.device, progress=bar, backend=backend, window=window)
+        res = evaluate(run, data, args.tta, task=args.task, out_dir=args.out, options=options, progress=bar,
+                       **args.given_options)
     if not res:  # not rank 0
         return 0
-    print(format_segment_table(res["results"], res["per_view"]))
-    print(store_line(res))
-    print_written(res, args.out)
+    print(format_segment_table(res.results, res.per_view))
+    print(store_line(dict(res.doc)))
+    print_written(dict(res.doc), args.out)
     return 0

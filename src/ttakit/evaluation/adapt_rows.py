@@ -11,10 +11,8 @@ Each row is compared with the unadapted plain model on the same photos.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +22,6 @@ from ..adapt.options import MIN_STEP_BATCH
 from ..data import InputRenderer
 from ..datasets import LabelledImages, make_loader
 from ..errors import ConfigError
-from ..files import write_atomic
 from ..models import LoadedModel
 from ..policy import Policy
 from ..runtime.backends import TorchBackend
@@ -37,7 +34,7 @@ from .evaluate import RowScores
 from .scoring import EvalOptions, policy_runs, union_views
 from .stats import compare
 
-__all__ = ["adapted_key", "adapted_logits", "add_rows", "evaluate_adapted"]
+__all__ = ["adapted_key", "adapted_logits", "evaluate_adapted"]
 
 
 def adapted_key(row: str, method: str) -> str:
@@ -149,11 +146,3 @@ def adapted_logits(lm: LoadedModel, data: LabelledImages, pool: Policy, method: 
         if progress is not None:
             progress(len(idx))
     return torch.cat(out), torch.tensor(kept, dtype=torch.long)
-
-
-def add_rows(out_dir: str | Path, rows: dict[str, dict[str, Any]]) -> None:
-    """Add ``rows`` to the ``results`` of ``out_dir/results.json`` (written by an evaluation)."""
-    path = Path(out_dir) / "results.json"
-    doc = json.loads(path.read_text())
-    doc["results"].update(rows)
-    write_atomic(path, json.dumps(doc, indent=2) + "\n")

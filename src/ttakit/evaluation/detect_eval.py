@@ -33,16 +33,16 @@ from ..policy import Policy
 from ..runtime.config import RunConfig
 from ..runtime.loop import RenderedInputs
 from ..tasks.boxes import BoxMergeOptions, box_options_for_run, get_box_merge, list_box_merges
-from ..tasks.detect import Detections, LoadedDetector, ViewDetections
+from ..tasks.detect import DETECT_COLUMNS, Detections, LoadedDetector, ViewDetections
 from ..tasks.detect.deaugment import check_box_views, deaugment_detections
 from ..tasks.geometry import Geometry
 from ..views import View
 from .box_map import coco_gt, coco_map, match_table, per_image_map, weighted_map
 from .rows import PerImageCsv, Row
-from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, view_columns
+from .pipeline import EvalJob, EvalTask, Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, view_columns
 from .report import write_report
 from .report_gallery import detection_from_folder, gallery_page
-from .task_registry import EVAL_TASKS, ReportSettings, ReportSpec, TaskColumns
+from .task_registry import ReportSettings
 from .scoring import EvalOptions, PolicyRun, policy_runs
 from .stats import compare_statistic
 from .store import OutputStore
@@ -217,7 +217,7 @@ def _default_box_merge(policy: Policy) -> str:
 
 
 @dataclass
-class DetectTask:
+class DetectTask(EvalTask):
     """Detection in the pipeline (see the module docstring).
 
     Attributes:
@@ -233,22 +233,18 @@ class DetectTask:
     run_config: RunConfig
     name: str = "detect"
     subdir: str = "detections"
-    options: dict[str, BoxMergeOptions] = field(default_factory=dict, init=False)  # per merge, set by runs()
-    _checked: set[tuple[str, ...]] = field(default_factory=set, repr=False)
 
     def runs(self, policies: Sequence[Policy], merges: Sequence[str] | None) -> list[PolicyRun]:
         runs = policy_runs(policies, merges, resolve=get_box_merge, default=_default_box_merge, plain_merge="none")
-        self.options = box_options_for_run([r.merge for r in runs if not r.is_plain], self.scoring.merge_options)
+        box_options_for_run([r.merge for r in runs if not r.is_plain], self.scoring.merge_options)  # checked here, once
         return runs
 
     def fingerprint(self, data: CocoImages) -> dict[str, Any]:
         return {"task": "detect", "annotations": data.digest}
 
-    def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int]) -> dict[str, Tensor]:
-        key = tuple(v.name for v in views)
-        if key not in self._checked:  # views whose boxes cannot be undone are refused once
-            check_box_views(views, tuple(self.det.data_config["input_size"][-2:]))
-            self._checked.add(key)
+    def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int],
+             job: EvalJob) -> dict[str, Tensor]:
+        check_box_views(views, tuple(self.det.data_config["input_size"][-2:]))  # views whose boxes cannot be undone
         vd = deaugment_detections(views, outs, Geometry.of(inputs, self.det.data_config))  # no model needed
         return {"boxes": vd.boxes.cpu(), "scores": vd.scores.cpu(), "labels": vd.labels.cpu(),
                 "image": vd.images.cpu(), "view": vd.views.cpu()}
@@ -259,7 +255,7 @@ class DetectTask:
 
     def score(self, store: OutputStore, data: CocoImages, runs: Sequence[PolicyRun], out: Path) -> Scored:
         names = list(store.fingerprint["views"])
-        opts = self.options or box_options_for_run([r.merge for r in runs if not r.is_plain], self.scoring.merge_options)
+        opts = box_options_for_run([r.merge for r in runs if not r.is_plain], self.scoring.merge_options)
         singles = single_view_runs(store)
         rows = [_Row(r, cols, options=opts.get(r.merge))
                 for r, cols in zip([*runs, *singles], view_columns(store, [*runs, *singles]))]
@@ -366,12 +362,7 @@ def row_detections(out_dir: str | Path, key: str, indices: Sequence[int]) -> lis
     return row_predictions(out_dir, key, "detections", indices, predict)
 
 
-DETECT_COLUMNS = TaskColumns("map", "mAP", (("map", "mAP@[.5:.95]"), ("map50", "mAP@.5"), ("map75", "mAP@.75")), "AP")
-
-
-def _page(out: Path, doc: Mapping[str, Any], per_view: Mapping[str, Any], s: ReportSettings) -> dict[str, Any]:
+def page(out: Path, doc: Mapping[str, Any], per_view: Mapping[str, Any], s: ReportSettings) -> dict[str, Any]:
     return gallery_page(out, doc, per_view, s.class_names, s.max_gallery, read_row=row_detections, columns=DETECT_COLUMNS,
                         build=detection_from_folder)
 
-
-EVAL_TASKS.add("detect", ReportSpec(_page, DETECT_COLUMNS))

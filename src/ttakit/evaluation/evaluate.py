@@ -23,12 +23,12 @@ from ..merge import merge_logits
 from ..models import LoadedModel
 from ..policy import Policy
 from ..runtime.backends import Backend
-from ..runtime.config import RunConfig, torch_threads
+from ..runtime.config import RunConfig
 from ..runtime.loop import RenderedInputs
 from ..tasks.classify import ClassificationResult
 from ..views import View
 from .metrics import TEMPERATURES, MetricAccumulator
-from .pipeline import Scored, run_evaluation, single_view_runs, stored_chunks, view_columns
+from .pipeline import EvalJob, EvalTask, Scored, run_evaluation, single_view_runs, stored_chunks, view_columns
 from .report import write_report
 from .rows import PerImageCsv, Row
 from .classify_logits import ClassifyScoring, classify_stored, data_hash
@@ -186,7 +186,7 @@ def score(
 
 # --------------------------------------------------------------------------- the task
 @dataclass(frozen=True)
-class ClassifyTask:
+class ClassifyTask(EvalTask):
     """Classification in the pipeline: per-view logits ``(n, U, C)`` stored as they are.
 
     Attributes:
@@ -196,15 +196,12 @@ class ClassifyTask:
         extras: more per-row scores: each is called with every row's merged probabilities
             ``{key: (N, C)}`` and the labels ``(N,)`` and returns ``{key: {field: value}}``,
             added to those rows (conformal set sizes, for example).
-        more_rows: rows computed outside the store (adapted rows: ``{key: entry}``), each called
-            once the stored rows are scored, so results.json is written once with them.
     """
 
     class_names: Sequence[str]
     labels: Tensor
     scoring: ClassifyScoring = ClassifyScoring()
     extras: tuple[Callable[[Mapping[str, Tensor], Tensor], Mapping[str, Mapping[str, Any]]], ...] = ()
-    more_rows: tuple[Callable[[], Mapping[str, Mapping[str, Any]]], ...] = ()
     name: str = "classify"
     subdir: str = "logits"
 
@@ -214,7 +211,8 @@ class ClassifyTask:
     def fingerprint(self, data: LabelledImages) -> dict[str, Any]:
         return {"data_hash": data_hash(data)}
 
-    def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int]) -> dict[str, Tensor]:
+    def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int],
+             job: EvalJob) -> dict[str, Tensor]:
         logits = torch.stack([o.float().cpu() for o in outs], dim=1)  # (n, U, C)
         return {"labels": self.labels[torch.tensor(indices, dtype=torch.long)], "logits": logits}
 
@@ -226,13 +224,11 @@ class ClassifyTask:
         for extra in self.extras:
             for key, fields in extra(scores.probs, scores.labels).items():
                 scores.results[key].update(fields)
-        for more in self.more_rows:  # compared with plain by their maker: compare() skips them
-            scores.results.update({k: dict(v) for k, v in more().items()})
         return Scored(scores.results, scores.per_view, scores.skipped, scores)  # type: ignore[arg-type]
 
     def compare(self, scored: Scored, key: str) -> tuple[dict[str, Any], str]:
         s: Scores = scored.state
-        if key not in s.correct:  # a row made outside the store (more_rows) carries its own comparison
+        if key not in s.correct:  # a row made outside the store (EvalTask.more_rows) carries its own comparison
             return {}, scored.results[key].get("verdict", "")
         cmp = compare(s.correct["plain"], s.correct[key], s.nll["plain"], s.nll[key])
         return cmp.to_dict(), cmp.verdict(key)
@@ -256,7 +252,6 @@ def evaluate(
     progress: Callable[[int], Any] | None = None,
     backend: Backend | None = None,
     extras: Sequence[Callable[[Mapping[str, Tensor], Tensor], Mapping[str, Mapping[str, Any]]]] = (),
-    more_rows: Sequence[Callable[[], Mapping[str, Mapping[str, Any]]]] = (),
 ) -> dict[str, Any]:
     """Evaluate the plain model and every policy x merge on ``data``; write ``results.json``,
     ``per_image.csv``, ``per_view.json``, ``report.html`` (see
@@ -266,8 +261,8 @@ def evaluate(
     ranks; rank 0 gathers them, scores and writes; the other ranks return ``{}``. ``scoring``
     holds classification's own choices (adaptive threshold, confidence). ``backend``
     runs the model (default: ``lm.model``); a backend other than torch is part of the stored logits' fingerprint. ``extras`` add
-    per-row scores from every row's merged probabilities, ``more_rows`` rows made outside the
-    store (adapted rows), both before results.json is written, once (see :class:`ClassifyTask`).
+    per-row scores from every row's merged probabilities, before results.json is written, once
+    (see :class:`ClassifyTask`; adapted rows: :func:`ttakit.evaluate`).
 
     Returns:
         The ``results.json`` document plus ``per_view`` and ``written`` (the report's path,
@@ -281,15 +276,6 @@ def evaluate(
         >>> res["results"]["hflip"]["top1"]  # doctest: +SKIP
         0.898
     """
-    threads = torch.get_num_threads()  # more rows run a model: with the caller's threads, not scoring's one
-
-    def threaded(make: Callable[[], Mapping[str, Mapping[str, Any]]]) -> Callable[[], Mapping[str, Mapping[str, Any]]]:
-        def run() -> Mapping[str, Mapping[str, Any]]:
-            with torch_threads(threads):
-                return make()
-        return run
-
-    task = ClassifyTask(lm.class_names, torch.tensor(data.labels, dtype=torch.long), scoring, tuple(extras),
-                        tuple(threaded(m) for m in more_rows))
+    task = ClassifyTask(lm.class_names, torch.tensor(data.labels, dtype=torch.long), scoring, tuple(extras))
     return run_evaluation(task, lm, data, policies, out_dir=out_dir, merges=merges, run_config=run_config,
                           options=options, device=device, progress=progress, backend=backend)

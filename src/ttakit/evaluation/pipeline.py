@@ -11,7 +11,8 @@ builds one row per policy x merge from the stored outputs, and each policy is co
 plain on the same images.
 
 A task contributes only an :class:`EvalTask`: how a view's output is packed for the store,
-how stored outputs are merged and scored, and how a policy is compared with plain.
+how stored outputs are merged and scored, and how a policy is compared with plain. Its methods
+are pure: what a chunk needs (the dataset, the rows asked for) comes in an :class:`EvalJob`.
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ from ..runtime.config import RunConfig, prepared, timed, torch_threads
 from ..runtime.distributed import DistContext
 from ..runtime.loop import RenderedInputs, finite_rows, run_views, tree_take
 from ..views import View
-from .scoring import EvalOptions, PolicyRun, union_views
+from .scoring import EvalOptions, PolicyRun, policy_runs, union_views
 from .store import OutputStore, fingerprint, plan_chunks, runtime_fields
 
 __all__ = [
     "NONFINITE",
+    "EvalJob",
     "EvalTask",
     "Images",
     "Scored",
@@ -86,43 +88,74 @@ class Scored:
     doc: dict[str, Any] = field(default_factory=dict)
 
 
-class EvalTask(Protocol):
-    """What one task adds to the pipeline (classification, detection, segmentation)."""
+@dataclass(frozen=True)
+class EvalJob:
+    """What a task's chunk methods are told of the run: the dataset and the rows asked for."""
 
-    name: str  # "classify", "detect", "segment": the ``task`` of results.json
-    subdir: str  # the store's folder under ``--out``
+    data: Any  # the dataset being evaluated (after ``options.limit``)
+    runs: tuple[PolicyRun, ...]  # the rows asked for: plain, then every policy x merge
+
+
+class EvalTask:
+    """What one task adds to the pipeline; a task subclasses it and overrides what it needs.
+
+    A subclass sets ``name`` (the ``task`` of results.json: its registered name) and ``subdir``
+    (the store's folder under ``out_dir``). Every method is a function of its arguments: what
+    a chunk needs of the run comes in the :class:`EvalJob`.
+    """
+
+    name: str = ""  # the task's registered name: the ``task`` of results.json
+    subdir: str = "outputs"  # the store's folder under ``out_dir``
+    runs_views = False  # True: run_chunk runs a chunk's views itself (else the pipeline runs them, then pack)
+    keeps_photos = False  # True: each chunk's decoded photos come in ``inputs.photos`` (decoded once, by the
+    # pipeline), with only the plain input rendered
 
     def runs(self, policies: Sequence[Policy], merges: Sequence[str] | None) -> list[PolicyRun]:
         """The rows: plain, then every policy x merge (names checked once)."""
-        ...
+        return policy_runs(policies, merges)
 
     def fingerprint(self, data: Any) -> dict[str, Any]:
         """The task's fields of the store fingerprint (what identifies the data and its labels)."""
-        ...
+        return {}
 
-    def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int]) -> dict[str, Tensor]:
-        """A chunk's per-view model outputs, de-augmented, as tensors to store. (A task may also
-        define ``run_chunk(model, inputs, views, indices)``, returning the tensors to store after
-        running the views itself, or ``None`` to let the pipeline run them; and set
-        ``keeps_photos = True`` to find each chunk's decoded photos in ``inputs.photos``, decoded
-        once by the pipeline, with only the plain input rendered.)"""
-        ...
+    def run_chunk(self, model: Callable[[Tensor], Any], inputs: RenderedInputs, views: Sequence[View],
+                  indices: Sequence[int], job: EvalJob) -> dict[str, Tensor]:
+        """With ``runs_views``: run a chunk's views and return the tensors to store."""
+        raise NotImplementedError(f"task {self.name!r} sets runs_views but has no run_chunk")
+
+    def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int],
+             job: EvalJob) -> dict[str, Tensor]:
+        """A chunk's per-view model outputs, de-augmented, as tensors to store."""
+        raise NotImplementedError(f"task {self.name!r} has no pack")
 
     def empty(self, views: Sequence[View]) -> dict[str, Tensor]:
         """The stored tensors of a chunk in which no photo could be read."""
-        ...
+        raise NotImplementedError(f"task {self.name!r} has no empty")
 
     def score(self, store: OutputStore, data: Any, runs: Sequence[PolicyRun], out: Path) -> Scored:
         """Every row's metrics from the stored chunks (per-image files written into ``out``)."""
-        ...
+        raise NotImplementedError(f"task {self.name!r} has no score")
 
     def compare(self, scored: Scored, key: str) -> tuple[dict[str, Any], str]:
         """Row ``key`` against plain on the same images: JSON fields and one verdict line."""
-        ...
+        raise NotImplementedError(f"task {self.name!r} has no compare")
 
     def finish(self, out: Path, lm: LoadedModel, options: EvalOptions) -> list[str]:
-        """Pages or charts written after results.json (paths)."""
-        ...
+        """Pages or charts written after results.json (paths; none by default)."""
+        return []
+
+    def more_rows(self, lm: LoadedModel, data: Any, policies: Sequence[Policy], merges: Sequence[str] | None,
+                  run_config: RunConfig, options: EvalOptions, device: torch.device,
+                  progress: Callable[[int], Any] | None) -> dict[str, dict[str, Any]]:
+        """Rows that cannot come from the stored outputs (classification's adapted rows), scored
+        on rank 0 after the others and added to results.json; none by default."""
+        return {}
+
+    def against_fp32(self, lm: LoadedModel, data: Any, out: Path, backend: Backend, options: EvalOptions,
+                     device: torch.device, progress: Callable[[int], Any] | None) -> dict[str, Any]:
+        """A reduced precision's plain row against fp32 on the same images (every rank calls
+        it; rank 0 gets the comparison and its ``verdict``); none by default."""
+        return {}
 
 
 # --------------------------------------------------------------------------- compute
@@ -154,6 +187,7 @@ def compute_outputs(
     chunks: Sequence[tuple[int, int]] | None = None,
     progress: Callable[[int], Any] | None = None,
     backend: Backend | None = None,
+    job: EvalJob | None = None,
 ) -> None:
     """Compute and store the per-view outputs of every missing chunk (of ``chunks``: all by
     default).
@@ -163,8 +197,10 @@ def compute_outputs(
     size share forwards). The chunk's model time is shared between the views in proportion to
     their pixels, so every row's cost can be reported. ``progress(n)`` is called with the
     number of images done (chunks already stored count). ``backend`` runs the model (default:
-    ``lm.model`` itself).
+    ``lm.model`` itself). ``job``: what the task's chunk methods are told (default: ``data``
+    and no rows).
     """
+    job = EvalJob(data, ()) if job is None else job
     chunks = plan_chunks(len(data), options.batch_size) if chunks is None else chunks
     todo = [c for c in chunks if not store.has(c[0])]
     if progress is not None:
@@ -173,7 +209,7 @@ def compute_outputs(
         return
     # A task that keeps the decoded photos renders its views' stages from them itself: the
     # pipeline renders only the plain input (the chunk's batch) and hands the photos on.
-    keep = bool(getattr(task, "keeps_photos", False))
+    keep = bool(task.keeps_photos)
     renderer = _SizedRenderer(InputRenderer(() if keep else {v.stage for v in views}, lm.data_config), keep)
     loader = make_loader(data.paths, renderer, [range(s, e) for s, e in todo], options.workers)
 
@@ -195,13 +231,10 @@ def compute_outputs(
             photos = x.pop("photo", None)  # the decoded photos, for a task that keeps them
             inputs = RenderedInputs(x, sizes, photos).to(device)
             outs: list[Any] = []
-            own: list[dict[str, Tensor] | None] = []
             with torch.inference_mode():
-                # A task may run its views itself (segmentation tiled at each photo's own size).
-                run_chunk = getattr(task, "run_chunk", None)
-                total = timed(lambda: own.append(run_chunk(run_model, inputs, views, idx)), device) if run_chunk else 0.0
-                if own and own[0] is not None:
-                    payload = own[0]
+                if task.runs_views:  # the task runs its views itself (segmentation tiled at each photo's own size)
+                    total = timed(lambda: outs.append(task.run_chunk(run_model, inputs, views, idx, job)), device)
+                    payload = outs[0]
                 else:
                     total = timed(lambda: outs.extend(run_views(run_model, inputs, views, lm.normalization,
                                                                 run_config)), device)
@@ -214,7 +247,7 @@ def compute_outputs(
                         rows = keep.nonzero().flatten()
                         outs, inputs = [tree_take(o, rows) for o in outs], inputs.take(rows)
                         idx = [idx[j] for j in rows.tolist()]
-                    payload = task.pack(outs, inputs, views, idx) if idx else task.empty(views)
+                    payload = task.pack(outs, inputs, views, idx, job) if idx else task.empty(views)
             seconds = share * total
         store.write(start, {**payload, "indices": torch.tensor(idx, dtype=torch.long), "seconds": seconds}, bad)
         if progress is not None:
@@ -337,7 +370,7 @@ def run_evaluation(
     report = progress if dist.is_main else None
     with prepared(lm.model.to(device), run_config):  # the caller's model is given back as it was given
         dist.run_checked(lambda: compute_outputs(task, lm, data, views, store, run_config, options, device, mine,
-                                                 report, backend))
+                                                 report, backend, EvalJob(data, tuple(runs))))
     dist.gather_chunks(store, mine)
     if not dist.is_main:
         dist.barrier()
@@ -356,6 +389,9 @@ def run_evaluation(
             if key != "plain":  # each policy against plain, paired on the same images
                 fields, verdict = task.compare(scored, key)
                 row.update(fields, verdict=verdict)
+    # Rows that cannot come from the stored outputs (adapted rows), with their own comparison:
+    # before results.json, so it is written once, complete.
+    scored.results.update(task.more_rows(lm, data, policies, merges, run_config, options, device, progress))
     doc = {
         "task": task.name,
         "model": lm.name,

@@ -70,7 +70,7 @@ def write_report(
         scoring: the classification scoring the folder was evaluated with (its adaptive
             threshold and confidence), so that adaptive rows are recomputed as they were scored.
         task: the task's report (default: the task ``results.json`` names, looked up in
-            :data:`~ttakit.evaluation.task_registry.EVAL_TASKS`).
+            :func:`~ttakit.evaluation.task_registry.get_task`).
 
     Returns:
         The path of ``report.html``.

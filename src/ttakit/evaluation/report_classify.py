@@ -32,7 +32,7 @@ from .report_conformal import conformal_part
 from .run_folder import (RowData, find_policy, read_csv, resolve_class_names, resolve_data_config,
                          score_rows)
 from .store import OutputStore
-from .task_registry import EVAL_TASKS, ReportSettings, ReportSpec
+from .task_registry import ReportSettings
 from .thumbnails import Thumbnails
 
 __all__ = ["COLUMNS", "classification_page"]
@@ -241,9 +241,7 @@ def classification_page(
     }
 
 
-def _page(out: Path, doc: Mapping[str, Any], per_view: Mapping[str, Any], s: ReportSettings) -> dict[str, Any]:
+def page(out: Path, doc: Mapping[str, Any], per_view: Mapping[str, Any], s: ReportSettings) -> dict[str, Any]:
     return classification_page(out, doc, per_view, s.search_policy_path, s.class_names, s.data_config, s.max_gallery,
                                s.scoring)
 
-
-EVAL_TASKS.add("classify", ReportSpec(_page, template="_classify.html.j2"))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +43,14 @@ from ..stages import Input
 from ..tasks.deaugment import deaugment_maps
 from ..tasks.dense import DENSE_MERGES
 from ..tasks.geometry import Geometry
+from ..tasks.segment import SEGMENT_COLUMNS
 from ..tasks.window import WindowConfig
 from ..views import View
 from .rows import PerImageCsv, Row
-from .pipeline import Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, view_columns
+from .pipeline import EvalJob, EvalTask, Scored, row_predictions, run_evaluation, single_view_runs, stored_chunks, view_columns
 from .report import write_report
 from .report_gallery import segmentation_from_folder, gallery_page
-from .task_registry import EVAL_TASKS, ReportSettings, ReportSpec, TaskColumns
+from .task_registry import ReportSettings
 from .scoring import EvalOptions, PolicyRun, policy_runs
 from .seg_stats import SegmentationStats, budget_side, edge_band, image_stats, photo_argmax, stats_miou
 from .segment_windows import RowPlan, window_chunk
@@ -154,7 +155,7 @@ def photo_window(data_config: Mapping[str, Any], photo_size: tuple[int, int]) ->
 
 
 @dataclass
-class SegmentTask:
+class SegmentTask(EvalTask):
     """Segmentation in the pipeline (see the module docstring).
 
     Attributes:
@@ -169,8 +170,6 @@ class SegmentTask:
     name: str = "segment"
     subdir: str = "segmentation"
     window: WindowConfig | None = None  # sliding-window inference at each photo's own size
-    _runs: list[PolicyRun] = field(default_factory=list, repr=False)  # the rows asked for (scored in pack)
-    _data: MaskedImages | None = field(default=None, repr=False)
 
     @property
     def keeps_photos(self) -> bool:
@@ -179,11 +178,9 @@ class SegmentTask:
         return self.window is not None
 
     def runs(self, policies: Sequence[Policy], merges: Sequence[str] | None) -> list[PolicyRun]:
-        self._runs = policy_runs(policies, merges, resolve=DENSE_MERGES.get, default=_default_dense_merge)
-        return self._runs
+        return policy_runs(policies, merges, resolve=DENSE_MERGES.get, default=_default_dense_merge)
 
     def fingerprint(self, data: MaskedImages) -> dict[str, Any]:
-        self._data = data
         h = hashlib.sha256("\n".join(f"{p}\t{m}" for p, m in zip(data.paths, data.masks)).encode()).hexdigest()[:16]
         fp = {"task": "segment", "data_hash": h, "store_budget": self.scoring.store_budget,
               "store_size": self.scoring.store_size}
@@ -222,10 +219,11 @@ class SegmentTask:
         return out
 
     def _score_rows(self, rows: Sequence[tuple[str, list[int], str, Sequence[float] | None]], y: Tensor, m: Tensor,
-                    truths: Sequence[tuple[Tensor, Tensor, Tensor, tuple[int, int, int, int]]]) -> dict[str, Tensor]:
-        """``(n, 5, K)`` counts of every row (signature, columns, merge, weights) on these images."""
+                    truths: Sequence[tuple[Tensor, Tensor, Tensor, tuple[int, int, int, int]]],
+                    asked: set[str]) -> dict[str, Tensor]:
+        """``(n, 5, K)`` counts of every row (signature, columns, merge, weights) on these images
+        (``asked``: the signatures of the rows asked for; the others are views alone)."""
         k, ratio, out = self.scoring.num_classes, self.scoring.boundary_ratio, {}
-        asked = {_row_signature(r) for r in self._runs}
         for sig, cols, merge, weights in rows:
             probs = _merge(y[cols], m[cols], merge, weights).cpu()  # (n, K, h, w)
             out[self._stats_key(sig, sig in asked)] = torch.stack([  # a view only in per_view.json: no boundary
@@ -233,20 +231,22 @@ class SegmentTask:
                 for j, (t, valid, bands, win) in enumerate(truths)]).to(torch.int32)
         return out
 
-    def _rows_to_count(self, names: Sequence[str]) -> list[tuple[str, list[int], str, Sequence[float] | None]]:
+    @staticmethod
+    def _rows_to_count(runs: Sequence[PolicyRun], names: Sequence[str]
+                       ) -> list[tuple[str, list[int], str, Sequence[float] | None]]:
         """The rows asked for and every stored view alone (for per_view.json), each once."""
         col = {n: i for i, n in enumerate(names)}
         rows = {}
-        for r in self._runs:
+        for r in runs:
             rows.setdefault(_row_signature(r), ([col[n] for n in r.policy.view_names], r.merge, r.policy.weights))
         for n in names:
             rows.setdefault(_signature("single", [n], None), ([col[n]], "mean", None))
         return [(sig, *v) for sig, v in rows.items()]
 
-    def _store_plan(self, grid: tuple[int, int], views: int) -> tuple[tuple[int, int] | None, torch.dtype]:
-        """The grid and precision of the stored maps that fit the budget (``None``: nothing fits)."""
+    def _store_plan(self, grid: tuple[int, int], views: int, n_images: int) -> tuple[tuple[int, int] | None, torch.dtype]:
+        """The grid and precision of the stored maps that fit the budget for ``n_images`` photos
+        (``None``: nothing fits)."""
         k = self.scoring.num_classes
-        n_images = len(self._data) if self._data is not None else 1
         side, dtype = budget_side(self.scoring.store_budget, n_images, views, k, grid, 2), torch.float16
         if side < min(64, max(grid)):
             side, dtype = budget_side(self.scoring.store_budget, n_images, views, k, grid, 1), torch.uint8
@@ -261,10 +261,10 @@ class SegmentTask:
             return {"probs": (y * 255).round().to(torch.uint8), "masks": (m * 255).round().to(torch.uint8)}
         return {"probs": y.half(), "masks": m.half()}
 
-    def _reduced(self, y: Tensor, m: Tensor, views: int) -> dict[str, Tensor]:
+    def _reduced(self, y: Tensor, m: Tensor, views: int, n_images: int) -> dict[str, Tensor]:
         """The per-view maps kept for reuse, at the grid and precision the budget allows."""
         u, n, k = y.shape[0], y.shape[1], self.scoring.num_classes
-        size, dtype = self._store_plan(tuple(y.shape[-2:]), views)  # type: ignore[arg-type]
+        size, dtype = self._store_plan(tuple(y.shape[-2:]), views, n_images)  # type: ignore[arg-type]
         if size is None:
             return {"probs": torch.zeros(n, u, k, 0, 0, dtype=torch.float16),
                     "masks": torch.zeros(n, u, 1, 0, 0, dtype=torch.float16)}
@@ -272,23 +272,26 @@ class SegmentTask:
         m = F.interpolate(m.expand(-1, n, -1, -1, -1).flatten(0, 1).float(), size=size, mode="area").view(u, n, 1, *size)
         return self._encode(y.transpose(0, 1).cpu(), m.transpose(0, 1).cpu(), dtype)
 
+    @property
+    def runs_views(self) -> bool:
+        """With a window, :meth:`run_chunk` runs the views itself, tiled at each photo's own size."""
+        return self.window is not None
+
     def run_chunk(self, model: Callable[[Tensor], Any], inputs: RenderedInputs, views: Sequence[View],
-                  indices: Sequence[int]) -> dict[str, Tensor] | None:
+                  indices: Sequence[int], job: EvalJob) -> dict[str, Tensor]:
         """With a window, the chunk's views run here, tiled at each photo's own size, and every row
-        is counted as the views arrive (:mod:`~ttakit.evaluation.segment_windows`); ``None``
-        without one (the pipeline runs the views on the model's input)."""
+        is counted as the views arrive (:mod:`~ttakit.evaluation.segment_windows`)."""
         if self.window is None:
-            return None
-        if self._data is None:
-            raise DatasetError("SegmentTask.run_chunk: fingerprint(data) was not called first (it names the masks)")
+            raise ConfigError("SegmentTask.run_chunk needs a window (without one the pipeline runs the views)")
+        data: MaskedImages = job.data
         if inputs.photos is None:
             raise DatasetError("SegmentTask.run_chunk: the chunk holds no decoded photos (keeps_photos asks for them)")
         sizes = [tuple(s) for s in inputs.photo_sizes]  # type: ignore[union-attr]
-        truths = self._truths(self._data, indices, sizes)
-        asked = {_row_signature(r) for r in self._runs}
+        truths = self._truths(data, indices, sizes)
+        asked = {_row_signature(r) for r in job.runs}
         rows = [RowPlan(self._stats_key(sig, sig in asked), cols, merge, w, sig in asked) for sig, cols, merge, w in
-                self._rows_to_count([v.name for v in views])]
-        grid, dtype = self._store_plan(self.window.size, len(views))
+                self._rows_to_count(job.runs, [v.name for v in views])]
+        grid, dtype = self._store_plan(self.window.size, len(views), len(data))
         device = next(iter(inputs.batches.values())).device
         counts, y, m = window_chunk(model, inputs.photos, truths, views, rows, self.window,
                                     self.lm.normalization, self.lm.data_config, self.run_config, device, self.scoring.num_classes,
@@ -299,21 +302,22 @@ class SegmentTask:
                    "masks": torch.zeros(n, u, 1, 0, 0, dtype=torch.float16)})
         return {**counts, **stored, "photo_size": torch.tensor(sizes, dtype=torch.long)}
 
-    def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int]) -> dict[str, Tensor]:
+    def pack(self, outs: list[Any], inputs: RenderedInputs, views: Sequence[View], indices: Sequence[int],
+             job: EvalJob) -> dict[str, Tensor]:
         key = tuple(v.name for v in views)
         if outs[0].shape[1] != self.scoring.num_classes:
             raise ShapeError("segmenter output", f"(B, {self.scoring.num_classes}, h, w) (--num-classes)", tuple(outs[0].shape))
-        if self._data is None:
-            raise DatasetError("SegmentTask.pack: fingerprint(data) was not called first (it names the masks)")
+        data: MaskedImages = job.data
         sizes = [tuple(s) for s in inputs.photo_sizes]  # type: ignore[union-attr]
-        rows = self._rows_to_count(key)
+        rows = self._rows_to_count(job.runs, key)
+        asked = {_row_signature(r) for r in job.runs}
         parts: list[dict[str, Tensor]] = []
         for j, i in enumerate(indices):  # one photo at a time: K full-resolution maps of one photo at most
             # No model needed: the views are undone from their outputs and the photo's geometry.
             y, m = deaugment_maps(views, [o[j:j + 1] for o in outs],
                                   Geometry.of(inputs.take(torch.tensor([j])), self.lm.data_config))
-            truths = self._truths(self._data, [i], [sizes[j]])  # (U, 1, K, H', W'), (U, 1, 1, H', W')
-            parts.append({**self._score_rows(rows, y, m, truths), **self._reduced(y, m, len(views))})
+            truths = self._truths(data, [i], [sizes[j]])  # (U, 1, K, H', W'), (U, 1, 1, H', W')
+            parts.append({**self._score_rows(rows, y, m, truths, asked), **self._reduced(y, m, len(views), len(data))})
         payload = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # exact counts and reduced maps
         return {**payload, "photo_size": torch.tensor(sizes, dtype=torch.long)}
 
@@ -473,14 +477,7 @@ def row_masks(out_dir: str | Path, key: str, indices: Sequence[int]) -> list[np.
     return row_predictions(out_dir, key, "segmentation", indices, predict)
 
 
-SEGMENT_COLUMNS = TaskColumns("miou", "mIoU", (("miou", "mIoU"), ("pixel_acc", "pixel acc."), ("mean_dice", "mean Dice"),
-                                               ("boundary", "boundary F1"), ("boundary_iou", "boundary IoU")), "IoU",
-                              background=0, changes=True)
-
-
-def _page(out: Path, doc: Mapping[str, Any], per_view: Mapping[str, Any], s: ReportSettings) -> dict[str, Any]:
+def page(out: Path, doc: Mapping[str, Any], per_view: Mapping[str, Any], s: ReportSettings) -> dict[str, Any]:
     return gallery_page(out, doc, per_view, s.class_names, s.max_gallery, read_row=row_masks, columns=SEGMENT_COLUMNS,
                         build=segmentation_from_folder)
 
-
-EVAL_TASKS.add("segment", ReportSpec(_page, SEGMENT_COLUMNS))

@@ -1,11 +1,10 @@
-"""Evaluation tasks by name: what the report of a results folder shows for its task, looked up once.
+"""A task's report, looked up by name: what the report of a results folder shows for its task.
 
-A results folder names its task (``results.json``'s ``task``); the report looks that name up in
-:data:`EVAL_TASKS` and asks the task for its part of the page. A task registers itself in its
-own module (classification in :mod:`~ttakit.evaluation.report_classify`, segmentation in
-:mod:`~ttakit.evaluation.segment_eval`, detection in :mod:`~ttakit.evaluation.detect_eval`);
-a new task, even one defined in a test file, registers a :class:`ReportSpec` the same way and
-runs through :func:`~ttakit.evaluation.pipeline.run_evaluation` and
+A results folder names its task (``results.json``'s ``task``); the report looks that name up
+(:func:`get_task`: the task's :class:`~ttakit.task_spec.TaskSpec`, its page, template and
+columns) and asks the task for its part of the page. A new task, even one defined outside the
+package, registers its spec once and runs through
+:func:`~ttakit.evaluation.pipeline.run_evaluation` and
 :func:`~ttakit.evaluation.report.write_report` with no other module knowing its name.
 
 Example:
@@ -16,40 +15,15 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..registry import Registry
+from ..task_spec import TaskColumns
+from ..task_spec import get_task as get_task_spec
 
-__all__ = ["EVAL_TASKS", "ReportSettings", "ReportSpec", "TaskColumns", "get_task"]
-
-
-@dataclass(frozen=True)
-class TaskColumns:
-    """What the results table and charts show of a task's rows.
-
-    Attributes:
-        headline: the metric compared with plain (``delta_<headline>``, ``ci_<headline>``).
-        label: its name for people.
-        metrics: ``(results key, header)`` of every metric column shown if present.
-        image_score: what a gallery card's per-image score is.
-        percent: metrics are shares, shown as percentages (else as numbers).
-        higher_is_better: a rise of the headline is good news (RMSE: False).
-        background: the class drawn without colour in the gallery's legend (segmentation: 0).
-        changes: the legend explains changed pixels (segmentation overlays).
-    """
-
-    headline: str
-    label: str
-    metrics: tuple[tuple[str, str], ...]
-    image_score: str
-    percent: bool = True
-    higher_is_better: bool = True
-    background: int | None = None
-    changes: bool = False
+__all__ = ["ReportSettings", "ReportSpec", "TaskColumns", "get_task"]
 
 
 @dataclass(frozen=True)
@@ -82,20 +56,12 @@ class ReportSpec:
     template: str = "_gallery.html.j2"
 
 
-EVAL_TASKS = Registry[ReportSpec]("evaluation task")
-
-# The built-in tasks register when their module is imported; a folder of one is readable
-# without importing it first. A task added elsewhere registers in EVAL_TASKS itself.
-_BUILT_IN = {"classify": "ttakit.evaluation.report_classify", "segment": "ttakit.evaluation.segment_eval",
-             "detect": "ttakit.evaluation.detect_eval"}
-
-
 def get_task(name: str) -> ReportSpec:
-    """The registered task ``name`` (a built-in one is imported on first use).
+    """The report of the registered task ``name``.
 
     Raises:
         UnknownNameError: no task of that name is registered.
+        ConfigError: the task has no report page.
     """
-    if name not in EVAL_TASKS and name in _BUILT_IN:
-        importlib.import_module(_BUILT_IN[name])
-    return EVAL_TASKS.get(name)
+    spec = get_task_spec(name)
+    return ReportSpec(spec.part("report"), spec.columns, spec.template)

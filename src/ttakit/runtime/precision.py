@@ -168,12 +168,11 @@ def check_calibration_used(precision: str, calibration: object | None) -> None:
         >>> check_calibration_used("fp32", "photos/")
         Traceback (most recent call last):
         ...
-        ttakit.errors.ConfigError: calibration photos ('photos/') quantise a graph to int8, and this run is fp32: they would change nothing; add --precision int8 (with --backend onnxruntime or openvino) or drop --calibration
+        ttakit.errors.ConfigError: `calibration` photos calibrate int8 and do nothing at `precision='fp32'`: leave them out, or use `precision='int8'`
     """
     if calibration is not None and precision != "int8":
-        raise ConfigError(f"calibration photos ({calibration!r}) quantise a graph to int8, and this run is {precision}: "
-                          "they would change nothing; add --precision int8 (with --backend onnxruntime or openvino) "
-                          "or drop --calibration")
+        raise ConfigError(f"`calibration` photos calibrate int8 and do nothing at `precision={precision!r}`: "
+                          "leave them out, or use `precision='int8'`")
 
 
 def require_cpu_precision(precision: str, backend: str) -> None:

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..adapt import AdaptOptions, StreamAdapter, create_adapter
-from ..conformal import Calibration, conformity_scores, get_score, prediction_sets
+from ..adapt import AdaptOptions, StreamAdapter, create_adapter, list_adapters
+from ..conformal import SCORES, Calibration, conformity_scores, get_score, prediction_sets
 from ..conformal_record import calibration_record, record_mismatch
 from ..errors import ConfigError, PolicyError, ShapeError, check_shape
-from ..merge import get_merge, merge_logits
+from ..merge import get_merge, list_merges, merge_logits
 from ..policy import Policy, PolicyLike
 from ..registry import Registry
 from ..runtime.backends import Backend, TorchBackend
@@ -31,9 +31,9 @@ from ..transforms import Normalization
 from ..validate import as_config, check_finite
 from ..views import View
 from .base import Images, TTABase
-from .export import GRAPH_HEADS
+from ..task_spec import Option, TaskColumns, TaskSpec, register_task
 from .geometry import Geometry
-from .plan import TASKS, Fetch
+from .plan import Fetch
 
 __all__ = [
     "CONFIDENCE",
@@ -207,7 +207,6 @@ class ClassifyHead:
         return res if self.conformal is None else replace(res, sets=prediction_sets(res.probs, self.conformal))
 
 
-@TASKS.register("classify")
 def classify_head(policy: Policy, *, merge: str | None = None, adaptive: float | None = None,
                   confidence: str = "max_prob", conformal: Calibration | None = None) -> ClassifyHead:
     """The classification head of ``policy`` (see :class:`ClassifyRule`); ``conformal``
@@ -242,7 +241,6 @@ def _tsharpen(logits: Tensor, weights: Tensor) -> Tensor:
 _GRAPH_MERGES = {"tsharpen": _tsharpen}  # exportable stand-ins for merges whose ops do not travel
 
 
-@GRAPH_HEADS.register("classify")
 class ClassifyGraph(GraphHead):
     """Classification's export head: the views' ``(N, C)`` logits -> ``(N, C)`` merged
     probabilities, as :class:`ClassificationTTA` computes them (no adaptive TTA); for a
@@ -430,3 +428,45 @@ class ClassificationTTA(TTABase):
             return super().execute(x, head, views)
         runner = model_runner(TorchBackend(self.adapter.views_model, self.backend.precision), self.run_config)
         return self.plan(head, views).run(runner, self.inputs(x))
+
+
+# --------------------------------------------------------------------------- the task, registered once
+# predict's and views' default policy: what a greedy search over the default search pool
+# chooses on the sample photos and their corrupted copy, at temperature 1 (as predict shows
+# probabilities) with a budget of 2-3 views, in 4 of 5 folds and on all photos; its 5-fold
+# held-out top-1 beats plain (benchmarks/choose_predict_default.py; README, "Why predict's
+# default policy"). The flip alone is one flag away: --tta hflip.
+DEFAULT_POLICY = "contrast=1.2 + input=224:1"
+
+_ALL, _ADAPT = ("predict", "views", "evaluate"), "test-time adaptation (the photos are one stream, in folder or CSV row order)"
+register_task(TaskSpec(
+    "classify", "class probabilities (default)", head=classify_head, graph_head=ClassifyGraph,
+    evaluation="ttakit.evaluation.classify_eval:classify_task", load_model="ttakit.runtime.prepare:load_classifier",
+    load_data="ttakit.evaluation.classify_eval:classify_data", report="ttakit.evaluation.report_classify:page",
+    template="_classify.html.j2", result=ClassificationResult,
+    columns=TaskColumns("top1", "top-1", (("top1", "top-1"), ("top5", "top-5")), "top-1"),
+    commands={"predict": "ttakit.cli.predict:predict_classify", "views": "ttakit.cli.predict:views_classify",
+              "evaluate": "ttakit.cli.evaluate:evaluate_classify"},
+    default_policy={"predict": DEFAULT_POLICY, "views": DEFAULT_POLICY},
+    options=(
+        Option("merge", "merge mode (default: the policy's, else mean)", choices=tuple(list_merges()), commands=_ALL,
+               many=("evaluate",), group="test-time augmentation"),
+        Option("adaptive", "run the other views only where the plain view's confidence is below THRESHOLD",
+               type="float", metavar="THRESHOLD", commands=_ALL, group="test-time augmentation"),
+        Option("confidence", "confidence used by --adaptive or a policy's adaptive threshold (default: max_prob)",
+               default="max_prob", choices=tuple(CONFIDENCE.names()), commands=_ALL, group="test-time augmentation"),
+        Option("conformal", "conformal sets covering 1 - ALPHA (e.g. 0.1), scored from the stored logits",
+               type="float", metavar="ALPHA", group="conformal prediction sets"),
+        Option("conformal_score", "non-conformity score of the sets: thr, aps, raps; *_rand randomised (default: thr)",
+               default="thr", choices=tuple(SCORES.names()), requires=("conformal",), group="conformal prediction sets"),
+        Option("adapt", f"adapt a copy of the model to the stream: {', '.join(list_adapters())} (evaluate: repeatable, "
+               "each adds rows '<policy> adapt=<method>')", choices=tuple(list_adapters()), metavar="METHOD",
+               commands=("predict", "evaluate"), many=("evaluate",), group=_ADAPT),
+        Option("adapt_batch", "photos per adaptation step (default: 64)", type="positive_int", default=64, metavar="N",
+               commands=("predict", "evaluate"), requires=("adapt",), group=_ADAPT),
+        Option("adapt_reset", "restore the original weights every N batches (default: never)", type="positive_int",
+               metavar="N", commands=("predict", "evaluate"), requires=("adapt",), group=_ADAPT),
+        Option("topk", "classes to show (default: 5)", type="positive_int", default=5, commands=("predict",),
+               group="output"),
+    ),
+))

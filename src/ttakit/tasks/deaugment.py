@@ -26,10 +26,9 @@ from ..policy import Policy
 from ..runtime.export import GraphHead, normalised_weights
 from ..validate import check_pair, check_size
 from ..views import View
-from .export import GRAPH_HEADS
 from .geometry import Geometry
 from .masked_merge import FOLDS, merge_stack
-from .plan import TASKS, AllViews, Fetch
+from .plan import AllViews, Fetch
 
 __all__ = [
     "ACTIVATIONS",
@@ -40,6 +39,9 @@ __all__ = [
     "SegmentGraph",
     "SegmentHead",
     "deaugment_maps",
+    "keypoints_head",
+    "policy_weights",
+    "segment_head",
     "deaugment_points",
     "dense_grid",
     "merge_dense",
@@ -326,15 +328,21 @@ class KeypointsHead(AllViews):
         return merge_points(P, S, self.weights)
 
 
-def _weights(policy: Policy) -> Tensor | None:
+def policy_weights(policy: Policy) -> Tensor | None:
+    """A policy's view weights as a tensor (``None``: equal weights)."""
     return None if policy.weights is None else torch.tensor(policy.weights, dtype=torch.float32)
 
 
-TASKS.add("segment", lambda policy, **options: SegmentHead(_weights(policy), **options))
-TASKS.add("keypoints", lambda policy, **options: KeypointsHead(_weights(policy), **options))
+def segment_head(policy: Policy, **options: Any) -> SegmentHead:
+    """The segmentation head of ``policy`` (its view weights; options as :class:`SegmentHead`)."""
+    return SegmentHead(policy_weights(policy), **options)
 
 
-@GRAPH_HEADS.register("segment")
+def keypoints_head(policy: Policy, **options: Any) -> KeypointsHead:
+    """The keypoints head of ``policy`` (its view weights; options as :class:`KeypointsHead`)."""
+    return KeypointsHead(policy_weights(policy), **options)
+
+
 class SegmentGraph(GraphHead):
     """Segmentation's export head: each view's ``(N, K, h, w)`` map through a softmax, undone
     by the view's :meth:`~ttakit.views.View.graph_inverse_steps` (exact on any grid: flips and

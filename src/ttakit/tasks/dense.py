@@ -37,7 +37,9 @@ from .deaugment import (
     KeypointsHead,
     SegmentHead,
     deaugment_maps,
+    keypoints_head,
 )
+from ..task_spec import TaskSpec, register_task
 from .window import WindowConfig, frame_matrix, sliding_window_tta, stage_key
 
 __all__ = ["ACTIVATIONS", "DENSE_MERGES", "DenseResult", "KeypointsTTA", "SegmentationTTA", "UNCERTAINTIES",
@@ -226,3 +228,6 @@ class KeypointsTTA(TTABase):
     def forward(self, x: Images) -> Tensor:
         """Merged ``(B, N, 2)`` keypoints."""
         return self.predict(x)[0]
+
+
+register_task(TaskSpec("keypoints", "keypoints, mapped back and merged", head=keypoints_head))

@@ -1,37 +1,40 @@
 """A task's export head looked up by name, and ``export_tta``: a policy graph for the task named.
 
-Each task's own module registers its :class:`~ttakit.runtime.export.GraphHead` here, next to
-its :class:`~ttakit.tasks.plan.Plan` head (``classify`` in :mod:`ttakit.tasks.classify`,
-``segment`` in :mod:`ttakit.tasks.deaugment`). The task is looked up once, here (or by
-``ttakit export``), and the head handed to :func:`~ttakit.runtime.export.export_graph`,
-which knows no task.
+A task's :class:`~ttakit.runtime.export.GraphHead` is part of its
+:class:`~ttakit.task_spec.TaskSpec`, next to its :class:`~ttakit.tasks.plan.Plan` head
+(``classify`` in :mod:`ttakit.tasks.classify`, ``segment`` in :mod:`ttakit.tasks.segment`).
+The task is looked up once, here (or by ``ttakit export``), and the head handed to
+:func:`~ttakit.runtime.export.export_graph`, which knows no task.
 
 Example:
     >>> head = graph_head("classify", "hflip*rot90(0,1)", merge="gmean")
     >>> head.task, head.merge_name, head.output_names
     ('classify', 'gmean', ('probs',))
-    >>> list(GRAPH_HEADS.names())
+    >>> graph_tasks()
     ['classify', 'segment']
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..policy import PolicyLike, create_policy
-from ..registry import Registry
 from ..runtime.export import GraphHead, export_graph
 from ..runtime.onnx_cache import DEFAULT_OPSET
+from ..task_spec import get_task, list_tasks
 from ..transforms import Normalization
 
-__all__ = ["GRAPH_HEADS", "export_tta", "graph_head"]
+__all__ = ["export_tta", "graph_head", "graph_tasks"]
 
-# name -> head(policy, merge) -> GraphHead; each task's module registers its own.
-GRAPH_HEADS = Registry[Callable[..., GraphHead]]("export task", sort=False)
+
+def graph_tasks() -> list[str]:
+    """The tasks that export to one graph (those whose spec has a graph head)."""
+    return [n for n in list_tasks() if get_task(n).graph_head is not None]
 
 
 def graph_head(task: str, policy: PolicyLike, merge: str | None = None) -> GraphHead:
@@ -42,7 +45,10 @@ def graph_head(task: str, policy: PolicyLike, merge: str | None = None) -> Graph
         PolicyError: a merge or view the task's graph cannot hold (say, ``vote``; a resampling
             view in a segmentation graph).
     """
-    return GRAPH_HEADS.get(task)(create_policy(policy), merge)
+    spec = get_task(task)
+    if spec.graph_head is None:
+        raise ConfigError(f"task {task!r} does not export to a graph; `task` is one of {', '.join(graph_tasks())}")
+    return spec.part("graph_head")(create_policy(policy), merge)
 
 
 def export_tta(
@@ -72,7 +78,7 @@ def export_tta(
         merge: classification merge (default: the policy's, else ``mean``); ``vote`` is refused.
         input_size: ``(H, W)`` of the plain input (default: ``data_config``'s).
         norm: the model's normalisation (brightness/contrast views; default: ``data_config``'s).
-        task: a name in :data:`GRAPH_HEADS`: ``classify`` (merged class probabilities) or
+        task: a name in :func:`graph_tasks`: ``classify`` (merged class probabilities) or
             ``segment`` (flips and quarter turns undone, mean softmax maps).
         input: ``tensor`` (preprocessed images; input stages refused) or ``photo`` (decoded
             uint8 RGB photos of any size; every input stage and the model's own preprocessing
@@ -91,7 +97,7 @@ def export_tta(
     Raises:
         PolicyError: a view with an input stage in a tensor graph, a correction, a transform
             or merge with no ONNX form.
-        UnknownNameError: an unknown task (:data:`GRAPH_HEADS`).
+        UnknownNameError: an unknown task (:func:`graph_tasks`).
         ConfigError: an unknown input, or a photo graph for a model whose
             preprocessing has no photo form (not a centre crop, not bicubic/bilinear).
         ShapeError: the model's output does not fit ``task``.

@@ -11,8 +11,9 @@ them with the task's head. ttakit never holds the model::
         batch.put(my_runtime(batch.array))
     merged = plan.result()
 
-A task is a head registered in :data:`TASKS` by its own module (``classify``, ``segment``,
-``keypoints``, ``detect``, and ``outputs``: the raw per-view outputs): ``schedule`` says which
+A task's head is part of its :class:`~ttakit.task_spec.TaskSpec`, registered by its own module
+(``classify``, ``segment``, ``keypoints``, ``detect``, and ``outputs``: the raw per-view
+outputs; see :func:`~ttakit.task_spec.get_task`): ``schedule`` says which
 rows and views to run (adaptive classification runs the plain view first), ``finish`` turns
 the outputs into the result. The task wrappers (:class:`~ttakit.ClassificationTTA`, ...) are a
 plan with a torch module or backend feeding :meth:`Batch.put`.
@@ -33,8 +34,8 @@ from torch import Tensor
 
 from ..data import InputRenderer, PhotoLike, to_photo
 from ..errors import ArgumentError, ConfigError, ShapeError, check_shape
+from ..task_spec import TaskSpec, get_task, list_tasks, register_task
 from ..policy import Policy, PolicyLike, create_policy
-from ..registry import Registry
 from ..runtime.loop import (RenderedInputs, ViewInputs, as_view_inputs, finite_rows, tree_cat, tree_slice, tree_take,
                             view_chunks)
 from ..transforms import Normalization
@@ -42,7 +43,7 @@ from ..validate import check_device, check_int
 from ..views import View
 from .geometry import Geometry
 
-__all__ = ["TASKS", "AllViews", "Batch", "Fetch", "Images", "OutputsHead", "Plan", "TaskHead", "as_inputs"]
+__all__ = ["AllViews", "Batch", "Fetch", "Images", "OutputsHead", "Plan", "TaskHead", "as_inputs"]
 
 # What a plan (and a wrapper) accepts: preprocessed (B, C, H, W) float images (a tensor or a
 # numpy array), inputs already rendered per input stage, or photos (one or a list of paths,
@@ -80,9 +81,7 @@ class OutputsHead(AllViews):
         return fetch(None, views)
 
 
-# name -> factory(policy, **options) -> TaskHead; each task's module registers its own.
-TASKS = Registry[Callable[..., TaskHead]]("task", sort=False)
-TASKS.add("outputs", lambda policy: OutputsHead())
+register_task(TaskSpec("outputs", "the raw per-view outputs", head=lambda policy: OutputsHead()))
 
 
 def as_inputs(x: Images, views: Sequence[View], data_config: Mapping[str, Any] | None,
@@ -283,12 +282,12 @@ class Plan:
         self.device = device
         if isinstance(task, str):
             try:
-                self.head: TaskHead = TASKS.get(task)(self.policy, **options)
+                self.head: TaskHead = get_task(task).part("head")(self.policy, **options)
             except TypeError as e:  # an option this task does not take
                 raise ArgumentError(f"task {task!r} does not take options {sorted(options)}: {e}") from e
         elif not (callable(getattr(task, "schedule", None)) and callable(getattr(task, "finish", None))):
-            raise ArgumentError(f"task must be a task name ({', '.join(TASKS.names())}) or a head with schedule() and "
-                                f"finish(), got {task!r}")
+            raise ArgumentError(f"task must be a registered task name ({', '.join(list_tasks())}) or a head with "
+                                f"schedule() and finish(), got {task!r}")
         elif options:
             raise ConfigError(f"options {sorted(options)} go to a task given by name; this head is already built")
         else:

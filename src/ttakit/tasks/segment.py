@@ -17,11 +17,13 @@ import torchvision
 from torch import Tensor, nn
 
 from ..callables import is_callable_spec, load_module_spec
-from ..errors import ModelLoadError
-from ..models import LoadedModel
+from ..errors import ConfigError, ModelLoadError
+from ..models import LoadedModel, load_class_names
+from ..task_spec import Option, TaskSpec, TaskColumns, register_task
 from ..torchvision_models import torchvision_model
+from .deaugment import DENSE_MERGES, DenseResult, SegmentGraph, segment_head
 
-__all__ = ["load_segmenter", "whole_photo_config"]
+__all__ = ["SEGMENT_COLUMNS", "load_segmenter", "segmenter_for_task", "whole_photo_config"]
 
 _IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
@@ -93,3 +95,55 @@ def load_segmenter(spec: str, num_classes: int, weights: str | None = None,
         names = [str(i) for i in range(num_classes)]
     return replace(lm, class_names=names)
 
+
+
+def segmenter_for_task(spec: str | None, weights: str | None, labels: str | None,
+                       options: Mapping[str, Any]) -> LoadedModel:
+    """The task's model loader: :func:`load_segmenter` of ``spec`` with the task's ``num_classes``
+    (``labels``: a file of class names).
+
+    Raises:
+        ConfigError: no model or no ``num_classes``.
+    """
+    if not spec or not options.get("num_classes"):
+        raise ConfigError("task 'segment' needs a `model` (MODULE:FUNCTION or a torchvision segmentation name) "
+                          "and `num_classes`")
+    return load_segmenter(spec, options["num_classes"], weights, load_class_names(labels) if labels else None)
+
+
+# --------------------------------------------------------------------------- the task, registered once
+SEGMENT_COLUMNS = TaskColumns("miou", "mIoU", (("miou", "mIoU"), ("pixel_acc", "pixel acc."), ("mean_dice", "mean Dice"),
+                                               ("boundary", "boundary F1"), ("boundary_iou", "boundary IoU")), "IoU",
+                              background=0, changes=True)
+_SEG, _WIN = "segmentation (--task segment; the classes are --num-classes)", "sliding windows (--task segment)"
+register_task(TaskSpec(
+    "segment", "per-pixel classes (with --masks)", head=segment_head, graph_head=SegmentGraph,
+    evaluation="ttakit.evaluation.task_parts:segment_task", load_model=segmenter_for_task,
+    load_data="ttakit.evaluation.task_parts:segment_data", report="ttakit.evaluation.segment_eval:page",
+    columns=SEGMENT_COLUMNS, result=DenseResult, commands={"evaluate": "ttakit.cli.segment:cmd_evaluate_segment"},
+    options=(
+        Option("merge", "dense merge (repeatable; default: the policy's, else mean)", choices=tuple(DENSE_MERGES.names()),
+               many=("evaluate",), group="test-time augmentation"),
+        Option("masks", "one PNG per photo, same file stem, pixel = class index (palette or grey PNG)",
+               metavar="FOLDER", group=_SEG),
+        Option("num_classes", "classes of the model (segment: required; detect: a torchvision detector's, default 91)",
+               type="positive_int", group=_SEG),
+        Option("ignore_index", "mask value that is not scored (default: 255)", type="int", default=255, group=_SEG),
+        Option("store_budget", "disk for reduced per-view maps, kept only for reuse (the report's gallery, a policy "
+               "added on a resumed run; rows from them are marked not exact); e.g. 2GB, 300MB, 0 for none (default: "
+               "512MB). Every row asked for is scored exactly, at full resolution, in the one pass", type="byte_size",
+               default=512 * 2**20, metavar="SIZE", group=_SEG),
+        Option("store_size", "a cap on the long side of the stored maps (default: what the budget allows)",
+               type="positive_int", group=_SEG),
+        Option("tile", "tile side in photo pixels; each view of the photo is tiled and stitched (default: no tiles, "
+               "the whole photo resized to the model's input)", type="positive_int", metavar="PX", group=_WIN),
+        Option("overlap", "share of a tile overlapping the next (default: 0.25)", type="float", default=0.25,
+               requires=("tile",), group=_WIN),
+        Option("blend", "tile weights: constant or gaussian (default: constant)", default="constant",
+               requires=("tile",), group=_WIN),
+        Option("stitch_device", "where stitched maps are kept, e.g. cpu (default: the model's device)",
+               metavar="DEVICE", requires=("tile",), group=_WIN),
+        Option("window_batch", "tiles per step; forwards mix tiles and views (default: 4)", type="positive_int",
+               default=4, metavar="N", requires=("tile",), group=_WIN),
+    ),
+))

@@ -9,7 +9,8 @@ command line's ``--box-option`` gives them); a bad value raises
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -23,6 +24,7 @@ __all__ = [
     "NMSOptions",
     "SoftNMSOptions",
     "WBFOptions",
+    "parse_box_options",
 ]
 
 ConfType = Literal["avg", "max", "box_and_model_avg", "absent_model_aware_avg"]
@@ -137,3 +139,25 @@ class ConcatOptions(BoxMergeOptions):
     """Options of ``concat`` (:func:`~ttakit.tasks.boxes.concat`): none, every box is kept."""
 
     merge: ClassVar[str] = "concat"
+
+
+def parse_box_options(items: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (``--box-option``) to options; values read as JSON where they can
+    be (numbers, true/false), else kept as text. A mapping is taken as it is.
+
+    Example:
+        >>> parse_box_options(["iou_threshold=0.6", "wbf.conf_type=max"])
+        {'iou_threshold': 0.6, 'wbf.conf_type': 'max'}
+    """
+    if isinstance(items, Mapping):
+        return dict(items)
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"`box_option` expects KEY=VALUE (e.g. iou_threshold=0.6), got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value.strip()
+    return out

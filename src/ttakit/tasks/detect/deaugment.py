@@ -23,10 +23,10 @@ from ...views import View
 from ..boxes.options import BoxMergeOptions
 from ..boxes.registry import box_merge_options, get_box_merge
 from ..geometry import Geometry
-from ..plan import TASKS, AllViews, Fetch
+from ..plan import AllViews, Fetch
 from .format import Detections, ViewDetections, as_detections
 
-__all__ = ["DetectHead", "DetectionResult", "check_box_views", "deaugment_detections", "photo_windows"]
+__all__ = ["DetectHead", "DetectionResult", "check_box_views", "deaugment_detections", "detect_head", "photo_windows"]
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class DetectHead(AllViews):
         return DetectionResult(merged, det.per_view() if self.keep_views else None)
 
 
-@TASKS.register("detect")
-def _detect_head(policy: Policy, **options: Any) -> DetectHead:
+def detect_head(policy: Policy, **options: Any) -> DetectHead:
+    """The detection head of ``policy`` (its view weights; options as :class:`DetectHead`)."""
     w = None if policy.weights is None else torch.tensor(policy.weights, dtype=torch.float32)
     return DetectHead(w, **options)

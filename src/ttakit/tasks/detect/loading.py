@@ -7,17 +7,18 @@ line's ``--detector`` does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass, replace
 
 import torchvision
 
 from ...callables import is_callable_spec, load_module_spec
 from ...errors import ModelLoadError
-from ...models import LoadedModel
+from ...models import LoadedModel, load_class_names
 from ...torchvision_models import torchvision_model
 
-__all__ = ["LoadedDetector", "load_detector"]
+__all__ = ["LoadedDetector", "detector_for_task", "load_detector"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,18 @@ def load_detector(spec: str, weights: str | None = None, num_classes: int | None
         det = _torchvision_detector(spec.removeprefix("torchvision:"), weights, num_classes)
     det.model.eval()
     return det if class_names is None else replace(det, class_names=list(class_names))
+
+
+def detector_for_task(spec: str | None, weights: str | None, labels: str | None,
+                      options: Mapping[str, Any]) -> LoadedDetector:
+    """The task's model loader: :func:`load_detector` of the task's ``detector`` option, else
+    ``spec``, with its ``num_classes`` (``labels``: a file of class names).
+
+    Raises:
+        ModelLoadError: no detector named.
+    """
+    name = options.get("detector") or spec
+    if not name:
+        raise ModelLoadError("task 'detect' needs a `model` (or `detector`): MODULE:FUNCTION or a torchvision "
+                             "detection model name (e.g. fasterrcnn_mobilenet_v3_large_320_fpn)")
+    return load_detector(name, weights, options.get("num_classes"), load_class_names(labels) if labels else None)
