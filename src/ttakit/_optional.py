@@ -1,5 +1,7 @@
-"""Optional dependencies: each heavy or feature-only package is imported where a feature needs it,
-and a missing one names the extra that installs it.
+"""Optional dependencies, imported where a feature needs them; a missing one names its extra.
+
+Each heavy or feature-only package is imported where a feature needs it, and a missing one
+names the extra that installs it.
 
 The extras (see ``pyproject.toml``): ``report`` (Jinja2 for report.html, matplotlib for
 ``views`` and detection drawings), ``coco`` (pycocotools for COCO box mAP), ``onnx``

@@ -90,7 +90,7 @@ class _Max:
         return acc
 
 
-FOLDS = Registry[Fold]("dense merge", sort=False)  # the first is the default
+FOLDS = Registry[Fold]("masked fold", sort=False)  # how MaskedMerge folds a view in (DENSE_MERGES are built on them); the first is the default
 FOLDS.add("mean", _Mean())
 FOLDS.add("max", _Max())
 
