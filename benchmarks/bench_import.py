@@ -21,6 +21,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import provenance  # noqa: E402
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 HEAVY = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "openvino", "matplotlib", "jinja2", "pycocotools", "scipy")
 STATEMENTS = {
@@ -60,10 +63,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         import ttach  # noqa: F401
     except ImportError:
         STATEMENTS.pop("ttach")
+    print(provenance(__file__, None if argv is None else list(argv)))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {_load()}")
     times: dict[str, list[float]] = {k: [] for k in STATEMENTS}
     loaded: dict[str, list[str]] = {}
-    for r in range(repeats + 1):  # round 0 warms the page cache
+    warm = 0 if args.quick else 1
+    for r in range(1 - warm, repeats + 1):  # round 0 warms the page cache (not in a quick run)
         for name, statement in STATEMENTS.items():
             dt, mods = _run(statement)
             loaded[name] = mods

@@ -204,5 +204,5 @@ def test_calibration_photos_without_int8_are_refused(cli_args, tmp_path, capsys)
     """--calibration DIR with fp32 exited 0: the photos changed nothing."""
     code = main(["evaluate", *cli_args, "--out", str(tmp_path / "o"), "--calibration", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code != 0 and "would change nothing" in err and "--calibration" in err
+    assert code != 0 and "calibrate int8 and do nothing" in err and "--calibration" in err
     assert not (tmp_path / "o").exists()

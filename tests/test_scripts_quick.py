@@ -26,11 +26,11 @@ HELPERS = {"bench_common.py"}  # modules the scripts share, not scripts
 # Run in a process of their own: the benchmarks that hold onnxruntime / OpenVINO sessions. After
 # all of them had run in this process, the next script crashed the interpreter (SIGSEGV in
 # native code, faulthandler silent): not understood yet, so they are kept apart.
-OWN_PROCESS = {"bench_backends.py", "bench_ort_overhead.py", "bench_photo_graph.py", "bench_precision.py"}
+OWN_PROCESS = {"bench_backends.py", "bench_import.py", "bench_ort_overhead.py", "bench_photo_graph.py", "bench_precision.py"}
 # Extra arguments of a quick run ({tmp}: the test's temporary folder).
 ARGS: dict[str, list[str]] = {}
 # What a script's quick run prints besides its provenance line (a Markdown table unless noted).
-PRINTS: dict[str, str] = {"bench_box_map.py": "paired bootstrap", "bench_shift_families.py": "family          change", "bench_segment_scale.py": "part 2: ",
+PRINTS: dict[str, str] = {"bench_box_map.py": "paired bootstrap", "bench_import.py": "ttakit / (torch, torchvision)", "bench_shift_families.py": "family          change", "bench_segment_scale.py": "part 2: ",
                           "make_corrupted.py": "wrote 4 photos", "make_segmentation.py": "wrote",
                           "make_segmentation_mosaics.py": "wrote", "serve_onnx.py": "policy "}
 
@@ -56,7 +56,7 @@ def test_quick_run(script: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         done = subprocess.run([sys.executable, str(script), "--quick"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert "|---" in done.stdout and done.stdout.startswith("<sub>measured "), done.stdout[-2000:]
+        assert PRINTS.get(script.name, "|---") in done.stdout and done.stdout.startswith("<sub>measured "), done.stdout[-2000:]
         return
     monkeypatch.syspath_prepend(str(script.parent))
     monkeypatch.chdir(tmp_path)  # a relative output path lands here, never in the repository

@@ -9,9 +9,9 @@ the stored logits) and, at a reduced precision, the plain row against fp32 on th
 Example:
     >>> from types import SimpleNamespace
     >>> lm = LoadedModel(torch.nn.Identity(), "id", "none", {"input_size": (3, 8, 8)}, ["a", "b"])
-    >>> task = classify_task(lm, SimpleNamespace(labels=(0, 1)), RunConfig(), None, {"adapt": "bn", "adaptive": 0.5})
+    >>> task = classify_task(lm, SimpleNamespace(labels=(0, 1)), RunConfig(), None, {"adaptive": 0.5})
     >>> task.adapt, task.scoring.adaptive, task.labels.tolist()
-    (('bn',), 0.5, [0, 1])
+    ((), 0.5, [0, 1])
 """
 
 from __future__ import annotations
