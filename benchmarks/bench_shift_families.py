@@ -35,6 +35,9 @@ import ttakit
 from ttakit.datasets import detect_dataset
 from ttakit.shifts import SHIFTS, shift_image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import provenance  # noqa: E402
+
 def _beside(*parts: str) -> Path:
     """``parts`` under the first folder above the checkout that holds them (../ or ../../)."""
     above = Path(__file__).resolve().parents
@@ -94,18 +97,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--photos", type=int, default=100, help="first N sample photos, every k-th (default 100)")
     ap.add_argument("--severity", type=int, default=3, choices=range(1, 6))
     ap.add_argument("--families", default=",".join(SHIFTS.names()), help="comma list (default: all 14)")
-    ap.add_argument("--quick", action="store_true", help="6 photos")
+    ap.add_argument("--quick", action="store_true", help="6 photos, ttakit's statistics only (no authors' code)")
     ap.add_argument("--imagenet-c-python", default=str(VENV), help="python of the venv with imagenet-c 0.0.3")
     ap.add_argument("--data", default=str(SAMPLE))
     args = ap.parse_args(argv)
+    print(provenance(__file__, argv))
     n = 6 if args.quick else args.photos
     lm = ttakit.load_model()
     ds = detect_dataset(args.data, lm.class_names)
     step = max(1, len(ds.paths) // n)
     picks = list(range(0, len(ds.paths), step))[:n]
     python = Path(args.imagenet_c_python)
-    have_authors = python.exists() and MAKE_C.exists()
-    if not have_authors:
+    have_authors = python.exists() and MAKE_C.exists() and not args.quick
+    if args.quick:
+        print("quick run: ttakit's statistics only (the authors' code runs without --quick)")
+    elif not have_authors:
         print(f"authors' code missing ({python} or {MAKE_C} not found): ttakit's statistics only")
     labels = torch.tensor([ds.labels[i] for i in picks])
     with tempfile.TemporaryDirectory() as tmp:

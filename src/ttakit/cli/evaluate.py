@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from typing import Any
 
 from ..evaluation.api import evaluate
@@ -47,7 +48,8 @@ def evaluate_classify(args: argparse.Namespace) -> int:
     options = eval_options(args)
     run = load(args)
     data = load_data(args, run.lm, args.data)
-    carried = adapt_from_policies([create_policy(t, run.lm.data_config) for t in (args.tta or ["hflip"])], args, many=True)
+    written = [replace(create_policy(t, run.lm.data_config), name=t) for t in (args.tta or ["hflip"])]  # as written
+    carried = adapt_from_policies(written, args, many=True)
     if carried and "adapt" not in args.given_options:  # a policy file's own adaptation (search --shifts)
         args.given_options.update(adapt=args.adapt, adapt_batch=args.adapt_batch)
     for note in (carried, precropped_note(data.paths, run.lm.data_config)):
