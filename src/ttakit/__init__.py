@@ -83,14 +83,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
 _LAZY = {name: f"{__name__}.{module}" for module, names in _EXPORTS.items() for name in names}
 # Looking up ttakit.Plan registers the built-in tasks ("classify", "segment", "detect", ...),
 # as `import ttakit` did when it imported them all.
-_TASK_MODULES = ("ttakit.tasks.classify", "ttakit.tasks.segment", "ttakit.tasks.dense", "ttakit.tasks.detect")
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         if name == "Plan":
-            for module in _TASK_MODULES:
-                importlib.import_module(module)
+            importlib.import_module(f"{__name__}.task_spec").load_task_modules()  # the one list of task modules
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value  # resolved once
         return value
