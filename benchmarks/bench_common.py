@@ -115,3 +115,10 @@ def check_args(argv: list[str]) -> None:
     spec.loader.exec_module(module)
     module.parser().parse_args(args)
     print(f"arguments ok: {script} {' '.join(args)}")
+
+
+def check_args_file(path: str) -> None:
+    """:func:`check_args` for every command in ``path``: one a line, ``\\x1f`` after each argument."""
+    for line in Path(path).read_text().splitlines():
+        if line:
+            check_args(line.split("\x1f")[:-1])

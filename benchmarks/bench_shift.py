@@ -21,7 +21,7 @@ calibrated on the stream's own photos (cross-fitted halves, so both cover ~90%).
 - one stream per ``--report-families`` family, families the search never saw marked ``unseen``;
 - a mixed stream: every odd photo, photo i shifted by family i mod 14 (all 14 families).
 
-    python benchmarks/bench_shift.py --quick                      # 36 photos: a smoke run
+    python benchmarks/bench_shift.py --quick                      # 12 photos: a smoke run
     nice python benchmarks/bench_shift.py --out runs/bench_shift  # the published run
 """
 
@@ -52,7 +52,7 @@ from ttakit.shifts import SHIFTS
 from ttakit.views import View
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import SAMPLE, provenance  # noqa: E402
+from bench_common import SAMPLE, load_bench_model, provenance  # noqa: E402
 
 UNSEEN = "shot_noise,gaussian_blur,saturation,scale,crop"
 
@@ -128,15 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64, help="adaptation batch")
     ap.add_argument("--pool", default="shift_pool", help="candidate views (a preset or policy text)")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 36 photos, 3 search families, the hflip pool, alpha 0.5, one report family of 6")
+                    help="smoke run: 12 photos, 3 search families, the hflip pool, alpha 0.5, one report family of 4")
     args = ap.parse_args(argv)
     print(provenance(__file__, argv))
     if args.quick:  # every step runs, on too few photos to mean anything
-        args.photos, args.report_photos, args.report_families = 36, 6, "shot_noise"
+        args.photos, args.report_photos, args.report_families = 12, 4, "shot_noise"
         args.families, args.pool, args.alpha, args.budget, args.batch = "clean,gaussian_noise,pixelate", "hflip", 0.5, 2, 8
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out)
-    lm = ttakit.load_model()
+    lm = load_bench_model(args.quick)  # quick: timm's tiny test model (the code runs, the figures mean nothing)
     cfg = RunConfig()
     data = detect_dataset(args.data, lm.class_names).head(args.photos)
     even, odd = subset(data, range(0, len(data), 2)), subset(data, range(1, len(data), 2))

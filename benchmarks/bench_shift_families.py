@@ -36,7 +36,7 @@ from ttakit.datasets import detect_dataset
 from ttakit.shifts import SHIFTS, shift_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import provenance  # noqa: E402
+from bench_common import load_bench_model, provenance  # noqa: E402
 
 def _beside(*parts: str) -> Path:
     """``parts`` under the first folder above the checkout that holds them (../ or ../../)."""
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     print(provenance(__file__, argv))
     n = 6 if args.quick else args.photos
-    lm = ttakit.load_model()
+    lm = load_bench_model(args.quick)  # quick: timm's tiny test model (the code runs, the figures mean nothing)
     ds = detect_dataset(args.data, lm.class_names)
     step = max(1, len(ds.paths) // n)
     picks = list(range(0, len(ds.paths), step))[:n]

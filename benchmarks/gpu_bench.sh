@@ -3,13 +3,14 @@
 # needs a network). Installs the project into a fresh venv from the working tree, then runs the
 # benchmark in fp32 and bf16 autocast; tables go to $OUT (or ./runs).
 # DRY_RUN=1 installs and runs nothing: each benchmark command's arguments are parsed by that
-# script's own parser (with $PYTHON, an interpreter that has the project installed), so a
-# renamed flag fails here rather than on the GPU machine.
+# script's own parser (all of them at the end, in one $PYTHON, an interpreter that has the
+# project installed), so a renamed flag fails here rather than on the GPU machine.
 set -euo pipefail
 OUT=${OUT:-runs}
 mkdir -p "$OUT"
 if [[ -n "${DRY_RUN:-}" ]]; then
-    py() { "${PYTHON:-python3}" -c 'import sys; sys.path[:0] = ["benchmarks"]; from bench_common import check_args; check_args(sys.argv[1:])' "$@"; }
+    DRY_CMDS=$(mktemp)
+    py() { printf '%s\x1f' "$@" >> "$DRY_CMDS"; echo >> "$DRY_CMDS"; }  # one command a line, \x1f between arguments
     pip() { echo "dry run: pip $*"; }
     gpu_name() { echo "dry run: nvidia-smi"; }
 else
@@ -35,3 +36,7 @@ pip install -q onnx onnxscript 'onnxruntime-gpu==1.31.1' ${TRT:+tensorrt-cu12} \
 py benchmarks/bench_backends.py --device cuda --batches 1,16,64 --repeats 5 --ttach-images 0 \
     --backends "torch,torch-bf16,torch-compile,onnxruntime-cuda${TRT:+,onnxruntime-tensorrt}" \
     --out "$OUT/bench_backends_gpu.md"
+if [[ -n "${DRY_RUN:-}" ]]; then
+    "${PYTHON:-python3}" -c 'import sys; sys.path[:0] = ["benchmarks"]; from bench_common import check_args_file; check_args_file(sys.argv[1])' "$DRY_CMDS"
+    rm -f "$DRY_CMDS"
+fi

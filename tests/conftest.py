@@ -1,27 +1,16 @@
-"""Shared fixtures: tiny models, synthetic images, the real-photo folder."""
+"""Shared fixtures: tiny models, synthetic images, the real-photo folder.
+
+Only light modules are imported at the top: pytest-xdist's controller loads this file too,
+before it starts the workers, and needs none of torch, timm or ttakit (about 8 s on 2 cores).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pytest
-import timm
-import torch
-from PIL import Image
-
-import ttakit
-from ttakit.transforms import Crop, HFlip, Resize, Rot90, Rotate, Scale, Shift, VFlip
-
-# Geometric transforms shared by the transform and dense round-trip tests.
-EXACT = [HFlip(), VFlip(), Rot90(1), Rot90(2), Rot90(3)]
-SHIFTS = [Shift(5, -3), Shift(-7, 0), Shift(0, 11)]
-RESAMPLED = [
-    Rotate(15.0), Rotate(-30.0), Scale(0.8), Scale(1.25), Scale(0.83), Scale(1.5),
-    Resize(size=(40, 50)), Resize(factor=1.5), Resize(factor=0.83),
-    Crop("center", fraction=0.75), Crop("tl", size=(30, 40)), Crop("br", size=(31, 41)),
-    Crop("tr", fraction=0.5), Crop("bl", size=(20, 20)),
-]
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "shared" / "imagenet-sample"
 
@@ -35,35 +24,38 @@ def sample_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def default_lm() -> ttakit.LoadedModel:
-    """The embedded default model (offline ImageNet weights)."""
+def default_lm() -> Any:
+    """The embedded default model (offline ImageNet weights), a ``ttakit.LoadedModel``."""
+    import ttakit
+
     return ttakit.load_model()
 
 
 @pytest.fixture()
-def tiny_model() -> torch.nn.Module:
+def tiny_model() -> Any:
     """A tiny timm CNN with fixed random weights (10 classes)."""
+    import timm
+    import torch
+
     torch.manual_seed(0)
     return timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()
 
 
 @pytest.fixture()
-def images() -> torch.Tensor:
+def images() -> Any:
     """A (4, 3, 64, 80) batch of normalised random images."""
+    import torch
+
     g = torch.Generator().manual_seed(1)
     return torch.randn(4, 3, 64, 80, generator=g)
-
-
-def smooth_images(b: int = 2, c: int = 3, h: int = 48, w: int = 70, seed: int = 0) -> torch.Tensor:
-    """Low-frequency images, for round trips through resampling."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.randn(b, c, 5, 6, generator=g)
-    return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
 
 
 @pytest.fixture()
 def labelled_folder(tmp_path: Path) -> Path:
     """``tmp_path/data``: an ImageFolder of classes cat, dog, fox with three random 40 x 48 photos each."""
+    import numpy as np
+    from PIL import Image
+
     root = tmp_path / "data"
     for c, name in enumerate(("cat", "dog", "fox")):
         (root / name).mkdir(parents=True)
@@ -71,3 +63,26 @@ def labelled_folder(tmp_path: Path) -> Path:
             rgb = np.random.default_rng(10 * c + i).integers(0, 255, (40, 48, 3), dtype=np.uint8)
             Image.fromarray(rgb).save(root / name / f"{i}.png")
     return root
+
+
+# The longest files first (their seconds on 2 cores): pytest-xdist hands out whole files in
+# collection order (--dist loadfile --no-loadscope-reorder), and a long file started last
+# would leave one worker running alone at the end.
+LONGEST_FIRST = ("test_scripts_quick.py", "test_distributed.py",  # about 100 and 60 s
+                 "test_real_photos.py", "test_backends.py", "test_export.py", "test_cli.py",  # 20-40 s
+                 "test_report_gallery.py", "test_readme.py", "test_report.py", "test_fork_safety.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest-xdist each worker gets its share of the cores: two workers with torch's
+    # default of one thread per core would run 2x oversubscribed (tiny models slow down many times).
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))

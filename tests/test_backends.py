@@ -294,15 +294,16 @@ def test_export_check_rejects_a_wrong_runtime_answer(tiny):
 def test_real_photos_same_answers_as_torch(sample_dir, default_lm, cache):
     _needs(*RUNTIMES)
     lm = default_lm
-    files = sorted(sample_dir.glob("*.JPEG"))[:8]  # the 500-photo figure comes from bench_backends.py
+    files = sorted(sample_dir.glob("*.JPEG"))[:6]  # the 500-photo figure comes from bench_backends.py
     x = ttakit.preprocess(files, lm.transform())
-    policies = {p: ttakit.create_policy(p).views for p in ("hflip", "d4", "ten_crop")}
+    # hflip and d4: one input size (other sizes through the backends: the tiny-model tests above)
+    policies = {p: ttakit.create_policy(p).views for p in ("hflip", "d4")}
     union = list(dict.fromkeys(v for views in policies.values() for v in views))  # d4 holds hflip's views
     logits = {}
     for name in ("torch", *RUNTIMES):
         tta = ttakit.ClassificationTTA(lm.model, "none", norm=lm.normalization, data_config=lm.data_config,
                                        backend=name, run_config=ttakit.RunConfig(micro_batch=16, channels_last=False))
-        logits[name] = tta.forward_views(x, union)  # (8, 18, 1000)
+        logits[name] = tta.forward_views(x, union)  # (6, 8, 1000)
     for name in RUNTIMES:
         assert (logits[name] - logits["torch"]).abs().max() <= 1e-3, name
         for policy, views in policies.items():

@@ -26,9 +26,10 @@ from ttakit.runtime.config import RunConfig
 from ttakit.tasks.window import WindowConfig, sliding_window_tta
 from ttakit.views import View
 
-# Values of the wrong type or out of every range: strings, None, NaN, inf, negatives, bools, lists.
+# Values of the wrong type or out of every range: strings, None, NaN, inf, negatives, bools, lists
+# (of non-positive integers: [1, 1] is a valid (height, width) tile).
 JUNK = st.one_of(st.text(max_size=3), st.none(), st.just(float("nan")), st.just(float("inf")),
-                 st.just(-float("inf")), st.integers(max_value=-1), st.booleans(), st.lists(st.integers(), max_size=2))
+                 st.just(-float("inf")), st.integers(max_value=-1), st.booleans(), st.lists(st.integers(max_value=0), max_size=2))
 FAST = settings(max_examples=25, deadline=None)
 SWITCHES = ("whole_photo", "strict", "channels_last", "quiet")  # fields for which True/False are valid
 

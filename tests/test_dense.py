@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import ttach
 from torch import nn
 
-from conftest import EXACT, RESAMPLED, SHIFTS, smooth_images
+from transform_cases import EXACT, RESAMPLED, SHIFTS, smooth_images
 from ttakit import KeypointsTTA, PolicyError, RunConfig, SegmentationTTA
 from ttakit.views import View
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,9 @@ import torch
 from PIL import Image
 
 from ttakit.cli import main
+
+from dist_driver import evaluate_detection, make_detector, toy_photos  # beside this file
+from toy_task_plugin import NAME, evaluate_toy, make_photos
 
 CLASSES = ["cat", "dog", "fox"]
 pytestmark = pytest.mark.slow
@@ -68,9 +72,12 @@ def test_two_ranks_match_one_process(setup):
     a, b = load_logits(root / "single"), load_logits(root / "multi")
     assert a[2] == b[2] and torch.equal(a[1], b[1]) and torch.equal(a[3], b[3])
     torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)  # same images, other batch neighbours
-    # Resume: a second distributed run over the finished folder computes nothing and agrees.
-    again = _torchrun(_args(root, root / "multi"))
-    assert again.returncode == 0 and _without_timing(root / "multi" / "results.json") == single
+    # Resume: the folder two ranks wrote, run again (here, in one process: one torchrun launch
+    # costs three interpreter starts), computes nothing and agrees.
+    before = {p.name: p.stat().st_mtime_ns for p in (root / "multi" / "logits").glob("chunk_*")}
+    assert main(_args(root, root / "multi")) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "multi" / "logits").glob("chunk_*")} == before
+    assert _without_timing(root / "multi" / "results.json") == single
 
 
 def test_a_failing_rank_stops_the_job_with_its_name(setup):
@@ -93,18 +100,6 @@ def test_search_reuses_distributed_logits(setup):
 
 
 # --------------------------------------------------------------------------- detection
-def make_detector():  # tests/test_distributed.py:make_detector
-    """test_detect's BrightBoxes: right on clean rectangles, off where the noise crosses 0.5."""
-    from ttakit.callables import import_callable
-    from ttakit.tasks.detect import LoadedDetector
-
-    bright = import_callable(f"{os.path.dirname(__file__)}/test_detect.py:BrightBoxes")
-
-    cfg = {"input_size": (3, 48, 48), "interpolation": "bilinear", "mean": (0.0,) * 3, "std": (1.0,) * 3,
-           "crop_pct": 1.0, "crop_mode": "center"}
-    return LoadedDetector(bright(), "bright", "none", cfg, ["red", "green", "blue"])
-
-
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory):
     root = tmp_path_factory.mktemp("coco")
@@ -127,24 +122,41 @@ def coco(tmp_path_factory):
     return root
 
 
-def _detect_args(root, out):
-    return ["evaluate", "--task", "detect", str(root / "img"), "--annotations", str(root / "coco.json"), "--model",
-            f"{__file__}:make_detector", "--tta", "hflip", "--tta", "rot90(0,1)", "--box-merge", "wbf",
-            "--box-merge", "nms", "--batch-size", "3", "--workers", "0", "--quiet", "--out", str(out)]
+@pytest.fixture(scope="module")
+def api_ranks(coco, tmp_path_factory):
+    """One torchrun launch of tests/dist_driver.py: the detection set and the toy plug-in task,
+    evaluated through the Python API by two ranks (``multi``) and by this process (``single``)."""
+    toy = tmp_path_factory.mktemp("toy")
+    make_photos(toy / "photos")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TTAKIT_DIST_BACKEND": "gloo",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(Path(__file__).parent / "dist_driver.py"), str(coco), str(coco / "multi"), str(toy / "photos"),
+           str(toy / "multi")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    evaluate_detection(coco, coco / "single")
+    evaluate_toy(toy_photos(toy / "photos"), toy / "single")
+    return {"detect": coco, "toy": toy}
 
 
-def test_detection_two_ranks_match_one_process(coco):
-    assert main(_detect_args(coco, coco / "single")) == 0
-    res = _torchrun(_detect_args(coco, coco / "multi"))
-    assert res.returncode == 0, res.stderr[-3000:]
+def test_detection_two_ranks_match_one_process(api_ranks):
+    coco = api_ranks["detect"]
     single, multi = _without_timing(coco / "single" / "results.json"), _without_timing(coco / "multi" / "results.json")
     assert multi == single
     assert multi["n_images"] == 11 and len(multi["skipped"]) == 1
     assert 0 < single["results"]["plain"]["map"] < 1  # not a trivial detector: the intervals mean something
     # The plain row against pycocotools on the detector's own boxes, computed here without ttakit.
     assert single["results"]["plain"]["map"] == pytest.approx(_plain_map_by_cocoeval(coco), abs=1e-9)
-    assert "ci_map" in single["results"]["hflip@wbf"]
+    assert "ci_map" in single["results"]["hflip@wbf"] and "ci_map" in single["results"]["rot90(0,1)@nms"]
     assert (coco / "multi" / "per_image.csv").read_text() == (coco / "single" / "per_image.csv").read_text()
+
+
+def test_toy_plugin_task_two_ranks_match_one_process(api_ranks):
+    toy = api_ranks["toy"]
+    single, multi = _without_timing(toy / "single" / "results.json"), _without_timing(toy / "multi" / "results.json")
+    assert multi == single and multi["task"] == NAME
+    assert (toy / "multi" / "per_image.csv").read_text() == (toy / "single" / "per_image.csv").read_text()
 
 
 def _plain_map_by_cocoeval(root) -> float:

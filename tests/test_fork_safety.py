@@ -1,6 +1,6 @@
 """Fork safety: a process that holds OpenVINO and ONNX Runtime runs ``evaluate`` with decoding
 workers and input stages, then starts subprocesses, and nothing crashes, hangs or is left
-changed (signal handlers, torch threads, live threads)."""
+changed (signal handlers, the thread's signal stack, torch threads, live threads)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ttakit.datasets import DecodeLoader
 # The whole scenario runs in a child interpreter, so that a segfault fails this test instead of
 # killing the test session.
 SCENARIO = textwrap.dedent("""
-    import os, signal, subprocess, sys, threading
+    import gc, os, signal, subprocess, sys, threading
     from pathlib import Path
     import numpy as np, timm, torch
     from PIL import Image
@@ -27,6 +27,7 @@ SCENARIO = textwrap.dedent("""
     from ttakit.evaluation.evaluate import EvalOptions, evaluate
     from ttakit.models import LoadedModel
     from ttakit.runtime.backends import create_backend
+    from ttakit.runtime.signal_stack import current_signal_stack
 
     root = Path(sys.argv[1])
     classes = ["cat", "dog"]
@@ -40,16 +41,28 @@ SCENARIO = textwrap.dedent("""
     cfg = {"input_size": (3, 64, 64), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
            "crop_pct": 1.0, "crop_mode": "center"}
     lm = LoadedModel(net, "test_resnet", "random", cfg, classes)
+    stack = current_signal_stack()
     backends = [create_backend(n, net, input_size=(64, 64), key="test_resnet") for n in ("openvino", "onnxruntime")]
     before = (signal.getsignal(signal.SIGCHLD), torch.get_num_threads(), threading.active_count())
     data = detect_dataset(root / "data", classes)
     policy = create_policy("hflip*input(72:1.0,80:0.875)")
-    for i in range(3):
+    for i in range(2):  # one run on each backend
         res = evaluate(lm, data, [policy], out_dir=root / f"run{i}", run_config=RunConfig(4, False),
                        options=EvalOptions(batch_size=2, workers=2, quiet=True), backend=backends[i % 2])
         assert res["results"][policy.name]["views"] == 4, res["results"]
     after = (signal.getsignal(signal.SIGCHLD), torch.get_num_threads(), threading.active_count())
     assert after == before, (before, after)
+    # A second OpenVINO backend, then both freed in the order they were made: the thread's
+    # signal stack must be the one it had (runtime/signal_stack.py). torch's DataLoader workers
+    # install a Python SIGCHLD handler, which runs on that stack when a subprocess below ends:
+    # with a freed stack there, the first subprocess killed this process (SIGSEGV).
+    second = create_backend("openvino", net, input_size=(64, 64), key="test_resnet")
+    second(torch.randn(2, 3, 64, 64))
+    for _ in torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 3)), num_workers=1, batch_size=2):
+        pass
+    del backends[:], second
+    gc.collect()
+    assert current_signal_stack() == stack, (current_signal_stack(), stack)
     for i in range(20):
         r = subprocess.run([sys.executable, "-c", "print('ok')"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and r.stdout == "ok\\n", r

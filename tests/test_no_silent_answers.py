@@ -206,3 +206,32 @@ def test_calibration_photos_without_int8_are_refused(cli_args, tmp_path, capsys)
     err = capsys.readouterr().err
     assert code != 0 and "calibrate int8 and do nothing" in err and "--calibration" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_scoring_given_with_the_options_it_replaces_is_refused(lm, folder, tmp_path):
+    """``scoring=`` beside ``adaptive=`` used the scoring object and dropped the option unsaid."""
+    scoring = ttakit.ClassifyScoring(adaptive=0.9)
+    with pytest.raises(TTAKitError, match="`confidence` would be ignored: `scoring` is given"):
+        ttakit.evaluate(lm, folder, "hflip", out_dir=tmp_path / "a", scoring=scoring, confidence="margin",
+                        options=EvalOptions(workers=0, quiet=True))
+    with pytest.raises(TTAKitError, match="`ignore_index` would be ignored"):
+        ttakit.evaluate(lm, folder, "hflip", task="segment", out_dir=tmp_path / "b", masks=folder,
+                        scoring=ttakit.SegmentScoring(3), ignore_index=0, options=EvalOptions(workers=0, quiet=True))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    res = ttakit.evaluate(lm, folder, "hflip", out_dir=tmp_path / "c", scoring=scoring,
+                          options=EvalOptions(workers=0, quiet=True))  # the object alone is used
+    assert res.doc["n_images"] == 9 and "top1" in res.results["hflip"]
+
+
+def test_device_beside_a_prepared_run_on_another_device_is_refused(lm, folder, tmp_path):
+    run = ttakit.prepare_run(lm, device="cpu")
+    elsewhere = dataclasses.replace(run, device=torch.device("meta"))  # as if prepared on a GPU
+    with pytest.raises(TTAKitError, match="`device`='cpu' would be ignored: the prepared run is on meta"):
+        ttakit.evaluate(elsewhere, folder, "hflip", out_dir=tmp_path / "a", device="cpu",
+                        options=EvalOptions(workers=0, quiet=True))
+    with pytest.raises(TTAKitError, match="device must be a device"):
+        ttakit.evaluate(run, folder, "hflip", out_dir=tmp_path / "a", device="gpu0",
+                        options=EvalOptions(workers=0, quiet=True))
+    res = ttakit.evaluate(run, folder, "hflip", out_dir=tmp_path / "b", device="cpu",
+                          options=EvalOptions(workers=0, quiet=True))  # the same device: fine
+    assert res.doc["n_images"] == 9 and "top1" in res.results["hflip"]

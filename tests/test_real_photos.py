@@ -12,25 +12,37 @@ pytestmark = pytest.mark.slow
 
 
 def test_plain_hflip_and_d4_on_real_photos(sample_dir, default_lm):
-    files = sorted(sample_dir.glob("*.JPEG"))
+    # The first 250 photos (86.4% plain, 87.2% with hflip on an AMD EPYC, fp32) and, for d4 at 8
+    # forwards a photo, the first 32 (84.4% plain, 71.9% d4): each figure of the 500 holds on them,
+    # at less than half the suite time.
+    files = sorted(sample_dir.glob("*.JPEG"))[:250]
     wnids = timm.data.ImageNetInfo().label_names()
     labels = torch.tensor([wnids.index(f.name.split("_")[0]) for f in files])
     x = preprocess(files, default_lm.transform())
     acc = {}
-    for policy in ("none", "hflip", "d4"):
-        n = len(files) if policy != "d4" else 100  # d4 is 8 forwards an image: a subset says enough
+    for policy in ("hflip", "d4"):
+        n = len(files) if policy != "d4" else 32
         tta = ClassificationTTA(default_lm.model, policy, norm=default_lm.normalization)
-        probs = torch.cat([tta(x[i : i + 50]) for i in range(0, n, 50)])
+        assert str(tta.policy.views[0]) == "identity"  # its first view is the plain model's
+        res = [tta.predict(x[i : min(i + 50, n)]) for i in range(0, n, 50)]
+        probs = torch.cat([r.probs for r in res])
+        plain = torch.cat([r.view_logits[:, 0] for r in res])  # (n, C)
         acc[policy] = (probs.argmax(-1) == labels[:n]).float().mean().item()
-    plain_100 = acc_at(default_lm, x[:100], labels[:100])
-    assert acc["none"] > 0.85  # ~88% on these photos
-    assert acc["hflip"] >= acc["none"] - 0.005  # flips help a little, never much worse
-    assert acc["d4"] < plain_100 - 0.03  # upside-down views hurt ImageNet models
+        acc[f"plain_{n}"] = (plain.argmax(-1) == labels[:n]).float().mean().item()
+    k = len(res[0].probs)  # d4's first micro-batch: its view 0 is the plain model's answer
+    assert acc_at(default_lm, x[:k], labels[:k]) == pytest.approx(acc_at_logits(res[0].view_logits[:, 0], labels[:k]))
+    assert acc["plain_250"] > 0.85  # ~88% on all 500 photos
+    assert acc["hflip"] >= acc["plain_250"] - 0.005  # flips help a little, never much worse
+    assert acc["d4"] < acc["plain_32"] - 0.03  # upside-down views hurt ImageNet models
 
 
 def acc_at(lm, x, labels):
     with torch.inference_mode():
-        return (lm.model(x).argmax(-1) == labels).float().mean().item()
+        return acc_at_logits(lm.model(x), labels)
+
+
+def acc_at_logits(logits, labels):
+    return (logits.argmax(-1) == labels).float().mean().item()
 
 
 def test_evaluate_on_real_photos(sample_dir, default_lm, tmp_path):

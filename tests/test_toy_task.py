@@ -1,37 +1,22 @@
 """The toy task of ``toy_task_plugin`` (registered there, once, outside the package) through
-``ttakit.evaluate``, resume, torchrun, the report and the command line. Run as a script
-(``python tests/test_toy_task.py OUT DATA``), it evaluates into OUT, which is how the torchrun
-test starts its ranks.
+``ttakit.evaluate``, resume, the report and the command line; under torchrun:
+tests/test_distributed.py (with tests/dist_driver.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from toy_task_plugin import NAME, SIZE, GreyGuess, Photos, evaluate_toy, grey, loaded  # beside this file
+from cli_session import run_commands  # beside this file
+from toy_task_plugin import NAME, SIZE, GreyGuess, Photos, evaluate_toy, grey, loaded, make_photos
 
 from ttakit.cli import main
-from ttakit.runtime.distributed import DistContext
-
-
-def make_photos(root: Path) -> Photos:
-    root.mkdir(parents=True, exist_ok=True)
-    g = np.random.default_rng(0)
-    for i in range(7):
-        a = g.integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8)
-        a[:, : SIZE // 2] //= 2  # a darker left half: the model's lopsided guess differs under a flip
-        Image.fromarray(a).save(root / f"{i}.png")
-    (root / "broken.png").write_bytes(b"\x89PNG nope")
-    return Photos(tuple(str(p) for p in sorted(root.glob("*.png"))), str(root))
 
 
 def _reference_rmse(data: Photos, flip: bool) -> float:
@@ -100,24 +85,22 @@ def test_toy_task_from_the_command_line_evaluates_resumes_and_reports(tmp_path):
     """A fresh process: the task exists only once --task-module has imported its module."""
     data = make_photos(tmp_path / "photos")
     reference = evaluate_toy(data, tmp_path / "python")
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # run_commands puts tests/ on the path: the module is importable
     env.pop("TTAKIT_TASK_MODULES", None)
-    argv = [sys.executable, "-m", "ttakit", "evaluate", str(tmp_path / "photos"), "--task", NAME, "--out",
-            str(tmp_path / "cli"), "--batch-size", "3", "--workers", "0", "--device", "cpu", "--quiet"]
-    unknown = subprocess.run(argv, capture_output=True, text=True, timeout=240, env=env)
-    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr and NAME in unknown.stderr, unknown.stderr
-    run = subprocess.run(argv + ["--task-module", "toy_task_plugin"], capture_output=True, text=True, timeout=240,
-                         env=env)
-    assert run.returncode == 0, run.stderr[-3000:]
+    argv = ["evaluate", str(tmp_path / "photos"), "--task", NAME, "--out", str(tmp_path / "cli"), "--batch-size", "3",
+            "--workers", "0", "--device", "cpu", "--quiet"]
+    # One fresh interpreter: without the module the task is unknown, then with it the run works.
+    done = run_commands([argv, argv + ["--task-module", "toy_task_plugin"]], env=env)
+    assert done.codes[0] == 2 and "invalid choice" in done.stderr[0] and NAME in done.stderr[0], done.stderr[0]
+    assert done.codes[1] == 0, done.stderr[1][-3000:]
     doc = json.loads((tmp_path / "cli" / "results.json").read_text())
     assert doc["task"] == NAME and doc["n_skipped"] == 1
     _rows_close(doc["results"], reference.results)
-    assert "RMSE" in run.stdout and "hflip: RMSE" in run.stdout and (tmp_path / "cli" / "report.html").exists()
+    assert "RMSE" in done.stdout[1] and "hflip: RMSE" in done.stdout[1] and (tmp_path / "cli" / "report.html").exists()
     # resume, in this process (the module is imported here already): only the lost chunk runs again
     sorted((tmp_path / "cli" / "regression").glob("chunk_*.safetensors"))[0].unlink()
     GreyGuess.calls = 0
-    assert main(argv[3:] + ["--task-module", "toy_task_plugin"]) == 0
+    assert main(argv + ["--task-module", "toy_task_plugin"]) == 0
     assert GreyGuess.calls == 3 * 2  # the first chunk: three photos, two views
     _rows_close(json.loads((tmp_path / "cli" / "results.json").read_text())["results"], reference.results)
 
@@ -140,26 +123,3 @@ def test_toy_task_predicts_from_the_command_line(tmp_path, capsys, monkeypatch):
     code = main(["predict", data.paths[0], "--task", NAME, "--adaptive", "0.5", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and err.strip() == "ttakit: error: --adaptive is not an option of task 'toy_rmse' (it is for: classify)"
-
-
-def test_toy_task_under_torchrun_matches_one_process(tmp_path):
-    data = make_photos(tmp_path / "photos")
-    single = evaluate_toy(data, tmp_path / "single")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TTAKIT_DIST_BACKEND": "gloo",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", __file__,
-           str(tmp_path / "multi"), str(tmp_path / "photos")]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert run.returncode == 0, run.stderr[-3000:]
-    multi = json.loads((tmp_path / "multi" / "results.json").read_text())
-    assert _without_timing(multi) == _without_timing({k: single[k] for k in multi})
-    assert (tmp_path / "multi" / "per_image.csv").read_text() == (tmp_path / "single" / "per_image.csv").read_text()
-
-
-if __name__ == "__main__":  # a torchrun rank: join the process group explicitly, then evaluate
-    DistContext.init()
-    try:
-        folder = Path(sys.argv[2])
-        evaluate_toy(Photos(tuple(str(p) for p in sorted(folder.glob("*.png"))), str(folder)), Path(sys.argv[1]))
-    finally:
-        torch.distributed.destroy_process_group()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from conftest import EXACT, RESAMPLED, SHIFTS, smooth_images
+from transform_cases import EXACT, RESAMPLED, SHIFTS, smooth_images
 from ttakit import functional as Fn
 from ttakit.policy import parse_policy, parse_view
 from ttakit.transforms import (

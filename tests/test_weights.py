@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -24,6 +22,8 @@ from ttakit.cli import main
 from ttakit.models import EMBEDDED_WEIGHTS, EmbeddedWeights
 from ttakit.tasks.detect import load_detector
 from ttakit.tasks.segment import load_segmenter
+
+from cli_session import run_commands
 
 CAT = str(ttakit.example_image_path())
 CAT_NAMES = {"tabby, tabby cat", "tiger cat", "Egyptian cat"}
@@ -41,11 +41,6 @@ def _offline_env(tmp_path) -> dict[str, str]:
     for var in ("NO_PROXY", "no_proxy"):
         env.pop(var, None)
     return env
-
-
-def _ttakit(tmp_path, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ttakit", *argv], capture_output=True, text=True, timeout=240,
-                          env=_offline_env(tmp_path))
 
 
 @pytest.fixture()
@@ -75,24 +70,19 @@ def test_embedded_lite_weights_name_the_bundled_cat(capsys, no_download, name):
 
 
 # --------------------------------------------------------------------------- offline: one error
-def test_hub_model_offline_is_one_error_line(tmp_path):
-    res = _ttakit(tmp_path, "predict", "--model", "resnet18")
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ttakit: error: resnet18: "), res.stderr
-    for way in ("--weights FILE", "fetch them once where the hub is reachable", "--weights random"):
-        assert way in lines[0], lines[0]
-    assert res.stdout == ""  # no table from an untrained network
-
-
-def test_torchvision_detector_offline_is_one_error_line(tmp_path):
-    res = _ttakit(tmp_path, "predict", CAT, "--task", "detect", "--detector", "fasterrcnn_mobilenet_v3_large_320_fpn")
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ttakit: error: fasterrcnn_mobilenet_v3_large_320_fpn: "), res.stderr
-    for way in ("--weights FILE", "cached under TORCH_HOME", "--weights random"):
-        assert way in lines[0], lines[0]
-    assert res.stdout == ""
+def test_hub_model_and_torchvision_detector_offline_are_one_error_line(tmp_path):
+    """One fresh process with empty caches and no way to download runs both commands."""
+    done = run_commands([["predict", "--model", "resnet18"],
+                         ["predict", CAT, "--task", "detect", "--detector", "fasterrcnn_mobilenet_v3_large_320_fpn"]],
+                        env=_offline_env(tmp_path))
+    for i, (name, ways) in enumerate([("resnet18", ("--weights FILE", "fetch them once where the hub is reachable")),
+                                      ("fasterrcnn_mobilenet_v3_large_320_fpn", ("--weights FILE", "cached under TORCH_HOME"))]):
+        assert done.codes[i] == 2, done.stderr[i]
+        lines = done.stderr[i].strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"ttakit: error: {name}: "), done.stderr[i]
+        for way in (*ways, "--weights random"):
+            assert way in lines[0], lines[0]
+        assert done.stdout[i] == ""  # no table from an untrained network
 
 
 def test_a_missing_weights_package_is_named_as_a_way_out(no_download, monkeypatch):

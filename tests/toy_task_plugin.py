@@ -170,3 +170,14 @@ register_task(TaskSpec(
 def evaluate_toy(data: Photos, out: Path, batch_size: int = 3) -> dict[str, Any]:
     return ttakit.evaluate(loaded(), data, ["hflip"], task=NAME, out_dir=out, run_config=RC,
                            options=EvalOptions(batch_size=batch_size, workers=0, quiet=True), device="cpu")
+
+
+def make_photos(root: Path) -> Photos:
+    root.mkdir(parents=True, exist_ok=True)
+    g = np.random.default_rng(0)
+    for i in range(7):
+        a = g.integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8)
+        a[:, : SIZE // 2] //= 2  # a darker left half: the model's lopsided guess differs under a flip
+        Image.fromarray(a).save(root / f"{i}.png")
+    (root / "broken.png").write_bytes(b"\x89PNG nope")
+    return Photos(tuple(str(p) for p in sorted(root.glob("*.png"))), str(root))

@@ -13,7 +13,6 @@ from torch import Tensor
 from .data import load_image
 from .models import LoadedModel
 from .tasks.classify import ClassificationTTA
-from .views import View
 
 __all__ = ["ClassScore", "ImagePrediction", "predict_images", "topk"]
 

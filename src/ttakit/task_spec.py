@@ -87,6 +87,7 @@ class Option:
     many: tuple[str, ...] = ()  # the commands in which it may be given more than once (a list)
     requires: tuple[str, ...] = ()  # other options it acts only with: "tile" (given), "precision=int8" (that value)
     group: str = ""  # its section of ``--help`` (the task's name by default)
+    scoring: bool = False  # read into the task's default scoring object (refused beside an explicit ``scoring``)
 
     @property
     def flag(self) -> str:

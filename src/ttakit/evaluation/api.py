@@ -31,6 +31,7 @@ from ..runtime.backends import Backend
 from ..runtime.config import RunConfig
 from ..runtime.prepare import PreparedRun, prepare_run
 from ..task_spec import DEFAULT_TASK, TaskColumns, check_options, get_task
+from ..validate import check_device
 from .pipeline import run_evaluation
 from .scoring import EvalOptions
 
@@ -118,6 +119,10 @@ def _prepared(model: Any, spec_name: str, options: Mapping[str, Any], run_config
               device: torch.device | str | None, backend: Backend | None) -> PreparedRun:
     spec = get_task(spec_name)
     if isinstance(model, PreparedRun):
+        asked = None if device is None else check_device("device", device)
+        if asked is not None and (asked.type, asked.index or 0) != (model.device.type, model.device.index or 0):
+            raise ConfigError(f"`device`={str(device)!r} would be ignored: the prepared run is on {model.device}; "
+                              "give the device to `ttakit.prepare_run(..., device=...)` instead")
         run = model
     else:
         lm = model if isinstance(model, LoadedModel) else spec.part("load_model")(model, None, None, options)
@@ -175,11 +180,17 @@ def evaluate(
 
     Raises:
         ConfigError: an option the task does not take (``conformal`` for ``segment``), or one
-            that does nothing given the others (``overlap`` without ``tile``).
+            that does nothing given the others (``overlap`` without ``tile``; a scoring option
+            such as ``adaptive`` beside ``scoring``; ``device`` beside a prepared run on
+            another device).
         UnknownNameError: an unknown task.
     """
     spec = get_task(task)
     values = check_options(spec, "evaluate", task_options)
+    ignored = [n for n, o in spec.options_of("evaluate").items() if o.scoring and n in task_options]
+    if scoring is not None and ignored:
+        raise ConfigError(f"{', '.join(f'`{n}`' for n in ignored)} would be ignored: `scoring` is given; "
+                          "set them in the scoring object, or leave `scoring` out")
     if merges is not None and spec.merge_option in task_options:
         raise ConfigError(f"give the merges once: `merges` or `{spec.merge_option}`")
     merges = merges if merges is not None else values.get(spec.merge_option)

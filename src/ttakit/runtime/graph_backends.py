@@ -37,6 +37,7 @@ from .onnx_cache import CachedExport, Runner, as_numpy
 from .precision import PRECISIONS as PRECISION_LIMITS
 from .precision import ParityFigures, parity, parity_inputs, require_cpu_precision
 from .quantize import quantized_path
+from .signal_stack import kept_signal_stack
 
 __all__ = ["OnnxRuntimeBackend", "OpenVINOBackend"]
 
@@ -366,10 +367,13 @@ class OpenVINOBackend(_GraphBackend):
 
     def _compile(self, path: Path, precision: str, shape: tuple[int, ...] | None = None) -> Runner:
         try:
-            model = self._core.read_model(str(path))
-            if shape is not None:
-                model.reshape([-1, *shape])  # the batch axis stays free
-            compiled = self._core.compile_model(model, "CPU", self.config(precision))
+            # Loading the CPU plugin sets this thread's signal stack, and freeing the Core puts an
+            # older one back, possibly freed by then: keep ours (runtime/signal_stack.py).
+            with kept_signal_stack():
+                model = self._core.read_model(str(path))
+                if shape is not None:
+                    model.reshape([-1, *shape])  # the batch axis stays free
+                compiled = self._core.compile_model(model, "CPU", self.config(precision))
         except Exception as e:  # noqa: BLE001
             raise BackendError(f"OpenVINO could not compile {path.name}: {str(e).splitlines()[0][:300]}") from e
         outputs = list(compiled.outputs)

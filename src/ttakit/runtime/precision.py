@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..errors import BackendError, ConfigError
 from ..registry import Registry
+from .signal_stack import kept_signal_stack
 
 __all__ = [
     "CPU_PRECISIONS_ENV",
@@ -150,7 +151,8 @@ def cpu_precisions() -> tuple[str, ...]:
     try:
         import openvino  # noqa: PLC0415 - optional
 
-        caps = set(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        with kept_signal_stack():  # loading the CPU plugin sets the thread's signal stack (signal_stack.py)
+            caps = set(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         have += [p.name for _, p in PRECISIONS.items() if p.hardware and p.hardware in caps]
     except Exception:  # noqa: BLE001 - no OpenVINO, or no CPU plugin: claim only fp32
         pass

@@ -128,13 +128,14 @@ register_task(TaskSpec(
                metavar="FOLDER", group=_SEG),
         Option("num_classes", "classes of the model (segment: required; detect: a torchvision detector's, default 91)",
                type="positive_int", group=_SEG),
-        Option("ignore_index", "mask value that is not scored (default: 255)", type="int", default=255, group=_SEG),
+        Option("ignore_index", "mask value that is not scored (default: 255)", type="int", default=255, group=_SEG,
+               scoring=True),
         Option("store_budget", "disk for reduced per-view maps, kept only for reuse (the report's gallery, a policy "
                "added on a resumed run; rows from them are marked not exact); e.g. 2GB, 300MB, 0 for none (default: "
                "512MB). Every row asked for is scored exactly, at full resolution, in the one pass", type="byte_size",
-               default=512 * 2**20, metavar="SIZE", group=_SEG),
+               default=512 * 2**20, metavar="SIZE", group=_SEG, scoring=True),
         Option("store_size", "a cap on the long side of the stored maps (default: what the budget allows)",
-               type="positive_int", group=_SEG),
+               type="positive_int", group=_SEG, scoring=True),
         Option("tile", "tile side in photo pixels; each view of the photo is tiled and stitched (default: no tiles, "
                "the whole photo resized to the model's input)", type="positive_int", metavar="PX", group=_WIN),
         Option("overlap", "share of a tile overlapping the next (default: 0.25)", type="float", default=0.25,

@@ -60,10 +60,10 @@ register_task(TaskSpec(
         Option("box_merge", "box merge (evaluate: repeatable; default: wbf)", choices=tuple(list_box_merges()),
                commands=_ALL, many=("evaluate",), group=_DET),
         Option("label_map", "index: label i is the i-th category by id (default); id: labels are category ids",
-               default="index", choices=("index", "id"), group=_DET),
+               default="index", choices=("index", "id"), group=_DET, scoring=True),
         Option("score_threshold", "show boxes scoring at least this (default: 0.3)", type="float", default=0.3,
                commands=("predict", "views"), group=_DET),
         Option("box_option", "box-merge option, e.g. iou_threshold=0.6, wbf.conf_type=max (repeatable)",
-               metavar="[MERGE.]KEY=VALUE", commands=_ALL, many=_ALL, group=_DET),
+               metavar="[MERGE.]KEY=VALUE", commands=_ALL, many=_ALL, group=_DET, scoring=True),
     ),
 ))
