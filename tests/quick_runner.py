@@ -16,7 +16,6 @@ running when the interpreter dies, so a crash is reported against its script.
 from __future__ import annotations
 
 import contextlib
-import gc
 import importlib.util
 import io
 import json
@@ -51,6 +50,7 @@ def run(result_path: Path, workdir: Path, scripts: list[Path]) -> dict[str, dict
     torch.set_num_threads(1)  # tiny models on a shared CPU: 2 threads fighting other jobs run 10x slower
     results: dict[str, dict[str, Any]] = {}
     base_path, base_env, base_modules = list(sys.path), dict(os.environ), set(sys.modules)
+    stems = {s.stem for s in scripts} | {"bench_common"}  # the scripts' own modules, dropped after each
     for script in scripts:
         name = f"{script.parent.name}/{script.name}"
         results[name] = {"ok": False, "stdout": "", "error": "the interpreter died during this script", "seconds": 0.0}
@@ -76,11 +76,9 @@ def run(result_path: Path, workdir: Path, scripts: list[Path]) -> dict[str, dict
             sys.path[:] = base_path
             os.environ.clear()
             os.environ.update(base_env)
-            for mod in set(sys.modules) - base_modules:
-                if mod in {s.stem for s in scripts} or mod == "bench_common":
-                    del sys.modules[mod]
+            for mod in (set(sys.modules) - base_modules) & stems:
+                del sys.modules[mod]
             torch.set_num_threads(1)
-            gc.collect()
         _write(result_path, results)
     return results
 

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from .data import load_image
 from .errors import DatasetError, ImageLoadError
+from .imagenet import imagenet_wnids
 
 __all__ = [
     "DecodeLoader", "ImageList", "LabelledImages", "MaskedImages", "calibration_photos", "collate_decoded", "detect_dataset",
@@ -77,7 +77,7 @@ class _LabelIndex:
                 self.by_name.setdefault(part.strip(), i)
         self.by_wnid: dict[str, int] = {}
         if self.n == 1000:
-            self.by_wnid = {w: i for i, w in enumerate(timm.data.ImageNetInfo().label_names())}
+            self.by_wnid = {w: i for i, w in enumerate(imagenet_wnids())}
 
     def __call__(self, label: str, where: str) -> int:
         label = label.strip()

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ModelLoadError, WeightsError
+from .imagenet import imagenet_descriptions
 from .pretrained import hub_reachable, no_weights_message, torch_hub_cached
 from .transforms import Normalization
 
@@ -111,8 +112,7 @@ class LoadedModel:
 # --------------------------------------------------------------------------- class names
 def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet-1k class descriptions, in index order (``'tiger cat'``, ...)."""
-    info = timm.data.ImageNetInfo()
-    return [info.index_to_description(i) for i in range(info.num_classes())]
+    return list(imagenet_descriptions())
 
 
 def load_class_names(path: str | Path) -> list[str]:
