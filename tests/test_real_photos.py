@@ -12,10 +12,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_plain_hflip_and_d4_on_real_photos(sample_dir, default_lm):
-    # The first 200 photos (87.5% plain, 88.0% with hflip on an AMD EPYC, fp32) and, for d4 at 8
+    # The first 100 photos (88% plain, 89% with hflip on an AMD EPYC, fp32) and, for d4 at 8
     # forwards a photo, the first 32 (84.4% plain, 71.9% d4): each figure of the 500 holds on them,
-    # at less than half the suite time.
-    files = sorted(sample_dir.glob("*.JPEG"))[:200]
+    # for a fifth of the forwards.
+    files = sorted(sample_dir.glob("*.JPEG"))[:100]
     wnids = timm.data.ImageNetInfo().label_names()
     labels = torch.tensor([wnids.index(f.name.split("_")[0]) for f in files])
     x = preprocess(files, default_lm.transform())
@@ -31,8 +31,8 @@ def test_plain_hflip_and_d4_on_real_photos(sample_dir, default_lm):
         acc[f"plain_{n}"] = (plain.argmax(-1) == labels[:n]).float().mean().item()
     k = len(res[0].probs)  # d4's first micro-batch: its view 0 is the plain model's answer
     assert acc_at(default_lm, x[:k], labels[:k]) == pytest.approx(acc_at_logits(res[0].view_logits[:, 0], labels[:k]))
-    assert acc["plain_200"] > 0.85  # ~88% on all 500 photos
-    assert acc["hflip"] >= acc["plain_200"] - 0.005  # flips help a little, never much worse
+    assert acc["plain_100"] > 0.85  # ~88% on all 500 photos
+    assert acc["hflip"] >= acc["plain_100"] - 0.005  # flips help a little, never much worse
     assert acc["d4"] < acc["plain_32"] - 0.03  # upside-down views hurt ImageNet models
 
 
