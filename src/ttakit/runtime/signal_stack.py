@@ -43,30 +43,27 @@ def _libc() -> ctypes.CDLL | None:
 _LIBC = _libc()
 
 
-def current_signal_stack() -> tuple[int, int, int] | None:
-    """The calling thread's alternate signal stack as ``(address, size, flags)``; ``None`` off Linux."""
+def _read() -> _StackT | None:
+    """The calling thread's ``stack_t``; ``None`` off Linux or where libc refuses."""
     if _LIBC is None:
         return None
-    old = _StackT()
-    if _LIBC.sigaltstack(None, ctypes.byref(old)) != 0:
-        return None
-    return (old.ss_sp or 0, old.ss_size, old.ss_flags)
+    stack = _StackT()
+    return stack if _LIBC.sigaltstack(None, ctypes.byref(stack)) == 0 else None
+
+
+def current_signal_stack() -> tuple[int, int, int] | None:
+    """The calling thread's alternate signal stack as ``(address, size, flags)``; ``None`` off Linux."""
+    stack = _read()
+    return None if stack is None else (stack.ss_sp or 0, stack.ss_size, stack.ss_flags)
 
 
 @contextmanager
 def kept_signal_stack() -> Iterator[None]:
     """Run the body, then put back the alternate signal stack the thread had on entry."""
-    if _LIBC is None:
-        yield
-        return
-    before = _StackT()
-    saved = _LIBC.sigaltstack(None, ctypes.byref(before)) == 0
+    before = _read()
     try:
         yield
     finally:
-        if saved:
-            now = _StackT()
-            _LIBC.sigaltstack(None, ctypes.byref(now))
-            if (now.ss_sp, now.ss_size, now.ss_flags) != (before.ss_sp, before.ss_size, before.ss_flags):
-                # SS_DISABLE (flag 2) on entry: disable again; otherwise the entry stack itself.
-                _LIBC.sigaltstack(ctypes.byref(before), None)
+        if before is not None and current_signal_stack() != (before.ss_sp or 0, before.ss_size, before.ss_flags):
+            # SS_DISABLE (flag 2) on entry: disable again; otherwise the entry stack itself.
+            _LIBC.sigaltstack(ctypes.byref(before), None)
