@@ -40,54 +40,43 @@ def _net() -> torch.nn.Module:
 
 
 # --------------------------------------------------------------------------- configs (property tests)
+def _check_refused(config: type, field: str, value: object, *, valid: bool = False, match: str | None = None) -> None:
+    """``config(field=value)`` raises a TTAKitError naming the field, unless the value is a valid
+    one: True/False for a switch, or ``valid`` (each config's own exceptions, said where given)."""
+    if valid or (field in SWITCHES and isinstance(value, bool)):
+        return
+    with pytest.raises(TTAKitError, match=match or field):
+        config(**{field: value})
+
+
 @FAST
 @given(field=st.sampled_from(["tile", "overlap", "sigma_scale", "batch", "padding_value", "whole_photo", "blend",
                               "padding_mode", "stitch_device"]), value=JUNK)
 def test_window_config_refuses_junk(field, value):
-    if field in SWITCHES and isinstance(value, bool):
-        return
-    if field == "padding_value" and isinstance(value, int) and not isinstance(value, bool):
-        return  # a negative fill is a valid fill
-    if field == "stitch_device" and value is None:
-        return  # None: the input's device
-    with pytest.raises(TTAKitError, match=field.split("_")[0]):
-        WindowConfig(**{field: value})
+    valid = ((field == "padding_value" and isinstance(value, int) and not isinstance(value, bool))  # a negative fill
+             or (field == "stitch_device" and value is None))  # None: the input's device
+    _check_refused(WindowConfig, field, value, valid=valid, match=field.split("_")[0])
 
 
 @FAST
 @given(field=st.sampled_from(["batch", "reset", "prior", "window", "lr", "depth", "entropy_margin",
                               "redundancy_margin", "fisher_alpha", "strict"]), value=JUNK)
 def test_adapt_options_refuse_junk(field, value):
-    if field in SWITCHES and isinstance(value, bool):
-        return
-    if value is None and field in ("reset", "prior", "window", "lr", "depth"):
-        return  # None: the method's default
-    if field == "prior" and value == float("inf"):
-        return  # inf: the source statistics only
-    with pytest.raises(TTAKitError, match=field):
-        AdaptOptions(**{field: value})
+    valid = ((value is None and field in ("reset", "prior", "window", "lr", "depth"))  # None: the method's default
+             or (field == "prior" and value == float("inf")))  # inf: the source statistics only
+    _check_refused(AdaptOptions, field, value, valid=valid)
 
 
 @FAST
 @given(field=st.sampled_from(["micro_batch", "channels_last", "amp_dtype"]), value=JUNK)
 def test_run_config_refuses_junk(field, value):
-    if field in SWITCHES and isinstance(value, bool):
-        return
-    if field == "amp_dtype" and value is None:
-        return
-    with pytest.raises(TTAKitError, match=field):
-        RunConfig(**{field: value})
+    _check_refused(RunConfig, field, value, valid=field == "amp_dtype" and value is None)
 
 
 @FAST
 @given(field=st.sampled_from(["batch_size", "workers", "limit", "strict", "quiet"]), value=JUNK)
 def test_eval_options_refuse_junk(field, value):
-    if field in SWITCHES and isinstance(value, bool):
-        return
-    if field == "limit" and value is None:
-        return
-    with pytest.raises(TTAKitError, match=field):
-        EvalOptions(**{field: value})
+    _check_refused(EvalOptions, field, value, valid=field == "limit" and value is None)
 
 
 @FAST
