@@ -65,6 +65,20 @@ def labelled_folder(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture()
+def labelled_model(tmp_path: Path) -> Any:
+    """timm's ``test_resnet`` with fixed random weights and the 3 classes of ``labelled_folder``
+    (cat, dog, fox), named by ``tmp_path/labels.txt``: a ``ttakit.LoadedModel``."""
+    import torch
+
+    import ttakit
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(("cat", "dog", "fox")))
+    torch.manual_seed(0)
+    return ttakit.load_model("test_resnet", weights="random", num_classes=3, labels=labels)
+
+
 # The longest files first (their seconds on 2 cores): pytest-xdist hands out whole files in
 # collection order (--dist loadfile --no-loadscope-reorder), and a long file started last
 # would leave one worker running alone at the end.

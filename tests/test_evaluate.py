@@ -79,11 +79,8 @@ def folder(tmp_path):
 
 
 @pytest.fixture()
-def tiny_lm(tmp_path):
-    labels = tmp_path / "labels.txt"
-    labels.write_text("\n".join(CLASSES))
-    torch.manual_seed(0)
-    return load_model("test_resnet", weights="random", num_classes=3, labels=labels)
+def tiny_lm(labelled_model):
+    return labelled_model  # conftest's: CLASSES, tmp_path/labels.txt
 
 
 def test_layouts(folder, tmp_path, tiny_lm):

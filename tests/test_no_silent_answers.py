@@ -31,11 +31,8 @@ def folder(labelled_folder):
 
 
 @pytest.fixture()
-def lm(tmp_path):
-    labels = tmp_path / "labels.txt"
-    labels.write_text("\n".join(CLASSES))
-    torch.manual_seed(0)
-    return load_model("test_resnet", num_classes=3, labels=labels, weights="random")
+def lm(labelled_model):
+    return labelled_model  # conftest's: CLASSES, tmp_path/labels.txt
 
 
 class _NaNFor(torch.nn.Module):
